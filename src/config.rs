@@ -1,0 +1,631 @@
+//! Finding, reading and validating the configuration.
+//!
+//! Every setting resolves with the precedence `--set` flag > `STAGESNAP_<KEY>` > file > default,
+//! and remembers where its value came from so `stagesnap config` can say so and every
+//! validation error can name the file, line, section, key and value involved.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::exit::{Code, fail};
+use crate::ini::Ini;
+use crate::modes::ModeKind;
+use crate::store::validate_name;
+
+pub const SECTION: &str = "suite_isolation";
+pub const PATHS_SECTION: &str = "paths";
+pub const FILE_NAME: &str = "stage-env.cfg";
+pub const CONFIG_ENV: &str = "STAGESNAP_CONFIG";
+
+/// What a setting's value must look like.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Choice(&'static [&'static str]),
+    Bool,
+    Count,
+    Name,
+    Path,
+    /// Space-separated relative paths below cache_dir.
+    RelPaths,
+}
+
+/// One row of the settings table: adding a setting is adding a row.
+#[derive(Debug)]
+pub struct Spec {
+    pub key: &'static str,
+    pub section: &'static str,
+    pub default: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+pub const SPECS: &[Spec] = &[
+    Spec {
+        key: "mode",
+        section: SECTION,
+        default: "filesystem",
+        kind: Kind::Choice(ModeKind::NAMES),
+        help: "how snapshots are made and restored",
+    },
+    Spec {
+        key: "squashfs_compression",
+        section: SECTION,
+        default: "none",
+        kind: Kind::Choice(&["none", "gzip", "lzo", "xz", "zstd", "lz4"]),
+        help: "compressor of squashfs images",
+    },
+    Spec {
+        key: "auto_create_on_startup",
+        section: SECTION,
+        default: "true",
+        kind: Kind::Bool,
+        help: "restore of a missing snapshot creates it from the live data",
+    },
+    Spec {
+        key: "snapshot_name",
+        section: SECTION,
+        default: "clean_state",
+        kind: Kind::Name,
+        help: "snapshot used when a command is given no name",
+    },
+    Spec {
+        key: "auto_cleanup",
+        section: SECTION,
+        default: "true",
+        kind: Kind::Bool,
+        help: "prune after every create",
+    },
+    Spec {
+        key: "keep_snapshot_count",
+        section: SECTION,
+        default: "5",
+        kind: Kind::Count,
+        help: "snapshots kept by pruning (pinned and snapshot_name are always kept)",
+    },
+    Spec {
+        key: "snapshots_dir",
+        section: SECTION,
+        default: "../testing/snapshots",
+        kind: Kind::Path,
+        help: "where snapshots are stored",
+    },
+    Spec {
+        key: "include",
+        section: SECTION,
+        default: "data",
+        kind: Kind::RelPaths,
+        help: "paths below cache_dir that a snapshot captures",
+    },
+    Spec {
+        key: "cache_dir",
+        section: PATHS_SECTION,
+        default: "../testing/cache",
+        kind: Kind::Path,
+        help: "the environment's state folder",
+    },
+];
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env(String),
+    File {
+        path: PathBuf,
+        line: usize,
+        section: String,
+    },
+    Default,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Flag => f.write_str("flag --set"),
+            Source::Env(var) => write!(f, "env {var}"),
+            Source::File {
+                path,
+                line,
+                section,
+            } => write!(f, "{}:{line} [{section}]", path.display()),
+            Source::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// A validated value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Text(String),
+    Bool(bool),
+    Count(u32),
+    Path(PathBuf),
+    Paths(Vec<PathBuf>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Setting {
+    pub spec: &'static Spec,
+    pub raw: String,
+    pub value: Value,
+    pub source: Source,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SettingReport {
+    pub key: &'static str,
+    pub section: &'static str,
+    pub value: String,
+    pub source: String,
+}
+
+/// The effective configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The config file used.
+    pub file: PathBuf,
+    /// How the file was found (flag, env, search).
+    pub file_source: String,
+    settings: BTreeMap<&'static str, Setting>,
+}
+
+/// Command-line inputs that influence configuration.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub set: Vec<String>,
+}
+
+impl Config {
+    /// Finds, reads and validates the configuration. Errors carry exit code 2.
+    pub fn load(overrides: &Overrides) -> Result<Config> {
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Self::load_from(overrides, &cwd, &env)
+    }
+
+    /// [`Config::load`] with the working directory and environment given, for tests.
+    pub fn load_from(
+        overrides: &Overrides,
+        cwd: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config> {
+        let (file, file_source) = locate(overrides, cwd, env)?;
+        let text = std::fs::read(&file).map_err(|e| {
+            fail(
+                Code::Usage,
+                format!("cannot read config file {}: {e}", file.display()),
+            )
+        })?;
+        let text = String::from_utf8(text).map_err(|_| {
+            fail(
+                Code::Usage,
+                format!("config file {} is not valid UTF-8", file.display()),
+            )
+        })?;
+        let ini = Ini::parse(&text).map_err(|e| {
+            let at = e.line.map(|l| format!(" line {l}")).unwrap_or_default();
+            fail(
+                Code::Usage,
+                format!(
+                    "config file {}{at}: {}; fix the file or pass another with --config",
+                    file.display(),
+                    e.message
+                ),
+            )
+        })?;
+        let base = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let flags = parse_set_flags(&overrides.set)?;
+        warn_unknown_keys(&ini, &file);
+
+        let mut settings = BTreeMap::new();
+        for spec in SPECS {
+            let (raw, source) = if let Some(v) = flags.get(spec.key) {
+                (v.clone(), Source::Flag)
+            } else if let Some(v) = env.get(&env_var(spec.key)) {
+                (v.clone(), Source::Env(env_var(spec.key)))
+            } else if let Some(found) = ini.get(spec.section, spec.key) {
+                let found = found.map_err(|e| {
+                    fail(
+                        Code::Usage,
+                        format!(
+                            "config file {} line {}: [{}] {}: {}",
+                            file.display(),
+                            e.line.unwrap_or(0),
+                            spec.section,
+                            spec.key,
+                            e.message
+                        ),
+                    )
+                })?;
+                let source = Source::File {
+                    path: file.clone(),
+                    line: found.line,
+                    section: found.section.to_string(),
+                };
+                (found.text, source)
+            } else {
+                (spec.default.to_string(), Source::Default)
+            };
+            // Relative paths from the file (or defaults) are relative to the file's folder,
+            // from the command line or environment to the working directory.
+            let rel_base = match source {
+                Source::Flag | Source::Env(_) => cwd,
+                _ => &base,
+            };
+            let value = validate(spec, &raw, rel_base).map_err(|why| {
+                fail(
+                    Code::Usage,
+                    format!("{}: {why}", describe_origin(spec, &raw, &source)),
+                )
+            })?;
+            settings.insert(
+                spec.key,
+                Setting {
+                    spec,
+                    raw,
+                    value,
+                    source,
+                },
+            );
+        }
+        Ok(Config {
+            file,
+            file_source,
+            settings,
+        })
+    }
+
+    pub fn setting(&self, key: &str) -> &Setting {
+        self.settings
+            .get(key)
+            .unwrap_or_else(|| panic!("setting {key} is not in SPECS"))
+    }
+
+    pub fn text(&self, key: &str) -> &str {
+        match &self.setting(key).value {
+            Value::Text(s) => s,
+            other => panic!("setting {key} is not text: {other:?}"),
+        }
+    }
+
+    pub fn flag(&self, key: &str) -> bool {
+        match self.setting(key).value {
+            Value::Bool(b) => b,
+            ref other => panic!("setting {key} is not a boolean: {other:?}"),
+        }
+    }
+
+    pub fn count(&self, key: &str) -> u32 {
+        match self.setting(key).value {
+            Value::Count(n) => n,
+            ref other => panic!("setting {key} is not a count: {other:?}"),
+        }
+    }
+
+    pub fn path(&self, key: &str) -> &Path {
+        match &self.setting(key).value {
+            Value::Path(p) => p,
+            other => panic!("setting {key} is not a path: {other:?}"),
+        }
+    }
+
+    pub fn mode(&self) -> ModeKind {
+        ModeKind::from_name(self.text("mode")).expect("validated against ModeKind::NAMES")
+    }
+
+    pub fn snapshot_name(&self) -> &str {
+        self.text("snapshot_name")
+    }
+
+    pub fn cache_dir(&self) -> &Path {
+        self.path("cache_dir")
+    }
+
+    pub fn snapshots_dir(&self) -> &Path {
+        self.path("snapshots_dir")
+    }
+
+    /// Included paths, relative to cache_dir.
+    pub fn include(&self) -> &[PathBuf] {
+        match &self.setting("include").value {
+            Value::Paths(p) => p,
+            other => panic!("include is not a path list: {other:?}"),
+        }
+    }
+
+    /// Every setting in table order, for `stagesnap config`.
+    pub fn report(&self) -> Vec<SettingReport> {
+        SPECS
+            .iter()
+            .map(|spec| {
+                let s = self.setting(spec.key);
+                SettingReport {
+                    key: spec.key,
+                    section: spec.section,
+                    value: display_value(&s.value),
+                    source: s.source.to_string(),
+                }
+            })
+            .collect()
+    }
+}
+
+fn display_value(v: &Value) -> String {
+    match v {
+        Value::Text(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Count(n) => n.to_string(),
+        Value::Path(p) => p.display().to_string(),
+        Value::Paths(ps) => ps
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+pub fn env_var(key: &str) -> String {
+    format!("STAGESNAP_{}", key.to_ascii_uppercase())
+}
+
+fn locate(
+    overrides: &Overrides,
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<(PathBuf, String)> {
+    let given = match (&overrides.config, env.get(CONFIG_ENV)) {
+        (Some(p), _) => Some((p.clone(), "--config")),
+        (None, Some(p)) if !p.is_empty() => Some((PathBuf::from(p), CONFIG_ENV)),
+        _ => None,
+    };
+    if let Some((path, how)) = given {
+        let path = cwd.join(path);
+        if !path.is_file() {
+            return Err(fail(
+                Code::Usage,
+                format!(
+                    "config file {} (from {how}) does not exist or is not a file",
+                    path.display()
+                ),
+            ));
+        }
+        return Ok((path, how.to_string()));
+    }
+    for dir in cwd.ancestors() {
+        let candidate = dir.join(FILE_NAME);
+        if candidate.is_file() {
+            return Ok((candidate, "found by search".to_string()));
+        }
+    }
+    Err(fail(
+        Code::Usage,
+        format!(
+            "no {FILE_NAME} in {} or any parent directory; pass --config FILE or set {CONFIG_ENV}",
+            cwd.display()
+        ),
+    ))
+}
+
+fn parse_set_flags(set: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in set {
+        let Some((key, value)) = item.split_once('=') else {
+            return Err(fail(
+                Code::Usage,
+                format!("--set {item:?}: expected KEY=VALUE, e.g. --set mode=squashfs"),
+            ));
+        };
+        let key = key.trim().to_ascii_lowercase();
+        if !SPECS.iter().any(|s| s.key == key) {
+            return Err(fail(
+                Code::Usage,
+                format!("--set {item:?}: unknown setting {key:?}; valid: {}", known_keys()),
+            ));
+        }
+        out.insert(key, value.trim().to_string());
+    }
+    Ok(out)
+}
+
+fn known_keys() -> String {
+    SPECS.iter().map(|s| s.key).collect::<Vec<_>>().join(", ")
+}
+
+fn warn_unknown_keys(ini: &Ini, file: &Path) {
+    for (key, line) in ini.own_keys(SECTION) {
+        if !SPECS.iter().any(|s| s.section == SECTION && s.key == key) {
+            tracing::warn!(
+                file = %file.display(),
+                line,
+                key = %key,
+                "unknown_setting: [{SECTION}] {key} is not a stagesnap setting and is ignored"
+            );
+        }
+    }
+}
+
+fn describe_origin(spec: &Spec, raw: &str, source: &Source) -> String {
+    match source {
+        Source::Flag => format!("--set {}={raw:?}", spec.key),
+        Source::Env(var) => format!("environment {var}={raw:?}"),
+        Source::File {
+            path,
+            line,
+            section,
+        } => format!(
+            "config file {} line {line}: [{section}] {} = {raw:?}",
+            path.display(),
+            spec.key
+        ),
+        Source::Default => format!("default {} = {raw:?}", spec.key),
+    }
+}
+
+fn validate(spec: &Spec, raw: &str, base: &Path) -> std::result::Result<Value, String> {
+    match spec.kind {
+        Kind::Choice(choices) => {
+            let v = raw.trim().to_ascii_lowercase();
+            if choices.contains(&v.as_str()) {
+                Ok(Value::Text(v))
+            } else {
+                Err(format!(
+                    "not a valid {}; choose one of: {}",
+                    spec.key,
+                    choices.join(", ")
+                ))
+            }
+        }
+        Kind::Bool => crate::ini::parse_bool(raw)
+            .map(Value::Bool)
+            .ok_or_else(|| "not a boolean; use one of: true, false, yes, no, on, off, 1, 0".into()),
+        Kind::Count => raw
+            .trim()
+            .parse::<u32>()
+            .map(Value::Count)
+            .map_err(|_| "not a whole number >= 0".into()),
+        Kind::Name => validate_name(raw)
+            .map(|()| Value::Text(raw.to_string()))
+            .map_err(|e| e.to_string()),
+        Kind::Path => {
+            if raw.trim().is_empty() {
+                return Err("empty path; give a directory".into());
+            }
+            Ok(Value::Path(normalize(&base.join(raw.trim()))))
+        }
+        Kind::RelPaths => {
+            let paths: Vec<PathBuf> = raw.split_whitespace().map(PathBuf::from).collect();
+            if paths.is_empty() {
+                return Err("no paths; give at least one path below cache_dir, e.g. data".into());
+            }
+            for p in &paths {
+                let below = p
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+                if !below || normalize(p).as_os_str().is_empty() {
+                    return Err(format!(
+                        "{} is not a relative path below cache_dir (no leading /, no ..)",
+                        p.display()
+                    ));
+                }
+            }
+            let mut normalized: Vec<PathBuf> = paths.iter().map(|p| normalize(p)).collect();
+            normalized.sort();
+            normalized.dedup();
+            for pair in normalized.windows(2) {
+                if pair[1].starts_with(&pair[0]) {
+                    return Err(format!(
+                        "{} is inside {}; list each path once",
+                        pair[1].display(),
+                        pair[0].display()
+                    ));
+                }
+            }
+            Ok(Value::Paths(normalized))
+        }
+    }
+}
+
+/// Lexical normalization (`a/./b/../c` → `a/c`) without touching the filesystem,
+/// so settings can name paths that do not exist yet.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, set: &[&str], env: &[(&str, &str)]) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        std::fs::write(&file, text).unwrap();
+        let overrides = Overrides {
+            config: None,
+            set: set.iter().map(|s| s.to_string()).collect(),
+        };
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let cfg = Config::load_from(&overrides, dir.path(), &env);
+        // Keep the directory alive only as long as needed by the assertions on paths.
+        std::mem::forget(dir);
+        cfg
+    }
+
+    #[test]
+    fn defaults_apply_without_section() {
+        let cfg = load("[network]\nurl = http://x:1/%z\n", &[], &[]).unwrap();
+        assert_eq!(cfg.mode(), ModeKind::Filesystem);
+        assert_eq!(cfg.snapshot_name(), "clean_state");
+        assert_eq!(cfg.count("keep_snapshot_count"), 5);
+        assert!(cfg.snapshots_dir().ends_with("testing/snapshots"));
+        assert!(!cfg.snapshots_dir().to_string_lossy().contains(".."));
+        assert_eq!(cfg.include(), &[PathBuf::from("data")]);
+        assert_eq!(cfg.setting("mode").source, Source::Default);
+    }
+
+    #[test]
+    fn precedence_flag_env_file_default() {
+        let text = "[suite_isolation]\nmode = squashfs\nkeep_snapshot_count = 3\nauto_cleanup = no\n";
+        let cfg = load(
+            text,
+            &["mode=disabled"],
+            &[("STAGESNAP_MODE", "recreate"), ("STAGESNAP_KEEP_SNAPSHOT_COUNT", "9")],
+        )
+        .unwrap();
+        assert_eq!(cfg.mode(), ModeKind::Disabled);
+        assert_eq!(cfg.setting("mode").source, Source::Flag);
+        assert_eq!(cfg.count("keep_snapshot_count"), 9);
+        assert!(matches!(cfg.setting("keep_snapshot_count").source, Source::Env(_)));
+        assert!(!cfg.flag("auto_cleanup"));
+        assert!(matches!(cfg.setting("auto_cleanup").source, Source::File { line: 4, .. }));
+    }
+
+    #[test]
+    fn invalid_values_name_everything() {
+        let err = load("[suite_isolation]\n\nmode = snapshot\n", &[], &[]).unwrap_err();
+        let msg = crate::exit::one_line(&err);
+        assert_eq!(crate::exit::code_of(&err), Code::Usage);
+        for part in ["stage-env.cfg line 3", "[suite_isolation] mode = \"snapshot\"", "disabled, recreate, filesystem, squashfs"] {
+            assert!(msg.contains(part), "{msg}");
+        }
+        let err = load("[suite_isolation]\nkeep_snapshot_count = -1\n", &[], &[]).unwrap_err();
+        assert!(crate::exit::one_line(&err).contains("keep_snapshot_count = \"-1\""));
+        let err = load("[suite_isolation]\nsquashfs_compression = brotli\n", &[], &[]).unwrap_err();
+        assert!(crate::exit::one_line(&err).contains("none, gzip, lzo, xz"));
+    }
+
+    #[test]
+    fn include_must_stay_below_cache_dir() {
+        for bad in ["../x", "/abs", "data data/node1", ""] {
+            let text = format!("[suite_isolation]\ninclude = {bad}\n");
+            assert!(load(&text, &[], &[]).is_err(), "{bad:?} accepted");
+        }
+        let cfg = load("[suite_isolation]\ninclude = data ./certs configs\n", &[], &[]).unwrap();
+        assert_eq!(cfg.include().len(), 3);
+    }
+
+    #[test]
+    fn unknown_set_key_is_usage_error() {
+        let err = load("[suite_isolation]\n", &["colour=blue"], &[]).unwrap_err();
+        assert_eq!(crate::exit::code_of(&err), Code::Usage);
+    }
+}

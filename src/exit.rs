@@ -1,0 +1,76 @@
+//! Exit codes and the error type that carries one to `main`.
+//!
+//! Inside the program errors are `anyhow::Error` with context; a [`Failure`] anywhere in
+//! the chain decides the exit code. Anything without one is a plain failure (1).
+
+use std::fmt;
+
+/// The documented exit codes (README, man page). Later features reuse them; never renumber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Ok = 0,
+    Failure = 1,
+    Usage = 2,
+    MissingDependency = 3,
+    NotFound = 4,
+    Locked = 5,
+    Degraded = 6,
+    Interrupted = 130,
+}
+
+impl Code {
+    pub fn as_i32(self) -> i32 {
+        self as i32
+    }
+
+    /// Stable machine-readable name used in `--json` error documents.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Code::Ok => "ok",
+            Code::Failure => "failure",
+            Code::Usage => "usage",
+            Code::MissingDependency => "missing_dependency",
+            Code::NotFound => "not_found",
+            Code::Locked => "locked",
+            Code::Degraded => "degraded",
+            Code::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// An error whose exit code is known. The message is complete on its own
+/// (what failed, on which file/path/name, and what to do).
+#[derive(Debug)]
+pub struct Failure {
+    pub code: Code,
+    pub message: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Builds an `anyhow::Error` carrying `code`.
+pub fn fail(code: Code, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Failure {
+        code,
+        message: message.into(),
+    })
+}
+
+/// The exit code of an error: the first [`Failure`] in its chain, else 1.
+pub fn code_of(err: &anyhow::Error) -> Code {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Failure>())
+        .map_or(Code::Failure, |f| f.code)
+}
+
+/// `error: outer: inner: root`, the way anyhow chains read best on one line.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let parts: Vec<String> = err.chain().map(|e| e.to_string()).collect();
+    parts.join(": ")
+}

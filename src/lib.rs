@@ -1,0 +1,17 @@
+//! stagesnap: snapshot and restore the on-disk state of multi-node test networks.
+//!
+//! The binary in `main.rs` only parses arguments and maps errors to exit codes;
+//! everything else lives here so integration tests and the sample generator can reuse it.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod exit;
+pub mod ini;
+pub mod modes;
+pub mod output;
+// pub mod sample;
+pub mod signals;
+pub mod store;
+pub mod tools;
+pub mod tree;

@@ -1,0 +1,50 @@
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use stagesnap::cli::Cli;
+use stagesnap::{commands, exit, output, signals};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let result = signals::install().and_then(|()| commands::run(&cli));
+    let code = match result {
+        Ok(report) => {
+            output::print(&report, cli.global.json);
+            report.code
+        }
+        Err(err) => {
+            let code = exit::code_of(&err);
+            eprintln!("error: {}", exit::one_line(&err));
+            if cli.global.json {
+                output::print_error(commands::name(&cli.command), &err, code);
+            }
+            code
+        }
+    };
+    ExitCode::from(code.as_i32() as u8)
+}
+
+/// Logs go to stderr as `LEVEL event key=value…`; RUST_LOG wins over -v/-q.
+fn init_logging(cli: &Cli) {
+    let level = match (cli.global.quiet, cli.global.verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let color = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none()
+        && std::env::var("TERM").map_or(true, |t| t != "dumb");
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("stagesnap={level}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color)
+        .with_target(false)
+        .without_time()
+        .init();
+}

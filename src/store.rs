@@ -1,0 +1,561 @@
+//! The snapshot store: layout, metadata, atomic create, deletion, retention and locking.
+//!
+//! ```text
+//! <snapshots_dir>/
+//!   .lock                      flock'ed by every command that changes anything
+//!   <name>/meta.json           written last; a directory without it is not a snapshot
+//!   <name>/payload/…           mode-specific data
+//!   .staging-<name>-<pid>/     a create in progress (or a crashed one: removed by the next create/prune)
+//!   .trash-<name>-<pid>/       a snapshot being deleted
+//! ```
+//! Snapshots appear and disappear only by `rename(2)`, so a reader never sees half of one.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::exit::{Code, fail};
+use crate::signals;
+
+/// Version of meta.json's layout. Readers refuse newer ones.
+pub const SCHEMA: u32 = 1;
+pub const META_FILE: &str = "meta.json";
+pub const PAYLOAD_DIR: &str = "payload";
+const LOCK_FILE: &str = ".lock";
+const STAGING_PREFIX: &str = ".staging-";
+const TRASH_PREFIX: &str = ".trash-";
+
+/// Snapshot names: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`, so a name is always one plain
+/// path component (no traversal, no hidden files).
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(fail(
+            Code::Usage,
+            format!(
+                "invalid snapshot name {name:?}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Meta {
+    pub schema: u32,
+    pub name: String,
+    pub mode: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub stagesnap_version: String,
+    /// Tool name → version used to make the snapshot.
+    pub tools: BTreeMap<String, String>,
+    pub cache_dir: PathBuf,
+    /// Included paths, relative to cache_dir.
+    pub include: Vec<PathBuf>,
+    pub nodes: Vec<String>,
+    /// Non-directory entries captured.
+    pub files: u64,
+    /// Apparent bytes of the captured regular files.
+    pub bytes: u64,
+    /// Bytes the snapshot occupies in the store.
+    pub stored_bytes: u64,
+    pub pinned: bool,
+    /// Mode-specific details.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub payload: serde_json::Value,
+}
+
+impl Meta {
+    pub fn created(&self) -> jiff::Timestamp {
+        self.created_at.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+    }
+}
+
+/// A complete snapshot in the store.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub dir: PathBuf,
+    pub meta: Meta,
+}
+
+impl Snapshot {
+    pub fn payload(&self) -> PathBuf {
+        self.dir.join(PAYLOAD_DIR)
+    }
+}
+
+/// A directory in the store that looks like a snapshot but cannot be read.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unreadable {
+    pub name: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(dir: &Path) -> Store {
+        Store {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes the store's exclusive lock, waiting up to `timeout` (exit 5 after that).
+    /// The kernel drops the lock when the process dies, so a crashed holder never blocks anyone.
+    pub fn lock(&self, command: &str, timeout: Duration) -> Result<Lock> {
+        fs::create_dir_all(&self.dir).map_err(|e| {
+            fail(
+                Code::Failure,
+                format!(
+                    "cannot create snapshots_dir {}: {e}; check the path and its permissions",
+                    self.dir.display()
+                ),
+            )
+        })?;
+        let path = self.dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open lock file {}", path.display()))?;
+        let start = Instant::now();
+        let mut announced = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+                }
+            }
+            let holder = read_holder(&path);
+            if start.elapsed() >= timeout {
+                return Err(fail(
+                    Code::Locked,
+                    format!(
+                        "snapshot store {} is locked by {holder}; waited {} s. Try again later or raise --lock-timeout",
+                        self.dir.display(),
+                        timeout.as_secs()
+                    ),
+                ));
+            }
+            if !announced {
+                tracing::info!(holder = %holder, "lock_wait");
+                announced = true;
+            }
+            signals::check()?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let holder = Holder {
+            pid: std::process::id(),
+            command: command.to_string(),
+            host: hostname(),
+            started: jiff::Timestamp::now().to_string(),
+        };
+        file.set_len(0)?;
+        file.write_all(toml::to_string(&holder)?.as_bytes())?;
+        Ok(Lock { _file: file })
+    }
+
+    /// Complete snapshots, newest first, and the snapshot-like directories that could not be read.
+    pub fn list(&self) -> Result<(Vec<Snapshot>, Vec<Unreadable>)> {
+        let mut snapshots = Vec::new();
+        let mut unreadable = Vec::new();
+        let rd = match fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((snapshots, unreadable)),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read snapshots_dir {}", self.dir.display()));
+            }
+        };
+        for entry in rd {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !entry.file_type()?.is_dir() || validate_name(&name).is_err() {
+                continue;
+            }
+            match self.read(&name) {
+                Ok(s) => snapshots.push(s),
+                Err(e) => unreadable.push(Unreadable {
+                    name,
+                    problem: crate::exit::one_line(&e),
+                }),
+            }
+        }
+        snapshots.sort_by(|a, b| b.meta.created().cmp(&a.meta.created()).then(a.meta.name.cmp(&b.meta.name)));
+        Ok((snapshots, unreadable))
+    }
+
+    /// The snapshot `name`, or exit 4 when there is none, or an error naming what is wrong with it.
+    pub fn get(&self, name: &str) -> Result<Snapshot> {
+        validate_name(name)?;
+        if !self.dir.join(name).is_dir() {
+            return Err(fail(
+                Code::NotFound,
+                format!(
+                    "snapshot {name} not found in {}; see `stagesnap list` or make it with `stagesnap create {name}`",
+                    self.dir.display()
+                ),
+            ));
+        }
+        self.read(name)
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        self.dir.join(name).is_dir()
+    }
+
+    fn read(&self, name: &str) -> Result<Snapshot> {
+        let dir = self.dir.join(name);
+        let path = dir.join(META_FILE);
+        let text = fs::read(&path).map_err(|e| {
+            fail(
+                Code::Failure,
+                format!(
+                    "snapshot {name} is damaged: cannot read {}: {e}; delete it with `stagesnap delete {name}` and create it again",
+                    path.display()
+                ),
+            )
+        })?;
+        #[derive(Deserialize)]
+        struct Probe {
+            schema: u32,
+        }
+        let probe: Probe = serde_json::from_slice(&text).map_err(|e| damaged(name, &path, &e))?;
+        if probe.schema > SCHEMA {
+            return Err(fail(
+                Code::Failure,
+                format!(
+                    "snapshot {name} was written by a newer stagesnap ({} schema {}, this one reads up to {SCHEMA}); upgrade stagesnap",
+                    path.display(),
+                    probe.schema
+                ),
+            ));
+        }
+        let meta: Meta = serde_json::from_slice(&text).map_err(|e| damaged(name, &path, &e))?;
+        if meta.name != name {
+            return Err(fail(
+                Code::Failure,
+                format!(
+                    "snapshot {name} is damaged: {} names it {:?}; delete it and create it again",
+                    path.display(),
+                    meta.name
+                ),
+            ));
+        }
+        Ok(Snapshot { dir, meta })
+    }
+
+    /// Starts building snapshot `name` in a private staging directory.
+    pub fn begin(&self, name: &str, _lock: &Lock) -> Result<Staging> {
+        validate_name(name)?;
+        let dir = self.dir.join(format!("{STAGING_PREFIX}{name}-{}", std::process::id()));
+        if dir.exists() {
+            remove_tree(&dir)?;
+        }
+        fs::create_dir_all(dir.join(PAYLOAD_DIR))
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Staging {
+            store: self.clone(),
+            name: name.to_string(),
+            dir,
+            done: false,
+        })
+    }
+
+    /// Removes snapshot `name`: it vanishes from listings atomically, then its files go.
+    pub fn delete(&self, name: &str, _lock: &Lock) -> Result<()> {
+        let snap = self.dir.join(name);
+        let trash = self.dir.join(format!("{TRASH_PREFIX}{name}-{}", std::process::id()));
+        fs::rename(&snap, &trash).with_context(|| format!("cannot remove snapshot {}", snap.display()))?;
+        sync_dir(&self.dir)?;
+        remove_tree(&trash)
+    }
+
+    /// Rewrites a snapshot's metadata atomically.
+    pub fn write_meta(&self, snapshot: &Snapshot, _lock: &Lock) -> Result<()> {
+        write_json_atomic(&snapshot.dir.join(META_FILE), &snapshot.meta)
+    }
+
+    /// Removes what interrupted creates and deletes left behind. Only safe under the lock,
+    /// which guarantees no other process is building or deleting right now.
+    pub fn clean_leftovers(&self, _lock: &Lock) -> Result<usize> {
+        let mut removed = 0;
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return Ok(0);
+        };
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(STAGING_PREFIX) || name.starts_with(TRASH_PREFIX) {
+                remove_tree(&entry.path())?;
+                tracing::info!(path = %entry.path().display(), "leftover_removed");
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn damaged(name: &str, path: &Path, e: &serde_json::Error) -> anyhow::Error {
+    fail(
+        Code::Failure,
+        format!(
+            "snapshot {name} is damaged: {} is not valid metadata ({e}); delete it with `stagesnap delete {name}` and create it again",
+            path.display()
+        ),
+    )
+}
+
+/// Which snapshots a retention pass removes: beyond the `keep` newest unpinned snapshots,
+/// every unpinned one except those in `protect` (the configured snapshot_name and the one
+/// just made). `snapshots` must be newest first, as [`Store::list`] returns them.
+pub fn prune_plan<'a>(snapshots: &'a [Snapshot], keep: u32, protect: &[&str]) -> Vec<&'a Snapshot> {
+    snapshots
+        .iter()
+        .filter(|s| !s.meta.pinned)
+        .skip(keep as usize)
+        .filter(|s| !protect.contains(&s.meta.name.as_str()))
+        .collect()
+}
+
+/// A create in progress. Dropped without [`Staging::commit`], it removes itself.
+pub struct Staging {
+    store: Store,
+    name: String,
+    dir: PathBuf,
+    done: bool,
+}
+
+impl Staging {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn payload(&self) -> PathBuf {
+        self.dir.join(PAYLOAD_DIR)
+    }
+
+    /// Writes the metadata and moves the snapshot into place. An existing snapshot of the
+    /// same name is swapped out in one atomic step (`--force`), so at every instant exactly
+    /// one complete snapshot of that name exists.
+    pub fn commit(mut self, meta: &Meta, replace: bool) -> Result<Snapshot> {
+        write_json_atomic(&self.dir.join(META_FILE), meta)?;
+        sync_dir(&self.dir)?;
+        let target = self.store.dir.join(&self.name);
+        if replace && target.exists() {
+            exchange(&self.dir, &target)?;
+            sync_dir(&self.store.dir)?;
+            // self.dir now holds the old snapshot; Drop removes it.
+        } else {
+            rename_noreplace(&self.dir, &target).map_err(|e| {
+                fail(
+                    Code::Failure,
+                    format!("cannot move the new snapshot into {}: {e}", target.display()),
+                )
+            })?;
+            sync_dir(&self.store.dir)?;
+            self.done = true;
+        }
+        Ok(Snapshot {
+            dir: target,
+            meta: meta.clone(),
+        })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.done
+            && let Err(e) = remove_tree(&self.dir)
+        {
+            tracing::warn!(path = %self.dir.display(), error = %e, "staging_cleanup_failed");
+        }
+    }
+}
+
+/// Proof that the store's lock is held; operations that change the store take it.
+pub struct Lock {
+    _file: File,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Holder {
+    pid: u32,
+    command: String,
+    host: String,
+    started: String,
+}
+
+fn read_holder(path: &Path) -> String {
+    let mut text = String::new();
+    let _ = File::open(path).and_then(|mut f| f.read_to_string(&mut text));
+    match toml::from_str::<Holder>(&text) {
+        Ok(h) => format!(
+            "pid {} on {} (`{}`, since {})",
+            h.pid, h.host, h.command, h.started
+        ),
+        Err(_) => "another stagesnap process".to_string(),
+    }
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown host".into())
+}
+
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(&serde_json::to_vec_pretty(value)?)?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} into place", tmp.display()))?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+/// `rm -rf` that first makes directories writable, so a snapshot holding read-only
+/// directories (copied faithfully from the data) can still be removed.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            use std::os::unix::fs::PermissionsExt;
+            for entry in walkdir::WalkDir::new(path).into_iter().flatten() {
+                if entry.file_type().is_dir() {
+                    let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o700));
+                }
+            }
+            fs::remove_dir_all(path).with_context(|| format!("cannot remove {}", path.display()))
+        }
+    }
+}
+
+fn cstr(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).context("path contains a NUL byte")
+}
+
+fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
+    let (Ok(a), Ok(b)) = (cstr(from), cstr(to)) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: valid C strings; AT_FDCWD resolves them like rename(2).
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), flags) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    match renameat2(from, to, libc::RENAME_NOREPLACE) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            if to.exists() {
+                return Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists));
+            }
+            fs::rename(from, to)
+        }
+        other => other,
+    }
+}
+
+/// Atomically swaps two directories. Filesystems without RENAME_EXCHANGE get two renames,
+/// with the old snapshot parked under the staging name in between.
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    match renameat2(a, b, libc::RENAME_EXCHANGE) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let parked = a.with_extension("old");
+            fs::rename(b, &parked)?;
+            fs::rename(a, b)?;
+            fs::rename(&parked, a)?;
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot swap {} into {}", a.display(), b.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["clean_state", "a", "A.b-c_9", &"x".repeat(128)] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "../x", "a/b", ".hidden", "-x", "a b", "é", &"x".repeat(129), "..", "."] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn snap(name: &str, ts: &str, pinned: bool) -> Snapshot {
+        Snapshot {
+            dir: PathBuf::from(name),
+            meta: Meta {
+                schema: SCHEMA,
+                name: name.into(),
+                mode: "filesystem".into(),
+                created_at: ts.into(),
+                stagesnap_version: "0".into(),
+                tools: BTreeMap::new(),
+                cache_dir: PathBuf::new(),
+                include: vec![],
+                nodes: vec![],
+                files: 0,
+                bytes: 0,
+                stored_bytes: 0,
+                pinned,
+                payload: serde_json::Value::Null,
+            },
+        }
+    }
+
+    #[test]
+    fn prune_keeps_newest_pinned_and_protected() {
+        // Newest first, and names deliberately not in time order.
+        let list = vec![
+            snap("a", "2026-01-05T00:00:00Z", false),
+            snap("z", "2026-01-04T00:00:00Z", true),
+            snap("m", "2026-01-03T00:00:00Z", false),
+            snap("clean_state", "2026-01-02T00:00:00Z", false),
+            snap("b", "2026-01-01T00:00:00Z", false),
+        ];
+        let names = |v: Vec<&Snapshot>| v.iter().map(|s| s.meta.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(prune_plan(&list, 1, &["clean_state"])), ["m", "b"]);
+        assert_eq!(names(prune_plan(&list, 0, &["clean_state", "a"])), ["m", "b"]);
+        assert!(prune_plan(&list, 5, &[]).is_empty());
+    }
+}

@@ -1,0 +1,278 @@
+//! Facts about directory trees on disk: sizes, node directories, writability, free space,
+//! and the path relations that make a configuration unsafe.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::exit::{Code, fail};
+
+/// Entry and byte counts of a tree.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Totals {
+    /// Non-directory entries.
+    pub files: u64,
+    /// Apparent size of regular files.
+    pub bytes: u64,
+    /// Bytes allocated on disk.
+    pub allocated: u64,
+}
+
+impl Totals {
+    pub fn add(&mut self, other: Totals) {
+        self.files += other.files;
+        self.bytes += other.bytes;
+        self.allocated += other.allocated;
+    }
+}
+
+pub fn totals(root: &Path) -> Result<Totals> {
+    let mut t = Totals::default();
+    for entry in walkdir::WalkDir::new(root) {
+        let entry = entry.with_context(|| format!("cannot read {}", root.display()))?;
+        let meta = entry
+            .metadata()
+            .with_context(|| format!("cannot stat {}", entry.path().display()))?;
+        t.allocated += meta.blocks() * 512;
+        if !meta.is_dir() {
+            t.files += 1;
+        }
+        if meta.is_file() {
+            t.bytes += meta.len();
+        }
+    }
+    Ok(t)
+}
+
+/// The live data a configuration points at.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub cache_dir: PathBuf,
+    /// Relative to cache_dir.
+    pub include: Vec<PathBuf>,
+}
+
+impl Live {
+    pub fn from_config(cfg: &Config) -> Live {
+        Live {
+            cache_dir: cfg.cache_dir().to_path_buf(),
+            include: cfg.include().to_vec(),
+        }
+    }
+
+    pub fn path(&self, rel: &Path) -> PathBuf {
+        self.cache_dir.join(rel)
+    }
+
+    /// Fails (exit 2) unless cache_dir and every included path exist and are real
+    /// directories or files, not symlinks (a symlinked include would be replaced, not filled).
+    pub fn check_present(&self) -> Result<()> {
+        if !self.cache_dir.is_dir() {
+            return Err(fail(
+                Code::Usage,
+                format!(
+                    "cache_dir {} does not exist; start the environment first or fix [paths] cache_dir",
+                    self.cache_dir.display()
+                ),
+            ));
+        }
+        for rel in &self.include {
+            let path = self.path(rel);
+            match path.symlink_metadata() {
+                Err(_) => {
+                    return Err(fail(
+                        Code::Usage,
+                        format!(
+                            "included path {} ({}) does not exist; start the environment first or fix include in [suite_isolation]",
+                            rel.display(),
+                            path.display()
+                        ),
+                    ));
+                }
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(fail(
+                        Code::Usage,
+                        format!(
+                            "included path {} is a symlink; include its target instead",
+                            path.display()
+                        ),
+                    ));
+                }
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Node directories: the immediate subdirectories of included directories, as
+    /// relative paths such as `data/node1`.
+    pub fn nodes(&self) -> Vec<String> {
+        let mut nodes = Vec::new();
+        for rel in &self.include {
+            let Ok(rd) = std::fs::read_dir(self.path(rel)) else {
+                continue;
+            };
+            for entry in rd.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    nodes.push(rel.join(entry.file_name()).to_string_lossy().into_owned());
+                }
+            }
+        }
+        nodes.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        nodes
+    }
+
+    pub fn totals(&self) -> Result<Totals> {
+        let mut t = Totals::default();
+        for rel in &self.include {
+            t.add(totals(&self.path(rel))?);
+        }
+        Ok(t)
+    }
+
+    /// Refuses a snapshots_dir inside an included path (it would snapshot itself) or an
+    /// included path inside snapshots_dir.
+    pub fn check_store_outside(&self, snapshots_dir: &Path) -> Result<()> {
+        let store = resolve(snapshots_dir);
+        for rel in &self.include {
+            let inc = resolve(&self.path(rel));
+            if store.starts_with(&inc) || inc.starts_with(&store) {
+                return Err(fail(
+                    Code::Usage,
+                    format!(
+                        "snapshots_dir {} overlaps the included path {}; a snapshot would capture itself. Move snapshots_dir outside cache_dir's included paths",
+                        snapshots_dir.display(),
+                        inc.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `node2` before `node10`.
+fn natural_key(s: &str) -> (String, u64) {
+    let digits: String = s.chars().rev().take_while(char::is_ascii_digit).collect();
+    let n = digits.chars().rev().collect::<String>().parse().unwrap_or(0);
+    (s[..s.len() - digits.len()].to_string(), n)
+}
+
+/// Canonical path of the longest existing prefix, with the rest appended, so paths that
+/// do not exist yet still compare correctly through symlinks.
+pub fn resolve(path: &Path) -> PathBuf {
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_os_string());
+                existing = parent.to_path_buf();
+            }
+            _ => break,
+        }
+    }
+    let mut out = existing.canonicalize().unwrap_or(existing);
+    for name in rest.iter().rev() {
+        out.push(name);
+    }
+    out
+}
+
+/// Bytes available to this user on the filesystem holding `path` (or its nearest existing parent).
+pub fn free_bytes(path: &Path) -> Result<u64> {
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent().unwrap_or(Path::new("/"));
+    }
+    let c = CString::new(p.as_os_str().as_bytes()).context("path contains a NUL byte")?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string and st a properly sized out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statvfs {}", p.display()));
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Can this process create, replace and delete entries in `dir`?
+pub fn dir_writable(dir: &Path) -> bool {
+    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: valid C string.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+/// The first path under `root` whose entries this user could not rewrite during a restore
+/// (a directory it cannot write, or a file it does not own and so cannot restore metadata of).
+pub fn first_unwritable(root: &Path) -> Option<PathBuf> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
+        return None;
+    }
+    for entry in walkdir::WalkDir::new(root).into_iter() {
+        let Ok(entry) = entry else {
+            return Some(root.to_path_buf());
+        };
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            return Some(entry.path().to_path_buf());
+        };
+        if meta.uid() != euid || (meta.is_dir() && !dir_writable(entry.path())) {
+            return Some(entry.path().to_path_buf());
+        }
+    }
+    None
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_sort_naturally() {
+        let mut v = vec!["data/node10", "data/node2", "data/node1"];
+        v.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        assert_eq!(v, ["data/node1", "data/node2", "data/node10"]);
+    }
+
+    #[test]
+    fn overlap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("cache/data")).unwrap();
+        let live = Live {
+            cache_dir: dir.path().join("cache"),
+            include: vec![PathBuf::from("data")],
+        };
+        assert!(live.check_store_outside(&dir.path().join("cache/data/snaps")).is_err());
+        assert!(live.check_store_outside(&dir.path().join("cache")).is_err());
+        assert!(live.check_store_outside(&dir.path().join("snaps")).is_ok());
+        assert!(live.check_store_outside(&dir.path().join("cache/other")).is_ok());
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+}
