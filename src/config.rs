@@ -424,7 +424,10 @@ fn parse_set_flags(set: &[String]) -> Result<BTreeMap<String, String>> {
         if !SPECS.iter().any(|s| s.key == key) {
             return Err(fail(
                 Code::Usage,
-                format!("--set {item:?}: unknown setting {key:?}; valid: {}", known_keys()),
+                format!(
+                    "--set {item:?}: unknown setting {key:?}; valid: {}",
+                    known_keys()
+                ),
             ));
         }
         out.insert(key, value.trim().to_string());
@@ -584,19 +587,29 @@ mod tests {
 
     #[test]
     fn precedence_flag_env_file_default() {
-        let text = "[suite_isolation]\nmode = squashfs\nkeep_snapshot_count = 3\nauto_cleanup = no\n";
+        let text =
+            "[suite_isolation]\nmode = squashfs\nkeep_snapshot_count = 3\nauto_cleanup = no\n";
         let cfg = load(
             text,
             &["mode=disabled"],
-            &[("STAGESNAP_MODE", "recreate"), ("STAGESNAP_KEEP_SNAPSHOT_COUNT", "9")],
+            &[
+                ("STAGESNAP_MODE", "recreate"),
+                ("STAGESNAP_KEEP_SNAPSHOT_COUNT", "9"),
+            ],
         )
         .unwrap();
         assert_eq!(cfg.mode(), ModeKind::Disabled);
         assert_eq!(cfg.setting("mode").source, Source::Flag);
         assert_eq!(cfg.count("keep_snapshot_count"), 9);
-        assert!(matches!(cfg.setting("keep_snapshot_count").source, Source::Env(_)));
+        assert!(matches!(
+            cfg.setting("keep_snapshot_count").source,
+            Source::Env(_)
+        ));
         assert!(!cfg.flag("auto_cleanup"));
-        assert!(matches!(cfg.setting("auto_cleanup").source, Source::File { line: 4, .. }));
+        assert!(matches!(
+            cfg.setting("auto_cleanup").source,
+            Source::File { line: 4, .. }
+        ));
     }
 
     #[test]
@@ -604,12 +617,21 @@ mod tests {
         let err = load("[suite_isolation]\n\nmode = snapshot\n", &[], &[]).unwrap_err();
         let msg = crate::exit::one_line(&err);
         assert_eq!(crate::exit::code_of(&err), Code::Usage);
-        for part in ["stage-env.cfg line 3", "[suite_isolation] mode = \"snapshot\"", "disabled, recreate, filesystem, squashfs"] {
+        for part in [
+            "stage-env.cfg line 3",
+            "[suite_isolation] mode = \"snapshot\"",
+            "disabled, recreate, filesystem, squashfs",
+        ] {
             assert!(msg.contains(part), "{msg}");
         }
         let err = load("[suite_isolation]\nkeep_snapshot_count = -1\n", &[], &[]).unwrap_err();
         assert!(crate::exit::one_line(&err).contains("keep_snapshot_count = \"-1\""));
-        let err = load("[suite_isolation]\nsquashfs_compression = brotli\n", &[], &[]).unwrap_err();
+        let err = load(
+            "[suite_isolation]\nsquashfs_compression = brotli\n",
+            &[],
+            &[],
+        )
+        .unwrap_err();
         assert!(crate::exit::one_line(&err).contains("none, gzip, lzo, xz"));
     }
 
@@ -619,7 +641,12 @@ mod tests {
             let text = format!("[suite_isolation]\ninclude = {bad}\n");
             assert!(load(&text, &[], &[]).is_err(), "{bad:?} accepted");
         }
-        let cfg = load("[suite_isolation]\ninclude = data ./certs configs\n", &[], &[]).unwrap();
+        let cfg = load(
+            "[suite_isolation]\ninclude = data ./certs configs\n",
+            &[],
+            &[],
+        )
+        .unwrap();
         assert_eq!(cfg.include().len(), 3);
     }
 

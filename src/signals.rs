@@ -21,7 +21,11 @@ pub fn install() -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     for sig in [SIGINT, SIGTERM, SIGHUP] {
         // Registered first so that it sees the flag as it was before this signal.
-        signal_hook::flag::register_conditional_shutdown(sig, Code::Interrupted.as_i32(), flag().clone())?;
+        signal_hook::flag::register_conditional_shutdown(
+            sig,
+            Code::Interrupted.as_i32(),
+            flag().clone(),
+        )?;
         signal_hook::flag::register(sig, flag().clone())?;
     }
     Ok(())
@@ -34,7 +38,10 @@ pub fn interrupted() -> bool {
 /// Err(interrupted, exit 130) once a signal arrived; call between steps of long work.
 pub fn check() -> Result<()> {
     if interrupted() {
-        Err(fail(Code::Interrupted, "interrupted; nothing more was changed"))
+        Err(fail(
+            Code::Interrupted,
+            "interrupted; nothing more was changed",
+        ))
     } else {
         Ok(())
     }

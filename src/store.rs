@@ -81,7 +81,9 @@ pub struct Meta {
 
 impl Meta {
     pub fn created(&self) -> jiff::Timestamp {
-        self.created_at.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        self.created_at
+            .parse()
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
     }
 }
 
@@ -186,15 +188,21 @@ impl Store {
         let mut unreadable = Vec::new();
         let rd = match fs::read_dir(&self.dir) {
             Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((snapshots, unreadable)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((snapshots, unreadable));
+            }
             Err(e) => {
-                return Err(e).with_context(|| format!("cannot read snapshots_dir {}", self.dir.display()));
+                return Err(e)
+                    .with_context(|| format!("cannot read snapshots_dir {}", self.dir.display()));
             }
         };
         for entry in rd {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || !entry.file_type()?.is_dir() || validate_name(&name).is_err() {
+            if name.starts_with('.')
+                || !entry.file_type()?.is_dir()
+                || validate_name(&name).is_err()
+            {
                 continue;
             }
             match self.read(&name) {
@@ -205,7 +213,12 @@ impl Store {
                 }),
             }
         }
-        snapshots.sort_by(|a, b| b.meta.created().cmp(&a.meta.created()).then(a.meta.name.cmp(&b.meta.name)));
+        snapshots.sort_by(|a, b| {
+            b.meta
+                .created()
+                .cmp(&a.meta.created())
+                .then(a.meta.name.cmp(&b.meta.name))
+        });
         Ok((snapshots, unreadable))
     }
 
@@ -272,7 +285,9 @@ impl Store {
     /// Starts building snapshot `name` in a private staging directory.
     pub fn begin(&self, name: &str, _lock: &Lock) -> Result<Staging> {
         validate_name(name)?;
-        let dir = self.dir.join(format!("{STAGING_PREFIX}{name}-{}", std::process::id()));
+        let dir = self
+            .dir
+            .join(format!("{STAGING_PREFIX}{name}-{}", std::process::id()));
         if dir.exists() {
             remove_tree(&dir)?;
         }
@@ -289,8 +304,11 @@ impl Store {
     /// Removes snapshot `name`: it vanishes from listings atomically, then its files go.
     pub fn delete(&self, name: &str, _lock: &Lock) -> Result<()> {
         let snap = self.dir.join(name);
-        let trash = self.dir.join(format!("{TRASH_PREFIX}{name}-{}", std::process::id()));
-        fs::rename(&snap, &trash).with_context(|| format!("cannot remove snapshot {}", snap.display()))?;
+        let trash = self
+            .dir
+            .join(format!("{TRASH_PREFIX}{name}-{}", std::process::id()));
+        fs::rename(&snap, &trash)
+            .with_context(|| format!("cannot remove snapshot {}", snap.display()))?;
         sync_dir(&self.dir)?;
         remove_tree(&trash)
     }
@@ -373,7 +391,10 @@ impl Staging {
             rename_noreplace(&self.dir, &target).map_err(|e| {
                 fail(
                     Code::Failure,
-                    format!("cannot move the new snapshot into {}: {e}", target.display()),
+                    format!(
+                        "cannot move the new snapshot into {}: {e}",
+                        target.display()
+                    ),
                 )
             })?;
             sync_dir(&self.store.dir)?;
@@ -434,7 +455,8 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     f.write_all(b"\n")?;
     f.sync_all()
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} into place", tmp.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} into place", tmp.display()))?;
     Ok(())
 }
 
@@ -471,7 +493,15 @@ fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()>
         return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
     };
     // SAFETY: valid C strings; AT_FDCWD resolves them like rename(2).
-    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), flags) };
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -503,7 +533,9 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
             fs::rename(&parked, a)?;
             Ok(())
         }
-        Err(e) => Err(e).with_context(|| format!("cannot swap {} into {}", a.display(), b.display())),
+        Err(e) => {
+            Err(e).with_context(|| format!("cannot swap {} into {}", a.display(), b.display()))
+        }
     }
 }
 
@@ -516,7 +548,18 @@ mod tests {
         for ok in ["clean_state", "a", "A.b-c_9", &"x".repeat(128)] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "../x", "a/b", ".hidden", "-x", "a b", "é", &"x".repeat(129), "..", "."] {
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            ".hidden",
+            "-x",
+            "a b",
+            "é",
+            &"x".repeat(129),
+            "..",
+            ".",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
     }
@@ -555,7 +598,10 @@ mod tests {
         ];
         let names = |v: Vec<&Snapshot>| v.iter().map(|s| s.meta.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(prune_plan(&list, 1, &["clean_state"])), ["m", "b"]);
-        assert_eq!(names(prune_plan(&list, 0, &["clean_state", "a"])), ["m", "b"]);
+        assert_eq!(
+            names(prune_plan(&list, 0, &["clean_state", "a"])),
+            ["m", "b"]
+        );
         assert!(prune_plan(&list, 5, &[]).is_empty());
     }
 }

@@ -59,7 +59,8 @@ impl Tool {
             .args(self.version_args)
             .output()
             .with_context(|| format!("cannot run {}", path.display()))?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
         let version = parse_version(&text).ok_or_else(|| {
             fail(
                 Code::MissingDependency,
@@ -112,7 +113,10 @@ impl Found {
                 let _ = handle.wait();
                 return Err(fail(
                     Code::Interrupted,
-                    format!("interrupted while {what}; {} was stopped", self.tool.program),
+                    format!(
+                        "interrupted while {what}; {} was stopped",
+                        self.tool.program
+                    ),
                 ));
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -138,7 +142,10 @@ impl Found {
         };
         fail(
             Code::Failure,
-            format!("{} failed ({status}) while {what}: {tail}{hint}", self.tool.program),
+            format!(
+                "{} failed ({status}) while {what}: {tail}{hint}",
+                self.tool.program
+            ),
         )
     }
 }
@@ -157,7 +164,8 @@ fn parse_version(text: &str) -> Option<String> {
         .find(|w| {
             let mut parts = w.split('.');
             w.contains('.')
-                && parts.all(|p| !p.is_empty() && p.chars().next().is_some_and(|c| c.is_ascii_digit()))
+                && parts
+                    .all(|p| !p.is_empty() && p.chars().next().is_some_and(|c| c.is_ascii_digit()))
         })
         .map(str::to_string)
 }
@@ -176,7 +184,10 @@ mod tests {
             parse_version("mksquashfs version 4.5.1 (2022/03/17)\ncopyright"),
             Some("4.5.1".into())
         );
-        assert_eq!(parse_version("Docker version 20.10.24+dfsg1, build 297e128"), Some("20.10.24+dfsg1".into()));
+        assert_eq!(
+            parse_version("Docker version 20.10.24+dfsg1, build 297e128"),
+            Some("20.10.24+dfsg1".into())
+        );
         assert_eq!(parse_version("no version here"), None);
     }
 }

@@ -159,7 +159,12 @@ impl Live {
 /// `node2` before `node10`.
 fn natural_key(s: &str) -> (String, u64) {
     let digits: String = s.chars().rev().take_while(char::is_ascii_digit).collect();
-    let n = digits.chars().rev().collect::<String>().parse().unwrap_or(0);
+    let n = digits
+        .chars()
+        .rev()
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0);
     (s[..s.len() - digits.len()].to_string(), n)
 }
 
@@ -194,7 +199,8 @@ pub fn free_bytes(path: &Path) -> Result<u64> {
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is a valid C string and st a properly sized out-parameter.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("statvfs {}", p.display()));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statvfs {}", p.display()));
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
@@ -264,10 +270,16 @@ mod tests {
             cache_dir: dir.path().join("cache"),
             include: vec![PathBuf::from("data")],
         };
-        assert!(live.check_store_outside(&dir.path().join("cache/data/snaps")).is_err());
+        assert!(
+            live.check_store_outside(&dir.path().join("cache/data/snaps"))
+                .is_err()
+        );
         assert!(live.check_store_outside(&dir.path().join("cache")).is_err());
         assert!(live.check_store_outside(&dir.path().join("snaps")).is_ok());
-        assert!(live.check_store_outside(&dir.path().join("cache/other")).is_ok());
+        assert!(
+            live.check_store_outside(&dir.path().join("cache/other"))
+                .is_ok()
+        );
     }
 
     #[test]

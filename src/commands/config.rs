@@ -23,7 +23,11 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
         cfg.file.display().to_string(),
         cfg.file_source.clone(),
     ]];
-    rows.extend(settings.iter().map(|s| vec![s.key.to_string(), s.value.clone(), s.source.clone()]));
+    rows.extend(
+        settings
+            .iter()
+            .map(|s| vec![s.key.to_string(), s.value.clone(), s.source.clone()]),
+    );
     let text = table(&["SETTING", "VALUE", "SOURCE"], &rows);
     let effective = Effective {
         config_file: cfg.file.display().to_string(),

@@ -31,13 +31,20 @@ struct Created {
 
 pub fn run(g: &GlobalArgs, args: &CreateArgs) -> Result<Report> {
     let cfg = load_config(g)?;
-    let name = args.name.clone().unwrap_or_else(|| cfg.snapshot_name().to_string());
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| cfg.snapshot_name().to_string());
     validate_name(&name)?;
     let (mode, tools) = prepare(cfg.mode())?;
     if !mode.active() {
         tracing::info!(command = "create", "suite_isolation_disabled");
         let created = Created::skipped(&name, mode.as_ref());
-        return Ok(Report::new("create", &created, "suite isolation is disabled: nothing to do\n".into()));
+        return Ok(Report::new(
+            "create",
+            &created,
+            "suite isolation is disabled: nothing to do\n".into(),
+        ));
     }
     let live = Live::from_config(&cfg);
     live.check_present()?;
@@ -48,10 +55,20 @@ pub fn run(g: &GlobalArgs, args: &CreateArgs) -> Result<Report> {
     if store.exists(&name) && !args.force {
         return Err(fail(
             Code::Failure,
-            format!("snapshot {name} already exists in {}; use --force to replace it", store.dir().display()),
+            format!(
+                "snapshot {name} already exists in {}; use --force to replace it",
+                store.dir().display()
+            ),
         ));
     }
-    let job = Job { cfg: &cfg, live: &live, store: &store, lock: &lock, mode: mode.as_ref(), tools: &tools };
+    let job = Job {
+        cfg: &cfg,
+        live: &live,
+        store: &store,
+        lock: &lock,
+        mode: mode.as_ref(),
+        tools: &tools,
+    };
     let started = Instant::now();
     let replaced = store.exists(&name);
     let snap = job.create(&name, args.pin)?;
@@ -74,7 +91,11 @@ pub fn run(g: &GlobalArgs, args: &CreateArgs) -> Result<Report> {
         created.mode,
         created.files,
         human_bytes(created.bytes),
-        if replaced { ", replacing the previous one" } else { "" }
+        if replaced {
+            ", replacing the previous one"
+        } else {
+            ""
+        }
     );
     Ok(Report::new("create", &created, text))
 }
@@ -112,7 +133,11 @@ impl Job<'_> {
     pub fn create(&self, name: &str, pin: bool) -> Result<Snapshot> {
         let started = Instant::now();
         let staging = self.store.begin(name, self.lock)?;
-        let ctx = ModeContext { cfg: self.cfg, live: self.live, tools: self.tools };
+        let ctx = ModeContext {
+            cfg: self.cfg,
+            live: self.live,
+            tools: self.tools,
+        };
         let payload = self.mode.create(&ctx, &staging.payload())?;
         crate::signals::check()?;
         let data = self.live.totals()?;
@@ -123,7 +148,11 @@ impl Job<'_> {
             mode: self.mode.kind().name().to_string(),
             created_at: jiff::Timestamp::now().to_string(),
             stagesnap_version: env!("CARGO_PKG_VERSION").to_string(),
-            tools: self.tools.iter().map(|f| (f.tool.program.to_string(), f.version.clone())).collect(),
+            tools: self
+                .tools
+                .iter()
+                .map(|f| (f.tool.program.to_string(), f.version.clone()))
+                .collect(),
             cache_dir: self.live.cache_dir.clone(),
             include: self.live.include.clone(),
             nodes: self.live.nodes(),

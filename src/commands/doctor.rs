@@ -34,7 +34,13 @@ struct Checks {
 }
 
 impl Checks {
-    fn add(&mut self, check: &str, status: Status, detail: impl Into<String>, hint: impl Into<String>) {
+    fn add(
+        &mut self,
+        check: &str,
+        status: Status,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
         self.list.push(Check {
             check: check.to_string(),
             status,
@@ -64,10 +70,20 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
     let mut checks = Checks::default();
     match load_config(g) {
         Ok(cfg) => {
-            checks.add("config", Status::Ok, format!("{} ({})", cfg.file.display(), cfg.file_source), "");
+            checks.add(
+                "config",
+                Status::Ok,
+                format!("{} ({})", cfg.file.display(), cfg.file_source),
+                "",
+            );
             check_environment(&cfg, &mut checks);
         }
-        Err(e) => checks.add("config", Status::Fail, one_line(&e), "fix the config file, or point --config at the right one"),
+        Err(e) => checks.add(
+            "config",
+            Status::Fail,
+            one_line(&e),
+            "fix the config file, or point --config at the right one",
+        ),
     }
     let code = checks.code();
     let rows: Vec<Vec<String>> = checks
@@ -75,25 +91,42 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
         .iter()
         .map(|c| {
             let status = format!("{:?}", c.status).to_lowercase();
-            let detail = if c.hint.is_empty() { c.detail.clone() } else { format!("{} (hint: {})", c.detail, c.hint) };
+            let detail = if c.hint.is_empty() {
+                c.detail.clone()
+            } else {
+                format!("{} (hint: {})", c.detail, c.hint)
+            };
             vec![status, c.check.clone(), detail]
         })
         .collect();
     let text = table(&["STATUS", "CHECK", "DETAIL"], &rows);
-    let doc = Doctor { ok: code == Code::Ok, checks: checks.list };
+    let doc = Doctor {
+        ok: code == Code::Ok,
+        checks: checks.list,
+    };
     Ok(Report::new("doctor", &doc, text).with_code(code))
 }
 
 fn check_environment(cfg: &Config, checks: &mut Checks) {
     let kind = cfg.mode();
     let Some(mode) = kind.implementation() else {
-        checks.add("mode", Status::Fail, format!("{} is not available in this version", kind.name()), "choose filesystem or disabled");
+        checks.add(
+            "mode",
+            Status::Fail,
+            format!("{} is not available in this version", kind.name()),
+            "choose filesystem or disabled",
+        );
         return;
     };
     checks.add("mode", Status::Ok, kind.name(), "");
     for tool in mode.tools() {
         match tool.require(kind.name()) {
-            Ok(found) => checks.add(tool.program, Status::Ok, format!("{} at {}", found.version, found.path.display()), ""),
+            Ok(found) => checks.add(
+                tool.program,
+                Status::Ok,
+                format!("{} at {}", found.version, found.path.display()),
+                "",
+            ),
             Err(e) => {
                 checks.missing_tool |= code_of(&e) == Code::MissingDependency;
                 let msg = one_line(&e);
@@ -107,20 +140,51 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
     }
     let live = Live::from_config(cfg);
     if live.cache_dir.is_dir() {
-        checks.add("cache_dir", Status::Ok, live.cache_dir.display().to_string(), "");
+        checks.add(
+            "cache_dir",
+            Status::Ok,
+            live.cache_dir.display().to_string(),
+            "",
+        );
     } else {
-        checks.add("cache_dir", Status::Fail, format!("{} does not exist", live.cache_dir.display()), "start the environment, or fix [paths] cache_dir");
+        checks.add(
+            "cache_dir",
+            Status::Fail,
+            format!("{} does not exist", live.cache_dir.display()),
+            "start the environment, or fix [paths] cache_dir",
+        );
     }
     for rel in &live.include {
         let path = live.path(rel);
         let name = format!("include {}", rel.display());
         if !path.exists() {
-            checks.add(&name, Status::Fail, format!("{} does not exist", path.display()), "start the environment, or fix include");
+            checks.add(
+                &name,
+                Status::Fail,
+                format!("{} does not exist", path.display()),
+                "start the environment, or fix include",
+            );
             continue;
         }
-        let one = Live { cache_dir: live.cache_dir.clone(), include: vec![rel.clone()] };
+        let one = Live {
+            cache_dir: live.cache_dir.clone(),
+            include: vec![rel.clone()],
+        };
         let nodes = one.nodes();
-        checks.add(&name, Status::Ok, format!("{}; nodes: {}", path.display(), if nodes.is_empty() { "none".into() } else { nodes.join(" ") }), "");
+        checks.add(
+            &name,
+            Status::Ok,
+            format!(
+                "{}; nodes: {}",
+                path.display(),
+                if nodes.is_empty() {
+                    "none".into()
+                } else {
+                    nodes.join(" ")
+                }
+            ),
+            "",
+        );
         match first_unwritable(&path) {
             None => checks.add(&format!("writable {}", rel.display()), Status::Ok, "this user can rewrite every entry", ""),
             Some(p) => checks.add(
@@ -133,31 +197,73 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
     }
     let dir = cfg.snapshots_dir();
     match live.check_store_outside(dir) {
-        Err(e) => checks.add("snapshots_dir", Status::Fail, one_line(&e), "set snapshots_dir outside the included paths"),
+        Err(e) => checks.add(
+            "snapshots_dir",
+            Status::Fail,
+            one_line(&e),
+            "set snapshots_dir outside the included paths",
+        ),
         Ok(()) => {
             let mut existing = dir;
             while !existing.exists() {
                 existing = existing.parent().unwrap_or(std::path::Path::new("/"));
             }
             if dir_writable(existing) {
-                let note = if existing == dir { String::new() } else { " (will be created)".into() };
-                checks.add("snapshots_dir", Status::Ok, format!("{}{note}", dir.display()), "");
+                let note = if existing == dir {
+                    String::new()
+                } else {
+                    " (will be created)".into()
+                };
+                checks.add(
+                    "snapshots_dir",
+                    Status::Ok,
+                    format!("{}{note}", dir.display()),
+                    "",
+                );
             } else {
-                checks.add("snapshots_dir", Status::Fail, format!("{} is not writable", existing.display()), "fix its permissions or choose another snapshots_dir");
+                checks.add(
+                    "snapshots_dir",
+                    Status::Fail,
+                    format!("{} is not writable", existing.display()),
+                    "fix its permissions or choose another snapshots_dir",
+                );
             }
         }
     }
     let (snapshots, unreadable) = store(cfg).list().unwrap_or_default();
     for u in unreadable {
-        checks.add(&format!("snapshot {}", u.name), Status::Warn, u.problem, format!("stagesnap delete {}", u.name));
+        checks.add(
+            &format!("snapshot {}", u.name),
+            Status::Warn,
+            u.problem,
+            format!("stagesnap delete {}", u.name),
+        );
     }
     let needed = match snapshots.first() {
         Some(newest) => newest.meta.stored_bytes,
         None => live.totals().map(|t| t.allocated).unwrap_or(0),
     };
     match free_bytes(dir) {
-        Ok(free) if free >= needed => checks.add("free space", Status::Ok, format!("{} free, a snapshot needs about {}", human_bytes(free), human_bytes(needed)), ""),
-        Ok(free) => checks.add("free space", Status::Warn, format!("{} free, a snapshot needs about {}", human_bytes(free), human_bytes(needed)), "free space or move snapshots_dir"),
+        Ok(free) if free >= needed => checks.add(
+            "free space",
+            Status::Ok,
+            format!(
+                "{} free, a snapshot needs about {}",
+                human_bytes(free),
+                human_bytes(needed)
+            ),
+            "",
+        ),
+        Ok(free) => checks.add(
+            "free space",
+            Status::Warn,
+            format!(
+                "{} free, a snapshot needs about {}",
+                human_bytes(free),
+                human_bytes(needed)
+            ),
+            "free space or move snapshots_dir",
+        ),
         Err(e) => checks.add("free space", Status::Warn, one_line(&e), ""),
     }
 }

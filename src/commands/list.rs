@@ -58,14 +58,29 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
                 human_bytes(r.bytes),
                 human_bytes(r.stored_bytes),
                 r.files.to_string(),
-                if r.pinned { "yes".into() } else { String::new() },
+                if r.pinned {
+                    "yes".into()
+                } else {
+                    String::new()
+                },
             ]
         })
         .collect();
     let text = if rows.is_empty() {
         format!("no snapshots in {}\n", store.dir().display())
     } else {
-        table(&["NAME", "MODE", "CREATED (UTC)", "SIZE", "STORED", "FILES", "PINNED"], &cells)
+        table(
+            &[
+                "NAME",
+                "MODE",
+                "CREATED (UTC)",
+                "SIZE",
+                "STORED",
+                "FILES",
+                "PINNED",
+            ],
+            &cells,
+        )
     };
     let listing = Listing {
         snapshots_dir: store.dir().display().to_string(),

@@ -19,7 +19,9 @@ struct Pruned {
 pub fn run(g: &GlobalArgs, args: &PruneArgs) -> Result<Report> {
     let cfg = load_config(g)?;
     prepare(cfg.mode())?;
-    let keep = args.keep.unwrap_or_else(|| cfg.count("keep_snapshot_count"));
+    let keep = args
+        .keep
+        .unwrap_or_else(|| cfg.count("keep_snapshot_count"));
     let store = store(&cfg);
     let lock = store.lock("prune", lock_timeout(g))?;
     if !args.dry_run {
@@ -41,12 +43,24 @@ pub fn run(g: &GlobalArgs, args: &PruneArgs) -> Result<Report> {
         .map(|s| s.meta.name.clone())
         .filter(|n| !plan.contains(n))
         .collect();
-    let verb = if args.dry_run { "would remove" } else { "removed" };
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     let text = if plan.is_empty() {
-        format!("nothing to prune: {} snapshots, keeping {keep}\n", snapshots.len())
+        format!(
+            "nothing to prune: {} snapshots, keeping {keep}\n",
+            snapshots.len()
+        )
     } else {
         plan.iter().map(|n| format!("{verb} {n}\n")).collect()
     };
-    let pruned = Pruned { keep, dry_run: args.dry_run, removed: plan, kept };
+    let pruned = Pruned {
+        keep,
+        dry_run: args.dry_run,
+        removed: plan,
+        kept,
+    };
     Ok(Report::new("prune", &pruned, text))
 }

@@ -30,14 +30,21 @@ struct Restored {
 
 pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
     let cfg = load_config(g)?;
-    let name = args.name.clone().unwrap_or_else(|| cfg.snapshot_name().to_string());
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| cfg.snapshot_name().to_string());
     validate_name(&name)?;
     let configured = cfg.mode();
     let (configured_mode, configured_tools) = prepare(configured)?;
     if !configured_mode.active() {
         tracing::info!(command = "restore", "suite_isolation_disabled");
         let r = Restored::empty(&name, configured, false, true);
-        return Ok(Report::new("restore", &r, "suite isolation is disabled: nothing to do\n".into()));
+        return Ok(Report::new(
+            "restore",
+            &r,
+            "suite isolation is disabled: nothing to do\n".into(),
+        ));
     }
     let live = Live::from_config(&cfg);
     live.check_present()?;
@@ -72,7 +79,10 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
         r.files = snap.meta.files;
         r.bytes = snap.meta.bytes;
         r.seconds = started.elapsed().as_secs_f64();
-        let text = format!("snapshot {name} did not exist: created it from the current data ({} files)\n", r.files);
+        let text = format!(
+            "snapshot {name} did not exist: created it from the current data ({} files)\n",
+            r.files
+        );
         return Ok(Report::new("restore", &r, text));
     }
 
@@ -81,10 +91,17 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
     let kind = ModeKind::from_name(&snap.meta.mode).ok_or_else(|| {
         fail(
             Code::Failure,
-            format!("snapshot {name} has unknown mode {:?}; it was made by another stagesnap", snap.meta.mode),
+            format!(
+                "snapshot {name} has unknown mode {:?}; it was made by another stagesnap",
+                snap.meta.mode
+            ),
         )
     })?;
-    let (mode, tools) = if kind == configured { (configured_mode, configured_tools) } else { prepare(kind)? };
+    let (mode, tools) = if kind == configured {
+        (configured_mode, configured_tools)
+    } else {
+        prepare(kind)?
+    };
     if snap.meta.cache_dir != live.cache_dir {
         tracing::warn!(
             snapshot_cache_dir = %snap.meta.cache_dir.display(),
@@ -92,10 +109,19 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
             "snapshot_other_environment: snapshot {name} was taken from another cache_dir"
         );
     }
-    let ctx = ModeContext { cfg: &cfg, live: &live, tools: &tools };
+    let ctx = ModeContext {
+        cfg: &cfg,
+        live: &live,
+        tools: &tools,
+    };
     // Prove the snapshot usable before the first byte of live data changes.
     mode.verify(&ctx, &snap)?;
-    if let Some(path) = snap.meta.include.iter().find_map(|rel| crate::tree::first_unwritable(&live.path(rel))) {
+    if let Some(path) = snap
+        .meta
+        .include
+        .iter()
+        .find_map(|rel| crate::tree::first_unwritable(&live.path(rel)))
+    {
         return Err(fail(
             Code::Failure,
             format!(

@@ -35,7 +35,13 @@ impl Mode for Filesystem {
             if let Some(parent) = dst.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            sync(rsync, &src, &dst, &[], &format!("copying {} into the snapshot", src.display()))?;
+            sync(
+                rsync,
+                &src,
+                &dst,
+                &[],
+                &format!("copying {} into the snapshot", src.display()),
+            )?;
         }
         Ok(serde_json::Value::Null)
     }
@@ -68,7 +74,11 @@ impl Mode for Filesystem {
                 &src,
                 &dst,
                 &["--delete", "--stats"],
-                &format!("restoring {} from snapshot {}", dst.display(), snapshot.meta.name),
+                &format!(
+                    "restoring {} from snapshot {}",
+                    dst.display(),
+                    snapshot.meta.name
+                ),
             )?;
             let report = String::from_utf8_lossy(&out.stdout);
             stats.files_rewritten += stat_number(&report, "Number of regular files transferred:");
@@ -81,7 +91,13 @@ impl Mode for Filesystem {
 
 /// rsync `src` onto `dst`. For directories the trailing slash makes rsync fill `dst` in
 /// place instead of creating `dst/<name>`.
-fn sync(rsync: &Found, src: &Path, dst: &Path, extra: &[&str], what: &str) -> Result<std::process::Output> {
+fn sync(
+    rsync: &Found,
+    src: &Path,
+    dst: &Path,
+    extra: &[&str],
+    what: &str,
+) -> Result<std::process::Output> {
     let mut args: Vec<OsString> = PRESERVE.iter().chain(extra).map(OsString::from).collect();
     let (mut s, mut d) = (src.as_os_str().to_owned(), dst.as_os_str().to_owned());
     if src.is_dir() {
@@ -112,7 +128,10 @@ mod tests {
         let report = "Number of files: 20 (reg: 10, dir: 10)\nNumber of deleted files: 3 (reg: 3)\n\
                       Number of regular files transferred: 1,204\nTotal transferred file size: 12,345 bytes\n";
         assert_eq!(stat_number(report, "Number of deleted files:"), 3);
-        assert_eq!(stat_number(report, "Number of regular files transferred:"), 1204);
+        assert_eq!(
+            stat_number(report, "Number of regular files transferred:"),
+            1204
+        );
         assert_eq!(stat_number(report, "Total transferred file size:"), 12345);
         assert_eq!(stat_number(report, "Missing:"), 0);
     }
