@@ -557,8 +557,7 @@ mod tests {
 
     fn load(text: &str, set: &[&str], env: &[(&str, &str)]) -> Result<Config> {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join(FILE_NAME);
-        std::fs::write(&file, text).unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), text).unwrap();
         let overrides = Overrides {
             config: None,
             set: set.iter().map(|s| s.to_string()).collect(),
@@ -567,10 +566,8 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let cfg = Config::load_from(&overrides, dir.path(), &env);
-        // Keep the directory alive only as long as needed by the assertions on paths.
-        std::mem::forget(dir);
-        cfg
+        // Loading is lexical once the file is read, so the directory may go afterwards.
+        Config::load_from(&overrides, dir.path(), &env)
     }
 
     #[test]

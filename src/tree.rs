@@ -123,7 +123,7 @@ impl Live {
                 }
             }
         }
-        nodes.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        nodes.sort_by_key(|n| natural_key(n));
         nodes
     }
 
@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn nodes_sort_naturally() {
         let mut v = vec!["data/node10", "data/node2", "data/node1"];
-        v.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        v.sort_by_key(|n| natural_key(n));
         assert_eq!(v, ["data/node1", "data/node2", "data/node10"]);
     }
 

@@ -16,7 +16,10 @@ pub struct Filesystem;
 
 /// Everything rsync can preserve: hardlinks, ACLs, xattrs, sparse files, owners by number
 /// (container uids mean nothing on the host), plus -a's modes, times, symlinks and devices.
-const PRESERVE: &[&str] = &["-aHAXS", "--numeric-ids"];
+/// `--modify-window=-1` compares mtimes to the nanosecond: with the default whole-second
+/// comparison rsync neither sets a fresh copy's time that falls in the same second as the
+/// source's, nor notices a same-size rewrite within the snapshot's second.
+const PRESERVE: &[&str] = &["-aHAXS", "--numeric-ids", "--modify-window=-1"];
 
 impl Mode for Filesystem {
     fn kind(&self) -> ModeKind {
