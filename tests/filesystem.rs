@@ -1,0 +1,225 @@
+//! filesystem mode end to end: the built binary against real rsync on real trees.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+use std::process::Command;
+
+use common::{Env, assert_same_tree, dir_inodes, is_root, treestate};
+
+const MB: u64 = 1 << 20;
+
+#[test]
+fn restore_after_suite_is_exact_and_keeps_directory_inodes() {
+    let env = Env::sample(3, 6 * MB);
+    let before = treestate(&env.data());
+    let inodes = dir_inodes(&env.data());
+    let created = env.json(&["create"], 0);
+    assert_eq!(created["name"], "clean_state");
+    assert!(created["files"].as_u64().unwrap() > 10);
+
+    env.suite(7);
+    assert_ne!(treestate(&env.data()), before, "the suite changed nothing");
+
+    let restored = env.json(&["restore"], 0);
+    assert_same_tree(&treestate(&env.data()), &before);
+    assert_eq!(dir_inodes(&env.data()), inodes, "data/ or a node directory was replaced");
+    assert!(restored["files_rewritten"].as_u64().unwrap() > 0);
+    assert!(restored["entries_deleted"].as_u64().unwrap() > 0);
+
+    // Nothing changed since: a second restore rewrites nothing.
+    let again = env.json(&["restore"], 0);
+    assert_eq!(again["files_rewritten"], 0);
+    assert_same_tree(&treestate(&env.data()), &before);
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid C strings and a live buffer.
+    let rc = unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    assert_eq!(rc, 0, "setxattr {name} on {}: {}", path.display(), std::io::Error::last_os_error());
+}
+
+fn sh(script: &str) {
+    let status = Command::new("sh").arg("-c").arg(script).status().unwrap();
+    assert!(status.success(), "{script}");
+}
+
+/// Every kind of metadata the mode promises to keep, scrambled by a "suite" and restored.
+#[test]
+fn every_metadata_kind_round_trips() {
+    let env = Env::sample(2, 2 * MB);
+    let n = env.data().join("node1/fidelity");
+    fs::create_dir_all(n.join("empty/deeper")).unwrap();
+    fs::write(n.join("plain"), b"plain content").unwrap();
+    fs::write(n.join("empty-file"), b"").unwrap();
+    fs::write(n.join("linked-a"), b"shared inode").unwrap();
+    fs::hard_link(n.join("linked-a"), n.join("linked-b")).unwrap();
+    symlink("plain", n.join("rel-link")).unwrap();
+    symlink("/etc/hostname", n.join("abs-link")).unwrap();
+    symlink("does/not/exist", n.join("dangling-link")).unwrap();
+    let sparse = fs::File::create(n.join("sparse")).unwrap();
+    sparse.set_len(64 * MB).unwrap();
+    drop(sparse);
+    fs::write(n.join("name with spaces"), b"x").unwrap();
+    fs::write(n.join("private"), b"secret").unwrap();
+    fs::set_permissions(n.join("private"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::create_dir(n.join("setgid-sticky")).unwrap();
+    fs::set_permissions(n.join("setgid-sticky"), fs::Permissions::from_mode(0o3775)).unwrap();
+    set_xattr(&n.join("plain"), "user.origin", b"node1");
+    let fifo = CString::new(n.join("fifo").as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
+    if is_root() {
+        std::os::unix::fs::lchown(n.join("plain"), Some(1234), Some(5678)).unwrap();
+        std::os::unix::fs::lchown(n.join("rel-link"), Some(4321), Some(8765)).unwrap();
+        sh(&format!("setfacl -m u:1234:rw {}", n.join("private").display()));
+    }
+    let old = fs::File::options().write(true).open(n.join("plain")).unwrap();
+    old.set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123_456_789))
+        .unwrap();
+    drop(old);
+
+    let before = treestate(&env.data());
+    env.run(&["create"], 0);
+
+    // Scramble every kind.
+    fs::write(n.join("plain"), b"changed content!").unwrap();
+    fs::remove_file(n.join("linked-b")).unwrap();
+    fs::write(n.join("linked-b"), b"shared inode").unwrap();
+    fs::remove_file(n.join("rel-link")).unwrap();
+    symlink("elsewhere", n.join("rel-link")).unwrap();
+    fs::remove_file(n.join("dangling-link")).unwrap();
+    fs::write(n.join("sparse"), b"no longer sparse").unwrap();
+    fs::set_permissions(n.join("private"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(n.join("setgid-sticky"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::remove_dir_all(n.join("empty")).unwrap();
+    fs::write(n.join("added"), b"new").unwrap();
+    if is_root() {
+        sh(&format!("setfacl -b {}", n.join("private").display()));
+        std::os::unix::fs::lchown(n.join("abs-link"), Some(99), Some(99)).unwrap();
+    }
+    assert_ne!(treestate(&env.data()), before);
+
+    env.run(&["restore"], 0);
+    assert_same_tree(&treestate(&env.data()), &before);
+    let meta = fs::symlink_metadata(n.join("sparse")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(meta.blocks() * 512 < meta.len(), "sparse file was filled");
+}
+
+#[test]
+fn missing_snapshot_is_auto_created_or_not_found() {
+    let env = Env::sample(2, MB);
+    let (_, stderr) = env.run(&["restore", "fresh"], 0);
+    assert!(stderr.contains("snapshot_missing"), "{stderr}");
+    assert!(env.snapshots().join("fresh/meta.json").is_file());
+
+    env.set("auto_create_on_startup", "false");
+    let before = treestate(&env.data());
+    let (_, stderr) = env.run(&["restore", "other"], 4);
+    assert!(stderr.contains("snapshot other not found"), "{stderr}");
+    assert_same_tree(&treestate(&env.data()), &before);
+    assert!(!env.snapshots().join("other").exists());
+}
+
+#[test]
+fn create_refuses_existing_name_without_force_and_replaces_atomically_with_it() {
+    let env = Env::sample(2, MB);
+    env.run(&["create", "base"], 0);
+    let first = treestate(&env.snapshots().join("base/payload"));
+    let (_, stderr) = env.run(&["create", "base"], 1);
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert_same_tree(&treestate(&env.snapshots().join("base/payload")), &first);
+
+    env.suite(3);
+    let dirty = treestate(&env.data());
+    let out = env.json(&["create", "base", "--force"], 0);
+    assert_eq!(out["replaced"], true);
+    env.suite(4);
+    env.run(&["restore", "base"], 0);
+    assert_same_tree(&treestate(&env.data()), &dirty);
+    let names: Vec<_> = fs::read_dir(env.snapshots())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with(".staging") && !n.starts_with(".trash")), "{names:?}");
+}
+
+/// rsync dying halfway through a `create --force` leaves the old snapshot intact and restorable.
+#[test]
+fn failed_replacement_keeps_the_old_snapshot() {
+    let env = Env::sample(2, MB);
+    env.run(&["create"], 0);
+    let clean = treestate(&env.data());
+    env.suite(5);
+
+    // The fault: an rsync that copies, then reports a failure as a full disk would.
+    let bin = env.root.join("fake-bin");
+    fs::create_dir(&bin).unwrap();
+    let fake = bin.join("rsync");
+    fs::write(&fake, "#!/bin/sh\n/usr/bin/rsync \"$@\"\necho 'rsync: write failed: No space left on device (28)' >&2\nexit 11\n").unwrap();
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = env.cmd().args(["create", "--force"]).env("PATH", &path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("No space left on device") && stderr.contains("free space"), "{stderr}");
+    let leftovers: Vec<_> = fs::read_dir(env.snapshots())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".staging"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+
+    env.run(&["restore"], 0);
+    assert_same_tree(&treestate(&env.data()), &clean);
+}
+
+#[test]
+fn prune_keeps_newest_pinned_and_snapshot_name() {
+    let env = Env::sample(1, MB / 2);
+    env.set("auto_cleanup", "false");
+    // Created in this order; names deliberately sort the other way.
+    for name in ["zeta", "clean_state", "yank", "xray", "whisky"] {
+        let pin = if name == "yank" { vec!["--pin"] } else { vec![] };
+        let mut args = vec!["create", name];
+        args.extend(pin);
+        env.run(&args, 0);
+    }
+    let listed = env.json(&["list"], 0);
+    let names: Vec<&str> = listed["snapshots"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["whisky", "xray", "yank", "clean_state", "zeta"], "list is newest first");
+
+    // Unpinned, newest first: whisky xray clean_state zeta. Keeping 1 leaves whisky; of the
+    // rest, clean_state (snapshot_name) stays too; the pinned yank is never a candidate.
+    let before = listed.clone();
+    let dry = env.json(&["prune", "--keep", "1", "--dry-run"], 0);
+    assert_eq!(dry["removed"], serde_json::json!(["xray", "zeta"]), "{dry}");
+    assert_eq!(env.json(&["list"], 0)["snapshots"], before["snapshots"], "--dry-run changed the store");
+
+    let pruned = env.json(&["prune", "--keep", "1"], 0);
+    assert_eq!(pruned["removed"], serde_json::json!(["xray", "zeta"]));
+    let listed = env.json(&["list"], 0);
+    let names: Vec<&str> = listed["snapshots"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["whisky", "yank", "clean_state"]);
+}
+
+#[test]
+fn auto_cleanup_after_create_never_removes_the_new_one() {
+    let env = Env::sample(1, MB / 2);
+    env.set("keep_snapshot_count", "0");
+    env.run(&["create"], 0);
+    env.run(&["create", "one"], 0);
+    let out = env.json(&["create", "two"], 0);
+    // keep 0: "one" goes; clean_state (snapshot_name) and "two" (just made) stay.
+    assert_eq!(out["pruned"], serde_json::json!(["one"]));
+    let listed = env.json(&["list"], 0);
+    let names: Vec<&str> = listed["snapshots"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["two", "clean_state"]);
+}
