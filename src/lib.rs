@@ -10,7 +10,7 @@ pub mod exit;
 pub mod ini;
 pub mod modes;
 pub mod output;
-// pub mod sample;
+pub mod sample;
 pub mod signals;
 pub mod store;
 pub mod tools;
