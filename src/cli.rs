@@ -1,19 +1,19 @@
 //! Command-line types (clap derive). No logic here.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-
-const AFTER_HELP: &str = "\
-Exit codes: 0 ok, 1 failure, 2 usage or config error, 3 missing dependency,
-4 snapshot not found, 5 lock held, 6 restore degraded (a fallback ran), 130 interrupted.";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "stagesnap",
     version,
     about = "Snapshot the clean state of a docker test network once; restore it before every suite",
-    after_help = AFTER_HELP
+    after_help = format!(
+        "Example: stagesnap create --force && stagesnap run --keep-failed -- pytest tests/\n\n{}",
+        crate::exit::help_text()
+    )
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -45,6 +45,10 @@ pub struct GlobalArgs {
     /// Only errors on stderr
     #[arg(short, long, global = true)]
     pub quiet: bool,
+
+    /// No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)
+    #[arg(long, global = true)]
+    pub no_progress: bool,
 
     /// Seconds to wait for another stagesnap holding the store's lock
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = 60)]
@@ -80,6 +84,30 @@ pub enum Command {
     /// Show every effective setting and where it came from
     #[command(after_help = "Example: stagesnap config --json")]
     Config,
+
+    /// Check stored snapshots against their manifests (every file's hash)
+    #[command(after_help = "Example: stagesnap verify --all")]
+    Verify(VerifyArgs),
+
+    /// Is the live data identical to a snapshot? Exit 0 if so, 1 with a summary per node if not
+    #[command(after_help = "Example: stagesnap status clean_state")]
+    Status(StatusArgs),
+
+    /// List what differs between two snapshots, or a snapshot and the live data
+    #[command(after_help = "Example: stagesnap diff clean_state --stat")]
+    Diff(DiffArgs),
+
+    /// Restore a snapshot, run a test suite on it, and exit with the suite's exit code
+    #[command(after_help = "Example: stagesnap run --keep-failed -- pytest -x tests/")]
+    Run(RunArgs),
+
+    /// Write the shell completions and man pages into a directory (they are committed)
+    #[command(hide = true, after_help = "Example: stagesnap generate-assets --out .")]
+    GenerateAssets(AssetsArgs),
+
+    /// Print the snapshot names, one per line, for shell completion
+    #[command(hide = true, after_help = "Example: stagesnap complete-names")]
+    CompleteNames,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +128,79 @@ pub struct CreateArgs {
 pub struct RestoreArgs {
     /// Snapshot name [default: snapshot_name from the config]
     pub name: Option<String>,
+
+    /// Check the restored data against the manifest: metadata (sizes, modes, owners, times,
+    /// links, xattrs), full (also every file's hash) or none [default: restore_verify]
+    #[arg(long, value_name = "LEVEL", value_parser = crate::manifest::VERIFY_LEVELS.to_vec())]
+    pub verify: Option<String>,
+
+    /// Restore even if files named by `fingerprint` changed since the snapshot was made
+    #[arg(long)]
+    pub allow_stale: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Snapshot to restore before the suite [default: snapshot_name from the config]
+    #[arg(long, value_name = "NAME")]
+    pub snapshot: Option<String>,
+
+    /// When the suite fails, snapshot the data it left as NAME-failed-<UTC time>, pinned
+    #[arg(long)]
+    pub keep_failed: bool,
+
+    /// Restore even if files named by `fingerprint` changed since the snapshot was made
+    #[arg(long)]
+    pub allow_stale: bool,
+
+    /// The suite: a program and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct AssetsArgs {
+    /// Directory that receives completions/ and man/
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Snapshots to check [default: snapshot_name from the config]
+    #[arg(conflicts_with = "all")]
+    pub names: Vec<String>,
+
+    /// Check every snapshot in the store
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Snapshot name [default: snapshot_name from the config]
+    pub name: Option<String>,
+
+    /// Hash every live file instead of only those whose size and mtime cannot tell
+    #[arg(long)]
+    pub full: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The old side: a snapshot
+    pub from: String,
+
+    /// The new side: another snapshot [default: the live data]
+    pub to: Option<String>,
+
+    /// Counts and bytes per node instead of one line per entry
+    #[arg(long)]
+    pub stat: bool,
+
+    /// Hash every live file instead of only those whose size and mtime cannot tell
+    #[arg(long)]
+    pub full: bool,
 }
 
 #[derive(Debug, Args)]

@@ -27,10 +27,23 @@ pub enum Kind {
     Choice(&'static [&'static str]),
     Bool,
     Count,
+    /// `auto` or a whole number >= 1.
+    CountOrAuto,
     Name,
     Path,
     /// Space-separated relative paths below cache_dir.
     RelPaths,
+    /// A container name with `{node}` (node directory name) and/or `{n}` (its number).
+    ContainerTemplate,
+    /// Space-separated `node:container` pairs.
+    ContainerMap,
+    /// An absolute path inside a container.
+    ContainerPath,
+    /// Space-separated shell glob patterns relative to a directory inside a container.
+    Globs,
+    /// `auto`, `none`, or space-separated paths or globs on this machine (relative ones
+    /// relative to the config file's folder).
+    FilePatterns,
 }
 
 /// One row of the settings table: adding a setting is adding a row.
@@ -57,6 +70,27 @@ pub const SPECS: &[Spec] = &[
         default: "none",
         kind: Kind::Choice(&["none", "gzip", "lzo", "xz", "zstd", "lz4"]),
         help: "compressor of squashfs images",
+    },
+    Spec {
+        key: "squashfs_level",
+        section: SECTION,
+        default: "auto",
+        kind: Kind::CountOrAuto,
+        help: "compression level: gzip and lzo 1-9, zstd 1-22; auto = gzip 6, zstd 3, fast lzo1x_1",
+    },
+    Spec {
+        key: "squashfs_processors",
+        section: SECTION,
+        default: "auto",
+        kind: Kind::CountOrAuto,
+        help: "threads mksquashfs and unsquashfs use; auto = all cores",
+    },
+    Spec {
+        key: "squashfs_restore",
+        section: SECTION,
+        default: "auto",
+        kind: Kind::Choice(&["auto", "extract", "mount"]),
+        help: "how squashfs snapshots are restored; auto = mount where this process may, else extract",
     },
     Spec {
         key: "auto_create_on_startup",
@@ -99,6 +133,69 @@ pub const SPECS: &[Spec] = &[
         default: "data",
         kind: Kind::RelPaths,
         help: "paths below cache_dir that a snapshot captures",
+    },
+    Spec {
+        key: "container_name",
+        section: SECTION,
+        default: "cellframe-stage-node-{n}",
+        kind: Kind::ContainerTemplate,
+        help: "container of each node directory data/NODE: {node} is its name, {n} its number",
+    },
+    Spec {
+        key: "containers",
+        section: SECTION,
+        default: "",
+        kind: Kind::ContainerMap,
+        help: "explicit node:container pairs; when set, used instead of container_name",
+    },
+    Spec {
+        key: "container_data_path",
+        section: SECTION,
+        default: "/opt/cellframe-node/var",
+        kind: Kind::ContainerPath,
+        help: "where a node directory is mounted inside its container",
+    },
+    Spec {
+        key: "recreate_paths",
+        section: SECTION,
+        default: "lib/wallet/*.dwallet lib/global_db/* lib/network/*/*/* log/*.log",
+        kind: Kind::Globs,
+        help: "recreate mode: what the cleanup removes, globs relative to container_data_path",
+    },
+    Spec {
+        key: "recreate_restart",
+        section: SECTION,
+        default: "true",
+        kind: Kind::Bool,
+        help: "recreate mode: restart each container after its cleanup",
+    },
+    Spec {
+        key: "quiesce",
+        section: SECTION,
+        default: "none",
+        kind: Kind::Choice(&["none", "pause", "stop"]),
+        help: "what happens to running node containers around create and restore",
+    },
+    Spec {
+        key: "restore_fallback",
+        section: SECTION,
+        default: "none",
+        kind: Kind::Choice(&["none", "recreate"]),
+        help: "when a restore fails: recreate runs the recreate cleanup and exits 6",
+    },
+    Spec {
+        key: "restore_verify",
+        section: SECTION,
+        default: "metadata",
+        kind: Kind::Choice(crate::manifest::VERIFY_LEVELS),
+        help: "after a restore, check the live data against the manifest: metadata, full (also every file's hash) or none",
+    },
+    Spec {
+        key: "fingerprint",
+        section: SECTION,
+        default: "auto",
+        kind: Kind::FilePatterns,
+        help: "files a snapshot must stay consistent with (paths or globs); auto = certs/ and configs/ in cache_dir, none = no staleness guard",
     },
     Spec {
         key: "cache_dir",
@@ -145,6 +242,7 @@ pub enum Value {
     Count(u32),
     Path(PathBuf),
     Paths(Vec<PathBuf>),
+    List(Vec<String>),
 }
 
 #[derive(Debug, Clone)]
@@ -307,6 +405,15 @@ impl Config {
         }
     }
 
+    /// A [`Kind::CountOrAuto`] setting: None for `auto`.
+    pub fn count_or_auto(&self, key: &str) -> Option<u32> {
+        match &self.setting(key).value {
+            Value::Count(n) => Some(*n),
+            Value::Text(auto) if auto == "auto" => None,
+            other => panic!("setting {key} is not a count or auto: {other:?}"),
+        }
+    }
+
     pub fn path(&self, key: &str) -> &Path {
         match &self.setting(key).value {
             Value::Path(p) => p,
@@ -328,6 +435,14 @@ impl Config {
 
     pub fn snapshots_dir(&self) -> &Path {
         self.path("snapshots_dir")
+    }
+
+    /// The items of a list setting (`containers`, `recreate_paths`).
+    pub fn list(&self, key: &str) -> &[String] {
+        match &self.setting(key).value {
+            Value::List(items) => items,
+            other => panic!("setting {key} is not a list: {other:?}"),
+        }
     }
 
     /// Included paths, relative to cache_dir.
@@ -366,6 +481,7 @@ fn display_value(v: &Value) -> String {
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(" "),
+        Value::List(items) => items.join(" "),
     }
 }
 
@@ -491,6 +607,15 @@ fn validate(spec: &Spec, raw: &str, base: &Path) -> std::result::Result<Value, S
             .parse::<u32>()
             .map(Value::Count)
             .map_err(|_| "not a whole number >= 0".into()),
+        Kind::CountOrAuto => match raw.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Value::Text("auto".into())),
+            n => n
+                .parse::<u32>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .map(Value::Count)
+                .ok_or_else(|| "not auto or a whole number >= 1".into()),
+        },
         Kind::Name => validate_name(raw)
             .map(|()| Value::Text(raw.to_string()))
             .map_err(|e| e.to_string()),
@@ -529,6 +654,81 @@ fn validate(spec: &Spec, raw: &str, base: &Path) -> std::result::Result<Value, S
                 }
             }
             Ok(Value::Paths(normalized))
+        }
+        Kind::ContainerTemplate => {
+            let template = raw.trim();
+            if !template.contains("{node}") && !template.contains("{n}") {
+                return Err("needs {node} (the node directory's name) or {n} (its number), e.g. cellframe-stage-node-{n}".into());
+            }
+            let sample = crate::docker::render(template, "node1")?;
+            if !crate::docker::valid_name(&sample) {
+                return Err(format!(
+                    "gives container names like {sample:?}; only {{node}} and {{n}} may stand in braces, the rest must be letters, digits, '_', '.' or '-'"
+                ));
+            }
+            Ok(Value::Text(template.to_string()))
+        }
+        Kind::ContainerMap => {
+            let mut nodes = Vec::new();
+            for item in raw.split_whitespace() {
+                let (node, name) = item.split_once(':').unwrap_or((item, ""));
+                if node.is_empty() || node.contains('/') || !crate::docker::valid_name(name) {
+                    return Err(format!(
+                        "{item:?} is not NODE:CONTAINER, e.g. node1:cellframe-stage-node-1"
+                    ));
+                }
+                if nodes.contains(&node) {
+                    return Err(format!("node {node} is listed twice"));
+                }
+                nodes.push(node);
+            }
+            Ok(Value::List(
+                raw.split_whitespace().map(str::to_string).collect(),
+            ))
+        }
+        Kind::ContainerPath => {
+            let path = raw.trim();
+            if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                return Err(
+                    "not an absolute path inside the container, e.g. /opt/cellframe-node/var"
+                        .into(),
+                );
+            }
+            Ok(Value::Text(path.to_string()))
+        }
+        Kind::FilePatterns => {
+            let words: Vec<&str> = raw.split_whitespace().collect();
+            if let [word @ ("auto" | "none")] = words[..] {
+                return Ok(Value::Text(word.to_string()));
+            }
+            if words.is_empty() {
+                return Err("empty; give paths or globs, auto, or none".into());
+            }
+            words
+                .iter()
+                .map(|w| {
+                    let path = normalize(&base.join(w)).to_string_lossy().into_owned();
+                    glob::Pattern::new(&path)
+                        .map(|_| path)
+                        .map_err(|e| format!("{w} is not a valid glob: {e}"))
+                })
+                .collect::<std::result::Result<_, _>>()
+                .map(Value::List)
+        }
+        Kind::Globs => {
+            let patterns: Vec<String> = raw.split_whitespace().map(str::to_string).collect();
+            if patterns.is_empty() {
+                return Err("no patterns; give at least one, e.g. log/*.log".into());
+            }
+            if let Some(bad) = patterns
+                .iter()
+                .find(|p| p.starts_with('/') || p.split('/').any(|c| c == ".."))
+            {
+                return Err(format!(
+                    "{bad} is not a pattern relative to container_data_path (no leading /, no ..)"
+                ));
+            }
+            Ok(Value::List(patterns))
         }
     }
 }
@@ -651,5 +851,35 @@ mod tests {
     fn unknown_set_key_is_usage_error() {
         let err = load("[suite_isolation]\n", &["colour=blue"], &[]).unwrap_err();
         assert_eq!(crate::exit::code_of(&err), Code::Usage);
+    }
+
+    #[test]
+    fn container_settings_are_checked() {
+        let cfg = load(
+            "[suite_isolation]\ncontainers = node1:a node2:b-2\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(cfg.list("containers"), ["node1:a", "node2:b-2"]);
+        assert_eq!(cfg.list("recreate_paths").len(), 4);
+        assert_eq!(cfg.text("container_data_path"), "/opt/cellframe-node/var");
+        for bad in [
+            "container_name = fixed-name",
+            "container_name = node-{id}",
+            "container_name = bad name {n}",
+            "containers = node1",
+            "containers = node1:a node1:b",
+            "containers = node1:a/b",
+            "container_data_path = relative/var",
+            "container_data_path = /opt/../etc",
+            "recreate_paths = /etc/*",
+            "recreate_paths = ../x",
+            "quiesce = freeze",
+            "restore_fallback = filesystem",
+        ] {
+            let err = load(&format!("[suite_isolation]\n{bad}\n"), &[], &[]).unwrap_err();
+            assert_eq!(crate::exit::code_of(&err), Code::Usage, "{bad}");
+        }
     }
 }

@@ -19,6 +19,18 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code and what it means, as `--help` and the man page list them.
+    pub const TABLE: &[(Code, &str)] = &[
+        (Code::Ok, "ok"),
+        (Code::Failure, "failure"),
+        (Code::Usage, "usage or config error"),
+        (Code::MissingDependency, "missing dependency"),
+        (Code::NotFound, "snapshot not found"),
+        (Code::Locked, "lock held"),
+        (Code::Degraded, "restore degraded (a fallback ran)"),
+        (Code::Interrupted, "interrupted"),
+    ];
+
     pub fn as_i32(self) -> i32 {
         self as i32
     }
@@ -36,6 +48,18 @@ impl Code {
             Code::Interrupted => "interrupted",
         }
     }
+}
+
+/// The commands whose exit codes [`Code::TABLE`] does not tell.
+pub const EXCEPTIONS: &str = "status and diff exit 0 when the two sides are identical and 1 when they differ. run exits with the suite's own exit code (128 + N when signal N ended it) once the restore succeeded.";
+
+/// The exit codes in a paragraph, for `--help`.
+pub fn help_text() -> String {
+    let codes: Vec<String> = Code::TABLE
+        .iter()
+        .map(|(code, meaning)| format!("{} {meaning}", code.as_i32()))
+        .collect();
+    format!("Exit codes: {}.\n{EXCEPTIONS}", codes.join(", "))
 }
 
 /// An error whose exit code is known. The message is complete on its own

@@ -6,10 +6,15 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod docker;
 pub mod exit;
+pub mod fingerprint;
 pub mod ini;
+pub mod manifest;
 pub mod modes;
 pub mod output;
+pub mod progress;
+pub mod quiesce;
 pub mod sample;
 pub mod signals;
 pub mod store;

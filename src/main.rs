@@ -3,17 +3,18 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use stagesnap::cli::Cli;
-use stagesnap::{commands, exit, output, signals};
+use stagesnap::{commands, exit, output, progress, signals};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    progress::init(progress::wanted(&cli.global));
     init_logging(&cli);
     let result = signals::install().and_then(|()| commands::run(&cli));
     let code = match result {
         Ok(report) => {
             output::print(&report, cli.global.json);
-            report.code
+            report.exit_status()
         }
         Err(err) => {
             let code = exit::code_of(&err);
@@ -21,13 +22,14 @@ fn main() -> ExitCode {
             if cli.global.json {
                 output::print_error(commands::name(&cli.command), &err, code);
             }
-            code
+            code.as_i32() as u8
         }
     };
-    ExitCode::from(code.as_i32() as u8)
+    ExitCode::from(code)
 }
 
-/// Logs go to stderr as `LEVEL event key=value…`; RUST_LOG wins over -v/-q.
+/// Logs go to stderr as `LEVEL event key=value…`, around any progress bars; RUST_LOG wins
+/// over -v/-q.
 fn init_logging(cli: &Cli) {
     let level = match (cli.global.quiet, cli.global.verbose) {
         (true, _) => "error",
@@ -42,7 +44,7 @@ fn init_logging(cli: &Cli) {
         .unwrap_or_else(|_| EnvFilter::new(format!("stagesnap={level}")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| progress::LogWriter)
         .with_ansi(color)
         .with_target(false)
         .without_time()

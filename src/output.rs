@@ -18,6 +18,8 @@ pub struct Report {
     pub data: Value,
     pub text: String,
     pub code: Code,
+    /// An exit status that is none of stagesnap's codes: `run` exits with its suite's.
+    pub status: Option<u8>,
 }
 
 impl Report {
@@ -27,6 +29,7 @@ impl Report {
             data: serde_json::to_value(data).expect("report data serializes"),
             text,
             code: Code::Ok,
+            status: None,
         }
     }
 
@@ -34,12 +37,31 @@ impl Report {
         self.code = code;
         self
     }
+
+    pub fn with_status(mut self, status: u8) -> Report {
+        self.status = Some(status);
+        self
+    }
+
+    /// The process's exit status.
+    pub fn exit_status(&self) -> u8 {
+        self.status.unwrap_or(self.code.as_i32() as u8)
+    }
+}
+
+/// The one line that ends every create and restore: what was done, how many files and bytes it
+/// covered (None for modes that hold no data), how long it took, and what it actually wrote.
+pub fn summary(what: &str, covered: Option<(u64, u64)>, seconds: f64, wrote: &str) -> String {
+    let covered = covered
+        .map(|(files, bytes)| format!(": {files} files, {}", crate::tree::human_bytes(bytes)))
+        .unwrap_or_default();
+    format!("{what}{covered} in {seconds:.2} s; {wrote}\n")
 }
 
 /// Prints the report; a closed stdout (`stagesnap list | head -1`) is not an error.
 pub fn print(report: &Report, json: bool) {
     let body = if json {
-        let mut doc = json!({ "schema": JSON_SCHEMA, "command": report.command, "exit_code": report.code.as_i32() });
+        let mut doc = json!({ "schema": JSON_SCHEMA, "command": report.command, "exit_code": report.exit_status() });
         merge(&mut doc, &report.data);
         serde_json::to_string_pretty(&doc).expect("json") + "\n"
     } else {

@@ -2,8 +2,10 @@
 //!
 //! ```text
 //! <snapshots_dir>/
-//!   .lock                      flock'ed by every command that changes anything
+//!   .lock                      flock'ed by every command that reads or changes snapshots (not list)
+//!   .restore-journal           a restore in progress, or one that was interrupted or failed
 //!   <name>/meta.json           written last; a directory without it is not a snapshot
+//!   <name>/manifest.jsonl      every captured entry (see `manifest`); its digest is in meta.json
 //!   <name>/payload/…           mode-specific data
 //!   .staging-<name>-<pid>/     a create in progress (or a crashed one: removed by the next create/prune)
 //!   .trash-<name>-<pid>/       a snapshot being deleted
@@ -22,13 +24,17 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::exit::{Code, fail};
+use crate::fingerprint::Fingerprint;
+use crate::manifest::Manifest;
 use crate::signals;
 
 /// Version of meta.json's layout. Readers refuse newer ones.
 pub const SCHEMA: u32 = 1;
 pub const META_FILE: &str = "meta.json";
 pub const PAYLOAD_DIR: &str = "payload";
+pub const MANIFEST_FILE: &str = "manifest.jsonl";
 const LOCK_FILE: &str = ".lock";
+const JOURNAL_FILE: &str = ".restore-journal";
 const STAGING_PREFIX: &str = ".staging-";
 const TRASH_PREFIX: &str = ".trash-";
 
@@ -77,6 +83,20 @@ pub struct Meta {
     /// Mode-specific details.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub payload: serde_json::Value,
+    /// Absent for snapshots that hold no data and for those made before manifests existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<ManifestRef>,
+    /// Digests of the files named by `fingerprint` at create; absent when there were none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprint>,
+}
+
+/// Where meta.json vouches for the manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManifestRef {
+    /// blake3 of manifest.jsonl, hex.
+    pub blake3: String,
+    pub entries: u64,
 }
 
 impl Meta {
@@ -97,6 +117,94 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn payload(&self) -> PathBuf {
         self.dir.join(PAYLOAD_DIR)
+    }
+
+    /// The snapshot's manifest, checked against the digest in meta.json.
+    pub fn manifest(&self) -> Result<Manifest> {
+        let name = &self.meta.name;
+        let Some(expected) = &self.meta.manifest else {
+            return Err(fail(
+                Code::Failure,
+                if self.meta.mode == crate::modes::ModeKind::Recreate.name() {
+                    format!(
+                        "snapshot {name} ({} mode) stores no data, so there is nothing to compare or verify",
+                        self.meta.mode
+                    )
+                } else {
+                    format!(
+                        "snapshot {name} has no manifest (an older stagesnap made it); recreate it with `stagesnap create {name} --force`"
+                    )
+                },
+            ));
+        };
+        let path = self.dir.join(MANIFEST_FILE);
+        let damaged = |why: String| {
+            fail(
+                Code::Failure,
+                format!(
+                    "snapshot {name} is damaged: {} {why}; delete it with `stagesnap delete {name}` and create it again",
+                    path.display()
+                ),
+            )
+        };
+        let bytes = fs::read(&path).map_err(|e| damaged(format!("cannot be read ({e})")))?;
+        if blake3::hash(&bytes).to_hex().as_str() != expected.blake3 {
+            return Err(damaged(
+                "does not match the digest recorded in meta.json".into(),
+            ));
+        }
+        Manifest::from_bytes(&bytes).map_err(|e| damaged(format!("is not a valid manifest ({e})")))
+    }
+}
+
+/// The record of a restore in progress (`.restore-journal`). A restore writes it before it
+/// changes the live data and removes it once the data is verified; a crash leaves it behind,
+/// a failure leaves it with the error, and `status` reports either.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JournalRecord {
+    pub snapshot: String,
+    pub pid: u32,
+    pub host: String,
+    /// RFC 3339, UTC.
+    pub started: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl JournalRecord {
+    /// "restore of clean_state was interrupted at …" (or "failed (why) at …").
+    pub fn describe(&self) -> String {
+        let what = match &self.error {
+            None => "was interrupted".to_string(),
+            Some(e) => format!("failed ({e})"),
+        };
+        format!(
+            "restore of {} {what} at {} (pid {} on {})",
+            self.snapshot, self.started, self.pid, self.host
+        )
+    }
+}
+
+/// A restore in progress; see [`JournalRecord`].
+pub struct Journal {
+    path: PathBuf,
+    record: JournalRecord,
+}
+
+impl Journal {
+    /// Clears the record when `result` is a success, else records its error.
+    pub fn end<T>(mut self, result: &Result<T>) -> Result<()> {
+        match result {
+            Ok(_) => {
+                fs::remove_file(&self.path)
+                    .with_context(|| format!("cannot remove {}", self.path.display()))?;
+                sync_dir(self.path.parent().unwrap_or(Path::new("/")))
+            }
+            Err(e) => {
+                self.record.error = Some(crate::exit::one_line(e));
+                write_json_atomic(&self.path, &self.record)
+            }
+        }
     }
 }
 
@@ -318,6 +426,38 @@ impl Store {
         write_json_atomic(&snapshot.dir.join(META_FILE), &snapshot.meta)
     }
 
+    /// Records that a restore of `snapshot` starts now.
+    pub fn begin_restore(&self, snapshot: &str, _lock: &Lock) -> Result<Journal> {
+        let record = JournalRecord {
+            snapshot: snapshot.to_string(),
+            pid: std::process::id(),
+            host: hostname(),
+            started: jiff::Timestamp::now().to_string(),
+            error: None,
+        };
+        let path = self.dir.join(JOURNAL_FILE);
+        write_json_atomic(&path, &record)?;
+        sync_dir(&self.dir)?;
+        Ok(Journal { path, record })
+    }
+
+    /// The record of the last restore if it did not end well. Read under the lock, so a
+    /// record present is never a restore still running.
+    pub fn unfinished_restore(&self, _lock: &Lock) -> Result<Option<JournalRecord>> {
+        let path = self.dir.join(JOURNAL_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            fail(
+                Code::Failure,
+                format!("data is in an unknown state: a restore left {}, which cannot be read ({e}); run `stagesnap restore`", path.display()),
+            )
+        })
+    }
+
     /// Removes what interrupted creates and deletes left behind. Only safe under the lock,
     /// which guarantees no other process is building or deleting right now.
     pub fn clean_leftovers(&self, _lock: &Lock) -> Result<usize> {
@@ -374,6 +514,21 @@ impl Staging {
 
     pub fn payload(&self) -> PathBuf {
         self.dir.join(PAYLOAD_DIR)
+    }
+
+    /// Stores the snapshot's manifest; [`Staging::commit`] makes it durable with the rest.
+    pub fn write_manifest(&self, manifest: &Manifest) -> Result<ManifestRef> {
+        let bytes = manifest.to_bytes();
+        let path = self.dir.join(MANIFEST_FILE);
+        let mut f =
+            File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        f.write_all(&bytes)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(ManifestRef {
+            blake3: blake3::hash(&bytes).to_hex().to_string(),
+            entries: manifest.entries.len() as u64,
+        })
     }
 
     /// Writes the metadata and moves the snapshot into place. An existing snapshot of the
@@ -582,6 +737,8 @@ mod tests {
                 stored_bytes: 0,
                 pinned,
                 payload: serde_json::Value::Null,
+                manifest: None,
+                fingerprint: None,
             },
         }
     }

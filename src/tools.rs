@@ -18,12 +18,52 @@ pub struct Tool {
     pub program: &'static str,
     /// Debian package that provides it, for the install hint.
     pub package: &'static str,
+    /// What the install hint tells people to install: the program (`docker`), or the suite
+    /// of tools it comes in (`squashfs-tools`).
+    pub product: &'static str,
     pub version_args: &'static [&'static str],
 }
 
 pub const RSYNC: Tool = Tool {
     program: "rsync",
     package: "rsync",
+    product: "rsync",
+    version_args: &["--version"],
+};
+
+pub const DOCKER: Tool = Tool {
+    program: "docker",
+    package: "docker.io",
+    product: "docker",
+    version_args: &["--version"],
+};
+
+pub const MKSQUASHFS: Tool = Tool {
+    program: "mksquashfs",
+    package: "squashfs-tools",
+    product: "squashfs-tools",
+    version_args: &["-version"],
+};
+
+pub const UNSQUASHFS: Tool = Tool {
+    program: "unsquashfs",
+    package: "squashfs-tools",
+    product: "squashfs-tools",
+    version_args: &["-version"],
+};
+
+/// mount and umount loop-mount squashfs images for the mount restore.
+pub const MOUNT: Tool = Tool {
+    program: "mount",
+    package: "mount",
+    product: "mount",
+    version_args: &["--version"],
+};
+
+pub const UMOUNT: Tool = Tool {
+    program: "umount",
+    package: "mount",
+    product: "umount",
     version_args: &["--version"],
 };
 
@@ -46,12 +86,17 @@ impl Tool {
 
     /// Locates the tool and reads its version, or fails with exit 3 and an install hint.
     pub fn require(&self, mode: &str) -> Result<Found> {
+        self.require_for(&format!("{mode} mode selected"))
+    }
+
+    /// [`Tool::require`] for a need other than a mode's, e.g. `quiesce = pause is set`.
+    pub fn require_for(&self, needed_by: &str) -> Result<Found> {
         let Some(path) = self.locate() else {
             return Err(fail(
                 Code::MissingDependency,
                 format!(
-                    "{mode} mode selected but {} is not installed.\nInstall {}: sudo apt install {}",
-                    self.program, self.package, self.package
+                    "{needed_by} but {} is not installed.\nInstall {}: sudo apt install {}",
+                    self.program, self.product, self.package
                 ),
             ));
         };
@@ -90,37 +135,103 @@ impl Found {
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
     {
-        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        self.exec(args.into_iter().map(Into::into).collect(), what, true, None)
+    }
+
+    /// [`Found::run`] that also hands every line of the tool's stdout to `on_line` as it
+    /// comes (a line ends at `\n` or `\r`, as progress lines do), for the progress bars.
+    pub fn run_reporting<I, S>(
+        &self,
+        args: I,
+        what: &str,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.exec(
+            args.into_iter().map(Into::into).collect(),
+            what,
+            true,
+            Some(on_line),
+        )
+    }
+
+    /// [`Found::run`] that finishes even after Ctrl-C: for undoing (unpausing or starting
+    /// containers again), which the signal that triggered the undo must not cut short.
+    pub fn run_to_end<I, S>(&self, args: I, what: &str) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.exec(
+            args.into_iter().map(Into::into).collect(),
+            what,
+            false,
+            None,
+        )
+    }
+
+    fn exec(
+        &self,
+        args: Vec<OsString>,
+        what: &str,
+        interruptible: bool,
+        on_line: Option<&mut (dyn FnMut(&str) + Send)>,
+    ) -> Result<Output> {
         tracing::debug!(tool = self.tool.program, ?args, "tool_run");
         let handle = duct::cmd(&self.path, &args)
-            .stdout_capture()
             .stderr_capture()
             .stdin_null()
             // Stable, parseable messages whatever the user's locale.
             .env("LC_ALL", "C")
+            // mksquashfs clamps every file time to SOURCE_DATE_EPOCH when it is set.
+            .env_remove("SOURCE_DATE_EPOCH")
             .unchecked()
-            .start()
+            .reader()
             .with_context(|| format!("cannot start {}", self.path.display()))?;
-        let output = loop {
-            if let Some(out) = handle.try_wait()? {
-                break out.clone();
-            }
-            if signals::interrupted() {
-                for pid in handle.pids() {
-                    // SAFETY: plain kill(2) on our own child's pid.
-                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        // stdout is read on a thread of its own, so the tool never blocks on a full pipe
+        // while this one watches for Ctrl-C.
+        let (finished, stdout) = std::thread::scope(|s| {
+            let reader = s.spawn(|| read_stdout(&handle, on_line));
+            let mut stopped = false;
+            let finished = loop {
+                match handle.try_wait() {
+                    Ok(Some(out)) => break Ok(out.clone()),
+                    Ok(None) if interruptible && signals::interrupted() && !stopped => {
+                        for pid in handle.pids() {
+                            // SAFETY: plain kill(2) on our own child's pid.
+                            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                        }
+                        stopped = true;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        // Nothing will wait for the tool any more: end it, or the reader
+                        // waits for its stdout forever.
+                        let _ = handle.kill();
+                        break Err(e);
+                    }
                 }
-                let _ = handle.wait();
-                return Err(fail(
-                    Code::Interrupted,
-                    format!(
-                        "interrupted while {what}; {} was stopped",
-                        self.tool.program
-                    ),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            let stdout = reader.join().expect("stdout reader does not panic");
+            (finished.map(|out| (out, stopped)), stdout)
+        });
+        let (mut output, stopped) =
+            finished.with_context(|| format!("cannot wait for {}", self.path.display()))?;
+        if stopped {
+            return Err(fail(
+                Code::Interrupted,
+                format!(
+                    "interrupted while {what}; {} was stopped",
+                    self.tool.program
+                ),
+            ));
+        }
+        output.stdout =
+            stdout.with_context(|| format!("cannot read the output of {}", self.tool.program))?;
         if !output.status.success() {
             return Err(self.failure(&output, what));
         }
@@ -148,6 +259,60 @@ impl Found {
             ),
         )
     }
+}
+
+/// All of a tool's stdout, handing each line to `on_line` on the way.
+fn read_stdout(
+    mut reader: impl std::io::Read,
+    mut on_line: Option<&mut (dyn FnMut(&str) + Send)>,
+) -> std::io::Result<Vec<u8>> {
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut line_start = 0;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(all),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        all.extend_from_slice(&buf[..n]);
+        if let Some(f) = on_line.as_mut() {
+            while let Some(len) = all[line_start..]
+                .iter()
+                .position(|&b| b == b'\n' || b == b'\r')
+            {
+                f(&String::from_utf8_lossy(&all[line_start..line_start + len]));
+                line_start += len + 1;
+            }
+        }
+    }
+}
+
+/// Runs the test suite `argv` on the terminal's stdin, stdout and stderr and waits for it;
+/// signals meanwhile are its business (see [`signals::forward_to`]). A command that cannot
+/// be started is a usage error (exit 2).
+pub fn run_suite(argv: &[OsString]) -> Result<std::process::ExitStatus> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| fail(Code::Usage, "no suite command given; put it after `--`"))?;
+    tracing::debug!(?argv, "suite_run");
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .spawn()
+        .map_err(|e| {
+            fail(
+                Code::Usage,
+                format!(
+                    "cannot start the suite command {}: {e}; check its name and PATH",
+                    program.to_string_lossy()
+                ),
+            )
+        })?;
+    let _forwarding = signals::forward_to(child.id());
+    child
+        .wait()
+        .with_context(|| format!("cannot wait for {}", program.to_string_lossy()))
 }
 
 fn is_executable(path: &Path) -> bool {

@@ -157,7 +157,7 @@ impl Live {
 }
 
 /// `node2` before `node10`.
-fn natural_key(s: &str) -> (String, u64) {
+pub(crate) fn natural_key(s: &str) -> (String, u64) {
     let digits: String = s.chars().rev().take_while(char::is_ascii_digit).collect();
     let n = digits
         .chars()
@@ -195,7 +195,7 @@ pub fn free_bytes(path: &Path) -> Result<u64> {
     while !p.exists() {
         p = p.parent().unwrap_or(Path::new("/"));
     }
-    let c = CString::new(p.as_os_str().as_bytes()).context("path contains a NUL byte")?;
+    let c = cstring(p)?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is a valid C string and st a properly sized out-parameter.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
@@ -203,6 +203,41 @@ pub fn free_bytes(path: &Path) -> Result<u64> {
             .with_context(|| format!("statvfs {}", p.display()));
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// `path` for a libc call.
+pub fn cstring(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .with_context(|| format!("path contains a NUL byte: {}", path.display()))
+}
+
+/// The names of the xattrs of `path` itself (not of a symlink's target); none where the
+/// filesystem has no xattrs.
+pub fn xattr_names(path: &Path) -> Result<Vec<Vec<u8>>> {
+    let c = cstring(path)?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: c is a valid C string and buf a live buffer of the given length.
+        let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ERANGE) => buf.resize(buf.len() * 4, 0),
+            Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            _ => {
+                return Err(err)
+                    .with_context(|| format!("cannot list xattrs of {}", path.display()));
+            }
+        }
+    }
+    Ok(buf
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
 }
 
 /// Can this process create, replace and delete entries in `dir`?

@@ -19,9 +19,15 @@ fn refused(env: &Env, args: &[&str], code: i32, expect: &[&str]) {
     let snaps = env.snapshots().exists().then(|| listing(env));
     let (_, stderr) = env.run(args, code);
     for e in expect {
-        assert!(stderr.contains(e), "stagesnap {args:?}: stderr lacks {e:?}:\n{stderr}");
+        assert!(
+            stderr.contains(e),
+            "stagesnap {args:?}: stderr lacks {e:?}:\n{stderr}"
+        );
     }
-    let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    let errors: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
     assert_eq!(errors.len(), 1, "expected one error line:\n{stderr}");
     assert_same_tree(&treestate(&env.data()), &data);
     if let Some(before) = snaps {
@@ -48,9 +54,22 @@ fn listing(env: &Env) -> Vec<(String, Vec<u8>)> {
 fn invalid_names_are_usage_errors() {
     let env = Env::sample(1, MB / 4);
     env.run(&["create"], 0);
-    for name in ["../x", "a/b", "", ".hidden", "-dash", "sp ace", "x/../../etc"] {
+    for name in [
+        "../x",
+        "a/b",
+        "",
+        ".hidden",
+        "-dash",
+        "sp ace",
+        "x/../../etc",
+    ] {
         refused(&env, &["create", "--", name], 2, &["invalid snapshot name"]);
-        refused(&env, &["restore", "--", name], 2, &["invalid snapshot name"]);
+        refused(
+            &env,
+            &["restore", "--", name],
+            2,
+            &["invalid snapshot name"],
+        );
         refused(&env, &["delete", "--", name], 2, &["invalid snapshot name"]);
     }
 }
@@ -60,21 +79,53 @@ fn config_errors_name_file_line_key_and_choices() {
     let env = Env::sample(1, MB / 4);
     let cfg = env.config();
     let cases: &[(&str, &[&str])] = &[
-        ("[suite_isolation]\nmode = snapshot\n", &["line 2", "mode = \"snapshot\"", "disabled, recreate, filesystem, squashfs"]),
-        ("[suite_isolation]\nkeep_snapshot_count = -3\n", &["keep_snapshot_count = \"-3\"", "whole number"]),
-        ("[suite_isolation]\nsquashfs_compression = brotli\n", &["squashfs_compression", "none, gzip, lzo, xz"]),
-        ("[suite_isolation]\nauto_cleanup = maybe\n", &["auto_cleanup = \"maybe\"", "true, false"]),
-        ("[suite_isolation]\nmode = filesystem\nMODE = squashfs\n", &["line 3", "duplicate option"]),
+        (
+            "[suite_isolation]\nmode = snapshot\n",
+            &[
+                "line 2",
+                "mode = \"snapshot\"",
+                "disabled, recreate, filesystem, squashfs",
+            ],
+        ),
+        (
+            "[suite_isolation]\nkeep_snapshot_count = -3\n",
+            &["keep_snapshot_count = \"-3\"", "whole number"],
+        ),
+        (
+            "[suite_isolation]\nsquashfs_compression = brotli\n",
+            &["squashfs_compression", "none, gzip, lzo, xz"],
+        ),
+        (
+            "[suite_isolation]\nauto_cleanup = maybe\n",
+            &["auto_cleanup = \"maybe\"", "true, false"],
+        ),
+        (
+            "[suite_isolation]\nmode = filesystem\nMODE = squashfs\n",
+            &["line 3", "duplicate option"],
+        ),
         ("[paths]\n[paths]\n", &["line 2", "duplicate section"]),
         ("[suite_isolation]\nthis line is broken\n", &["line 2"]),
         ("mode = filesystem\n", &["line 1", "section header"]),
-        ("[suite_isolation]\nsnapshot_name = ../etc\n", &["snapshot_name", "invalid snapshot name"]),
-        ("[suite_isolation]\ninclude = ../outside\n", &["include", "below cache_dir"]),
-        ("[suite_isolation]\nsnapshots_dir = %(missing)s\n", &["snapshots_dir", "missing"]),
+        (
+            "[suite_isolation]\nsnapshot_name = ../etc\n",
+            &["snapshot_name", "invalid snapshot name"],
+        ),
+        (
+            "[suite_isolation]\ninclude = ../outside\n",
+            &["include", "below cache_dir"],
+        ),
+        (
+            "[suite_isolation]\nsnapshots_dir = %(missing)s\n",
+            &["snapshots_dir", "missing"],
+        ),
     ];
     for (text, expect) in cases {
         // The case first, so its line numbers are the file's.
-        fs::write(&cfg, format!("{text}\n[paths]\ncache_dir = ../testing/cache\n")).unwrap();
+        fs::write(
+            &cfg,
+            format!("{text}\n[paths]\ncache_dir = ../testing/cache\n"),
+        )
+        .unwrap();
         let mut expect = expect.to_vec();
         expect.push("stage-env.cfg");
         refused(&env, &["create"], 2, &expect);
@@ -85,12 +136,26 @@ fn config_errors_name_file_line_key_and_choices() {
 fn missing_and_unreadable_config() {
     let env = Env::sample(1, MB / 4);
     let dir = tempfile::tempdir().unwrap();
-    let out = env.cmd().current_dir(dir.path()).arg("list").output().unwrap();
+    let out = env
+        .cmd()
+        .current_dir(dir.path())
+        .arg("list")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("no stage-env.cfg in") && stderr.contains(&dir.path().display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains("no stage-env.cfg in")
+            && stderr.contains(&dir.path().display().to_string()),
+        "{stderr}"
+    );
 
-    refused(&env, &["--config", "/nonexistent/x.cfg", "list"], 2, &["/nonexistent/x.cfg", "--config"]);
+    refused(
+        &env,
+        &["--config", "/nonexistent/x.cfg", "list"],
+        2,
+        &["/nonexistent/x.cfg", "--config"],
+    );
     if !common::is_root() {
         fs::set_permissions(env.config(), fs::Permissions::from_mode(0o000)).unwrap();
         refused(&env, &["list"], 2, &["cannot read config file"]);
@@ -103,7 +168,12 @@ fn config_is_found_in_parents_env_and_flag_with_precedence() {
     // From a subdirectory: the nearest parent's stage-env.cfg.
     let sub = env.config().parent().unwrap().join("a/b");
     fs::create_dir_all(&sub).unwrap();
-    let out = env.cmd().current_dir(&sub).args(["config", "--json"]).output().unwrap();
+    let out = env
+        .cmd()
+        .current_dir(&sub)
+        .args(["config", "--json"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["config_file"], env.config().display().to_string());
@@ -112,7 +182,10 @@ fn config_is_found_in_parents_env_and_flag_with_precedence() {
     let elsewhere = tempfile::tempdir().unwrap();
     env.set("keep_snapshot_count", "7");
     let text = fs::read_to_string(env.config()).unwrap();
-    let without: Vec<&str> = text.lines().filter(|l| !l.starts_with("snapshot_name")).collect();
+    let without: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("snapshot_name"))
+        .collect();
     fs::write(env.config(), without.join("\n")).unwrap();
     let out = env
         .cmd()
@@ -123,18 +196,33 @@ fn config_is_found_in_parents_env_and_flag_with_precedence() {
         .args(["config", "--json", "--set", "auto_cleanup=yes"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["schema"], 1);
     let get = |key: &str| {
-        doc["settings"].as_array().unwrap().iter().find(|s| s["key"] == key).cloned().unwrap()
+        doc["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == key)
+            .cloned()
+            .unwrap()
     };
     assert_eq!(get("mode")["value"], "disabled");
     assert_eq!(get("mode")["source"], "env STAGESNAP_MODE");
     assert_eq!(get("auto_cleanup")["value"], "true");
     assert_eq!(get("auto_cleanup")["source"], "flag --set");
     assert_eq!(get("keep_snapshot_count")["value"], "7");
-    assert!(get("keep_snapshot_count")["source"].as_str().unwrap().contains("stage-env.cfg:"));
+    assert!(
+        get("keep_snapshot_count")["source"]
+            .as_str()
+            .unwrap()
+            .contains("stage-env.cfg:")
+    );
     assert_eq!(get("snapshot_name")["source"], "default");
     // Relative paths in the file resolve against the file's folder, not the working directory.
     assert_eq!(get("cache_dir")["value"], env.cache().display().to_string());
@@ -148,7 +236,10 @@ fn unknown_keys_warn_and_unrelated_sections_are_ignored() {
     fs::write(env.config(), text).unwrap();
     env.set("colour", "blue");
     let (_, stderr) = env.run(&["list"], 0);
-    assert!(stderr.contains("unknown_setting") && stderr.contains("colour"), "{stderr}");
+    assert!(
+        stderr.contains("unknown_setting") && stderr.contains("colour"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -156,8 +247,16 @@ fn global_flags_go_before_or_after_the_subcommand() {
     let env = Env::sample(1, MB / 4);
     let cfg = env.config().display().to_string();
     let elsewhere = tempfile::tempdir().unwrap();
-    for args in [vec!["--json", "-c", &cfg, "list"], vec!["list", "--config", &cfg, "--json"]] {
-        let out = env.cmd().current_dir(elsewhere.path()).args(&args).output().unwrap();
+    for args in [
+        vec!["--json", "-c", &cfg, "list"],
+        vec!["list", "--config", &cfg, "--json"],
+    ] {
+        let out = env
+            .cmd()
+            .current_dir(elsewhere.path())
+            .args(&args)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{args:?}");
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(doc["command"], "list");
@@ -183,7 +282,10 @@ fn every_command_prints_one_json_document_even_on_error() {
         assert_eq!(doc["schema"], 1, "{args:?}");
         assert_eq!(doc["exit_code"], code, "{args:?}");
         if code != 0 {
-            assert!(doc["error"]["message"].as_str().unwrap().len() > 10, "{doc}");
+            assert!(
+                doc["error"]["message"].as_str().unwrap().len() > 10,
+                "{doc}"
+            );
         }
     }
 }
@@ -193,7 +295,10 @@ fn logs_are_key_value_events_on_stderr_and_quiet_silences_them() {
     let env = Env::sample(1, MB / 4);
     let (stdout, stderr) = env.run(&["create"], 0);
     assert!(stdout.starts_with("created clean_state"), "{stdout}");
-    let event = stderr.lines().find(|l| l.contains("snapshot_created")).expect(&stderr);
+    let event = stderr
+        .lines()
+        .find(|l| l.contains("snapshot_created"))
+        .expect(&stderr);
     for field in ["name=clean_state", "mode=filesystem", "bytes=", "seconds="] {
         assert!(event.contains(field), "{event}");
     }
@@ -207,7 +312,12 @@ fn logs_are_key_value_events_on_stderr_and_quiet_silences_them() {
 fn missing_live_paths_and_store_inside_data_are_refused() {
     let env = Env::sample(1, MB / 4);
     env.set("include", "data configs nothere");
-    refused(&env, &["create"], 2, &["included path nothere", "does not exist"]);
+    refused(
+        &env,
+        &["create"],
+        2,
+        &["included path nothere", "does not exist"],
+    );
     env.set("include", "data");
     env.set("snapshots_dir", "../testing/cache/data/snaps");
     refused(&env, &["create"], 2, &["overlaps the included path"]);
@@ -215,14 +325,22 @@ fn missing_live_paths_and_store_inside_data_are_refused() {
     env.set("snapshots_dir", "../testing/snapshots");
     fs::rename(env.cache(), env.root.join("moved")).unwrap();
     let (_, stderr) = env.run(&["restore"], 2);
-    assert!(stderr.contains("cache_dir") && stderr.contains("does not exist"), "{stderr}");
+    assert!(
+        stderr.contains("cache_dir") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn damaged_snapshots_are_named_and_not_restored() {
     let env = Env::sample(1, MB / 4);
     env.run(&["create", "good"], 0);
-    for (name, damage) in [("nometa", "remove"), ("truncated", "truncate"), ("future", "future"), ("nopayload", "payload")] {
+    for (name, damage) in [
+        ("nometa", "remove"),
+        ("truncated", "truncate"),
+        ("future", "future"),
+        ("nopayload", "payload"),
+    ] {
         env.run(&["create", name], 0);
         let dir = env.snapshots().join(name);
         match damage {
@@ -233,7 +351,11 @@ fn damaged_snapshots_are_named_and_not_restored() {
             }
             "future" => {
                 let text = fs::read_to_string(dir.join("meta.json")).unwrap();
-                fs::write(dir.join("meta.json"), text.replace("\"schema\": 1", "\"schema\": 99")).unwrap();
+                fs::write(
+                    dir.join("meta.json"),
+                    text.replace("\"schema\": 1", "\"schema\": 99"),
+                )
+                .unwrap();
             }
             _ => fs::remove_dir_all(dir.join("payload/data")).unwrap(),
         }
@@ -249,9 +371,21 @@ fn damaged_snapshots_are_named_and_not_restored() {
         refused(&env, &["restore", name], 1, &[name, why]);
     }
     let listed = env.json(&["list"], 0);
-    let names: Vec<&str> = listed["snapshots"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"good") && !names.contains(&"nometa") && !names.contains(&"future"), "{names:?}");
-    assert_eq!(listed["unreadable"].as_array().unwrap().len(), 3, "{listed}");
+    let names: Vec<&str> = listed["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"good") && !names.contains(&"nometa") && !names.contains(&"future"),
+        "{names:?}"
+    );
+    assert_eq!(
+        listed["unreadable"].as_array().unwrap().len(),
+        3,
+        "{listed}"
+    );
 }
 
 #[test]
@@ -260,7 +394,12 @@ fn missing_rsync_fails_fast_with_install_hint() {
     let empty = tempfile::tempdir().unwrap();
     let before = treestate(&env.root);
     for args in [&["create"][..], &["restore"], &["delete", "x"], &["prune"]] {
-        let out = env.cmd().env("PATH", empty.path()).args(args).output().unwrap();
+        let out = env
+            .cmd()
+            .env("PATH", empty.path())
+            .args(args)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
         assert!(
@@ -268,11 +407,21 @@ fn missing_rsync_fails_fast_with_install_hint() {
             "{stderr}"
         );
     }
-    let out = env.cmd().env("PATH", empty.path()).arg("doctor").output().unwrap();
+    let out = env
+        .cmd()
+        .env("PATH", empty.path())
+        .arg("doctor")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert_same_tree(&treestate(&env.root), &before);
     // list and config only read, so they need no rsync.
-    let out = env.cmd().env("PATH", empty.path()).arg("list").output().unwrap();
+    let out = env
+        .cmd()
+        .env("PATH", empty.path())
+        .arg("list")
+        .output()
+        .unwrap();
     assert!(out.status.success());
 }
 
@@ -280,12 +429,37 @@ fn missing_rsync_fails_fast_with_install_hint() {
 fn doctor_reports_each_check() {
     let env = Env::sample(2, MB / 4);
     let doc = env.json(&["doctor"], 0);
-    let checks: Vec<&str> = doc["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
-    for c in ["config", "mode", "rsync", "cache_dir", "include data", "writable data", "snapshots_dir", "free space"] {
+    let checks: Vec<&str> = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    for c in [
+        "config",
+        "mode",
+        "rsync",
+        "cache_dir",
+        "include data",
+        "writable data",
+        "snapshots_dir",
+        "free space",
+    ] {
         assert!(checks.contains(&c), "{c} missing from {checks:?}");
     }
-    let include = doc["checks"].as_array().unwrap().iter().find(|c| c["check"] == "include data").unwrap();
-    assert!(include["detail"].as_str().unwrap().contains("data/node1 data/node2"), "{include}");
+    let include = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "include data")
+        .unwrap();
+    assert!(
+        include["detail"]
+            .as_str()
+            .unwrap()
+            .contains("data/node1 data/node2"),
+        "{include}"
+    );
     fs::remove_dir_all(env.data()).unwrap();
     let doc = env.json(&["doctor"], 1);
     assert_eq!(doc["ok"], false);
@@ -318,14 +492,34 @@ fn a_second_process_waits_for_the_lock() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let out = env.cmd().args(["--lock-timeout", "30", "create", "after", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env
+        .cmd()
+        .args(["--lock-timeout", "30", "create", "after", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("lock_wait"));
     holder.wait().unwrap();
     let doc = env.json(&["list"], 0);
-    let created: jiff::Timestamp = doc["snapshots"][0]["created_at"].as_str().unwrap().parse().unwrap();
-    let released_at: jiff::Timestamp = fs::metadata(&released).unwrap().modified().unwrap().try_into().unwrap();
-    assert!(created >= released_at, "created {created} before the lock was released at {released_at}");
+    let created: jiff::Timestamp = doc["snapshots"][0]["created_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let released_at: jiff::Timestamp = fs::metadata(&released)
+        .unwrap()
+        .modified()
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert!(
+        created >= released_at,
+        "created {created} before the lock was released at {released_at}"
+    );
 }
 
 /// A holder that never finishes makes the next command fail with exit 5 naming it; once the
@@ -341,24 +535,39 @@ fn lock_timeout_names_the_holder_and_a_dead_holder_frees_it() {
     fs::set_permissions(bin.join("rsync"), fs::Permissions::from_mode(0o755)).unwrap();
     let mut holder = std::process::Command::new(assert_cmd::cargo::cargo_bin("stagesnap"))
         .current_dir(env.config().parent().unwrap())
-        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
         .args(["create", "hung"])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let lock = env.snapshots().join(".lock");
-    while !fs::read_to_string(&lock).unwrap_or_default().contains(&holder.id().to_string()) {
+    while !fs::read_to_string(&lock)
+        .unwrap_or_default()
+        .contains(&holder.id().to_string())
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     let (_, stderr) = env.run(&["--lock-timeout", "1", "restore"], 5);
-    assert!(stderr.contains(&format!("pid {}", holder.id())) && stderr.contains("create hung"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", holder.id())) && stderr.contains("create hung"),
+        "{stderr}"
+    );
 
     holder.kill().unwrap();
     holder.wait().unwrap();
     // The dead holder's staging directory is cleaned by the next create.
     env.run(&["--lock-timeout", "1", "create", "next"], 0);
-    let names: Vec<_> = fs::read_dir(env.snapshots()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert!(!names.iter().any(|n| n.starts_with(".staging")), "{names:?}");
+    let names: Vec<_> = fs::read_dir(env.snapshots())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with(".staging")),
+        "{names:?}"
+    );
     assert!(!names.contains(&"hung".to_string()));
 }
 
@@ -367,7 +576,12 @@ fn delete_checks_every_name_before_removing_any() {
     let env = Env::sample(1, MB / 4);
     env.run(&["create", "a"], 0);
     env.run(&["create", "b"], 0);
-    refused(&env, &["delete", "a", "nope", "b"], 4, &["snapshot nope not found"]);
+    refused(
+        &env,
+        &["delete", "a", "nope", "b"],
+        4,
+        &["snapshot nope not found"],
+    );
     let doc = env.json(&["delete", "a", "b"], 0);
     assert_eq!(doc["deleted"], serde_json::json!(["a", "b"]));
     assert_eq!(env.json(&["list"], 0)["snapshots"], serde_json::json!([]));

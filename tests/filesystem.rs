@@ -27,7 +27,11 @@ fn restore_after_suite_is_exact_and_keeps_directory_inodes() {
 
     let restored = env.json(&["restore"], 0);
     assert_same_tree(&treestate(&env.data()), &before);
-    assert_eq!(dir_inodes(&env.data()), inodes, "data/ or a node directory was replaced");
+    assert_eq!(
+        dir_inodes(&env.data()),
+        inodes,
+        "data/ or a node directory was replaced"
+    );
     assert!(restored["files_rewritten"].as_u64().unwrap() > 0);
     assert!(restored["entries_deleted"].as_u64().unwrap() > 0);
 
@@ -41,8 +45,22 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) {
     let p = CString::new(path.as_os_str().as_bytes()).unwrap();
     let n = CString::new(name).unwrap();
     // SAFETY: valid C strings and a live buffer.
-    let rc = unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    assert_eq!(rc, 0, "setxattr {name} on {}: {}", path.display(), std::io::Error::last_os_error());
+    let rc = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setxattr {name} on {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 fn sh(script: &str) {
@@ -78,9 +96,15 @@ fn every_metadata_kind_round_trips() {
     if is_root() {
         std::os::unix::fs::lchown(n.join("plain"), Some(1234), Some(5678)).unwrap();
         std::os::unix::fs::lchown(n.join("rel-link"), Some(4321), Some(8765)).unwrap();
-        sh(&format!("setfacl -m u:1234:rw {}", n.join("private").display()));
+        sh(&format!(
+            "setfacl -m u:1234:rw {}",
+            n.join("private").display()
+        ));
     }
-    let old = fs::File::options().write(true).open(n.join("plain")).unwrap();
+    let old = fs::File::options()
+        .write(true)
+        .open(n.join("plain"))
+        .unwrap();
     old.set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123_456_789))
         .unwrap();
     drop(old);
@@ -148,7 +172,12 @@ fn create_refuses_existing_name_without_force_and_replaces_atomically_with_it() 
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert!(names.iter().all(|n| !n.starts_with(".staging") && !n.starts_with(".trash")), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.starts_with(".staging") && !n.starts_with(".trash")),
+        "{names:?}"
+    );
 }
 
 /// rsync dying halfway through a `create --force` leaves the old snapshot intact and restorable.
@@ -166,10 +195,18 @@ fn failed_replacement_keeps_the_old_snapshot() {
     fs::write(&fake, "#!/bin/sh\n/usr/bin/rsync \"$@\"\necho 'rsync: write failed: No space left on device (28)' >&2\nexit 11\n").unwrap();
     fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let out = env.cmd().args(["create", "--force"]).env("PATH", &path).output().unwrap();
+    let out = env
+        .cmd()
+        .args(["create", "--force"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("No space left on device") && stderr.contains("free space"), "{stderr}");
+    assert!(
+        stderr.contains("No space left on device") && stderr.contains("free space"),
+        "{stderr}"
+    );
     let leftovers: Vec<_> = fs::read_dir(env.snapshots())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -187,26 +224,48 @@ fn prune_keeps_newest_pinned_and_snapshot_name() {
     env.set("auto_cleanup", "false");
     // Created in this order; names deliberately sort the other way.
     for name in ["zeta", "clean_state", "yank", "xray", "whisky"] {
-        let pin = if name == "yank" { vec!["--pin"] } else { vec![] };
+        let pin = if name == "yank" {
+            vec!["--pin"]
+        } else {
+            vec![]
+        };
         let mut args = vec!["create", name];
         args.extend(pin);
         env.run(&args, 0);
     }
     let listed = env.json(&["list"], 0);
-    let names: Vec<&str> = listed["snapshots"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["whisky", "xray", "yank", "clean_state", "zeta"], "list is newest first");
+    let names: Vec<&str> = listed["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["whisky", "xray", "yank", "clean_state", "zeta"],
+        "list is newest first"
+    );
 
     // Unpinned, newest first: whisky xray clean_state zeta. Keeping 1 leaves whisky; of the
     // rest, clean_state (snapshot_name) stays too; the pinned yank is never a candidate.
     let before = listed.clone();
     let dry = env.json(&["prune", "--keep", "1", "--dry-run"], 0);
     assert_eq!(dry["removed"], serde_json::json!(["xray", "zeta"]), "{dry}");
-    assert_eq!(env.json(&["list"], 0)["snapshots"], before["snapshots"], "--dry-run changed the store");
+    assert_eq!(
+        env.json(&["list"], 0)["snapshots"],
+        before["snapshots"],
+        "--dry-run changed the store"
+    );
 
     let pruned = env.json(&["prune", "--keep", "1"], 0);
     assert_eq!(pruned["removed"], serde_json::json!(["xray", "zeta"]));
     let listed = env.json(&["list"], 0);
-    let names: Vec<&str> = listed["snapshots"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = listed["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["whisky", "yank", "clean_state"]);
 }
 
@@ -220,6 +279,11 @@ fn auto_cleanup_after_create_never_removes_the_new_one() {
     // keep 0: "one" goes; clean_state (snapshot_name) and "two" (just made) stay.
     assert_eq!(out["pruned"], serde_json::json!(["one"]));
     let listed = env.json(&["list"], 0);
-    let names: Vec<&str> = listed["snapshots"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = listed["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["two", "clean_state"]);
 }

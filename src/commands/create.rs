@@ -5,13 +5,19 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{load_config, lock_timeout, prepare, store};
+use super::{docker_for, load_config, lock_timeout, prepare_configured, store};
 use crate::cli::{CreateArgs, GlobalArgs};
 use crate::config::Config;
 use crate::exit::{Code, fail};
+use crate::fingerprint::Fingerprint;
+use crate::manifest::Manifest;
 use crate::modes::{Mode, ModeContext};
 use crate::output::Report;
-use crate::store::{Lock, Meta, SCHEMA, Snapshot, Store, prune_plan, validate_name};
+use crate::progress;
+use crate::quiesce::{self, Op};
+use crate::store::{
+    Lock, ManifestRef, Meta, SCHEMA, Snapshot, Staging, Store, prune_plan, validate_name,
+};
 use crate::tools::Found;
 use crate::tree::{Live, human_bytes};
 
@@ -36,7 +42,7 @@ pub fn run(g: &GlobalArgs, args: &CreateArgs) -> Result<Report> {
         .clone()
         .unwrap_or_else(|| cfg.snapshot_name().to_string());
     validate_name(&name)?;
-    let (mode, tools) = prepare(cfg.mode())?;
+    let (mode, tools) = prepare_configured(&cfg)?;
     if !mode.active() {
         tracing::info!(command = "create", "suite_isolation_disabled");
         let created = Created::skipped(&name, mode.as_ref());
@@ -46,6 +52,7 @@ pub fn run(g: &GlobalArgs, args: &CreateArgs) -> Result<Report> {
             "suite isolation is disabled: nothing to do\n".into(),
         ));
     }
+    let docker = docker_for(&cfg, mode.as_ref(), false)?;
     let live = Live::from_config(&cfg);
     live.check_present()?;
     live.check_store_outside(cfg.snapshots_dir())?;
@@ -71,9 +78,11 @@ pub fn run(g: &GlobalArgs, args: &CreateArgs) -> Result<Report> {
     };
     let started = Instant::now();
     let replaced = store.exists(&name);
-    let snap = job.create(&name, args.pin)?;
+    let snap = quiesce::around(&cfg, docker.as_ref(), mode.as_ref(), Op::Create, || {
+        job.create(&name, args.pin)
+    })?;
     let pruned = job.auto_cleanup(&name)?;
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = crate::output::seconds(started.elapsed());
     let created = Created {
         name: name.clone(),
         mode: mode.kind().name(),
@@ -86,18 +95,35 @@ pub fn run(g: &GlobalArgs, args: &CreateArgs) -> Result<Report> {
         pruned,
         skipped: false,
     };
-    let text = format!(
-        "created {name} ({} mode): {} files, {} in {seconds:.2} s{}\n",
-        created.mode,
-        created.files,
-        human_bytes(created.bytes),
-        if replaced {
-            ", replacing the previous one"
-        } else {
-            ""
-        }
-    );
+    let mut notes = String::new();
+    if replaced {
+        notes.push_str(", replacing the previous one");
+    }
+    if !created.pruned.is_empty() {
+        notes.push_str(&format!(
+            ", pruned {} older snapshots",
+            created.pruned.len()
+        ));
+    }
+    let text = summary_line(&snap, mode.as_ref(), "", seconds, &notes);
     Ok(Report::new("create", &created, text))
+}
+
+/// The summary line of a create (`how` says why, for an auto-create).
+pub(super) fn summary_line(
+    snap: &Snapshot,
+    mode: &dyn Mode,
+    how: &str,
+    seconds: f64,
+    notes: &str,
+) -> String {
+    let meta = &snap.meta;
+    crate::output::summary(
+        &format!("created {}{how} ({} mode)", meta.name, meta.mode),
+        mode.writes_live_data().then_some((meta.files, meta.bytes)),
+        seconds,
+        &format!("stored {}{notes}", human_bytes(meta.stored_bytes)),
+    )
 }
 
 impl Created {
@@ -133,6 +159,10 @@ impl Job<'_> {
     pub fn create(&self, name: &str, pin: bool) -> Result<Snapshot> {
         let started = Instant::now();
         let staging = self.store.begin(name, self.lock)?;
+        let _bars = self
+            .mode
+            .writes_live_data()
+            .then(|| progress::Operation::create(format!("create {name}"), self.live));
         let ctx = ModeContext {
             cfg: self.cfg,
             live: self.live,
@@ -140,6 +170,8 @@ impl Job<'_> {
         };
         let payload = self.mode.create(&ctx, &staging.payload())?;
         crate::signals::check()?;
+        progress::step("writing the manifest");
+        let manifest = self.manifest(&ctx, &staging)?;
         let data = self.live.totals()?;
         let stored = crate::tree::totals(staging.dir())?;
         let meta = Meta {
@@ -161,16 +193,44 @@ impl Job<'_> {
             stored_bytes: stored.allocated,
             pinned: pin,
             payload,
+            manifest,
+            // Only data restored from a snapshot can disagree with the files beside it.
+            fingerprint: if self.mode.writes_live_data() {
+                Fingerprint::capture(self.cfg)?
+            } else {
+                None
+            },
         };
         let snap = staging.commit(&meta, true)?;
         tracing::info!(name = %name,
-            mode = self.mode.kind().name(),
+            mode = %self.mode.kind().name(),
             files = meta.files,
             bytes = meta.bytes,
-            seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+            seconds = crate::output::seconds(started.elapsed()),
             "snapshot_created"
         );
         Ok(snap)
+    }
+
+    /// Stores the manifest of what the mode just captured (while the data is still in the
+    /// page cache); None for modes that capture no data.
+    fn manifest(&self, ctx: &ModeContext, staging: &Staging) -> Result<Option<ManifestRef>> {
+        if !self.mode.writes_live_data() {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let tree = self.mode.captured_tree(ctx, &staging.payload());
+        let manifest = Manifest::capture(&tree, &self.live.include)?;
+        let stored = staging.write_manifest(&manifest)?;
+        let (files, bytes) = manifest.totals();
+        tracing::info!(
+            entries = stored.entries,
+            files,
+            bytes,
+            seconds = crate::output::seconds(started.elapsed()),
+            "manifest_written"
+        );
+        Ok(Some(stored))
     }
 
     /// Retention after a create: never removes the new snapshot, snapshot_name or a pinned one.

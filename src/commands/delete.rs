@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{load_config, lock_timeout, prepare, store};
+use super::{load_config, lock_timeout, prepare_configured, store};
 use crate::cli::{DeleteArgs, GlobalArgs};
 use crate::output::Report;
 use crate::store::validate_name;
@@ -18,7 +18,7 @@ pub fn run(g: &GlobalArgs, args: &DeleteArgs) -> Result<Report> {
     for name in &args.names {
         validate_name(name)?;
     }
-    prepare(cfg.mode())?;
+    prepare_configured(&cfg)?;
     let store = store(&cfg);
     let lock = store.lock(&format!("delete {}", args.names.join(" ")), lock_timeout(g))?;
     // Every name must exist before anything is removed: a typo changes nothing.

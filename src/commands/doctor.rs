@@ -6,17 +6,12 @@ use serde::Serialize;
 use super::{load_config, store};
 use crate::cli::GlobalArgs;
 use crate::config::Config;
+use crate::docker::{self, Docker, State};
 use crate::exit::{Code, code_of, one_line};
+use crate::modes::{Mode, ModeContext, Status};
 use crate::output::{Report, table};
+use crate::tools::DOCKER;
 use crate::tree::{Live, dir_writable, first_unwritable, free_bytes, human_bytes};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum Status {
-    Ok,
-    Warn,
-    Fail,
-}
 
 #[derive(Debug, Serialize)]
 struct Check {
@@ -119,14 +114,18 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
         return;
     };
     checks.add("mode", Status::Ok, kind.name(), "");
+    let mut found = Vec::new();
     for tool in mode.tools() {
         match tool.require(kind.name()) {
-            Ok(found) => checks.add(
-                tool.program,
-                Status::Ok,
-                format!("{} at {}", found.version, found.path.display()),
-                "",
-            ),
+            Ok(f) => {
+                checks.add(
+                    tool.program,
+                    Status::Ok,
+                    format!("{} at {}", f.version, f.path.display()),
+                    "",
+                );
+                found.push(f);
+            }
             Err(e) => {
                 checks.missing_tool |= code_of(&e) == Code::MissingDependency;
                 let msg = one_line(&e);
@@ -138,7 +137,18 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
     if !mode.active() {
         return;
     }
+    check_docker(cfg, mode.as_ref(), checks);
     let live = Live::from_config(cfg);
+    if found.len() == mode.tools().len() {
+        let ctx = ModeContext {
+            cfg,
+            live: &live,
+            tools: &found,
+        };
+        for f in mode.doctor(&ctx) {
+            checks.add(&f.check, f.status, f.detail, f.hint);
+        }
+    }
     if live.cache_dir.is_dir() {
         checks.add(
             "cache_dir",
@@ -265,5 +275,140 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
             "free space or move snapshots_dir",
         ),
         Err(e) => checks.add("free space", Status::Warn, one_line(&e), ""),
+    }
+}
+
+/// Docker CLI and daemon versions and each node container. Problems fail the check when the
+/// configuration needs docker, and are warnings otherwise.
+fn check_docker(cfg: &Config, mode: &dyn Mode, checks: &mut Checks) {
+    let needed = docker::needed_by(cfg, mode, true);
+    let bad = if needed.is_some() {
+        Status::Fail
+    } else {
+        Status::Warn
+    };
+    let found = match DOCKER.require_for(needed.as_deref().unwrap_or("doctor")) {
+        Ok(found) => {
+            // A mode that drives docker had its CLI reported with the mode's tools.
+            if !mode.tools().contains(&DOCKER) {
+                let why = needed
+                    .as_deref()
+                    .unwrap_or("not needed by this configuration");
+                checks.add(
+                    "docker",
+                    Status::Ok,
+                    format!("{} at {} ({why})", found.version, found.path.display()),
+                    "",
+                );
+            }
+            found
+        }
+        Err(e) => {
+            if needed.is_some() && !mode.tools().contains(&DOCKER) {
+                checks.missing_tool = true;
+                let msg = one_line(&e);
+                let (detail, hint) = msg.split_once('\n').unwrap_or((&msg, ""));
+                checks.add("docker", Status::Fail, detail, hint);
+            }
+            return;
+        }
+    };
+    let docker = Docker::new(found);
+    match docker.server_version() {
+        Ok(version) => checks.add(
+            "docker daemon",
+            Status::Ok,
+            format!("{version} at {}", docker::socket()),
+            "",
+        ),
+        Err(e) => {
+            checks.missing_tool |= needed.is_some();
+            checks.add("docker daemon", bad, one_line(&e), "");
+            return;
+        }
+    }
+    let nodes = match docker::node_containers(cfg) {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            checks.add(
+                "containers",
+                bad,
+                one_line(&e),
+                "fix container_name or containers",
+            );
+            return;
+        }
+    };
+    let names: Vec<String> = nodes.iter().map(|n| n.container.clone()).collect();
+    let states = match docker.states(&names) {
+        Ok(states) => states,
+        Err(e) => {
+            checks.add("containers", bad, one_line(&e), "");
+            return;
+        }
+    };
+    // The recreate cleanup, as mode or as fallback, runs inside the containers; quiescing
+    // only passes over a container that is missing or mounts elsewhere.
+    let need_running = mode.tools().contains(&DOCKER) || cfg.text("restore_fallback") == "recreate";
+    let bad_container = if need_running {
+        Status::Fail
+    } else {
+        Status::Warn
+    };
+    let data_path = cfg.text("container_data_path");
+    let existing: Vec<String> = names
+        .iter()
+        .zip(&states)
+        .filter(|(_, s)| **s != State::Missing)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mut mounts = match docker.mount_sources(&existing, data_path) {
+        Ok(sources) => sources.into_iter().map(Ok).collect(),
+        Err(e) => vec![Err(one_line(&e)); existing.len()],
+    }
+    .into_iter();
+    for (node, state) in nodes.iter().zip(states) {
+        let check = format!("container {}", node.container);
+        let status = match &state {
+            State::Running => Status::Ok,
+            State::Missing => bad_container,
+            _ if need_running => bad_container,
+            _ => Status::Ok,
+        };
+        let mount = match &state {
+            State::Missing => None,
+            _ => mounts.next(),
+        };
+        let live = cfg.cache_dir().join(&node.node);
+        let (status, mounts) = match mount {
+            None => (status, String::new()),
+            Some(Ok(Some(src))) if crate::tree::resolve(&src) == crate::tree::resolve(&live) => {
+                (status, format!("; mounts it at {data_path}"))
+            }
+            Some(Ok(Some(src))) => (
+                Status::Warn.max(status),
+                format!(
+                    "; mounts {} at {data_path}, not the node directory",
+                    src.display()
+                ),
+            ),
+            Some(Ok(None)) => (
+                bad_container.max(status),
+                format!("; mounts nothing at {data_path} (container_data_path)"),
+            ),
+            Some(Err(e)) => (Status::Warn.max(status), format!("; {e}")),
+        };
+        let hint = match (&state, status) {
+            (_, Status::Ok) => "",
+            (State::Missing, _) => "start the environment, or fix container_name / containers",
+            (State::Running, _) => "fix container_data_path, container_name or containers",
+            _ => "start the environment: recreate needs running containers",
+        };
+        checks.add(
+            &check,
+            status,
+            format!("node {}: {}{mounts}", node.node, state.describe()),
+            hint,
+        );
     }
 }

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::{load_config, store};
 use crate::cli::GlobalArgs;
+use crate::fingerprint::Checker;
 use crate::output::{Report, table};
 use crate::store::Unreadable;
 use crate::tree::human_bytes;
@@ -16,9 +17,15 @@ struct Row {
     created_at: String,
     bytes: u64,
     stored_bytes: u64,
+    /// stored_bytes / bytes (compression shows below 1); None when the data is empty.
+    ratio: Option<f64>,
     files: u64,
     pinned: bool,
     nodes: Vec<String>,
+    /// Files named by `fingerprint` changed since it was made: restore refuses it.
+    stale: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stale_files: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -35,19 +42,28 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
     for u in &unreadable {
         tracing::warn!(name = %u.name, "snapshot_unreadable: {}", u.problem);
     }
+    let mut fingerprints = Checker::default();
     let rows: Vec<Row> = snapshots
         .iter()
-        .map(|s| Row {
-            name: s.meta.name.clone(),
-            mode: s.meta.mode.clone(),
-            created_at: s.meta.created_at.clone(),
-            bytes: s.meta.bytes,
-            stored_bytes: s.meta.stored_bytes,
-            files: s.meta.files,
-            pinned: s.meta.pinned,
-            nodes: s.meta.nodes.clone(),
+        .map(|s| {
+            let stale_files = fingerprints.changes(&s.meta)?;
+            Ok(Row {
+                name: s.meta.name.clone(),
+                mode: s.meta.mode.clone(),
+                created_at: s.meta.created_at.clone(),
+                bytes: s.meta.bytes,
+                stored_bytes: s.meta.stored_bytes,
+                ratio: (s.meta.bytes > 0).then(|| {
+                    (s.meta.stored_bytes as f64 / s.meta.bytes as f64 * 1000.0).round() / 1000.0
+                }),
+                files: s.meta.files,
+                pinned: s.meta.pinned,
+                nodes: s.meta.nodes.clone(),
+                stale: !stale_files.is_empty(),
+                stale_files,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -57,12 +73,14 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
                 short_time(&r.created_at),
                 human_bytes(r.bytes),
                 human_bytes(r.stored_bytes),
+                r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
                 r.files.to_string(),
                 if r.pinned {
                     "yes".into()
                 } else {
                     String::new()
                 },
+                if r.stale { "yes".into() } else { String::new() },
             ]
         })
         .collect();
@@ -76,8 +94,10 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
                 "CREATED (UTC)",
                 "SIZE",
                 "STORED",
+                "RATIO",
                 "FILES",
                 "PINNED",
+                "STALE",
             ],
             &cells,
         )

@@ -6,19 +6,26 @@ use anyhow::Result;
 
 use crate::cli::{Cli, Command, GlobalArgs};
 use crate::config::{Config, Overrides};
+use crate::docker::{self, Docker};
 use crate::exit::{Code, fail};
 use crate::modes::{Mode, ModeKind};
 use crate::output::Report;
 use crate::store::Store;
 use crate::tools::Found;
 
+mod complete_names;
 mod config;
 mod create;
 mod delete;
+mod diff;
 mod doctor;
+mod generate_assets;
 mod list;
 mod prune;
 mod restore;
+mod run;
+mod status;
+mod verify;
 
 pub fn run(cli: &Cli) -> Result<Report> {
     let g = &cli.global;
@@ -30,6 +37,12 @@ pub fn run(cli: &Cli) -> Result<Report> {
         Command::Prune(args) => prune::run(g, args),
         Command::Doctor => doctor::run(g),
         Command::Config => config::run(g),
+        Command::Verify(args) => verify::run(g, args),
+        Command::Status(args) => status::run(g, args),
+        Command::Diff(args) => diff::run(g, args),
+        Command::Run(args) => run::run(g, args),
+        Command::GenerateAssets(args) => generate_assets::run(args),
+        Command::CompleteNames => complete_names::run(g),
     }
 }
 
@@ -43,6 +56,12 @@ pub fn name(command: &Command) -> &'static str {
         Command::Prune(_) => "prune",
         Command::Doctor => "doctor",
         Command::Config => "config",
+        Command::Verify(_) => "verify",
+        Command::Status(_) => "status",
+        Command::Diff(_) => "diff",
+        Command::Run(_) => "run",
+        Command::GenerateAssets(_) => "generate-assets",
+        Command::CompleteNames => "complete-names",
     }
 }
 
@@ -59,6 +78,44 @@ fn store(cfg: &Config) -> Store {
 
 fn lock_timeout(g: &GlobalArgs) -> Duration {
     Duration::from_secs(g.lock_timeout)
+}
+
+/// Per-node counts of changes, for `status` and `diff --stat`.
+fn changes_table(nodes: &[crate::manifest::NodeSummary]) -> String {
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node.clone(),
+                n.added.to_string(),
+                n.removed.to_string(),
+                n.modified.to_string(),
+                n.metadata.to_string(),
+                crate::tree::human_bytes(n.bytes),
+            ]
+        })
+        .collect();
+    crate::output::table(
+        &["NODE", "ADDED", "REMOVED", "MODIFIED", "METADATA", "BYTES"],
+        &rows,
+    )
+}
+
+/// The docker client when this configuration needs one for a create (or, with `restore`, a
+/// restore), checked before anything is touched: exit 3 when the CLI is missing or the
+/// daemon does not answer.
+fn docker_for(cfg: &Config, mode: &dyn Mode, restore: bool) -> Result<Option<Docker>> {
+    docker::needed_by(cfg, mode, restore)
+        .map(|why| Docker::connect(&why))
+        .transpose()
+}
+
+/// [`prepare`] for the configured mode, whose settings are then checked against this
+/// machine too (exit 2), still before anything is touched.
+fn prepare_configured(cfg: &Config) -> Result<(Box<dyn Mode>, Vec<Found>)> {
+    let (mode, tools) = prepare(cfg.mode())?;
+    mode.preflight(cfg, &tools)?;
+    Ok((mode, tools))
 }
 
 /// The mode's implementation with its tools located: the dependency check every command

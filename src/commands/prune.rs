@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{load_config, lock_timeout, prepare, store};
+use super::{load_config, lock_timeout, prepare_configured, store};
 use crate::cli::{GlobalArgs, PruneArgs};
 use crate::output::Report;
 use crate::store::prune_plan;
@@ -18,7 +18,7 @@ struct Pruned {
 
 pub fn run(g: &GlobalArgs, args: &PruneArgs) -> Result<Report> {
     let cfg = load_config(g)?;
-    prepare(cfg.mode())?;
+    prepare_configured(&cfg)?;
     let keep = args
         .keep
         .unwrap_or_else(|| cfg.count("keep_snapshot_count"));

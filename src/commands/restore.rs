@@ -6,12 +6,18 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::create::Job;
-use super::{load_config, lock_timeout, prepare, store};
+use super::{docker_for, load_config, lock_timeout, prepare, prepare_configured, store};
 use crate::cli::{GlobalArgs, RestoreArgs};
-use crate::exit::{Code, fail};
-use crate::modes::{ModeContext, ModeKind, RestoreStats};
-use crate::output::Report;
-use crate::store::validate_name;
+use crate::config::Config;
+use crate::docker::Docker;
+use crate::exit::{Code, code_of, fail, one_line};
+use crate::manifest::{self, Manifest};
+use crate::modes::{Mode, ModeContext, ModeKind, RestoreStats, recreate};
+use crate::output::{Report, summary};
+use crate::progress;
+use crate::quiesce::{self, Op};
+use crate::store::{Lock, Snapshot, Store, validate_name};
+use crate::tools::Found;
 use crate::tree::{Live, human_bytes};
 
 #[derive(Serialize)]
@@ -26,6 +32,16 @@ struct Restored {
     seconds: f64,
     #[serde(flatten)]
     stats: RestoreStats,
+    /// Set when the restore failed and `restore_fallback` ran instead (exit 6).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback: Option<Fallback>,
+}
+
+#[derive(Serialize)]
+struct Fallback {
+    method: &'static str,
+    /// Why the restore failed.
+    error: String,
 }
 
 pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
@@ -36,7 +52,7 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
         .unwrap_or_else(|| cfg.snapshot_name().to_string());
     validate_name(&name)?;
     let configured = cfg.mode();
-    let (configured_mode, configured_tools) = prepare(configured)?;
+    let (configured_mode, configured_tools) = prepare_configured(&cfg)?;
     if !configured_mode.active() {
         tracing::info!(command = "restore", "suite_isolation_disabled");
         let r = Restored::empty(&name, configured, false, true);
@@ -46,6 +62,7 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
             "suite isolation is disabled: nothing to do\n".into(),
         ));
     }
+    let docker = docker_for(&cfg, configured_mode.as_ref(), true)?;
     let live = Live::from_config(&cfg);
     live.check_present()?;
     live.check_store_outside(cfg.snapshots_dir())?;
@@ -73,73 +90,65 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
             mode: configured_mode.as_ref(),
             tools: &configured_tools,
         };
-        let snap = job.create(&name, false)?;
+        let snap = quiesce::around(
+            &cfg,
+            docker.as_ref(),
+            configured_mode.as_ref(),
+            Op::Create,
+            || job.create(&name, false),
+        )?;
         job.auto_cleanup(&name)?;
         let mut r = Restored::empty(&name, configured, true, false);
         r.files = snap.meta.files;
         r.bytes = snap.meta.bytes;
-        r.seconds = started.elapsed().as_secs_f64();
-        let text = format!(
-            "snapshot {name} did not exist: created it from the current data ({} files)\n",
-            r.files
+        r.seconds = crate::output::seconds(started.elapsed());
+        let text = super::create::summary_line(
+            &snap,
+            configured_mode.as_ref(),
+            " from the current data, as it did not exist",
+            r.seconds,
+            "",
         );
         return Ok(Report::new("restore", &r, text));
     }
 
-    let snap = store.get(&name)?;
-    // The snapshot's own mode decides how it is restored, whatever the config says now.
-    let kind = ModeKind::from_name(&snap.meta.mode).ok_or_else(|| {
-        fail(
-            Code::Failure,
-            format!(
-                "snapshot {name} has unknown mode {:?}; it was made by another stagesnap",
-                snap.meta.mode
-            ),
-        )
-    })?;
-    let (mode, tools) = if kind == configured {
-        (configured_mode, configured_tools)
-    } else {
-        prepare(kind)?
-    };
-    if snap.meta.cache_dir != live.cache_dir {
-        tracing::warn!(
-            snapshot_cache_dir = %snap.meta.cache_dir.display(),
-            cache_dir = %live.cache_dir.display(),
-            "snapshot_other_environment: snapshot {name} was taken from another cache_dir"
-        );
+    // Checked before the fallback below can run: a stale snapshot is refused, not failed.
+    if let Ok(snap) = store.get(&name) {
+        crate::fingerprint::guard(&snap, args.allow_stale)?;
     }
-    let ctx = ModeContext {
-        cfg: &cfg,
-        live: &live,
-        tools: &tools,
+    let guard = Guard {
+        store: &store,
+        lock: &lock,
+        verify: args
+            .verify
+            .as_deref()
+            .unwrap_or_else(|| cfg.text("restore_verify")),
     };
-    // Prove the snapshot usable before the first byte of live data changes.
-    mode.verify(&ctx, &snap)?;
-    if let Some(path) = snap
-        .meta
-        .include
-        .iter()
-        .find_map(|rel| crate::tree::first_unwritable(&live.path(rel)))
-    {
-        return Err(fail(
-            Code::Failure,
-            format!(
-                "cannot restore: {} is not writable by this user (container data is usually root-owned); nothing was changed. Run stagesnap as root or as the data's owner",
-                path.display()
-            ),
-        ));
-    }
-    let stats = mode.restore(&ctx, &snap)?;
+    // A snapshot that exists but cannot be read is a failed restore too, for the fallback.
+    let restored = store.get(&name).and_then(|snap| {
+        let configured = (configured_mode, configured_tools);
+        let (kind, stats) =
+            restore_snapshot(&cfg, &live, &snap, configured, docker.as_ref(), &guard)?;
+        Ok((snap, kind, stats))
+    });
+    let (snap, kind, stats) = match (restored, docker.as_ref()) {
+        (Ok(done), _) => done,
+        (Err(e), Some(docker))
+            if cfg.text("restore_fallback") == "recreate" && code_of(&e) != Code::Interrupted =>
+        {
+            return fall_back(&cfg, docker, &name, &e, started);
+        }
+        (Err(e), _) => return Err(e),
+    };
     drop(lock);
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = crate::output::seconds(started.elapsed());
     tracing::info!(
         name = %name,
-        mode = kind.name(),
+        mode = %kind.name(),
         files_rewritten = stats.files_rewritten,
         bytes_rewritten = stats.bytes_rewritten,
         entries_deleted = stats.entries_deleted,
-        seconds = format!("{seconds:.3}"),
+        seconds,
         "snapshot_restored"
     );
     let r = Restored {
@@ -151,17 +160,237 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
         bytes: snap.meta.bytes,
         seconds,
         stats,
+        fallback: None,
     };
-    let text = format!(
-        "restored {name} ({} mode): {} files, {} in {seconds:.2} s; rewrote {} files ({}), removed {} entries\n",
-        kind.name(),
-        r.files,
-        human_bytes(r.bytes),
-        stats.files_rewritten,
-        human_bytes(stats.bytes_rewritten),
-        stats.entries_deleted
-    );
+    let what = format!("restored {name} ({} mode)", kind.name());
+    let text = if kind == ModeKind::Recreate {
+        summary(
+            &what,
+            None,
+            seconds,
+            &format!(
+                "removed {} entries in the node containers{}",
+                stats.entries_deleted,
+                restarted(&cfg)
+            ),
+        )
+    } else {
+        summary(
+            &what,
+            Some((r.files, r.bytes)),
+            seconds,
+            &format!(
+                "rewrote {} files ({}), removed {} entries",
+                stats.files_rewritten,
+                human_bytes(stats.bytes_rewritten),
+                stats.entries_deleted
+            ),
+        )
+    };
     Ok(Report::new("restore", &r, text))
+}
+
+/// What wraps the mode's restore: the journal that `status` reads if it never ends, and the
+/// check of the result against the manifest (`restore_verify`).
+struct Guard<'a> {
+    store: &'a Store,
+    lock: &'a Lock,
+    verify: &'a str,
+}
+
+/// Restores `snap` with the mode it was made with, whatever the config says now: the
+/// snapshot is verified before anything changes, then restored with the containers quiesced,
+/// then the result is checked against the snapshot's manifest.
+fn restore_snapshot(
+    cfg: &Config,
+    live: &Live,
+    snap: &Snapshot,
+    configured: (Box<dyn Mode>, Vec<Found>),
+    docker: Option<&Docker>,
+    guard: &Guard,
+) -> Result<(ModeKind, RestoreStats)> {
+    let name = &snap.meta.name;
+    let kind = ModeKind::from_name(&snap.meta.mode).ok_or_else(|| {
+        fail(
+            Code::Failure,
+            format!(
+                "snapshot {name} has unknown mode {:?}; it was made by another stagesnap",
+                snap.meta.mode
+            ),
+        )
+    })?;
+    let (mode, tools) = if kind == configured.0.kind() {
+        configured
+    } else {
+        prepare(kind)?
+    };
+    let connected;
+    let docker = match docker {
+        Some(d) => Some(d),
+        None => {
+            connected = docker_for(cfg, mode.as_ref(), true)?;
+            connected.as_ref()
+        }
+    };
+    if snap.meta.cache_dir != live.cache_dir {
+        tracing::warn!(
+            snapshot_cache_dir = %snap.meta.cache_dir.display(),
+            cache_dir = %live.cache_dir.display(),
+            "snapshot_other_environment: snapshot {name} was taken from another cache_dir"
+        );
+    }
+    let ctx = ModeContext {
+        cfg,
+        live,
+        tools: &tools,
+    };
+    // Prove the snapshot usable before the first byte of live data changes.
+    mode.verify(&ctx, snap)?;
+    let expected = expected_manifest(snap, mode.as_ref(), guard.verify)?;
+    if mode.writes_live_data()
+        && let Some(path) = snap
+            .meta
+            .include
+            .iter()
+            .find_map(|rel| crate::tree::first_unwritable(&live.path(rel)))
+    {
+        return Err(fail(
+            Code::Failure,
+            format!(
+                "cannot restore: {} is not writable by this user (container data is usually root-owned); nothing was changed. Run stagesnap as root or as the data's owner",
+                path.display()
+            ),
+        ));
+    }
+    let _bars = mode
+        .writes_live_data()
+        .then(|| progress::Operation::restore(format!("restore {name}"), snap.meta.bytes));
+    // Checked before the containers come back, which would change the data at once.
+    let stats = quiesce::around(cfg, docker, mode.as_ref(), Op::Restore, || {
+        let journal = guard.store.begin_restore(name, guard.lock)?;
+        let result = mode.restore(&ctx, snap).and_then(|stats| {
+            if let Some(expected) = &expected {
+                progress::step("checking the result");
+                check_restored(live, snap, expected, guard.verify == "full")?;
+            }
+            Ok(stats)
+        });
+        // The restore's own error wins over one from the journal.
+        let ended = journal.end(&result);
+        result.and_then(|stats| ended.map(|()| stats))
+    })?;
+    Ok((kind, stats))
+}
+
+/// The manifest a restore is checked against, read (and its digest checked) before anything
+/// changes; None when checking is off or the snapshot has none to check against.
+fn expected_manifest(snap: &Snapshot, mode: &dyn Mode, level: &str) -> Result<Option<Manifest>> {
+    if level == "none" || !mode.writes_live_data() {
+        return Ok(None);
+    }
+    if snap.meta.manifest.is_none() {
+        tracing::warn!(
+            name = %snap.meta.name,
+            "restore_unverified: snapshot {} has no manifest (an older stagesnap made it), so the restore cannot be checked; recreate it with `stagesnap create {} --force`",
+            snap.meta.name,
+            snap.meta.name
+        );
+        return Ok(None);
+    }
+    snap.manifest().map(Some)
+}
+
+/// Fails (exit 1, listing the first differences) unless the live data now matches the
+/// manifest: metadata always, and every file's hash when `full`.
+fn check_restored(live: &Live, snap: &Snapshot, expected: &Manifest, full: bool) -> Result<()> {
+    let started = Instant::now();
+    let now = manifest::scan_live(&live.cache_dir, &snap.meta.include, expected, full)?;
+    let changes = manifest::compare(expected, &now);
+    tracing::info!(
+        name = %snap.meta.name,
+        level = %if full { "full" } else { "metadata" },
+        entries = now.entries.len(),
+        differences = changes.len(),
+        seconds = crate::output::seconds(started.elapsed()),
+        "restore_verified"
+    );
+    if changes.is_empty() {
+        return Ok(());
+    }
+    const SHOWN: usize = 10;
+    let first: Vec<String> = changes.iter().take(SHOWN).map(|c| c.described()).collect();
+    Err(fail(
+        Code::Failure,
+        format!(
+            "restore of {} did not reproduce the snapshot: {} entries differ from its manifest{}: {}; see them all with `stagesnap diff {}`, then restore again",
+            snap.meta.name,
+            changes.len(),
+            if changes.len() > SHOWN {
+                format!(", the first {SHOWN}")
+            } else {
+                String::new()
+            },
+            first.join("; "),
+            snap.meta.name
+        ),
+    ))
+}
+
+/// `restore_fallback = recreate`: the recreate cleanup after a failed restore, said loudly
+/// and with exit 6, since the data is then not the snapshot's.
+fn fall_back(
+    cfg: &Config,
+    docker: &Docker,
+    name: &str,
+    error: &anyhow::Error,
+    started: Instant,
+) -> Result<Report> {
+    let error = one_line(error);
+    tracing::warn!(
+        name = %name,
+        error = %error,
+        "restore_fallback: restoring {name} failed; restore_fallback = recreate, so the recreate cleanup runs instead and the data will not be the snapshot's"
+    );
+    let removed = recreate::clean(docker, cfg).map_err(|e| {
+        let code = match code_of(&e) {
+            Code::Interrupted => Code::Interrupted,
+            _ => Code::Failure,
+        };
+        fail(
+            code,
+            format!(
+                "restoring {name} failed ({error}), and the recreate fallback failed too: {}",
+                one_line(&e)
+            ),
+        )
+    })?;
+    let mut r = Restored::empty(name, ModeKind::Recreate, false, false);
+    r.seconds = crate::output::seconds(started.elapsed());
+    r.stats.entries_deleted = removed;
+    let text = summary(
+        &format!(
+            "restoring {name} failed ({error}), so it fell back to recreate (restore_fallback)"
+        ),
+        None,
+        r.seconds,
+        &format!(
+            "removed {removed} entries in the node containers{}; the data is NOT the snapshot's",
+            restarted(cfg)
+        ),
+    );
+    r.fallback = Some(Fallback {
+        method: "recreate",
+        error,
+    });
+    Ok(Report::new("restore", &r, text).with_code(Code::Degraded))
+}
+
+fn restarted(cfg: &Config) -> &'static str {
+    if cfg.flag("recreate_restart") {
+        " and restarted them"
+    } else {
+        ""
+    }
 }
 
 impl Restored {
@@ -175,6 +404,7 @@ impl Restored {
             bytes: 0,
             seconds: 0.0,
             stats: RestoreStats::default(),
+            fallback: None,
         }
     }
 }

@@ -1,18 +1,21 @@
 //! Snapshot modes. Each mode is one file implementing [`Mode`] plus one arm in
 //! [`ModeKind`]; the commands never look inside a mode.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::manifest::Manifest;
 use crate::store::Snapshot;
 use crate::tools::{Found, Tool};
 use crate::tree::Live;
 
 mod disabled;
 mod filesystem;
+pub mod recreate;
+mod squashfs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,7 +54,8 @@ impl ModeKind {
         match self {
             ModeKind::Disabled => Some(Box::new(disabled::Disabled)),
             ModeKind::Filesystem => Some(Box::new(filesystem::Filesystem)),
-            ModeKind::Recreate | ModeKind::Squashfs => None,
+            ModeKind::Recreate => Some(Box::new(recreate::Recreate)),
+            ModeKind::Squashfs => Some(Box::new(squashfs::Squashfs)),
         }
     }
 }
@@ -83,6 +87,57 @@ pub struct RestoreStats {
     pub entries_deleted: u64,
 }
 
+impl RestoreStats {
+    pub fn add(&mut self, other: RestoreStats) {
+        self.files_rewritten += other.files_rewritten;
+        self.bytes_rewritten += other.bytes_rewritten;
+        self.entries_deleted += other.entries_deleted;
+    }
+}
+
+/// How a `stagesnap doctor` check came out, ordered by severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// A line a mode adds to `stagesnap doctor`.
+#[derive(Debug)]
+pub struct Finding {
+    pub check: String,
+    pub status: Status,
+    pub detail: String,
+    pub hint: String,
+}
+
+impl Finding {
+    pub fn new(
+        check: &str,
+        status: Status,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Finding {
+        Finding {
+            check: check.to_string(),
+            status,
+            detail: detail.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+/// What [`Mode::verify_stored`] found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    /// What was checked, in words.
+    pub checked: String,
+    /// One line per problem; empty when the snapshot is intact.
+    pub problems: Vec<String>,
+}
+
 pub trait Mode {
     fn kind(&self) -> ModeKind;
 
@@ -94,12 +149,53 @@ pub trait Mode {
         true
     }
 
+    /// False for modes that never read or write the live data from the host (`recreate`
+    /// works inside running containers): no quiescing, no host write-permission check.
+    fn writes_live_data(&self) -> bool {
+        true
+    }
+
+    /// Checks the mode's settings against this machine and the located tools, before
+    /// anything is touched; a setting it cannot honour is a configuration error (exit 2).
+    fn preflight(&self, _cfg: &Config, _tools: &[Found]) -> Result<()> {
+        Ok(())
+    }
+
+    /// The mode's own lines for `stagesnap doctor`, once its tools are located.
+    fn doctor(&self, _ctx: &ModeContext) -> Vec<Finding> {
+        Vec::new()
+    }
+
     /// Captures the live data into `payload` (an empty directory inside the staging
     /// snapshot). Returns mode-specific details for meta.json.
     fn create(&self, ctx: &ModeContext, payload: &Path) -> Result<serde_json::Value>;
 
     /// Checks that `snapshot` is complete and intact, before a restore touches anything.
     fn verify(&self, ctx: &ModeContext, snapshot: &Snapshot) -> Result<()>;
+
+    /// The directory whose included paths hold exactly what [`Mode::create`] just captured
+    /// into `payload`, for the snapshot's manifest. The default is the live data, which the
+    /// quiesced create has not let change since.
+    fn captured_tree(&self, ctx: &ModeContext, _payload: &Path) -> PathBuf {
+        ctx.live.cache_dir.clone()
+    }
+
+    /// `stagesnap verify`: reads the stored data back and checks it against the manifest
+    /// (or whatever integrity record the mode keeps), after [`Mode::verify`] passed.
+    fn verify_stored(
+        &self,
+        _ctx: &ModeContext,
+        _snapshot: &Snapshot,
+        _manifest: &Manifest,
+    ) -> Result<Verified> {
+        Ok(Verified {
+            checked: format!(
+                "the manifest and {} mode's pre-restore check of the payload",
+                self.kind().name()
+            ),
+            problems: vec![],
+        })
+    }
 
     /// Brings the live data back to `snapshot`, in place: included directories and node
     /// directories keep their inodes.

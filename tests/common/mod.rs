@@ -17,11 +17,18 @@ pub struct Env {
 impl Env {
     /// A small generated environment (`nodes` nodes, about `size` bytes of data).
     pub fn sample(nodes: u32, size: u64) -> Env {
-        Self::with_options(GenerateOptions { nodes, size, ..Default::default() })
+        Self::with_options(GenerateOptions {
+            nodes,
+            size,
+            ..Default::default()
+        })
     }
 
     pub fn with_options(opts: GenerateOptions) -> Env {
-        let dir = tempfile::Builder::new().prefix("stagesnap-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("stagesnap-test-")
+            .tempdir()
+            .unwrap();
         let root = dir.path().to_path_buf();
         sample::generate(&root, &opts).expect("generate sample environment");
         Env { _dir: dir, root }
@@ -59,7 +66,9 @@ impl Env {
                 section = t.trim_matches(|c| c == '[' || c == ']').to_string();
             }
             let is_key = section == "suite_isolation"
-                && t.split(['=', ':']).next().is_some_and(|k| k.trim().eq_ignore_ascii_case(key));
+                && t.split(['=', ':'])
+                    .next()
+                    .is_some_and(|k| k.trim().eq_ignore_ascii_case(key));
             if is_key {
                 if !done {
                     out.push(format!("{key} = {value}"));
@@ -80,7 +89,12 @@ impl Env {
 
     /// The built stagesnap, run from the config's folder with no STAGESNAP_* leaking in.
     pub fn cmd(&self) -> assert_cmd::Command {
-        let mut cmd = assert_cmd::Command::cargo_bin("stagesnap").unwrap();
+        assert_cmd::Command::from_std(self.std_cmd())
+    }
+
+    /// [`Env::cmd`] as a std Command, for tests that spawn it.
+    pub fn std_cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stagesnap"));
         cmd.current_dir(self.config().parent().unwrap());
         for (k, _) in std::env::vars() {
             if k.starts_with("STAGESNAP_") || k == "RUST_LOG" {
@@ -115,7 +129,14 @@ impl Env {
     }
 
     pub fn suite(&self, seed: u64) {
-        sample::run_suite(&self.root, &SuiteOptions { seed, ..Default::default() }).expect("suite");
+        sample::run_suite(
+            &self.root,
+            &SuiteOptions {
+                seed,
+                ..Default::default()
+            },
+        )
+        .expect("suite");
     }
 }
 
@@ -123,8 +144,16 @@ impl Env {
 /// content hashes), computed by python3, independently of the code under test.
 pub fn treestate(path: &Path) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/treestate.py");
-    let out = Command::new("python3").arg(script).arg(path).output().expect("python3 runs");
-    assert!(out.status.success(), "treestate failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(path)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "treestate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -140,10 +169,18 @@ pub fn assert_same_tree(actual: &str, expected: &str) {
     for key in a.keys().chain(e.keys().filter(|k| !a.contains_key(*k))) {
         match (a.get(key), e.get(key)) {
             (Some(x), Some(y)) if x == y => {}
-            (x, y) => diffs.push(format!("{key}:\n  actual   {}\n  expected {}", show(x), show(y))),
+            (x, y) => diffs.push(format!(
+                "{key}:\n  actual   {}\n  expected {}",
+                show(x),
+                show(y)
+            )),
         }
     }
-    panic!("trees differ in {} entries:\n{}", diffs.len(), diffs[..diffs.len().min(15)].join("\n"));
+    panic!(
+        "trees differ in {} entries:\n{}",
+        diffs.len(),
+        diffs[..diffs.len().min(15)].join("\n")
+    );
 }
 
 fn show(v: Option<&serde_json::Value>) -> String {

@@ -1,0 +1,21 @@
+//! `stagesnap complete-names` (hidden): the snapshot names, one per line, for the shell
+//! completions. It never fails: a completion has nothing useful to say about errors.
+
+use anyhow::Result;
+
+use super::{load_config, store};
+use crate::cli::GlobalArgs;
+use crate::output::Report;
+
+pub fn run(g: &GlobalArgs) -> Result<Report> {
+    let names: Vec<String> = load_config(g)
+        .and_then(|cfg| store(&cfg).list())
+        .map(|(snapshots, _)| snapshots.into_iter().map(|s| s.meta.name).collect())
+        .unwrap_or_default();
+    let text = names.iter().map(|n| format!("{n}\n")).collect();
+    Ok(Report::new(
+        "complete-names",
+        &serde_json::json!({ "names": names }),
+        text,
+    ))
+}

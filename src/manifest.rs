@@ -1,0 +1,939 @@
+//! Manifests: a lossless description of a captured tree (every entry's type, mode, owner,
+//! mtime to the nanosecond, size, symlink target, hardlink group, xattrs and the blake3 hash
+//! of every regular file), and the comparison of two of them that `restore`, `verify`,
+//! `status` and `diff` report from.
+//!
+//! On disk a manifest is JSON lines: a header line, then one entry per line sorted by path
+//! bytes. Paths are relative to cache_dir (`data/node1/lib/ca/node.dcert`); names that are
+//! not UTF-8 are stored as `{"hex": "…"}`, so every name round-trips exactly.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::exit::{Code, fail};
+use crate::signals;
+
+/// How much of a restored tree `restore` checks against the manifest (`restore_verify`,
+/// `restore --verify`): metadata only, metadata and every file's hash, or nothing.
+pub const VERIFY_LEVELS: &[&str] = &["metadata", "full", "none"];
+
+/// Version of the manifest format (the header's `stagesnap_manifest`). Readers refuse newer ones.
+pub const FORMAT: u32 = 1;
+
+/// A file or xattr name as raw bytes: Linux names need not be UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Name(pub Vec<u8>);
+
+impl Name {
+    pub fn from_path(p: &Path) -> Name {
+        Name(p.as_os_str().as_bytes().to_vec())
+    }
+
+    fn as_path(&self) -> &Path {
+        Path::new(std::ffi::OsStr::from_bytes(&self.0))
+    }
+
+    /// For people: the name as is when it is plain text, else double-quoted with C escapes
+    /// (`"a\nb"`, `"\xff"`), so one entry is always one line and distinct names stay distinct.
+    pub fn display(&self) -> String {
+        match std::str::from_utf8(&self.0) {
+            Ok(s) if !s.chars().any(|c| c.is_control() || c == '"' || c == '\\') => s.to_string(),
+            _ => {
+                let mut out = String::from("\"");
+                for chunk in self.0.utf8_chunks() {
+                    for c in chunk.valid().chars() {
+                        match c {
+                            '\n' => out.push_str("\\n"),
+                            '\t' => out.push_str("\\t"),
+                            '"' => out.push_str("\\\""),
+                            '\\' => out.push_str("\\\\"),
+                            c if c.is_control() => {
+                                let mut buf = [0; 4];
+                                for b in c.encode_utf8(&mut buf).bytes() {
+                                    out.push_str(&format!("\\x{b:02x}"));
+                                }
+                            }
+                            c => out.push(c),
+                        }
+                    }
+                    for b in chunk.invalid() {
+                        out.push_str(&format!("\\x{b:02x}"));
+                    }
+                }
+                out.push('"');
+                out
+            }
+        }
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => NameRepr::Hex { hex: hex(&self.0) }.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match NameRepr::deserialize(d)? {
+            NameRepr::Text(t) => Ok(Name(t.into_bytes())),
+            NameRepr::Hex { hex } => unhex(&hex)
+                .map(Name)
+                .ok_or_else(|| serde::de::Error::custom(format!("invalid hex name {hex:?}"))),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum NameRepr {
+    Text(String),
+    Hex { hex: String },
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    Char,
+    Block,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    pub name: Name,
+    /// The value, hex.
+    pub value: String,
+}
+
+/// One entry of a tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative to cache_dir.
+    pub path: Name,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Nanoseconds since the epoch (exact for years 1678 to 2262).
+    pub mtime_ns: i64,
+    /// Regular files only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+    /// Regular files' content hash, hex; absent in a live scan that did not need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// Regular files with holes: fewer bytes allocated than their size.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sparse: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Name>,
+    /// Character and block devices: [major, minor].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdev: Option<[u32; 2]>,
+    /// Sorted by name; POSIX ACLs are the `system.posix_acl_*` xattrs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<Xattr>,
+    /// Hardlink group: the first path, in sorted order, of the entries in the tree that share
+    /// this inode; the same for every member. Absent for an inode with one name in the tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<Name>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub stagesnap_manifest: u32,
+    /// The included paths the entries lie under, relative to cache_dir.
+    pub include: Vec<Name>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub header: Header,
+    /// Sorted by path bytes.
+    pub entries: Vec<Entry>,
+}
+
+/// What hashing cost, for logs and the benchmark.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HashStats {
+    pub files: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+impl Manifest {
+    /// Walks `root/<include>…` (never following symlinks) into a manifest without content
+    /// hashes; [`Manifest::hash`] adds them.
+    pub fn scan(root: &Path, include: &[PathBuf]) -> Result<Manifest> {
+        let mut entries = Vec::new();
+        let mut inodes: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
+        for rel in include {
+            for item in walkdir::WalkDir::new(root.join(rel)).sort_by_file_name() {
+                let item = item.map_err(|e| {
+                    let path = e.path().unwrap_or(root).display().to_string();
+                    fail(Code::Failure, format!("cannot read {path}: {e}"))
+                })?;
+                let meta = item
+                    .path()
+                    .symlink_metadata()
+                    .with_context(|| format!("cannot stat {}", item.path().display()))?;
+                let tail = item
+                    .path()
+                    .strip_prefix(root.join(rel))
+                    .unwrap_or(Path::new(""));
+                let path = if tail.as_os_str().is_empty() {
+                    rel.clone()
+                } else {
+                    rel.join(tail)
+                };
+                if !meta.is_dir() && meta.nlink() > 1 {
+                    inodes
+                        .entry((meta.dev(), meta.ino()))
+                        .or_default()
+                        .push(entries.len());
+                }
+                entries.push(entry(item.path(), Name::from_path(&path), &meta)?);
+            }
+        }
+        for members in inodes.values().filter(|m| m.len() > 1) {
+            let first = members.iter().map(|&i| &entries[i].path).min().cloned();
+            for &i in members {
+                entries[i].link = first.clone();
+            }
+        }
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Manifest {
+            header: Header {
+                stagesnap_manifest: FORMAT,
+                include: include.iter().map(|p| Name::from_path(p)).collect(),
+            },
+            entries,
+        })
+    }
+
+    /// [`Manifest::scan`] plus every regular file's hash: the manifest a snapshot stores.
+    pub fn capture(root: &Path, include: &[PathBuf]) -> Result<Manifest> {
+        let mut m = Manifest::scan(root, include)?;
+        m.hash(root, |_| true)?;
+        Ok(m)
+    }
+
+    /// Hashes the regular files `which` selects (the largest first, on every core: on a warm
+    /// cache blake3 outruns one core's reads).
+    pub fn hash(&mut self, root: &Path, which: impl Fn(&Entry) -> bool) -> Result<HashStats> {
+        let started = Instant::now();
+        let mut todo: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| self.entries[i].kind == Kind::File && which(&self.entries[i]))
+            .collect();
+        todo.sort_by_key(|&i| std::cmp::Reverse(self.entries[i].size));
+        let paths: Vec<PathBuf> = todo
+            .iter()
+            .map(|&i| root.join(self.entries[i].path.as_path()))
+            .collect();
+        let hashes = hash_files(&paths)?;
+        let mut stats = HashStats::default();
+        for (i, h) in todo.into_iter().zip(hashes) {
+            stats.files += 1;
+            stats.bytes += self.entries[i].size;
+            self.entries[i].blake3 = Some(h);
+        }
+        stats.seconds = started.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+
+    /// Hashes the files whose content cannot be judged from size and mtime alone against
+    /// `reference`: same size, different mtime (rsync's quick check, made exact). With `all`,
+    /// every file.
+    pub fn hash_against(
+        &mut self,
+        root: &Path,
+        reference: &Manifest,
+        all: bool,
+    ) -> Result<HashStats> {
+        let by_path: HashMap<&Name, &Entry> =
+            reference.entries.iter().map(|e| (&e.path, e)).collect();
+        let suspects: std::collections::HashSet<Name> = self
+            .entries
+            .iter()
+            .filter(|e| {
+                all || by_path.get(&e.path).is_some_and(|r| {
+                    r.kind == Kind::File && r.size == e.size && r.mtime_ns != e.mtime_ns
+                })
+            })
+            .map(|e| e.path.clone())
+            .collect();
+        self.hash(root, |e| suspects.contains(&e.path))
+    }
+
+    /// The manifest as stored: JSON lines.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(&self.header).expect("header serializes");
+        out.push(b'\n');
+        for e in &self.entries {
+            serde_json::to_writer(&mut out, e).expect("entry serializes");
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// Parses [`Manifest::to_bytes`]; the error says which line is wrong.
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Manifest, String> {
+        let mut lines = bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+        let header: Header = serde_json::from_slice(lines.next().ok_or("it is empty")?)
+            .map_err(|e| format!("line 1: {e}"))?;
+        if header.stagesnap_manifest > FORMAT {
+            return Err(format!(
+                "format {} is newer than this stagesnap reads ({FORMAT}); upgrade stagesnap",
+                header.stagesnap_manifest
+            ));
+        }
+        let entries = lines
+            .enumerate()
+            .map(|(n, l)| serde_json::from_slice(l).map_err(|e| format!("line {}: {e}", n + 2)))
+            .collect::<std::result::Result<Vec<Entry>, String>>()?;
+        Ok(Manifest { header, entries })
+    }
+
+    /// Non-directory entries and the bytes of regular files.
+    pub fn totals(&self) -> (u64, u64) {
+        let files = self.entries.iter().filter(|e| e.kind != Kind::Dir).count() as u64;
+        (files, self.entries.iter().map(|e| e.size).sum())
+    }
+}
+
+fn entry(full: &Path, path: Name, meta: &std::fs::Metadata) -> Result<Entry> {
+    let ft = meta.file_type();
+    let kind = if ft.is_file() {
+        Kind::File
+    } else if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else if ft.is_socket() {
+        Kind::Socket
+    } else if ft.is_char_device() {
+        Kind::Char
+    } else {
+        Kind::Block
+    };
+    let target = if kind == Kind::Symlink {
+        let t = std::fs::read_link(full)
+            .with_context(|| format!("cannot read symlink {}", full.display()))?;
+        Some(Name::from_path(&t))
+    } else {
+        None
+    };
+    let rdev = matches!(kind, Kind::Char | Kind::Block)
+        .then(|| [libc::major(meta.rdev()), libc::minor(meta.rdev())]);
+    let size = if kind == Kind::File { meta.len() } else { 0 };
+    Ok(Entry {
+        path,
+        kind,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime_ns: meta
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(meta.mtime_nsec()),
+        size,
+        blake3: None,
+        sparse: kind == Kind::File && meta.blocks().saturating_mul(512) < size,
+        target,
+        rdev,
+        xattrs: xattrs(full)?,
+        link: None,
+    })
+}
+
+/// The entry's own xattrs (llistxattr/lgetxattr: a symlink's, not its target's).
+fn xattrs(path: &Path) -> Result<Vec<Xattr>> {
+    let c = CString::new(path.as_os_str().as_bytes()).context("path contains a NUL byte")?;
+    // SAFETY: valid C string; a null buffer of size 0 asks for the needed size.
+    let names = sized(|buf, len| unsafe { libc::llistxattr(c.as_ptr(), buf.cast(), len) });
+    let names = match names {
+        Ok(n) => n,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP)) => return Ok(vec![]),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot list xattrs of {}", path.display()));
+        }
+    };
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name).expect("split at NUL");
+        // SAFETY: valid C strings and a buffer of the given length.
+        let value = sized(|buf, len| unsafe {
+            libc::lgetxattr(c.as_ptr(), cname.as_ptr(), buf.cast(), len)
+        });
+        match value {
+            Ok(v) => out.push(Xattr {
+                name: Name(name.to_vec()),
+                value: hex(&v),
+            }),
+            // Removed between list and get.
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot read xattr {} of {}",
+                        String::from_utf8_lossy(name),
+                        path.display()
+                    )
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Runs a size-probing syscall (`f(null, 0)` returns the size) until the value fits.
+fn sized(f: impl Fn(*mut u8, usize) -> isize) -> std::io::Result<Vec<u8>> {
+    loop {
+        let n = f(std::ptr::null_mut(), 0);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; n as usize];
+        let got = f(buf.as_mut_ptr(), buf.len());
+        if got >= 0 {
+            buf.truncate(got as usize);
+            return Ok(buf);
+        }
+        let err = std::io::Error::last_os_error();
+        // ERANGE: the value grew between the two calls.
+        if err.raw_os_error() != Some(libc::ERANGE) {
+            return Err(err);
+        }
+    }
+}
+
+/// blake3 of each file, in order, on up to one thread per core.
+fn hash_files(paths: &[PathBuf]) -> Result<Vec<String>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(paths.len().max(1));
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<String>>>> =
+        Mutex::new((0..paths.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= paths.len() || signals::interrupted() {
+                        break;
+                    }
+                    let h = hash_file(&paths[i], &mut buf);
+                    results.lock().expect("no panics while locked")[i] = Some(h);
+                }
+            });
+        }
+    });
+    signals::check()?;
+    results
+        .into_inner()
+        .expect("no panics while locked")
+        .into_iter()
+        .map(|r| r.expect("every file was hashed"))
+        .collect()
+}
+
+fn hash_file(path: &Path, buf: &mut [u8]) -> Result<String> {
+    // O_NOFOLLOW and O_NONBLOCK: a file swapped for a symlink or fifo since the scan fails
+    // instead of following it or blocking.
+    let mut f: File = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            fail(
+                Code::Failure,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+    let mut hasher = blake3::Hasher::new();
+    loop {
+        let n = match f.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(fail(
+                    Code::Failure,
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+            }
+        };
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// What happened to an entry between two trees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ChangeCode {
+    Added,
+    Removed,
+    /// Content: a file's bytes, a symlink's target, a device's numbers.
+    Content,
+    /// Type: a file became a directory, and so on.
+    Type,
+    /// Metadata only: mode, owner, mtime, xattrs, hardlink group, holes.
+    Meta,
+}
+
+impl ChangeCode {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            ChangeCode::Added => "+",
+            ChangeCode::Removed => "-",
+            ChangeCode::Content => "M",
+            ChangeCode::Type => "T",
+            ChangeCode::Meta => "U",
+        }
+    }
+}
+
+impl Serialize for ChangeCode {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.symbol())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub code: ChangeCode,
+    /// `data/node1`, or the included path itself for entries outside any node directory.
+    pub node: String,
+    /// Relative to the node (`.` for the node directory itself).
+    pub rel: Name,
+    /// The full path, relative to cache_dir.
+    pub path: Name,
+    /// What differs: size, content, target, rdev, type, mode, uid, gid, mtime, xattrs, link, holes.
+    pub fields: Vec<&'static str>,
+    /// Bytes of the regular file involved (the new side's, or the old side's when removed).
+    pub bytes: u64,
+}
+
+impl Change {
+    /// `M data/node1 lib/global_db/mdbx.dat`.
+    pub fn line(&self) -> String {
+        let node = Name(self.node.clone().into_bytes()).display();
+        let node = if node.contains(' ') {
+            format!("\"{node}\"")
+        } else {
+            node
+        };
+        format!("{} {node} {}", self.code.symbol(), self.rel.display())
+    }
+
+    /// The line with what differs, for error messages.
+    pub fn described(&self) -> String {
+        if self.fields.is_empty() {
+            self.line()
+        } else {
+            format!("{} ({})", self.line(), self.fields.join(", "))
+        }
+    }
+}
+
+/// Every difference from `old` to `new`, in path order. Without a hash on both sides a file's
+/// content is judged by its size.
+pub fn compare(old: &Manifest, new: &Manifest) -> Vec<Change> {
+    let include = &old.header.include;
+    let mut out = Vec::new();
+    let (mut a, mut b) = (old.entries.iter().peekable(), new.entries.iter().peekable());
+    loop {
+        let (code, fields, o, n) = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(o), Some(n)) if o.path == n.path => {
+                let (o, n) = (a.next().unwrap(), b.next().unwrap());
+                let fields = differences(o, n);
+                let code = if o.kind != n.kind {
+                    ChangeCode::Type
+                } else if fields.iter().any(|f| CONTENT.contains(f)) {
+                    ChangeCode::Content
+                } else if !fields.is_empty() {
+                    ChangeCode::Meta
+                } else {
+                    continue;
+                };
+                (code, fields, Some(o), Some(n))
+            }
+            (Some(o), n) if n.is_none_or(|n| o.path < n.path) => {
+                (ChangeCode::Removed, vec![], a.next(), None)
+            }
+            _ => (ChangeCode::Added, vec![], None, b.next()),
+        };
+        let either = n.or(o).expect("one side has the entry");
+        let (node, rel) = node_of(
+            include,
+            &either.path,
+            o.or(n).is_some_and(|e| e.kind == Kind::Dir),
+        );
+        out.push(Change {
+            code,
+            node,
+            rel,
+            path: either.path.clone(),
+            fields,
+            bytes: either.size,
+        });
+    }
+    out
+}
+
+const CONTENT: &[&str] = &["size", "content", "target", "rdev"];
+
+fn differences(o: &Entry, n: &Entry) -> Vec<&'static str> {
+    let mut f = Vec::new();
+    if o.kind != n.kind {
+        f.push("type");
+    }
+    if o.size != n.size {
+        f.push("size");
+    } else if let (Some(x), Some(y)) = (&o.blake3, &n.blake3)
+        && x != y
+    {
+        f.push("content");
+    }
+    if o.target != n.target {
+        f.push("target");
+    }
+    if o.rdev != n.rdev {
+        f.push("rdev");
+    }
+    if o.mode != n.mode {
+        f.push("mode");
+    }
+    if o.uid != n.uid {
+        f.push("uid");
+    }
+    if o.gid != n.gid {
+        f.push("gid");
+    }
+    if o.mtime_ns != n.mtime_ns {
+        f.push("mtime");
+    }
+    if o.xattrs != n.xattrs {
+        f.push("xattrs");
+    }
+    if o.link != n.link {
+        f.push("link");
+    }
+    // Holes filled in cost disk, not correctness; holes appearing is `rsync -S` or `cp`
+    // turning written zeros into holes, with the same content: not a difference.
+    if o.sparse && !n.sparse && o.kind == Kind::File && n.kind == Kind::File {
+        f.push("holes");
+    }
+    f
+}
+
+/// The node directory a path belongs to (`data/node1`) and the path below it.
+fn node_of(include: &[Name], path: &Name, is_dir: bool) -> (String, Name) {
+    for root in include {
+        if *path == *root {
+            return (
+                String::from_utf8_lossy(&root.0).into_owned(),
+                Name(b".".to_vec()),
+            );
+        }
+        let Some(rest) = path
+            .0
+            .strip_prefix(root.0.as_slice())
+            .and_then(|r| r.strip_prefix(b"/"))
+        else {
+            continue;
+        };
+        let root_text = String::from_utf8_lossy(&root.0);
+        return match rest.iter().position(|&b| b == b'/') {
+            Some(i) => (
+                format!("{root_text}/{}", String::from_utf8_lossy(&rest[..i])),
+                Name(rest[i + 1..].to_vec()),
+            ),
+            None if is_dir => (
+                format!("{root_text}/{}", String::from_utf8_lossy(rest)),
+                Name(b".".to_vec()),
+            ),
+            None => (root_text.into_owned(), Name(rest.to_vec())),
+        };
+    }
+    (String::new(), path.clone())
+}
+
+/// Per-node counts of a list of changes, for `status` and `diff --stat`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NodeSummary {
+    pub node: String,
+    pub added: u64,
+    pub removed: u64,
+    /// Content or type changed.
+    pub modified: u64,
+    /// Metadata only.
+    pub metadata: u64,
+    /// Bytes of the regular files added, removed or modified.
+    pub bytes: u64,
+}
+
+/// One summary per node that has changes, in node order (`node2` before `node10`).
+pub fn summarize(changes: &[Change]) -> Vec<NodeSummary> {
+    let mut by_node: Vec<NodeSummary> = Vec::new();
+    for c in changes {
+        let s = match by_node.iter_mut().position(|s| s.node == c.node) {
+            Some(i) => &mut by_node[i],
+            None => {
+                by_node.push(NodeSummary {
+                    node: c.node.clone(),
+                    ..Default::default()
+                });
+                by_node.last_mut().expect("just pushed")
+            }
+        };
+        match c.code {
+            ChangeCode::Added => s.added += 1,
+            ChangeCode::Removed => s.removed += 1,
+            ChangeCode::Content | ChangeCode::Type => s.modified += 1,
+            ChangeCode::Meta => s.metadata += 1,
+        }
+        if c.code != ChangeCode::Meta {
+            s.bytes += c.bytes;
+        }
+    }
+    by_node.sort_by_key(|s| crate::tree::natural_key(&s.node));
+    by_node
+}
+
+/// A live scan of `include` below `root`, comparable with `reference`: hashes where size and
+/// mtime cannot tell (or everywhere with `full`). Logs what it cost.
+pub fn scan_live(
+    root: &Path,
+    include: &[PathBuf],
+    reference: &Manifest,
+    full: bool,
+) -> Result<Manifest> {
+    let started = Instant::now();
+    let mut live = Manifest::scan(root, include)?;
+    let hashed = live.hash_against(root, reference, full)?;
+    tracing::debug!(
+        entries = live.entries.len(),
+        files_hashed = hashed.files,
+        bytes_hashed = hashed.bytes,
+        seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+        "live_scanned"
+    );
+    Ok(live)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, size: u64, hash: &str) -> Entry {
+        Entry {
+            path: Name(path.as_bytes().to_vec()),
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 1_000_000_000_500,
+            size,
+            blake3: Some(hash.into()),
+            sparse: false,
+            target: None,
+            rdev: None,
+            xattrs: vec![],
+            link: None,
+        }
+    }
+
+    fn dir(path: &str) -> Entry {
+        Entry {
+            kind: Kind::Dir,
+            size: 0,
+            blake3: None,
+            ..file(path, 0, "")
+        }
+    }
+
+    fn manifest(entries: Vec<Entry>) -> Manifest {
+        Manifest {
+            header: Header {
+                stagesnap_manifest: FORMAT,
+                include: vec![Name(b"data".to_vec())],
+            },
+            entries,
+        }
+    }
+
+    #[test]
+    fn names_round_trip_and_display_on_one_line() {
+        for raw in [
+            &b"plain"[..],
+            b"with space",
+            b"new\nline",
+            b"\xff\xfe bad",
+            b"back\\slash",
+            b"",
+        ] {
+            let name = Name(raw.to_vec());
+            let json = serde_json::to_string(&name).unwrap();
+            assert_eq!(serde_json::from_str::<Name>(&json).unwrap(), name, "{json}");
+            assert!(!name.display().contains('\n'));
+        }
+        assert_eq!(Name(b"a b".to_vec()).display(), "a b");
+        assert_eq!(Name(b"a\nb".to_vec()).display(), "\"a\\nb\"");
+        assert_eq!(Name(b"\xffx".to_vec()).display(), "\"\\xffx\"");
+        assert_eq!(
+            serde_json::to_string(&Name(b"\xff".to_vec())).unwrap(),
+            r#"{"hex":"ff"}"#
+        );
+    }
+
+    #[test]
+    fn manifest_round_trips_through_bytes() {
+        let mut e = file("data/node1/f", 3, "abc");
+        e.xattrs = vec![Xattr {
+            name: Name(b"user.x".to_vec()),
+            value: "00ff".into(),
+        }];
+        e.link = Some(Name(b"data/node1/e".to_vec()));
+        let m = manifest(vec![dir("data"), e]);
+        assert_eq!(Manifest::from_bytes(&m.to_bytes()).unwrap(), m);
+        assert!(Manifest::from_bytes(b"{\"stagesnap_manifest\":99,\"include\":[]}\n").is_err());
+    }
+
+    #[test]
+    fn changes_have_codes_and_nodes() {
+        let old = manifest(vec![
+            dir("data"),
+            dir("data/node1"),
+            file("data/node1/content", 3, "a"),
+            file("data/node1/gone", 1, "g"),
+            file("data/node1/meta", 3, "m"),
+            file("data/node1/same", 3, "s"),
+            file("data/node1/type", 3, "t"),
+            file("data/top", 1, "x"),
+        ]);
+        let mut content = file("data/node1/content", 3, "b");
+        content.mtime_ns += 1;
+        let mut meta = file("data/node1/meta", 3, "m");
+        meta.mode = 0o600;
+        let new = manifest(vec![
+            dir("data"),
+            dir("data/node1"),
+            file("data/node1/added", 5, "n"),
+            content,
+            meta,
+            file("data/node1/same", 3, "s"),
+            dir("data/node1/type"),
+            dir("data/node2"),
+            file("data/top", 1, "x"),
+        ]);
+        let lines: Vec<String> = compare(&old, &new).iter().map(Change::line).collect();
+        assert_eq!(
+            lines,
+            [
+                "+ data/node1 added",
+                "M data/node1 content",
+                "- data/node1 gone",
+                "U data/node1 meta",
+                "T data/node1 type",
+                "+ data/node2 .",
+            ]
+        );
+        let summary = summarize(&compare(&old, &new));
+        assert_eq!(summary[0].node, "data/node1");
+        assert_eq!(
+            (
+                summary[0].added,
+                summary[0].removed,
+                summary[0].modified,
+                summary[0].metadata
+            ),
+            (1, 1, 2, 1)
+        );
+        assert_eq!(summary[0].bytes, 5 + 3 + 1);
+        assert!(compare(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn nanoseconds_count_and_only_filled_holes_do() {
+        let a = file("data/f", 1, "h");
+        let mut b = a.clone();
+        b.mtime_ns += 1;
+        assert_eq!(
+            compare(&manifest(vec![a.clone()]), &manifest(vec![b]))[0].fields,
+            ["mtime"]
+        );
+        let mut sparse = a.clone();
+        sparse.sparse = true;
+        assert!(compare(&manifest(vec![a.clone()]), &manifest(vec![sparse.clone()])).is_empty());
+        assert_eq!(
+            compare(&manifest(vec![sparse]), &manifest(vec![a]))[0].fields,
+            ["holes"]
+        );
+    }
+
+    #[test]
+    fn nodes_of_paths() {
+        let inc = [Name(b"data".to_vec())];
+        let n = |p: &str, d| {
+            let (node, rel) = node_of(&inc, &Name(p.as_bytes().to_vec()), d);
+            (node, rel.display())
+        };
+        assert_eq!(n("data", true), ("data".into(), ".".into()));
+        assert_eq!(n("data/node1", true), ("data/node1".into(), ".".into()));
+        assert_eq!(n("data/README", false), ("data".into(), "README".into()));
+        assert_eq!(
+            n("data/node1/lib/x", false),
+            ("data/node1".into(), "lib/x".into())
+        );
+    }
+}

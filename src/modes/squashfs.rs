@@ -1,0 +1,860 @@
+//! `squashfs`: a snapshot is one compressed, read-only squashfs image of the included paths
+//! (`payload/image.sqfs`, laid out as they sit below cache_dir) plus `payload/fixups`, the
+//! metadata squashfs cannot hold. A restore first proves both intact (sizes, BLAKE3 digests,
+//! `unsquashfs -s`), then either extracts the image into the emptied directories or
+//! loop-mounts it and lets rsync rewrite only what differs; the fixups go back last.
+
+mod fixups;
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use self::fixups::{Fixups, Time};
+use super::{Finding, Mode, ModeContext, ModeKind, RestoreStats, Status, filesystem};
+use crate::config::Config;
+use crate::exit::{Code, code_of, fail, one_line};
+use crate::output::seconds;
+use crate::store::Snapshot;
+use crate::tools::{Found, MKSQUASHFS, MOUNT, RSYNC, Tool, UMOUNT, UNSQUASHFS};
+use crate::tree::{Live, cstring, xattr_names};
+use crate::{progress, signals};
+
+pub struct Squashfs;
+
+const IMAGE: &str = "image.sqfs";
+const FIXUPS: &str = "fixups";
+/// The image holds whole seconds, so the mount restore compares whole seconds (overriding
+/// filesystem mode's nanosecond comparison); [`Fixups::expose_same_second_changes`] covers
+/// what that comparison cannot see.
+const WHOLE_SECONDS: &str = "--modify-window=0";
+
+/// meta.json's `payload` for a squashfs snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+struct Payload {
+    image: Stored,
+    fixups: Stored,
+    compression: String,
+    /// The level given to the compressor; None for compressors without levels (and lzo's
+    /// fast default algorithm).
+    level: Option<u32>,
+    mksquashfs_version: String,
+    /// Entries with recorded mtimes and sparse files with recorded holes.
+    fixup_entries: usize,
+    sparse_files: usize,
+}
+
+/// A file of the payload and what it must look like.
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    file: String,
+    bytes: u64,
+    blake3: String,
+}
+
+impl Stored {
+    fn of(payload: &Path, file: &str) -> Result<Stored> {
+        let (bytes, blake3) = digest(&payload.join(file))?;
+        Ok(Stored {
+            file: file.to_string(),
+            bytes,
+            blake3,
+        })
+    }
+
+    /// Fails (exit 1, "damaged") unless the file has the recorded size and digest.
+    fn check(&self, snapshot: &Snapshot) -> Result<()> {
+        let path = snapshot.payload().join(&self.file);
+        let damaged = |what: String| {
+            fail(
+                Code::Failure,
+                format!(
+                    "snapshot {name} is damaged: {what}; nothing was restored. Delete it (`stagesnap delete {name}`) and create it again",
+                    name = snapshot.meta.name
+                ),
+            )
+        };
+        let size = match path.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => return Err(damaged(format!("cannot read {}: {e}", path.display()))),
+        };
+        if size != self.bytes {
+            return Err(damaged(format!(
+                "{} is {size} bytes, meta.json says {}",
+                path.display(),
+                self.bytes
+            )));
+        }
+        let started = Instant::now();
+        let (_, blake3) = digest(&path)?;
+        tracing::debug!(path = %path.display(), bytes = size, seconds = seconds(started.elapsed()), "squashfs_digest_checked");
+        if blake3 != self.blake3 {
+            return Err(damaged(format!(
+                "the BLAKE3 digest of {} does not match meta.json (the file changed after it was written)",
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Size and BLAKE3 digest (hex) of a file, read in large chunks; Ctrl-C stops it.
+fn digest(path: &Path) -> Result<(u64, String)> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+        signals::check()?;
+    }
+    Ok((total, hasher.finalize().to_hex().to_string()))
+}
+
+impl Payload {
+    fn of(snapshot: &Snapshot) -> Result<Payload> {
+        serde_json::from_value(snapshot.meta.payload.clone()).map_err(|e| {
+            fail(
+                Code::Failure,
+                format!(
+                    "snapshot {name} is damaged: meta.json has no valid squashfs payload ({e}); delete it (`stagesnap delete {name}`) and create it again",
+                    name = snapshot.meta.name
+                ),
+            )
+        })
+    }
+}
+
+/// The compression settings, as mksquashfs arguments.
+struct Compression<'a> {
+    name: &'a str,
+    level: Option<u32>,
+}
+
+impl<'a> Compression<'a> {
+    fn from_config(cfg: &'a Config) -> Compression<'a> {
+        let name = cfg.text("squashfs_compression");
+        // Defaults chosen for create time: zstd's own default (15) is ~20x slower than 3 for
+        // the same ratio on this data, gzip 9 barely beats 6.
+        let default = match name {
+            "gzip" => Some(6),
+            "zstd" => Some(3),
+            _ => None,
+        };
+        Compression {
+            name,
+            level: cfg.count_or_auto("squashfs_level").or(default),
+        }
+    }
+
+    /// The levels a compressor accepts; None when it has none.
+    fn levels(name: &str) -> Option<std::ops::RangeInclusive<u32>> {
+        match name {
+            "gzip" | "lzo" => Some(1..=9),
+            "zstd" => Some(1..=22),
+            _ => None,
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = match self.name {
+            // Really uncompressed: mksquashfs has no `-comp none`.
+            "none" => return ["-noI", "-noD", "-noF", "-noX"].map(String::from).to_vec(),
+            name => vec!["-comp".into(), name.into()],
+        };
+        if self.name == "lzo" {
+            // lzo1x_999 (mksquashfs's default, the only one with levels) builds ~30x slower
+            // than lzo1x_1 for 4% smaller images; it is used only when a level is asked for.
+            let algorithm = if self.level.is_some() {
+                "lzo1x_999"
+            } else {
+                "lzo1x_1"
+            };
+            args.extend(["-Xalgorithm".into(), algorithm.into()]);
+        }
+        if let Some(level) = self.level {
+            args.extend(["-Xcompression-level".into(), level.to_string()]);
+        }
+        args
+    }
+}
+
+/// The compressors the installed mksquashfs was built with, from its help text (the list
+/// under "Compressors available").
+fn compressors(mksquashfs: &Found) -> Result<Vec<String>> {
+    let out = mksquashfs.run(["-help"], "listing the compressors mksquashfs supports")?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Ok(parse_compressors(&text))
+}
+
+fn parse_compressors(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.contains("Compressors available"))
+        .skip(1)
+        .map(|l| l.trim().trim_end_matches("(default)").trim())
+        .take_while(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Checks the squashfs settings against this machine (exit 2 naming the setting): the
+/// compressor must be in the installed build, the level in its range, and
+/// `squashfs_restore = mount` possible here.
+fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
+    let comp = Compression::from_config(cfg);
+    let origin = |key: &str| {
+        let s = cfg.setting(key);
+        format!("{key} = {} ({})", s.raw.trim(), s.source)
+    };
+    let supported = compressors(mksquashfs)?;
+    if supported.is_empty() {
+        // A help text of an unknown shape: mksquashfs itself will refuse a missing compressor.
+        tracing::warn!(mksquashfs = %mksquashfs.path.display(), "squashfs_compressors_unknown: mksquashfs -help lists no compressors, so squashfs_compression is not checked");
+    } else if comp.name != "none" && !supported.iter().any(|c| c == comp.name) {
+        return Err(fail(
+            Code::Usage,
+            format!(
+                "{}: the installed mksquashfs {} ({}) was built without {}; it supports {}. Choose one of those, or none",
+                origin("squashfs_compression"),
+                mksquashfs.version,
+                mksquashfs.path.display(),
+                comp.name,
+                supported.join(", ")
+            ),
+        ));
+    }
+    if let Some(level) = cfg.count_or_auto("squashfs_level") {
+        match Compression::levels(comp.name) {
+            None => {
+                return Err(fail(
+                    Code::Usage,
+                    format!(
+                        "{}: {} has no compression levels (gzip and lzo take 1-9, zstd 1-22); set squashfs_level = auto",
+                        origin("squashfs_level"),
+                        comp.name
+                    ),
+                ));
+            }
+            Some(range) if !range.contains(&level) => {
+                return Err(fail(
+                    Code::Usage,
+                    format!(
+                        "{}: {} takes levels {}-{}",
+                        origin("squashfs_level"),
+                        comp.name,
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if cfg.text("squashfs_restore") == "mount"
+        && let Some(why) = mount_blocker()
+    {
+        return Err(fail(
+            Code::Usage,
+            format!(
+                "{}: a loop mount is not possible here: {why}. Set squashfs_restore = auto or extract",
+                origin("squashfs_restore")
+            ),
+        ));
+    }
+    Ok(format!(
+        "this mksquashfs supports {}; squashfs_compression = {}{}",
+        supported.join(", "),
+        comp.name,
+        comp.level
+            .map(|l| format!(", level {l}"))
+            .unwrap_or_default()
+    ))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strategy {
+    Extract,
+    Mount,
+}
+
+impl Strategy {
+    fn name(self) -> &'static str {
+        match self {
+            Strategy::Extract => "extract",
+            Strategy::Mount => "mount",
+        }
+    }
+}
+
+/// Why this process cannot loop-mount an image, or None when it can.
+fn mount_blocker() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("mounting needs root and this process is not root".into());
+    }
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !filesystems
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("squashfs"))
+    {
+        return Some("the kernel has no squashfs support (not in /proc/filesystems; try `modprobe squashfs`)".into());
+    }
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")
+    {
+        return Some(format!(
+            "loop devices are not usable (/dev/loop-control: {e})"
+        ));
+    }
+    [MOUNT, UMOUNT, RSYNC]
+        .iter()
+        .find(|t| t.locate().is_none())
+        .map(|t| format!("{} is not installed (package {})", t.program, t.package))
+}
+
+/// The strategy `squashfs_restore` selects here, and why.
+fn strategy(cfg: &Config) -> (Strategy, String) {
+    match cfg.text("squashfs_restore") {
+        "extract" => (Strategy::Extract, "squashfs_restore = extract".into()),
+        "mount" => (Strategy::Mount, "squashfs_restore = mount".into()),
+        _ => match mount_blocker() {
+            None => (
+                Strategy::Mount,
+                "auto: root, squashfs in /proc/filesystems, loop devices usable".into(),
+            ),
+            Some(why) => (Strategy::Extract, format!("auto: {why}")),
+        },
+    }
+}
+
+impl Mode for Squashfs {
+    fn kind(&self) -> ModeKind {
+        ModeKind::Squashfs
+    }
+
+    fn tools(&self) -> &'static [Tool] {
+        &[MKSQUASHFS, UNSQUASHFS]
+    }
+
+    fn preflight(&self, cfg: &Config, tools: &[Found]) -> Result<()> {
+        let mksquashfs = tools
+            .iter()
+            .find(|f| f.tool == MKSQUASHFS)
+            .expect("located by prepare");
+        check_settings(cfg, mksquashfs).map(drop)
+    }
+
+    fn doctor(&self, ctx: &ModeContext) -> Vec<Finding> {
+        let compression = match check_settings(ctx.cfg, ctx.tool(MKSQUASHFS)) {
+            Ok(detail) => Finding::new("squashfs settings", Status::Ok, detail, ""),
+            Err(e) => Finding::new(
+                "squashfs settings",
+                Status::Fail,
+                one_line(&e),
+                "fix the setting it names",
+            ),
+        };
+        let (strategy, why) = strategy(ctx.cfg);
+        let blocked = (strategy == Strategy::Mount).then(mount_blocker).flatten();
+        let restore = match blocked {
+            Some(blocker) => Finding::new(
+                "squashfs restore",
+                Status::Fail,
+                format!("mount ({why}), but {blocker}"),
+                "set squashfs_restore = auto or extract",
+            ),
+            None => Finding::new(
+                "squashfs restore",
+                Status::Ok,
+                format!(
+                    "{} ({why})",
+                    match strategy {
+                        Strategy::Mount => "mount: rsync rewrites only what differs",
+                        Strategy::Extract => "extract: every restore rewrites all data",
+                    }
+                ),
+                "",
+            ),
+        };
+        vec![compression, restore]
+    }
+
+    fn create(&self, ctx: &ModeContext, payload: &Path) -> Result<serde_json::Value> {
+        let mksquashfs = ctx.tool(MKSQUASHFS);
+        let live = ctx.live;
+        let fixups = Fixups::capture(live)?;
+        fixups.write(&payload.join(FIXUPS))?;
+        signals::check()?;
+
+        let image = payload.join(IMAGE);
+        let comp = Compression::from_config(ctx.cfg);
+        // The image root is cache_dir, so the image holds `data/...` as it sits there;
+        // everything beside the included paths is excluded.
+        let mut args: Vec<OsString> = vec![live.cache_dir.clone().into(), image.clone().into()];
+        args.extend(
+            [
+                "-noappend",
+                "-no-progress",
+                "-quiet",
+                "-exit-on-error",
+                "-xattrs",
+            ]
+            .map(OsString::from),
+        );
+        if let Some(n) = ctx.cfg.count_or_auto("squashfs_processors") {
+            args.extend(["-processors".into(), n.to_string().into()]);
+        }
+        args.extend(comp.args().into_iter().map(OsString::from));
+        let excluded = excluded(live)?;
+        if !excluded.is_empty() {
+            args.push("-e".into());
+            args.extend(excluded.into_iter().map(OsString::from));
+        }
+        let started = Instant::now();
+        mksquashfs.run(
+            args,
+            &format!(
+                "building the squashfs image of {}",
+                live.cache_dir.display()
+            ),
+        )?;
+        let built = started.elapsed();
+        signals::check()?;
+        let stored = Payload {
+            image: Stored::of(payload, IMAGE)?,
+            fixups: Stored::of(payload, FIXUPS)?,
+            compression: comp.name.to_string(),
+            level: comp.level,
+            mksquashfs_version: mksquashfs.version.clone(),
+            fixup_entries: fixups.entries(),
+            sparse_files: fixups.sparse_files(),
+        };
+        tracing::info!(
+            compression = %comp.name,
+            level = %comp.level.map_or("-".into(), |l| l.to_string()),
+            image_bytes = stored.image.bytes,
+            mksquashfs_seconds = seconds(built),
+            digest_seconds = seconds(started.elapsed() - built),
+            "squashfs_image_built"
+        );
+        Ok(serde_json::to_value(stored)?)
+    }
+
+    fn verify(&self, ctx: &ModeContext, snapshot: &Snapshot) -> Result<()> {
+        let payload = Payload::of(snapshot)?;
+        payload.image.check(snapshot)?;
+        payload.fixups.check(snapshot)?;
+        let image = snapshot.payload().join(&payload.image.file);
+        ctx.tool(UNSQUASHFS)
+            .run([OsString::from("-s"), image.clone().into()], &format!("opening {}", image.display()))
+            .map_err(|e| {
+                fail(
+                    Code::Failure,
+                    format!(
+                        "snapshot {} cannot be restored: unsquashfs cannot open {} ({}); nothing was restored",
+                        snapshot.meta.name,
+                        image.display(),
+                        one_line(&e)
+                    ),
+                )
+            })?;
+        Ok(())
+    }
+
+    fn restore(&self, ctx: &ModeContext, snapshot: &Snapshot) -> Result<RestoreStats> {
+        let payload = Payload::of(snapshot)?;
+        let image = snapshot.payload().join(&payload.image.file);
+        let fixups = Fixups::read(&snapshot.payload().join(&payload.fixups.file))?;
+        let (strategy, why) = strategy(ctx.cfg);
+        tracing::info!(strategy = %strategy.name(), reason = %why, "squashfs_restore_strategy");
+        let stats = match strategy {
+            Strategy::Extract => extract(ctx, snapshot, &image)?,
+            Strategy::Mount => match by_mount(ctx, snapshot, &image, &fixups) {
+                Err(e)
+                    if ctx.cfg.text("squashfs_restore") == "auto"
+                        && code_of(&e) != Code::Interrupted
+                        && e.downcast_ref::<Mounting>().is_some() =>
+                {
+                    // Nothing was touched yet: the mount itself failed.
+                    tracing::warn!(error = %one_line(&e), "squashfs_mount_failed: extracting instead (squashfs_restore = auto)");
+                    extract(ctx, snapshot, &image)?
+                }
+                other => other?,
+            },
+        };
+        let applied = fixups.apply(&ctx.live.cache_dir)?;
+        tracing::debug!(
+            times = applied.times,
+            holed_files = applied.holed_files,
+            "squashfs_fixups_applied"
+        );
+        Ok(stats)
+    }
+}
+
+/// The entries of cache_dir (and of directories on the way to a nested included path) that
+/// are not included, as absolute paths for `mksquashfs -e`.
+fn excluded(live: &Live) -> Result<Vec<PathBuf>> {
+    let mut keep = BTreeSet::new();
+    for rel in &live.include {
+        keep.extend(
+            rel.ancestors()
+                .filter(|a| !a.as_os_str().is_empty())
+                .map(|a| live.path(a)),
+        );
+    }
+    let mut out = Vec::new();
+    for dir in ancestors(&live.cache_dir, &live.include) {
+        let rd =
+            std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
+        for entry in rd {
+            let path = entry?.path();
+            if !keep.contains(&path) {
+                out.push(path);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// cache_dir and the directories between it and the included paths: in the image, but not
+/// restored. unsquashfs resets their attributes to the image's, so extract puts them back.
+fn ancestors(cache_dir: &Path, include: &[PathBuf]) -> BTreeSet<PathBuf> {
+    include
+        .iter()
+        .flat_map(|rel| rel.ancestors().skip(1).map(|a| cache_dir.join(a)))
+        .collect()
+}
+
+/// `extract`: empties the included paths in place (node directories stay, emptied), then
+/// unsquashfs writes the image into them.
+fn extract(ctx: &ModeContext, snapshot: &Snapshot, image: &Path) -> Result<RestoreStats> {
+    let live = ctx.live;
+    let around: Vec<(PathBuf, std::fs::Metadata)> =
+        ancestors(&live.cache_dir, &snapshot.meta.include)
+            .into_iter()
+            .map(|p| {
+                let m = p
+                    .symlink_metadata()
+                    .with_context(|| format!("cannot stat {}", p.display()));
+                m.map(|m| (p, m))
+            })
+            .collect::<Result<_>>()?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if let Some((path, meta)) = around.iter().find(|(_, m)| euid != 0 && m.uid() != euid) {
+        return Err(fail(
+            Code::Failure,
+            format!(
+                "cannot restore {} by extracting: unsquashfs resets the attributes of {}, which belongs to uid {}, not to this user; nothing was changed. Run stagesnap as root or as the owner of {}",
+                snapshot.meta.name,
+                path.display(),
+                meta.uid(),
+                path.display()
+            ),
+        ));
+    }
+    let nodes: BTreeSet<PathBuf> = snapshot
+        .meta
+        .nodes
+        .iter()
+        .map(|n| live.path(Path::new(n)))
+        .collect();
+    let mut stats = RestoreStats {
+        files_rewritten: snapshot.meta.files,
+        bytes_rewritten: snapshot.meta.bytes,
+        entries_deleted: 0,
+    };
+    for rel in &snapshot.meta.include {
+        stats.entries_deleted += empty_in_place(&live.path(rel), &nodes)?;
+        signals::check()?;
+    }
+    let mut args: Vec<OsString> = ["-quiet", "-force", "-strict-errors", "-no-wildcards"]
+        .map(OsString::from)
+        .to_vec();
+    if !progress::active() {
+        args.push("-no-progress".into());
+    }
+    if let Some(n) = ctx.cfg.count_or_auto("squashfs_processors") {
+        args.extend(["-processors".into(), n.to_string().into()]);
+    }
+    args.extend(["-dest".into(), live.cache_dir.clone().into(), image.into()]);
+    args.extend(snapshot.meta.include.iter().map(OsString::from));
+    // unsquashfs's own progress bar (`[==|  ] 2341/2991  78%`, in blocks) drives ours.
+    let result = ctx.tool(UNSQUASHFS).run_reporting(
+        args,
+        &format!(
+            "extracting snapshot {} into {}",
+            snapshot.meta.name,
+            live.cache_dir.display()
+        ),
+        &mut |line| {
+            if let Some((done, total)) = blocks_done(line) {
+                progress::share(done, total);
+            }
+        },
+    );
+    for (path, meta) in &around {
+        put_back(path, meta)?;
+    }
+    result?;
+    Ok(stats)
+}
+
+/// `(2341, 2991)` from unsquashfs's progress line `[==…|   ] 2341/2991  78%`.
+fn blocks_done(line: &str) -> Option<(u64, u64)> {
+    let (done, total) = line
+        .rsplit_once(']')?
+        .1
+        .split_whitespace()
+        .next()?
+        .split_once('/')?;
+    Some((done.parse().ok()?, total.parse().ok()?))
+}
+
+/// Empties `path` for unsquashfs without replacing it: a directory keeps its inode (and so do
+/// the node directories in `nodes`, emptied the same way); its xattrs go too, since
+/// unsquashfs only adds them. Returns how many entries were removed.
+fn empty_in_place(path: &Path, nodes: &BTreeSet<PathBuf>) -> Result<u64> {
+    let meta = path
+        .symlink_metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?;
+    if !meta.is_dir() {
+        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+        return Ok(1);
+    }
+    strip_xattrs(path)?;
+    let mut removed = 0;
+    for entry in
+        std::fs::read_dir(path).with_context(|| format!("cannot read {}", path.display()))?
+    {
+        let entry = entry?;
+        let child = entry.path();
+        if nodes.contains(&child) && entry.file_type()?.is_dir() {
+            removed += empty_in_place(&child, &BTreeSet::new())?;
+            continue;
+        }
+        for e in walkdir::WalkDir::new(&child).contents_first(true) {
+            let e = e.with_context(|| format!("cannot read {}", child.display()))?;
+            let p = e.path();
+            if e.file_type().is_dir() {
+                std::fs::remove_dir(p)
+            } else {
+                std::fs::remove_file(p)
+            }
+            .with_context(|| format!("cannot remove {}", p.display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes every xattr of `path` itself.
+fn strip_xattrs(path: &Path) -> Result<()> {
+    let c = cstring(path)?;
+    for name in xattr_names(path)? {
+        let cname = std::ffi::CString::new(name.clone())?;
+        // SAFETY: valid C strings.
+        if unsafe { libc::lremovexattr(c.as_ptr(), cname.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| {
+                format!(
+                    "cannot remove xattr {} of {}",
+                    String::from_utf8_lossy(&name),
+                    path.display()
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Gives a directory back the mode, owner and mtime it had before unsquashfs.
+fn put_back(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    let now = path.symlink_metadata()?;
+    if (now.uid(), now.gid()) != (meta.uid(), meta.gid()) {
+        std::os::unix::fs::lchown(path, Some(meta.uid()), Some(meta.gid()))
+            .with_context(|| format!("cannot give {} back its owner", path.display()))?;
+    }
+    if now.mode() != meta.mode() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .with_context(|| format!("cannot give {} back its mode", path.display()))?;
+    }
+    set_mtime(path, Time::of(meta))
+}
+
+/// A failed mount: nothing was touched, so `auto` may extract instead.
+#[derive(Debug)]
+struct Mounting;
+
+impl std::fmt::Display for Mounting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cannot loop-mount the snapshot's image, nothing was changed (squashfs_restore = extract restores without mounting)")
+    }
+}
+
+impl std::error::Error for Mounting {}
+
+/// `mount`: loop-mounts the image read-only and rsyncs each included path back in place, as
+/// filesystem mode does, so only what the suite changed is rewritten.
+fn by_mount(
+    ctx: &ModeContext,
+    snapshot: &Snapshot,
+    image: &Path,
+    fixups: &Fixups,
+) -> Result<RestoreStats> {
+    let need = "the squashfs mount restore was chosen";
+    let [mount, umount, rsync] = [MOUNT, UMOUNT, RSYNC].map(|t| t.require_for(need));
+    let (mount, umount, rsync) = (mount?, umount?, rsync?);
+    let mounted = Mounted::new(image, &mount, &umount).map_err(|e| e.context(Mounting))?;
+    let marked = fixups.expose_same_second_changes(&ctx.live.cache_dir)?;
+    tracing::debug!(files = marked, "squashfs_same_second_changes");
+    let mut stats = RestoreStats::default();
+    for rel in &snapshot.meta.include {
+        let dst = ctx.live.path(rel);
+        stats.add(filesystem::delta(
+            &rsync,
+            &mounted.dir.join(rel),
+            &dst,
+            rel,
+            &[WHOLE_SECONDS],
+            &format!(
+                "restoring {} from snapshot {}",
+                dst.display(),
+                snapshot.meta.name
+            ),
+        )?);
+    }
+    Ok(stats)
+}
+
+/// A read-only loop mount of an image in a private temporary directory. Dropping it (after
+/// success, an error or Ctrl-C) unmounts it and removes the directory.
+struct Mounted<'a> {
+    dir: PathBuf,
+    umount: &'a Found,
+}
+
+impl<'a> Mounted<'a> {
+    fn new(image: &Path, mount: &Found, umount: &'a Found) -> Result<Mounted<'a>> {
+        let dir = std::env::temp_dir().join(format!(
+            "stagesnap-mount-{}-{}",
+            std::process::id(),
+            jiff::Timestamp::now().as_nanosecond()
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create mount point {}", dir.display()))?;
+        // Made before mounting, so that a mount cut short by Ctrl-C is still undone.
+        let guard = Mounted { dir, umount };
+        let mut args: Vec<OsString> = ["-t", "squashfs", "-o", "ro,loop,nodev,nosuid,noexec"]
+            .map(OsString::from)
+            .to_vec();
+        args.extend([image.into(), guard.dir.clone().into()]);
+        mount.run(args, &format!("mounting {}", image.display()))?;
+        tracing::debug!(image = %image.display(), dir = %guard.dir.display(), "squashfs_mounted");
+        Ok(guard)
+    }
+
+    fn is_mounted(&self) -> bool {
+        let dev = |p: &Path| p.symlink_metadata().map(|m| m.dev()).ok();
+        dev(&self.dir) != self.dir.parent().and_then(dev)
+    }
+}
+
+impl Drop for Mounted<'_> {
+    fn drop(&mut self) {
+        if self.is_mounted() {
+            // run_to_end: the Ctrl-C that may have brought us here must not stop the unmount.
+            if let Err(e) = self
+                .umount
+                .run_to_end([&self.dir], &format!("unmounting {}", self.dir.display()))
+            {
+                tracing::warn!(dir = %self.dir.display(), error = %one_line(&e), "squashfs_umount_failed: unmount it by hand: umount {}", self.dir.display());
+                return;
+            }
+            tracing::debug!(dir = %self.dir.display(), "squashfs_unmounted");
+        }
+        if let Err(e) = std::fs::remove_dir(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "squashfs_mount_point_left");
+        }
+    }
+}
+
+/// Sets the mtime of `path` itself (not a symlink's target), leaving its atime.
+fn set_mtime(path: &Path, t: Time) -> Result<()> {
+    let c = cstring(path)?;
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: t.sec,
+            tv_nsec: t.nsec,
+        },
+    ];
+    // SAFETY: valid C string and two timespecs.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot set the mtime of {}", path.display()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressors_from_help() {
+        let help = "-comp <comp>\t\tselect <comp> compression\n\t\t\tCompressors available:\n\t\t\t\tgzip (default)\n\t\t\t\tlzo\n\t\t\t\tzstd\n-b <block_size>\t\tset data block\n";
+        assert_eq!(parse_compressors(help), ["gzip", "lzo", "zstd"]);
+        assert!(parse_compressors("no list here").is_empty());
+    }
+
+    #[test]
+    fn unsquashfs_progress() {
+        let line = "[===============/          ] 2341/2991  78%";
+        assert_eq!(blocks_done(line), Some((2341, 2991)));
+        assert_eq!(blocks_done("created 6 files"), None);
+    }
+
+    #[test]
+    fn compression_arguments() {
+        let args = |name, level| Compression { name, level }.args().join(" ");
+        assert_eq!(args("none", None), "-noI -noD -noF -noX");
+        assert_eq!(args("zstd", Some(3)), "-comp zstd -Xcompression-level 3");
+        assert_eq!(args("lzo", None), "-comp lzo -Xalgorithm lzo1x_1");
+        assert_eq!(
+            args("lzo", Some(9)),
+            "-comp lzo -Xalgorithm lzo1x_999 -Xcompression-level 9"
+        );
+        assert_eq!(args("xz", None), "-comp xz");
+    }
+}

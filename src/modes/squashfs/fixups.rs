@@ -1,0 +1,386 @@
+//! What a squashfs image cannot hold, kept beside it in `payload/fixups` and put back after
+//! every restore. squashfs stores mtimes as unsigned 32-bit seconds (no nanoseconds, nothing
+//! before 1970 or after 2106), and unsquashfs leaves a hole only where a whole 128 KiB block
+//! is zero. So the file lists every entry's exact mtime and every sparse file's holes.
+//!
+//! Format: NUL-terminated records (paths are raw bytes, relative to cache_dir): a header
+//! `stagesnap-fixups 1`, then `t<sec> <nsec> <path>` and `h<offset>+<length>,… <path>`.
+
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use super::set_mtime;
+use crate::exit::{Code, fail};
+use crate::tree::{Live, xattr_names};
+
+const HEADER: &[u8] = b"stagesnap-fixups 1";
+/// xattr namespaces squashfs stores; mksquashfs drops any other (POSIX ACLs are `system.*`)
+/// with only a warning.
+const STORABLE_XATTRS: &[&[u8]] = &[b"user.", b"trusted.", b"security."];
+
+/// A modification time to the nanosecond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Time {
+    pub sec: i64,
+    pub nsec: i64,
+}
+
+impl Time {
+    pub fn of(meta: &Metadata) -> Time {
+        Time {
+            sec: meta.mtime(),
+            nsec: meta.mtime_nsec(),
+        }
+    }
+
+    /// The time as the image keeps it, and so as unsquashfs and a mount show it.
+    fn in_image(self) -> Time {
+        Time {
+            sec: i64::from(self.sec as u32),
+            nsec: 0,
+        }
+    }
+}
+
+/// What [`Fixups::apply`] changed.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub times: u64,
+    pub holed_files: u64,
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Fixups {
+    times: Vec<(PathBuf, Time)>,
+    /// Sparse files and their holes as (offset, length).
+    holes: Vec<(PathBuf, Vec<(u64, u64)>)>,
+}
+
+impl Fixups {
+    /// Records the included paths' mtimes and holes. Fails, naming the entry, when one has
+    /// an xattr squashfs cannot store: dropping it silently would break "restores exactly".
+    pub fn capture(live: &Live) -> Result<Fixups> {
+        let mut out = Fixups::default();
+        for rel in &live.include {
+            let root = live.path(rel);
+            for entry in walkdir::WalkDir::new(&root) {
+                let entry = entry.with_context(|| format!("cannot read {}", root.display()))?;
+                let path = entry.path();
+                let meta = entry
+                    .metadata()
+                    .with_context(|| format!("cannot stat {}", path.display()))?;
+                if let Some(name) = unstorable_xattr(path)? {
+                    return Err(fail(
+                        Code::Failure,
+                        format!(
+                            "cannot snapshot {}: it has the extended attribute {name}, which squashfs images cannot store (only user.*, trusted.* and security.*; POSIX ACLs are system.*). Use mode = filesystem, or remove it (setfacl -b / setfattr -x)",
+                            path.display()
+                        ),
+                    ));
+                }
+                let rel = path.strip_prefix(&live.cache_dir)?.to_path_buf();
+                if meta.is_file() && meta.blocks() * 512 < meta.len() {
+                    out.holes.push((rel.clone(), hole_map(path, meta.len())?));
+                }
+                out.times.push((rel, Time::of(&meta)));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let file =
+            File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        w.write_all(HEADER)?;
+        w.write_all(b"\0")?;
+        for (rel, t) in &self.times {
+            write!(w, "t{} {} ", t.sec, t.nsec)?;
+            w.write_all(rel.as_os_str().as_bytes())?;
+            w.write_all(b"\0")?;
+        }
+        for (rel, holes) in &self.holes {
+            let ranges: Vec<String> = holes.iter().map(|(o, l)| format!("{o}+{l}")).collect();
+            write!(w, "h{} ", ranges.join(","))?;
+            w.write_all(rel.as_os_str().as_bytes())?;
+            w.write_all(b"\0")?;
+        }
+        w.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    pub fn read(path: &Path) -> Result<Fixups> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        parse(&bytes).with_context(|| format!("{} is not a fixups file", path.display()))
+    }
+
+    /// Makes rsync see the files a suite rewrote within the second their snapshot mtime falls
+    /// in: the image holds whole seconds, so the mount restore compares whole seconds, and a
+    /// same-size rewrite in that second would look unchanged. Such a file's mtime differs from
+    /// the recorded one only below the second; moving it one second back makes rsync copy it.
+    /// Returns how many files were marked.
+    pub fn expose_same_second_changes(&self, cache_dir: &Path) -> Result<u64> {
+        let mut marked = 0;
+        for (rel, recorded) in &self.times {
+            let path = cache_dir.join(rel);
+            let Ok(meta) = path.symlink_metadata() else {
+                continue;
+            };
+            let live = Time::of(&meta);
+            if meta.is_file() && live != *recorded && live.sec == recorded.in_image().sec {
+                set_mtime(
+                    &path,
+                    Time {
+                        sec: live.sec - 1,
+                        nsec: live.nsec,
+                    },
+                )?;
+                marked += 1;
+            }
+        }
+        Ok(marked)
+    }
+
+    /// Puts back holes, then exact mtimes. A time goes back only where the entry's mtime falls
+    /// in the second the image holds (the restore wrote it, or rsync left a directory it
+    /// changed within that second), and a hole only where the file holds zeros: an entry
+    /// that changed while the snapshot was taken is left as the image has it.
+    pub fn apply(&self, cache_dir: &Path) -> Result<Applied> {
+        let mut applied = Applied::default();
+        // Holes first: punching one changes the file's mtime, which is then put back.
+        for (rel, holes) in &self.holes {
+            if punch(&cache_dir.join(rel), holes)? {
+                applied.holed_files += 1;
+            }
+        }
+        for (rel, recorded) in &self.times {
+            let path = cache_dir.join(rel);
+            let Ok(meta) = path.symlink_metadata() else {
+                continue;
+            };
+            let live = Time::of(&meta);
+            if live != *recorded && live.sec == recorded.in_image().sec {
+                set_mtime(&path, *recorded)?;
+                applied.times += 1;
+            }
+        }
+        Ok(applied)
+    }
+
+    pub fn entries(&self) -> usize {
+        self.times.len()
+    }
+
+    pub fn sparse_files(&self) -> usize {
+        self.holes.len()
+    }
+}
+
+fn parse(bytes: &[u8]) -> Result<Fixups> {
+    let mut records = bytes.split(|&b| b == 0);
+    if records.next() != Some(HEADER) {
+        bail!(
+            "it does not start with {:?}",
+            String::from_utf8_lossy(HEADER)
+        );
+    }
+    let mut out = Fixups::default();
+    for record in records.filter(|r| !r.is_empty()) {
+        let (kind, rest) = record.split_at(1);
+        let fields = if kind == b"t" { 3 } else { 2 };
+        let parts: Vec<&[u8]> = rest.splitn(fields, |&b| b == b' ').collect();
+        let text = |i: usize| -> Result<&str> {
+            Ok(std::str::from_utf8(parts.get(i).context("short record")?)?)
+        };
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(
+            parts.last().context("empty record")?,
+        ));
+        match kind {
+            b"t" => out.times.push((
+                path,
+                Time {
+                    sec: text(0)?.parse()?,
+                    nsec: text(1)?.parse()?,
+                },
+            )),
+            b"h" => {
+                let mut holes = Vec::new();
+                for range in text(0)?.split(',') {
+                    let (o, l) = range.split_once('+').context("bad hole range")?;
+                    holes.push((o.parse()?, l.parse()?));
+                }
+                out.holes.push((path, holes));
+            }
+            _ => bail!("unknown record kind {:?}", String::from_utf8_lossy(kind)),
+        }
+    }
+    Ok(out)
+}
+
+/// The first xattr of `path` (not of a symlink's target) outside [`STORABLE_XATTRS`].
+fn unstorable_xattr(path: &Path) -> Result<Option<String>> {
+    Ok(xattr_names(path)?
+        .into_iter()
+        .find(|n| !STORABLE_XATTRS.iter().any(|p| n.starts_with(p)))
+        .map(|n| String::from_utf8_lossy(&n).into_owned()))
+}
+
+/// `lseek(2)` with SEEK_DATA or SEEK_HOLE; None when there is no such region after `offset`.
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> Result<Option<u64>> {
+    // SAFETY: plain lseek on an open descriptor.
+    let pos = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+    if pos >= 0 {
+        return Ok(Some(pos as u64));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ENXIO) {
+        Ok(None)
+    } else {
+        Err(err.into())
+    }
+}
+
+/// The holes of a sparse file, as the filesystem reports them (SEEK_HOLE/SEEK_DATA).
+fn hole_map(path: &Path, size: u64) -> Result<Vec<(u64, u64)>> {
+    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut holes = Vec::new();
+    let mut pos = 0;
+    while let Some(hole) = seek(&file, pos, libc::SEEK_HOLE)?.filter(|&h| h < size) {
+        let data = seek(&file, hole, libc::SEEK_DATA)?
+            .unwrap_or(size)
+            .min(size);
+        holes.push((hole, data - hole));
+        pos = data;
+    }
+    Ok(holes)
+}
+
+/// Punches the recorded holes of `path` that hold zeros but are allocated (unsquashfs wrote
+/// them out), keeping the file's mtime. True when it punched any.
+fn punch(path: &Path, holes: &[(u64, u64)]) -> Result<bool> {
+    let Ok(meta) = path.symlink_metadata() else {
+        return Ok(false);
+    };
+    if !meta.is_file() {
+        return Ok(false);
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut punched = false;
+    for &(offset, len) in holes {
+        let end = (offset + len).min(meta.len());
+        if end <= offset || !allocated_zeros(&file, offset, end)? {
+            continue;
+        }
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        // SAFETY: fallocate on an open descriptor with an in-file range.
+        let rc = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                mode,
+                offset as libc::off_t,
+                (end - offset) as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                // The filesystem cannot make holes: the content is right all the same.
+                break;
+            }
+            return Err(err).with_context(|| format!("cannot punch a hole in {}", path.display()));
+        }
+        punched = true;
+    }
+    if punched {
+        set_mtime(path, Time::of(&meta))?;
+    }
+    Ok(punched)
+}
+
+/// True when `[start, end)` of `file` has allocated blocks and they all hold zeros.
+fn allocated_zeros(file: &File, start: u64, end: u64) -> Result<bool> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = start;
+    let mut allocated = false;
+    while let Some(data) = seek(file, pos, libc::SEEK_DATA)?.filter(|&d| d < end) {
+        let stop = seek(file, data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        let mut at = data;
+        while at < stop {
+            let n = ((stop - at) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..n], at)?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            at += n as u64;
+        }
+        allocated = true;
+        pos = stop;
+    }
+    Ok(allocated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_odd_paths_and_times() {
+        let fixups = Fixups {
+            times: vec![
+                (PathBuf::from("data/a b/c"), Time { sec: 1, nsec: 2 }),
+                (
+                    PathBuf::from(std::ffi::OsStr::from_bytes(b"data/\xff\n")),
+                    Time {
+                        sec: -315_619_200,
+                        nsec: 999_999_999,
+                    },
+                ),
+            ],
+            holes: vec![(
+                PathBuf::from("data/db"),
+                vec![(4096, 8192), (1 << 20, 4096)],
+            )],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fixups");
+        fixups.write(&path).unwrap();
+        assert_eq!(Fixups::read(&path).unwrap(), fixups);
+        std::fs::write(&path, b"something else\0").unwrap();
+        assert!(Fixups::read(&path).is_err());
+    }
+
+    #[test]
+    fn image_times_are_unsigned_whole_seconds() {
+        let t = Time {
+            sec: 1_735_689_600,
+            nsec: 5,
+        };
+        assert_eq!(
+            t.in_image(),
+            Time {
+                sec: 1_735_689_600,
+                nsec: 0
+            }
+        );
+        // 1960 wraps around as mksquashfs stores it.
+        let old = Time {
+            sec: -315_619_200,
+            nsec: 0,
+        };
+        assert_eq!(old.in_image().sec, 3_979_348_096);
+    }
+}

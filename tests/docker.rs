@@ -1,0 +1,643 @@
+//! Containers on a real docker engine: quiescing, recreate mode, the restore fallback and the
+//! docker checks, the way users run a stage network. Needs a running dockerd and the local
+//! image scripts/setup.sh builds; without them these tests fail rather than skip.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::Env;
+
+const MB: u64 = 1 << 20;
+const IMAGE: &str = "stagesnap-test:busybox";
+const DATA_PATH: &str = "/opt/cellframe-node/var";
+/// A node that appends to its log five times a second, as a real node logs all the time.
+const TICKER: &str =
+    "while true; do echo tick >> /opt/cellframe-node/var/log/cellframe-node.log; sleep 0.2; done";
+const LOG: &str = "./log/cellframe-node.log";
+
+/// `docker args…`, which must succeed; its stdout.
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run docker ({e}); these tests need docker: run scripts/setup.sh")
+        });
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}\n(these tests need a running dockerd and the {IMAGE} image: run scripts/setup.sh)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sh(script: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `path  md5` of every regular file below the current directory, sorted by path; the same
+/// script runs on the host and in the containers' busybox.
+const HASH_FILES: &str = "find . -type f | LC_ALL=C sort | while read -r f; do md5sum \"$f\"; done";
+
+/// A sample environment whose node directories are bind-mounted into running containers,
+/// one per node, removed when dropped (also when a test fails).
+struct Net {
+    env: Env,
+    names: Vec<String>,
+}
+
+impl Net {
+    fn start(nodes: u32) -> Net {
+        let env = Env::sample(nodes, 2 * MB);
+        // The temporary directory's random name keeps parallel tests' containers apart.
+        let prefix = format!("ssnap-{}", env.root.file_name().unwrap().to_string_lossy());
+        env.set("container_name", &format!("{prefix}-{{n}}"));
+        let mut net = Net {
+            env,
+            names: Vec::new(),
+        };
+        for n in 1..=nodes {
+            let name = format!("{prefix}-{n}");
+            net.names.push(name.clone());
+            let mount = format!(
+                "{}:{DATA_PATH}",
+                net.env.data().join(format!("node{n}")).display()
+            );
+            docker(&[
+                "run", "-d", "--init", "--name", &name, "-v", &mount, IMAGE, "sh", "-c", TICKER,
+            ]);
+        }
+        // Let every node write its first ticks.
+        std::thread::sleep(Duration::from_millis(500));
+        net
+    }
+
+    fn state(&self, name: &str) -> String {
+        docker(&["inspect", "--format", "{{.State.Status}}", name])
+            .trim()
+            .to_string()
+    }
+
+    fn states(&self) -> Vec<String> {
+        self.names.iter().map(|n| self.state(n)).collect()
+    }
+
+    fn started_at(&self) -> Vec<String> {
+        self.names
+            .iter()
+            .map(|n| {
+                docker(&["inspect", "--format", "{{.State.StartedAt}}", n])
+                    .trim()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// `sh -c script` inside container `name`, in the node's data directory.
+    fn exec(&self, name: &str, script: &str) -> String {
+        docker(&[
+            "exec",
+            name,
+            "sh",
+            "-c",
+            &format!("cd {DATA_PATH} && {script}"),
+        ])
+    }
+
+    fn snapshot_node(&self, snapshot: &str, n: usize) -> PathBuf {
+        self.env
+            .snapshots()
+            .join(snapshot)
+            .join("payload/data")
+            .join(format!("node{}", n + 1))
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let mut args = vec!["rm", "-f"];
+        args.extend(self.names.iter().map(String::as_str));
+        let _ = Command::new("docker").args(&args).output();
+    }
+}
+
+fn without_log(listing: &str) -> String {
+    listing
+        .lines()
+        .filter(|l| !l.ends_with(LOG))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+/// The end-to-end flow: snapshot the running network with the nodes paused, let a suite
+/// change data inside the containers, restore with the nodes stopped, and check from inside
+/// each container that it sees exactly the snapshot's files.
+#[test]
+fn containers_see_exactly_the_snapshot_after_pause_create_and_stop_restore() {
+    let net = Net::start(3);
+    let env = &net.env;
+    env.set("quiesce", "pause");
+    let (_, log) = env.run(&["create"], 0);
+    for name in &net.names {
+        assert!(
+            log.contains(&format!("container_paused name={name} ")),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!("container_unpaused name={name} ")),
+            "{log}"
+        );
+    }
+    assert_eq!(net.states(), ["running"; 3]);
+
+    // What each node's snapshot holds, hashed on the host side.
+    let snapshot: Vec<String> = (0..3)
+        .map(|n| {
+            sh(&format!(
+                "cd '{}' && {HASH_FILES}",
+                net.snapshot_node("clean_state", n).display()
+            ))
+        })
+        .collect();
+    let snapshot_logs: Vec<Vec<u8>> = (0..3)
+        .map(|n| std::fs::read(net.snapshot_node("clean_state", n).join(LOG)).unwrap())
+        .collect();
+
+    // The suite: wallets added, database pages rewritten in place, a certificate deleted,
+    // a chain cell grown, a new directory, all by the node containers themselves.
+    for name in &net.names {
+        net.exec(
+            name,
+            "echo suite > lib/wallet/suite.dwallet \
+             && dd if=/dev/urandom of=lib/global_db/mdbx.dat bs=4096 count=2 seek=1 conv=notrunc 2>/dev/null \
+             && rm lib/ca/validator-*.dcert \
+             && echo block >> lib/network/stagenet/main/0.dchaincell \
+             && mkdir -p lib/extra && echo new > lib/extra/file",
+        );
+    }
+    for (i, name) in net.names.iter().enumerate() {
+        assert_ne!(
+            without_log(&net.exec(name, HASH_FILES)),
+            without_log(&snapshot[i])
+        );
+    }
+
+    env.set("quiesce", "stop");
+    let before = net.started_at();
+    let (_, log) = env.run(&["restore"], 0);
+    for name in &net.names {
+        assert!(
+            log.contains(&format!("container_stopped name={name} ")),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!("container_started name={name} ")),
+            "{log}"
+        );
+    }
+    assert!(
+        !log.contains("containers_running"),
+        "quiesced, yet warned: {log}"
+    );
+    assert_eq!(net.states(), ["running"; 3]);
+    let after = net.started_at();
+    for i in 0..3 {
+        assert_ne!(before[i], after[i], "{} was not restarted", net.names[i]);
+    }
+
+    // The nodes log again from their restart on, so the log is the snapshot's followed by
+    // new ticks only: that also proves they write into the restored file.
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, name) in net.names.iter().enumerate() {
+        assert_eq!(
+            without_log(&net.exec(name, HASH_FILES)),
+            without_log(&snapshot[i]),
+            "{name}"
+        );
+        let seen = docker(&[
+            "exec",
+            name,
+            "cat",
+            &format!("{DATA_PATH}/log/cellframe-node.log"),
+        ])
+        .into_bytes();
+        assert!(
+            seen.starts_with(&snapshot_logs[i]),
+            "{name}: the log is not the snapshot's"
+        );
+        let since = String::from_utf8(seen[snapshot_logs[i].len()..].to_vec()).unwrap();
+        assert!(
+            !since.is_empty() && since.lines().all(|l| l == "tick"),
+            "{name}: {since:?}"
+        );
+    }
+}
+
+/// Does `path` (`./lib/...`, as find prints it) match the default recreate_paths
+/// (`lib/wallet/*.dwallet lib/global_db/* lib/network/*/*/* log/*.log`)?
+fn default_recreate_match(path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_start_matches("./").split('/').collect();
+    match parts.as_slice() {
+        ["lib", "wallet", f] => f.ends_with(".dwallet"),
+        ["lib", "global_db", _] => true,
+        ["lib", "network", _, _, _] => true,
+        ["log", f] => f.ends_with(".log"),
+        _ => false,
+    }
+}
+
+#[test]
+fn recreate_removes_exactly_recreate_paths_and_restarts() {
+    let net = Net::start(2);
+    let env = &net.env;
+    env.set("mode", "recreate");
+    // Quiescing does not apply to recreate, which needs the containers running.
+    env.set("quiesce", "stop");
+    let created = env.json(&["create"], 0);
+    assert_eq!(created["mode"], "recreate");
+    let payload = env.snapshots().join("clean_state/payload");
+    assert_eq!(
+        std::fs::read_dir(&payload).unwrap().count(),
+        0,
+        "recreate stored data"
+    );
+
+    // What a suite leaves: matches (also with a space and a subdirectory) and near misses.
+    for name in &net.names {
+        net.exec(
+            name,
+            "echo w > 'lib/wallet/with space.dwallet' && echo k > lib/wallet/notes.txt \
+             && mkdir -p lib/global_db/sub && echo x > lib/global_db/sub/x \
+             && echo o > log/other.txt && echo c > lib/ca/extra.dcert",
+        );
+    }
+    let listings: Vec<String> = net
+        .names
+        .iter()
+        .map(|n| net.exec(n, "find . | LC_ALL=C sort"))
+        .collect();
+    let ca: Vec<String> = net
+        .names
+        .iter()
+        .map(|n| net.exec(n, "md5sum lib/ca/*"))
+        .collect();
+    let before = net.started_at();
+
+    let (stdout, log) = env.run(&["restore", "--json"], 0);
+    let restored: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(log.contains("quiesce_skipped"), "{log}");
+    assert_eq!(net.states(), ["running"; 2]);
+    let after = net.started_at();
+    let mut removed = 0;
+    for (i, name) in net.names.iter().enumerate() {
+        assert_ne!(before[i], after[i], "{name} was not restarted");
+        let expected: Vec<&str> = listings[i]
+            .lines()
+            .filter(|p| {
+                // Gone: what matches, and everything inside it.
+                let parents = std::iter::successors(Some(Path::new(*p)), |p| p.parent());
+                !parents
+                    .map(|p| p.to_str().unwrap())
+                    .any(default_recreate_match)
+            })
+            .collect();
+        removed += listings[i]
+            .lines()
+            .filter(|p| default_recreate_match(p))
+            .count();
+        // The restarted node writes a fresh log, with ticks only.
+        let seen = net.exec(name, "find . | LC_ALL=C sort");
+        let seen: Vec<&str> = seen.lines().filter(|p| *p != LOG).collect();
+        assert_eq!(seen, expected, "{name}");
+        let log = net.exec(name, "cat log/cellframe-node.log 2>/dev/null || true");
+        assert!(
+            log.lines().all(|l| l == "tick"),
+            "{name}: the old log survived"
+        );
+        assert_eq!(
+            net.exec(name, "md5sum lib/ca/*"),
+            ca[i],
+            "{name}: lib/ca changed"
+        );
+    }
+    assert_eq!(restored["entries_deleted"], removed as u64);
+}
+
+#[test]
+fn recreate_fails_clearly_on_a_stopped_container_and_cleans_nothing() {
+    let net = Net::start(2);
+    let env = &net.env;
+    env.set("mode", "recreate");
+    env.run(&["create"], 0);
+    let stopped = &net.names[1];
+    docker(&["stop", stopped]);
+    net.exec(&net.names[0], "echo w > lib/wallet/suite.dwallet");
+    let listing = net.exec(&net.names[0], "find lib | LC_ALL=C sort");
+
+    let (_, stderr) = env.run(&["restore"], 1);
+    assert!(
+        stderr.contains(&format!(
+            "container {stopped} (node data/node2) is exited, not running"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was cleaned"), "{stderr}");
+    assert_eq!(net.exec(&net.names[0], "find lib | LC_ALL=C sort"), listing);
+    assert_eq!(net.states(), ["running", "exited"]);
+}
+
+#[test]
+fn failed_restore_falls_back_to_recreate_and_exits_6() {
+    let net = Net::start(2);
+    let env = &net.env;
+    env.set("restore_fallback", "recreate");
+    env.run(&["create"], 0);
+    // A damaged snapshot: the check before the restore fails.
+    std::fs::remove_dir_all(env.snapshots().join("clean_state/payload/data")).unwrap();
+    for name in &net.names {
+        net.exec(name, "echo w > lib/wallet/suite.dwallet");
+    }
+
+    let (stdout, stderr) = env.run(&["restore", "--json"], 6);
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(doc["exit_code"], 6);
+    assert_eq!(doc["fallback"]["method"], "recreate");
+    assert!(
+        doc["fallback"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("damaged"),
+        "{doc}"
+    );
+    assert!(doc["entries_deleted"].as_u64().unwrap() > 0, "{doc}");
+    assert!(stderr.contains("restore_fallback"), "{stderr}");
+    for name in &net.names {
+        assert_eq!(
+            net.exec(name, "ls lib/wallet"),
+            "",
+            "{name} was not cleaned"
+        );
+    }
+    assert_eq!(net.states(), ["running"; 2]);
+
+    let (text, _) = env.run(&["restore"], 6);
+    assert!(
+        text.contains("fell back to recreate") && text.contains("NOT the snapshot's"),
+        "{text}"
+    );
+}
+
+/// A directory holding an `rsync` that reports the real one's version and otherwise runs
+/// `body` (sh), for failures and delays the real rsync cannot be made to have.
+fn fake_rsync(dir: &Path, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let real = sh("command -v rsync").trim().to_string();
+    let path = dir.join("rsync");
+    let script = format!("#!/bin/sh\n[ \"$1\" = --version ] && exec {real} --version\n{body}\n");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:{}", dir.display(), std::env::var("PATH").unwrap())
+}
+
+#[test]
+fn quiesced_containers_run_again_after_a_failed_restore_and_others_stay_as_they_were() {
+    let net = Net::start(3);
+    let env = &net.env;
+    env.run(&["create"], 0);
+    docker(&["stop", &net.names[2]]);
+    let fake = tempfile::tempdir().unwrap();
+    let path = fake_rsync(fake.path(), "echo 'rsync: simulated failure' >&2; exit 23");
+    for how in ["stop", "pause"] {
+        env.set("quiesce", how);
+        let out = env
+            .cmd()
+            .env("PATH", &path)
+            .arg("restore")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{how}: {stderr}");
+        assert!(stderr.contains("simulated failure"), "{stderr}");
+        for event in ["container_stopped", "container_paused", "container_started"] {
+            let touched = format!("{event} name={} ", net.names[2]);
+            assert!(
+                !stderr.contains(&touched),
+                "{how} touched the stopped container: {stderr}"
+            );
+        }
+        assert_eq!(
+            net.states(),
+            ["running", "running", "exited"],
+            "quiesce = {how}"
+        );
+        if how == "pause" {
+            assert!(
+                stderr.contains("quiesce_pause_restore"),
+                "no warning about open files: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ctrl_c_during_a_quiesced_restore_starts_the_containers_again() {
+    let net = Net::start(2);
+    let env = &net.env;
+    env.run(&["create"], 0);
+    env.set("quiesce", "stop");
+    let fake = tempfile::tempdir().unwrap();
+    let path = fake_rsync(
+        fake.path(),
+        &format!("sleep 5; exec {} \"$@\"", sh("command -v rsync").trim()),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stagesnap"))
+        .arg("restore")
+        .current_dir(env.config().parent().unwrap())
+        .env("PATH", &path)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while count(&seen, "container_stopped") < net.names.len() {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "stagesnap ended early: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    assert_eq!(net.states(), ["exited"; 2]);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert_eq!(net.states(), ["running"; 2], "{seen}{rest}");
+}
+
+/// A PATH with rsync but no docker.
+fn path_without_docker(dir: &Path) -> String {
+    std::os::unix::fs::symlink(sh("command -v rsync").trim(), dir.join("rsync")).unwrap();
+    dir.display().to_string()
+}
+
+#[test]
+fn every_setting_that_needs_docker_fails_fast_without_the_cli() {
+    let env = Env::sample(2, MB);
+    let bin = tempfile::tempdir().unwrap();
+    let path = path_without_docker(bin.path());
+    for (key, value, command) in [
+        ("mode", "recreate", "create"),
+        ("quiesce", "pause", "create"),
+        ("quiesce", "stop", "restore"),
+        ("restore_fallback", "recreate", "restore"),
+    ] {
+        let out = env
+            .cmd()
+            .env("PATH", &path)
+            .args(["--set", &format!("{key}={value}"), command])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{key}={value} {command}: {stderr}"
+        );
+        assert!(
+            stderr.contains("Install docker: sudo apt install docker.io"),
+            "{stderr}"
+        );
+    }
+    assert!(
+        !env.snapshots().join("clean_state").exists(),
+        "something was created"
+    );
+    // Plain filesystem use never needs docker.
+    let out = env.cmd().env("PATH", &path).arg("create").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_unreachable_daemon_is_exit_3_naming_the_socket() {
+    let env = Env::sample(2, MB);
+    for (key, value, command) in [
+        ("mode", "recreate", "restore"),
+        ("quiesce", "stop", "create"),
+        ("restore_fallback", "recreate", "restore"),
+        ("quiesce", "pause", "doctor"),
+    ] {
+        let out = env
+            .cmd()
+            .env("DOCKER_HOST", "unix:///nonexistent.sock")
+            .args(["--set", &format!("{key}={value}"), command])
+            .output()
+            .unwrap();
+        let all = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{key}={value} {command}: {all}");
+        assert!(
+            all.contains("unix:///nonexistent.sock") && all.contains("daemon must be running"),
+            "{all}"
+        );
+    }
+}
+
+#[test]
+fn disabled_mode_does_nothing_and_needs_no_docker() {
+    let net = Net::start(1);
+    let env = &net.env;
+    env.set("mode", "disabled");
+    env.set("quiesce", "stop");
+    let bin = tempfile::tempdir().unwrap();
+    let path = path_without_docker(bin.path());
+    let before = net.started_at();
+    for command in ["create", "restore"] {
+        let out = env.cmd().env("PATH", &path).arg(command).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("suite_isolation_disabled"), "{stderr}");
+    }
+    assert_eq!(net.started_at(), before);
+    assert!(!env.snapshots().join("clean_state").exists());
+}
+
+#[test]
+fn running_containers_without_quiescing_are_warned_about_once() {
+    let net = Net::start(2);
+    let env = &net.env;
+    // The nodes keep logging through the unquiesced restore, which its check would rightly catch.
+    env.set("restore_verify", "none");
+    for command in ["create", "restore"] {
+        let (_, stderr) = env.run(&[command], 0);
+        assert_eq!(count(&stderr, "containers_running"), 1, "{stderr}");
+        assert!(stderr.contains(&net.names.join(" ")), "{stderr}");
+    }
+}
+
+#[test]
+fn doctor_reports_docker_and_every_container() {
+    let net = Net::start(2);
+    let env = &net.env;
+    env.set("mode", "recreate");
+    let doc = env.json(&["doctor"], 0);
+    let checks = doc["checks"].as_array().unwrap();
+    let find = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {doc}"))
+    };
+    assert_eq!(find("docker")["status"], "ok");
+    assert_eq!(find("docker daemon")["status"], "ok");
+    for name in &net.names {
+        let c = find(&format!("container {name}"));
+        assert_eq!(c["status"], "ok");
+        assert!(
+            c["detail"]
+                .as_str()
+                .unwrap()
+                .contains("running; mounts it at"),
+            "{c}"
+        );
+    }
+
+    docker(&["stop", &net.names[0]]);
+    let doc = env.json(&["doctor"], 1);
+    let c = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == format!("container {}", net.names[0]))
+        .unwrap();
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(c["detail"].as_str().unwrap().contains("exited"), "{c}");
+}

@@ -1,0 +1,292 @@
+//! Manifests end to end: `verify`, `status`, `diff`, the check at the end of every restore,
+//! and the journal that makes an interrupted restore visible.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use common::{Env, assert_same_tree, treestate};
+
+const MB: u64 = 1 << 20;
+
+/// The largest regular file below `dir`: a database file in the sample data.
+fn largest_file(dir: &Path) -> PathBuf {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .into_path()
+}
+
+/// Flips one byte in place and puts the mtime back: only a hash can tell.
+fn flip_byte_keeping_mtime(path: &Path) {
+    let mtime = fs::metadata(path).unwrap().modified().unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, 100).unwrap();
+    f.write_all_at(&[b[0] ^ 0xff], 100).unwrap();
+    f.set_modified(mtime).unwrap();
+}
+
+/// PATH with a fake `rsync` first: `script` runs for restores (`--delete` among the
+/// arguments); creates run the real one.
+fn fake_rsync_on_restore(env: &Env, script: &str) -> String {
+    let bin = env.root.join("fake-bin");
+    fs::create_dir_all(&bin).unwrap();
+    let fake = bin.join("rsync");
+    fs::write(
+        &fake,
+        format!("#!/bin/sh\ncase \" $* \" in *\" --delete \"*) {script} ;; esac\nexec /usr/bin/rsync \"$@\"\n"),
+    )
+    .unwrap();
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
+}
+
+#[test]
+fn create_stores_a_manifest_that_verify_checks_file_by_file() {
+    let env = Env::sample(2, 4 * MB);
+    env.run(&["create"], 0);
+    env.run(&["create", "second"], 0);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&fs::read(env.snapshots().join("clean_state/meta.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        meta["manifest"]["blake3"].as_str().unwrap().len(),
+        64,
+        "{meta}"
+    );
+    assert!(env.snapshots().join("clean_state/manifest.jsonl").is_file());
+
+    let ok = env.json(&["verify", "--all"], 0);
+    assert_eq!(ok["snapshots"].as_array().unwrap().len(), 2, "{ok}");
+    assert!(
+        ok["snapshots"][0]["checked"]
+            .as_str()
+            .unwrap()
+            .contains("blake3"),
+        "{ok}"
+    );
+
+    // Silent corruption of the stored copy: same size, same mtime, one byte flipped.
+    let node1 = env.snapshots().join("clean_state/payload/data/node1");
+    let victim = largest_file(&node1);
+    flip_byte_keeping_mtime(&victim);
+    let rel = victim.strip_prefix(&node1).unwrap().display().to_string();
+    let (stdout, _) = env.run(&["verify", "clean_state"], 1);
+    assert!(stdout.contains("DAMAGED"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "M data/node1 {rel} (content) differs from the manifest"
+        )),
+        "{stdout}"
+    );
+    env.run(&["verify", "second"], 0);
+    let all = env.json(&["verify", "--all"], 1);
+    let bad: Vec<_> = all["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["ok"] == false)
+        .collect();
+    assert_eq!(bad.len(), 1, "{all}");
+    assert_eq!(bad[0]["name"], "clean_state");
+
+    // A tampered manifest is caught by its digest in meta.json.
+    let manifest = env.snapshots().join("second/manifest.jsonl");
+    let mut text = fs::read(&manifest).unwrap();
+    text.extend_from_slice(b"\n");
+    fs::write(&manifest, text).unwrap();
+    let (stdout, _) = env.run(&["verify", "second"], 1);
+    assert!(
+        stdout.contains("does not match the digest recorded in meta.json"),
+        "{stdout}"
+    );
+
+    env.run(&["verify", "nothere"], 4);
+    env.run(&["verify", "--all", "second"], 2);
+}
+
+#[test]
+fn status_and_diff_show_what_a_suite_changed_per_node() {
+    let env = Env::sample(3, 4 * MB);
+    env.run(&["create"], 0);
+    let (stdout, _) = env.run(&["status"], 0);
+    assert!(stdout.contains("identical to clean_state"), "{stdout}");
+    let (stdout, _) = env.run(&["diff", "clean_state"], 0);
+    assert_eq!(stdout, "");
+
+    env.suite(11);
+    let status = env.json(&["status"], 1);
+    assert_eq!(status["identical"], false);
+    let nodes = status["nodes"].as_array().unwrap();
+    assert!(!nodes.is_empty(), "{status}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["node"].as_str().unwrap().starts_with("data")),
+        "{status}"
+    );
+    let (text, _) = env.run(&["status"], 1);
+    assert!(
+        text.contains("NODE") && text.contains("MODIFIED") && text.contains("diff clean_state"),
+        "{text}"
+    );
+
+    let (lines, _) = env.run(&["diff", "clean_state"], 1);
+    for line in lines.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (code, node) = (parts.next().unwrap(), parts.next().unwrap());
+        assert!(["+", "-", "M", "T", "U"].contains(&code), "{line}");
+        assert!(node.starts_with("data"), "{line}");
+        assert!(parts.next().is_some(), "{line}");
+    }
+    assert!(
+        lines.lines().any(|l| l.starts_with("M ")),
+        "a suite rewrites files:\n{lines}"
+    );
+    let diff = env.json(&["diff", "clean_state"], 1);
+    assert_eq!(
+        diff["changes"].as_array().unwrap().len(),
+        lines.lines().count()
+    );
+    let (stat, _) = env.run(&["diff", "clean_state", "--stat"], 1);
+    assert!(
+        stat.contains("BYTES") && stat.contains("entries differ"),
+        "{stat}"
+    );
+
+    // Snapshot against snapshot gives the same answer as snapshot against live data.
+    env.run(&["create", "dirty"], 0);
+    let (between, _) = env.run(&["diff", "clean_state", "dirty"], 1);
+    assert_eq!(between, lines);
+    env.run(&["diff", "dirty", "dirty"], 0);
+    env.run(&["diff", "clean_state", "dirty", "--full"], 2);
+    env.run(&["diff", "missing"], 4);
+    env.run(&["status", "missing"], 4);
+
+    env.run(&["restore"], 0);
+    env.run(&["status"], 0);
+    env.run(&["status", "dirty"], 1);
+}
+
+#[test]
+fn restore_fails_when_the_result_differs_from_the_manifest() {
+    let env = Env::sample(2, 2 * MB);
+    env.run(&["create"], 0);
+    env.suite(3);
+    let dirty = treestate(&env.data());
+
+    // An rsync that claims success without restoring anything.
+    let path = fake_rsync_on_restore(&env, "exit 0");
+    let out = env
+        .cmd()
+        .args(["restore"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("did not reproduce the snapshot") && stderr.contains("data/node"),
+        "{stderr}"
+    );
+    assert_same_tree(&treestate(&env.data()), &dirty);
+
+    let (stdout, _) = env.run(&["status"], 1);
+    assert!(
+        stdout.contains("data is in an unknown state: restore of clean_state failed"),
+        "{stdout}"
+    );
+    env.run(&["restore"], 0);
+    env.run(&["status"], 0);
+    env.run(&["restore", "--verify", "none"], 0);
+    env.run(&["restore", "--verify", "sometimes"], 2);
+}
+
+#[test]
+fn interrupted_restore_is_reported_until_a_restore_succeeds() {
+    let env = Env::sample(2, 2 * MB);
+    env.run(&["create"], 0);
+    env.suite(4);
+    // The restore dies as if the machine lost power: no chance to clean up.
+    let path = fake_rsync_on_restore(&env, "kill -9 $PPID; sleep 1");
+    let out = env
+        .cmd()
+        .args(["restore"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "restore should have been killed");
+
+    let (stdout, _) = env.run(&["status"], 1);
+    assert!(
+        stdout.contains("data is in an unknown state: restore of clean_state was interrupted at")
+            && stdout.contains("run `stagesnap restore`"),
+        "{stdout}"
+    );
+    let status = env.json(&["status"], 1);
+    assert_eq!(
+        status["unfinished_restore"]["snapshot"], "clean_state",
+        "{status}"
+    );
+    env.run(&["restore"], 0);
+    let (stdout, _) = env.run(&["status"], 0);
+    assert!(!stdout.contains("unknown state"), "{stdout}");
+}
+
+/// rsync's quick check (size and mtime) cannot see a same-size rewrite that kept its mtime;
+/// the metadata check cannot either, `--verify full` can.
+#[test]
+fn full_verification_catches_what_size_and_mtime_cannot() {
+    let env = Env::sample(2, 2 * MB);
+    env.run(&["create"], 0);
+    let victim = largest_file(&env.data());
+    flip_byte_keeping_mtime(&victim);
+    env.run(&["restore"], 0);
+    let (_, stderr) = env.run(&["restore", "--verify", "full"], 1);
+    assert!(stderr.contains("(content)"), "{stderr}");
+    let (_, stderr) = env.run(&["-s", "restore_verify=full", "restore"], 1);
+    assert!(stderr.contains("(content)"), "{stderr}");
+    let (stdout, _) = env.run(&["status", "--full"], 1);
+    assert!(stdout.contains("MODIFIED"), "{stdout}");
+}
+
+#[test]
+fn snapshots_without_a_manifest_still_restore_and_say_what_to_do() {
+    let env = Env::sample(2, MB);
+    env.run(&["create"], 0);
+    let dir = env.snapshots().join("clean_state");
+    let meta_path = dir.join("meta.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&fs::read(&meta_path).unwrap()).unwrap();
+    meta.as_object_mut().unwrap().remove("manifest");
+    fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
+    fs::remove_file(dir.join("manifest.jsonl")).unwrap();
+
+    let clean = treestate(&env.data());
+    env.suite(5);
+    let (_, stderr) = env.run(&["restore"], 0);
+    assert!(
+        stderr.contains("has no manifest") && stderr.contains("create clean_state --force"),
+        "{stderr}"
+    );
+    assert_same_tree(&treestate(&env.data()), &clean);
+    let (_, stderr) = env.run(&["status"], 1);
+    assert!(
+        stderr.contains("snapshot clean_state has no manifest"),
+        "{stderr}"
+    );
+    let (stdout, _) = env.run(&["verify"], 1);
+    assert!(stdout.contains("has no manifest"), "{stdout}");
+    env.run(&["create", "--force"], 0);
+    env.run(&["status"], 0);
+}

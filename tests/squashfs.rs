@@ -1,0 +1,683 @@
+//! squashfs mode end to end: the built binary against the real squashfs-tools, a real loop
+//! mount (the tests run as root; the mount tests say so and skip otherwise) and rsync.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Env, assert_same_tree, dir_inodes, is_root, treestate};
+
+const MB: u64 = 1 << 20;
+
+/// A small environment in squashfs mode with the given compressor and restore strategy.
+fn squashfs_env(nodes: u32, size: u64, compression: &str, strategy: &str) -> Env {
+    let env = Env::sample(nodes, size);
+    env.set("mode", "squashfs");
+    env.set("squashfs_compression", compression);
+    env.set("squashfs_restore", strategy);
+    env
+}
+
+/// The compressors the installed mksquashfs lists in its help, read independently of stagesnap.
+fn supported_compressors() -> Vec<String> {
+    let out = Command::new("mksquashfs")
+        .arg("-help")
+        .output()
+        .expect("mksquashfs runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let mut lines = text
+        .lines()
+        .skip_while(|l| !l.contains("Compressors available"))
+        .skip(1);
+    let mut found = Vec::new();
+    while let Some(word) = lines
+        .next()
+        .map(|l| l.trim().trim_end_matches("(default)").trim())
+    {
+        if word.is_empty() || word.starts_with('-') {
+            break;
+        }
+        found.push(word.to_string());
+    }
+    assert!(
+        found.contains(&"gzip".to_string()),
+        "no compressor list in mksquashfs -help:\n{text}"
+    );
+    ["gzip", "lzo", "xz", "zstd", "lz4"]
+        .into_iter()
+        .filter(|c| found.iter().any(|f| f == c))
+        .map(String::from)
+        .collect()
+}
+
+const STRATEGIES: [&str; 2] = ["extract", "mount"];
+
+/// Loop mounts, owners and trusted xattrs need root: the tests fail rather than skip without it.
+fn require_root() {
+    assert!(
+        is_root(),
+        "the squashfs tests mount images and set owners: run them as root (scripts/test.sh does)"
+    );
+}
+
+fn meta(env: &Env, name: &str) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(env.snapshots().join(name).join("meta.json")).unwrap())
+        .unwrap()
+}
+
+fn image(env: &Env) -> PathBuf {
+    env.snapshots().join("clean_state/payload/image.sqfs")
+}
+
+/// Mount points stagesnap made, from /proc/self/mountinfo.
+fn stagesnap_mounts() -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.contains("stagesnap-mount-"))
+        .map(String::from)
+        .collect()
+}
+
+/// A PATH with `fakes` (name → shell script) in front of the real one.
+fn fake_path(env: &Env, fakes: &[(&str, &str)]) -> String {
+    let bin = env.root.join("fake-bin");
+    fs::create_dir_all(&bin).unwrap();
+    for (name, script) in fakes {
+        let path = bin.join(name);
+        fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
+}
+
+fn round_trips(strategy: &str) {
+    for compression in std::iter::once("none".to_string()).chain(supported_compressors()) {
+        let env = squashfs_env(3, 3 * MB, &compression, strategy);
+        let clean = treestate(&env.data());
+        let inodes = dir_inodes(&env.data());
+        env.run(&["create"], 0);
+        let payload = &meta(&env, "clean_state")["payload"];
+        assert_eq!(payload["compression"], compression.as_str(), "{payload}");
+        assert_eq!(
+            payload["image"]["bytes"],
+            fs::metadata(image(&env)).unwrap().len(),
+            "{payload}"
+        );
+
+        env.suite(7);
+        assert_ne!(treestate(&env.data()), clean, "the suite changed nothing");
+        let (stdout, stderr) = env.run(&["restore", "--json"], 0);
+        assert!(
+            stderr.contains(&format!("squashfs_restore_strategy strategy={strategy}")),
+            "{compression}: {stderr}"
+        );
+        let restored: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_same_tree(&treestate(&env.data()), &clean);
+        assert_eq!(
+            dir_inodes(&env.data()),
+            inodes,
+            "{compression}/{strategy}: data/ or a node directory was replaced"
+        );
+        assert!(
+            restored["files_rewritten"].as_u64().unwrap() > 0,
+            "{restored}"
+        );
+        assert!(
+            restored["entries_deleted"].as_u64().unwrap() > 0,
+            "{restored}"
+        );
+
+        // Nothing changed since: the delta restore rewrites nothing.
+        if strategy == "mount" {
+            assert_eq!(
+                env.json(&["restore"], 0)["files_rewritten"],
+                0,
+                "{compression}"
+            );
+            assert_same_tree(&treestate(&env.data()), &clean);
+        }
+    }
+}
+
+#[test]
+fn extract_round_trips_with_every_compressor() {
+    round_trips("extract");
+}
+
+#[test]
+fn mount_round_trips_with_every_compressor() {
+    require_root();
+    round_trips("mount");
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid C strings and a live buffer.
+    let rc = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setxattr {name} on {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+fn set_mtime(path: &Path, secs: i64, nsecs: i64) {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let ts = libc::timespec {
+        tv_sec: secs,
+        tv_nsec: nsecs,
+    };
+    // SAFETY: valid C string and two timespecs.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            [ts, ts].as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "utimensat {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+fn allocated(path: &Path) -> u64 {
+    fs::symlink_metadata(path).unwrap().blocks() * 512
+}
+
+/// What squashfs alone would lose (nanoseconds, pre-1970 times, small holes) comes back
+/// exactly, with everything it keeps itself.
+#[test]
+fn every_metadata_kind_round_trips() {
+    require_root();
+    for strategy in STRATEGIES {
+        let env = squashfs_env(2, 2 * MB, "zstd", strategy);
+        let n = env.data().join("node1/fidelity");
+        fs::create_dir_all(n.join("empty/deeper")).unwrap();
+        fs::write(n.join("plain"), b"plain content").unwrap();
+        fs::write(n.join("linked-a"), b"shared inode").unwrap();
+        fs::hard_link(n.join("linked-a"), n.join("linked-b")).unwrap();
+        symlink("plain", n.join("rel-link")).unwrap();
+        symlink("does/not/exist", n.join("dangling-link")).unwrap();
+        // One hole squashfs keeps (whole zero blocks) and one it fills (under a block).
+        let big = fs::File::create(n.join("sparse-big")).unwrap();
+        big.set_len(16 * MB).unwrap();
+        drop(big);
+        let small = fs::File::create(n.join("sparse-small")).unwrap();
+        use std::os::unix::fs::FileExt;
+        small.write_all_at(&[7u8; 8192], 0).unwrap();
+        small.write_all_at(&[9u8; 8192], 8192 + 65536).unwrap();
+        drop(small);
+        fs::write(n.join("private"), b"secret").unwrap();
+        fs::set_permissions(n.join("private"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::create_dir(n.join("setgid-sticky")).unwrap();
+        fs::set_permissions(n.join("setgid-sticky"), fs::Permissions::from_mode(0o3775)).unwrap();
+        set_xattr(&n.join("plain"), "user.origin", b"node1");
+        let fifo = CString::new(n.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
+        set_xattr(&n.join("linked-a"), "trusted.node", b"1");
+        std::os::unix::fs::lchown(n.join("plain"), Some(1234), Some(5678)).unwrap();
+        std::os::unix::fs::lchown(n.join("rel-link"), Some(4321), Some(8765)).unwrap();
+        fs::write(n.join("ancient"), b"1960").unwrap();
+        set_mtime(&n.join("ancient"), -315_619_200, 250_000_000);
+        set_mtime(&n.join("rel-link"), 1_600_000_000, 123_456_789);
+        set_mtime(&n.join("empty"), 1_600_000_001, 987_654_321);
+        let before = treestate(&env.data());
+        let small_allocated = allocated(&n.join("sparse-small"));
+        env.run(&["create"], 0);
+
+        fs::write(n.join("plain"), b"changed content!").unwrap();
+        fs::remove_file(n.join("linked-b")).unwrap();
+        fs::write(n.join("linked-b"), b"shared inode").unwrap();
+        fs::remove_file(n.join("rel-link")).unwrap();
+        symlink("elsewhere", n.join("rel-link")).unwrap();
+        fs::write(n.join("sparse-small"), vec![1u8; 90_000]).unwrap();
+        fs::write(n.join("sparse-big"), b"no longer sparse").unwrap();
+        fs::set_permissions(n.join("private"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(n.join("setgid-sticky"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::remove_dir_all(n.join("empty")).unwrap();
+        fs::write(n.join("ancient"), b"now!").unwrap();
+        fs::write(n.join("added"), b"new").unwrap();
+        set_xattr(&env.data().join("node2"), "user.dirt", b"x");
+        assert_ne!(treestate(&env.data()), before);
+
+        env.run(&["restore"], 0);
+        assert_same_tree(&treestate(&env.data()), &before);
+        assert_eq!(
+            allocated(&n.join("sparse-small")),
+            small_allocated,
+            "{strategy}: the small hole was filled"
+        );
+        assert!(
+            allocated(&n.join("sparse-big")) < MB,
+            "{strategy}: the big hole was filled"
+        );
+    }
+}
+
+/// The image keeps whole seconds, so the mount restore compares whole seconds; a same-size
+/// rewrite within the snapshot's second must still come back.
+#[test]
+fn same_second_rewrite_comes_back() {
+    require_root();
+    for strategy in STRATEGIES {
+        let env = squashfs_env(1, MB, "lz4", strategy);
+        let file = env.data().join("node1/lib/ca/same-second.dcert");
+        fs::write(&file, b"original").unwrap();
+        set_mtime(&file, 1_700_000_000, 100);
+        let before = treestate(&env.data());
+        env.run(&["create"], 0);
+        fs::write(&file, b"modified").unwrap();
+        set_mtime(&file, 1_700_000_000, 900);
+        env.run(&["restore"], 0);
+        assert_eq!(fs::read(&file).unwrap(), b"original", "{strategy}");
+        assert_same_tree(&treestate(&env.data()), &before);
+    }
+}
+
+/// Restore refuses a damaged snapshot before touching anything: exit 1, live data as it was.
+#[test]
+fn damaged_images_are_refused_and_live_data_untouched() {
+    let env = squashfs_env(2, 2 * MB, "gzip", "extract");
+    env.run(&["create"], 0);
+    env.suite(3);
+    let dirty = treestate(&env.data());
+    let good = fs::read(image(&env)).unwrap();
+
+    // Truncated.
+    fs::write(image(&env), &good[..good.len() - 4096]).unwrap();
+    let (_, stderr) = env.run(&["restore"], 1);
+    assert!(
+        stderr.contains("snapshot clean_state is damaged") && stderr.contains("meta.json says"),
+        "{stderr}"
+    );
+    assert_same_tree(&treestate(&env.data()), &dirty);
+
+    // One bit flipped in the middle.
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x10;
+    fs::write(image(&env), &flipped).unwrap();
+    let (_, stderr) = env.run(&["restore"], 1);
+    assert!(
+        stderr.contains("BLAKE3 digest") && stderr.contains("nothing was restored"),
+        "{stderr}"
+    );
+    assert_same_tree(&treestate(&env.data()), &dirty);
+
+    // Size and digest vouch for it, but it is not a squashfs image: it must open too.
+    let junk = vec![0x5au8; 8192];
+    fs::write(image(&env), &junk).unwrap();
+    let meta_path = env.snapshots().join("clean_state/meta.json");
+    let mut m = meta(&env, "clean_state");
+    m["payload"]["image"]["bytes"] = junk.len().into();
+    m["payload"]["image"]["blake3"] = blake3::hash(&junk).to_hex().to_string().into();
+    fs::write(&meta_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let (_, stderr) = env.run(&["restore"], 1);
+    assert!(stderr.contains("unsquashfs cannot open"), "{stderr}");
+    assert_same_tree(&treestate(&env.data()), &dirty);
+
+    // Intact again: the same snapshot restores.
+    fs::write(image(&env), &good).unwrap();
+    m["payload"]["image"]["bytes"] = good.len().into();
+    m["payload"]["image"]["blake3"] = blake3::hash(&good).to_hex().to_string().into();
+    fs::write(&meta_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    env.run(&["restore"], 0);
+}
+
+#[test]
+fn missing_squashfs_tools_exit_3_with_the_install_hint() {
+    let env = squashfs_env(1, MB / 2, "none", "auto");
+    let empty = env.root.join("empty-bin");
+    fs::create_dir(&empty).unwrap();
+    for command in ["create", "restore"] {
+        let out = env.cmd().arg(command).env("PATH", &empty).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert!(
+            stderr.contains("error: squashfs mode selected but mksquashfs is not installed.\nInstall squashfs-tools: sudo apt install squashfs-tools"),
+            "{stderr}"
+        );
+    }
+    // mksquashfs alone is not enough.
+    symlink(which("mksquashfs"), empty.join("mksquashfs")).unwrap();
+    let out = env
+        .cmd()
+        .arg("create")
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("unsquashfs is not installed.\nInstall squashfs-tools"),
+        "{stderr}"
+    );
+    assert!(!env.snapshots().join("clean_state").exists());
+}
+
+fn which(program: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} not on PATH"))
+}
+
+/// A compressor the installed build lacks, or a level it does not take, is a configuration
+/// error at start (exit 2) naming the setting; doctor lists what the build supports.
+#[test]
+fn settings_the_build_cannot_honour_are_config_errors() {
+    let env = squashfs_env(1, MB / 2, "zstd", "extract");
+    let real = which("mksquashfs");
+    let path = fake_path(
+        &env,
+        &[(
+            "mksquashfs",
+            &format!(
+                "case \"$1\" in -help) printf 'Compressors available:\\n\\tgzip (default)\\n\\tlzo\\n-b <size>\\n';; *) exec {} \"$@\";; esac",
+                real.display()
+            ),
+        )],
+    );
+    let out = env.cmd().arg("create").env("PATH", &path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("squashfs_compression = zstd (") && stderr.contains("stage-env.cfg"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("was built without zstd; it supports gzip, lzo"),
+        "{stderr}"
+    );
+    assert!(!env.snapshots().join("clean_state").exists());
+
+    let out = env
+        .cmd()
+        .args(["doctor", "--json"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "squashfs settings")
+        .unwrap();
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("it supports gzip, lzo"),
+        "{check}"
+    );
+
+    env.set("squashfs_level", "30");
+    let (_, stderr) = env.run(&["create"], 2);
+    assert!(
+        stderr.contains("squashfs_level = 30") && stderr.contains("zstd takes levels 1-22"),
+        "{stderr}"
+    );
+    env.set("squashfs_compression", "xz");
+    env.set("squashfs_level", "5");
+    let (_, stderr) = env.run(&["create"], 2);
+    assert!(stderr.contains("xz has no compression levels"), "{stderr}");
+    env.set("squashfs_level", "auto");
+    env.set("squashfs_processors", "0");
+    let (_, stderr) = env.run(&["create"], 2);
+    assert!(
+        stderr.contains("squashfs_processors") && stderr.contains("auto or a whole number >= 1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn doctor_says_which_strategy_and_why() {
+    let env = squashfs_env(1, MB / 2, "none", "auto");
+    let strategy = |env: &Env| {
+        let doc = env.json(&["doctor"], 0);
+        let check = doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "squashfs restore")
+            .cloned();
+        check.unwrap()["detail"].as_str().unwrap().to_string()
+    };
+    require_root();
+    let auto = strategy(&env);
+    assert!(
+        auto.starts_with("mount") && auto.contains("auto: root"),
+        "{auto}"
+    );
+    env.set("squashfs_restore", "extract");
+    assert!(
+        strategy(&env).starts_with("extract")
+            && strategy(&env).contains("squashfs_restore = extract")
+    );
+}
+
+#[test]
+fn list_shows_stored_size_and_ratio() {
+    let env = squashfs_env(2, 2 * MB, "zstd", "auto");
+    env.run(&["create"], 0);
+    let listed = env.json(&["list"], 0);
+    let snap = &listed["snapshots"][0];
+    let (bytes, stored) = (
+        snap["bytes"].as_f64().unwrap(),
+        snap["stored_bytes"].as_f64().unwrap(),
+    );
+    let ratio = snap["ratio"].as_f64().unwrap();
+    assert!((ratio - stored / bytes).abs() < 0.001, "{snap}");
+    assert!(ratio < 1.0, "the sample's logs compress: {snap}");
+    let (table, _) = env.run(&["list"], 0);
+    assert!(table.lines().next().unwrap().contains("RATIO"), "{table}");
+    assert!(table.contains(&format!("{ratio:.2}")), "{table}");
+}
+
+/// Creating refuses data squashfs cannot store instead of silently dropping it.
+#[test]
+fn acls_are_refused_at_create() {
+    require_root();
+    let env = squashfs_env(1, MB / 2, "none", "auto");
+    let wallet = env.data().join("node1/lib/wallet");
+    let status = Command::new("setfacl")
+        .args(["-m", "u:1234:rwx"])
+        .arg(&wallet)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (_, stderr) = env.run(&["create"], 1);
+    assert!(
+        stderr.contains(&format!("cannot snapshot {}", wallet.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("system.posix_acl_access") && stderr.contains("mode = filesystem"),
+        "{stderr}"
+    );
+    assert!(!env.snapshots().join("clean_state").exists());
+}
+
+/// A failing mount: `auto` extracts instead (saying so), an explicit `mount` fails untouched.
+#[test]
+fn mount_failure_falls_back_only_under_auto() {
+    require_root();
+    let env = squashfs_env(2, MB, "lz4", "auto");
+    let clean = treestate(&env.data());
+    env.run(&["create"], 0);
+    env.suite(9);
+    let dirty = treestate(&env.data());
+    let path = fake_path(
+        &env,
+        &[(
+            "mount",
+            "case \"$1\" in --version) echo 'mount from util-linux 2.38.1';; *) echo 'mount: permission denied' >&2; exit 32;; esac",
+        )],
+    );
+    env.set("squashfs_restore", "mount");
+    let out = env
+        .cmd()
+        .arg("restore")
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("mount: permission denied"), "{stderr}");
+    assert_same_tree(&treestate(&env.data()), &dirty);
+
+    env.set("squashfs_restore", "auto");
+    let out = env
+        .cmd()
+        .arg("restore")
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("squashfs_mount_failed") && stderr.contains("extracting instead"),
+        "{stderr}"
+    );
+    assert_same_tree(&treestate(&env.data()), &clean);
+}
+
+/// The image is unmounted and its mount point removed when rsync fails and on Ctrl-C.
+#[test]
+fn mount_is_undone_on_failure_and_interrupt() {
+    require_root();
+    let env = squashfs_env(2, MB, "none", "mount");
+    env.run(&["create"], 0);
+    env.suite(4);
+    let version =
+        "[ \"$1\" = --version ] && { echo 'rsync  version 3.2.7  protocol version 31'; exit 0; }";
+    let restore = |path: &str| {
+        Command::new(assert_cmd::cargo::cargo_bin("stagesnap"))
+            .arg("restore")
+            .current_dir(env.config().parent().unwrap())
+            .env("PATH", path)
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let undone = |marker: &str| {
+        !stagesnap_mounts().iter().any(|m| m.contains(marker)) && leftovers(marker).is_empty()
+    };
+
+    let failing = fake_path(
+        &env,
+        &[(
+            "rsync",
+            &format!(
+                "{version}\necho 'rsync: write failed: No space left on device (28)' >&2; exit 11"
+            ),
+        )],
+    );
+    let child = restore(&failing);
+    let marker = format!("stagesnap-mount-{}-", child.id());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(undone(&marker), "mount left after a failure: {stderr}");
+
+    let slow = fake_path(&env, &[("rsync", &format!("{version}\nsleep 60"))]);
+    let child = restore(&slow);
+    let marker = format!("stagesnap-mount-{}-", child.id());
+    let started = Instant::now();
+    while !stagesnap_mounts().iter().any(|m| m.contains(&marker)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the image was never mounted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(undone(&marker), "mount left after Ctrl-C: {stderr}");
+}
+
+/// Mount points named `marker` left in the temporary directory.
+fn leftovers(marker: &str) -> Vec<PathBuf> {
+    fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().contains(marker))
+        .collect()
+}
+
+/// A non-root user restoring root-owned data is stopped before anything changes, told which
+/// path it cannot write and what to do.
+#[test]
+fn non_root_restore_of_root_owned_data_fails_untouched() {
+    require_root();
+    let env = squashfs_env(1, MB, "none", "auto");
+    env.run(&["create"], 0);
+    env.suite(2);
+    let dirty = treestate(&env.data());
+    // Let uid 65534 reach the environment, the store and its lock, but not own the data.
+    for dir in env
+        .root
+        .ancestors()
+        .take_while(|p| p.starts_with(std::env::temp_dir()) && *p != std::env::temp_dir())
+    {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::set_permissions(env.snapshots(), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(
+        env.snapshots().join(".lock"),
+        fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(assert_cmd::cargo::cargo_bin("stagesnap"))
+        .arg("restore")
+        .current_dir(env.config().parent().unwrap())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is not writable by this user") && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&env.data().display().to_string()),
+        "{stderr}"
+    );
+    assert_same_tree(&treestate(&env.data()), &dirty);
+}
