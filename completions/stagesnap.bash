@@ -56,7 +56,7 @@ _stagesnap() {
 
     case "${cmd}" in
         stagesnap)
-            opts="-c -s -v -q -h -V --config --set --json --verbose --quiet --no-progress --lock-timeout --help --version create restore list delete prune doctor config verify status diff run"
+            opts="-c -s -v -q -h -V --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help --version create restore list delete prune doctor config verify status diff run"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -82,6 +82,10 @@ _stagesnap() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -90,7 +94,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__config)
-            opts="-c -s -v -q -h --config --set --json --verbose --quiet --no-progress --lock-timeout --help"
+            opts="-c -s -v -q -h --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -113,6 +117,10 @@ _stagesnap() {
                     return 0
                     ;;
                 --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -124,7 +132,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__create)
-            opts="-c -s -v -q -h --force --pin --config --set --json --verbose --quiet --no-progress --lock-timeout --help"
+            opts="-c -s -v -q -h --force --pin --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -147,6 +155,10 @@ _stagesnap() {
                     return 0
                     ;;
                 --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -158,7 +170,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__delete)
-            opts="-c -s -v -q -h --config --set --json --verbose --quiet --no-progress --lock-timeout --help"
+            opts="-c -s -v -q -h --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -181,6 +193,10 @@ _stagesnap() {
                     return 0
                     ;;
                 --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -192,7 +208,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__diff)
-            opts="-c -s -v -q -h --stat --full --config --set --json --verbose --quiet --no-progress --lock-timeout --help"
+            opts="-c -s -v -q -h --stat --full --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -215,6 +231,10 @@ _stagesnap() {
                     return 0
                     ;;
                 --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -226,7 +246,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__doctor)
-            opts="-c -s -v -q -h --config --set --json --verbose --quiet --no-progress --lock-timeout --help"
+            opts="-c -s -v -q -h --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -249,6 +269,10 @@ _stagesnap() {
                     return 0
                     ;;
                 --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -260,7 +284,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__list)
-            opts="-c -s -v -q -h --config --set --json --verbose --quiet --no-progress --lock-timeout --help"
+            opts="-c -s -v -q -h --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -286,6 +310,10 @@ _stagesnap() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -294,7 +322,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__prune)
-            opts="-c -s -v -q -h --keep --dry-run --config --set --json --verbose --quiet --no-progress --lock-timeout --help"
+            opts="-c -s -v -q -h --keep --dry-run --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -324,6 +352,10 @@ _stagesnap() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -332,7 +364,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__restore)
-            opts="-c -s -v -q -h --verify --allow-stale --config --set --json --verbose --quiet --no-progress --lock-timeout --help"
+            opts="-c -s -v -q -h --verify --allow-stale --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -362,6 +394,10 @@ _stagesnap() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -370,7 +406,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__run)
-            opts="-c -s -v -q -h --snapshot --keep-failed --allow-stale --config --set --json --verbose --quiet --no-progress --lock-timeout --help"
+            opts="-c -s -v -q -h --snapshot --keep-failed --allow-stale --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -400,6 +436,10 @@ _stagesnap() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -408,7 +448,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__status)
-            opts="-c -s -v -q -h --full --config --set --json --verbose --quiet --no-progress --lock-timeout --help"
+            opts="-c -s -v -q -h --full --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -431,6 +471,10 @@ _stagesnap() {
                     return 0
                     ;;
                 --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -442,7 +486,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__verify)
-            opts="-c -s -v -q -h --all --config --set --json --verbose --quiet --no-progress --lock-timeout --help"
+            opts="-c -s -v -q -h --all --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -465,6 +509,10 @@ _stagesnap() {
                     return 0
                     ;;
                 --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -495,7 +543,7 @@ _stagesnap_names() {
     done
     case "$prev" in
         --snapshot) ;;
-        --config|--keep|--lock-timeout|--set|--verify|-c|-s) _stagesnap "$@"; return ;;
+        --config|--keep|--lock-timeout|--set|--timeout|--verify|-c|-s) _stagesnap "$@"; return ;;
         *) if [[ -z "$sub" || "$cur" == -* ]]; then _stagesnap "$@"; return; fi ;;
     esac
     COMPREPLY=($(compgen -W "$(stagesnap complete-names 2>/dev/null)" -- "$cur"))

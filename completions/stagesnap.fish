@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_stagesnap_global_optspecs
-    string join \n c/config= s/set= json v/verbose q/quiet no-progress lock-timeout= h/help V/version
+    string join \n c/config= s/set= json v/verbose q/quiet no-progress lock-timeout= timeout= h/help V/version
 end
 
 function __fish_stagesnap_needs_command
@@ -27,6 +27,7 @@ end
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
+complete -c stagesnap -n "__fish_stagesnap_needs_command" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -s q -l quiet -d 'Only errors on stderr'
@@ -47,6 +48,7 @@ complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "run" -d 'Restor
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l force -d 'Replace an existing snapshot of that name (the old one stays usable until the new one is complete)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l pin -d 'Protect the snapshot from pruning'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l json -d 'Print one JSON document to stdout instead of text'
@@ -60,6 +62,7 @@ none\t''"
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -l allow-stale -d 'Restore even if files named by `fingerprint` changed since the snapshot was made'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
@@ -69,6 +72,7 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -s h -l hel
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -s q -l quiet -d 'Only errors on stderr'
@@ -77,6 +81,7 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -s h -l help -
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s q -l quiet -d 'Only errors on stderr'
@@ -86,6 +91,7 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l keep -d 'H
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l dry-run -d 'Only list what would be removed'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
@@ -95,6 +101,7 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s h -l help 
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -s q -l quiet -d 'Only errors on stderr'
@@ -103,6 +110,7 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -s h -l help
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -s q -l quiet -d 'Only errors on stderr'
@@ -111,6 +119,7 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -s h -l help
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -l all -d 'Check every snapshot in the store'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
@@ -120,6 +129,7 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -s h -l help
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -l full -d 'Hash every live file instead of only those whose size and mtime cannot tell'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
@@ -129,6 +139,7 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -s h -l help
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -l stat -d 'Counts and bytes per node instead of one line per entry'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -l full -d 'Hash every live file instead of only those whose size and mtime cannot tell'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -l json -d 'Print one JSON document to stdout instead of text'
@@ -140,6 +151,7 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l snapshot -d 
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l keep-failed -d 'When the suite fails, snapshot the data it left as NAME-failed-<UTC time>, pinned'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l allow-stale -d 'Restore even if files named by `fingerprint` changed since the snapshot was made'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l json -d 'Print one JSON document to stdout instead of text'

@@ -4,7 +4,7 @@
 # Idempotent: run it as often as you like. Needs root (or sudo) for apt and dockerd.
 set -euo pipefail
 
-packages=(rsync squashfs-tools docker.io busybox-static xfsprogs btrfs-progs hyperfine attr acl python3 util-linux)
+packages=(rsync squashfs-tools docker.io busybox-static xfsprogs btrfs-progs hyperfine attr acl python3 util-linux e2fsprogs gnuplot-nox)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 

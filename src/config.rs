@@ -817,7 +817,7 @@ mod tests {
         for part in [
             "stage-env.cfg line 3",
             "[suite_isolation] mode = \"snapshot\"",
-            "disabled, recreate, filesystem, squashfs",
+            "disabled, recreate, filesystem, squashfs, reflink",
         ] {
             assert!(msg.contains(part), "{msg}");
         }

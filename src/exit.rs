@@ -86,10 +86,17 @@ pub fn fail(code: Code, message: impl Into<String>) -> anyhow::Error {
     })
 }
 
-/// The exit code of an error: the first [`Failure`] in its chain, else 1.
+/// The exit code of an error: the first [`Failure`] in its chain, also one carried inside an
+/// `io::Error` (whose `source` skips what it carries), else 1.
 pub fn code_of(err: &anyhow::Error) -> Code {
     err.chain()
-        .find_map(|e| e.downcast_ref::<Failure>())
+        .find_map(|e| {
+            e.downcast_ref::<Failure>().or_else(|| {
+                e.downcast_ref::<std::io::Error>()?
+                    .get_ref()?
+                    .downcast_ref::<Failure>()
+            })
+        })
         .map_or(Code::Failure, |f| f.code)
 }
 

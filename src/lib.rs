@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod delta;
 pub mod docker;
 pub mod exit;
 pub mod fingerprint;

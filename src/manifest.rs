@@ -7,22 +7,22 @@
 //! bytes. Paths are relative to cache_dir (`data/node1/lib/ca/node.dcert`); names that are
 //! not UTF-8 are stored as `{"hex": "…"}`, so every name round-trips exactly.
 
-use std::collections::HashMap;
-use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::exit::{Code, fail};
 use crate::signals;
+
+pub mod walk;
 
 /// How much of a restored tree `restore` checks against the manifest (`restore_verify`,
 /// `restore --verify`): metadata only, metadata and every file's hash, or nothing.
@@ -82,34 +82,64 @@ impl Serialize for Name {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         match std::str::from_utf8(&self.0) {
             Ok(text) => s.serialize_str(text),
-            Err(_) => NameRepr::Hex { hex: hex(&self.0) }.serialize(s),
+            Err(_) => {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("hex", &hex(&self.0))?;
+                m.end()
+            }
         }
     }
 }
 
+// A visitor rather than an untagged enum, which buffers every value first: restores parse
+// every path of the manifest, and that buffering was a third of their fixed cost.
 impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        match NameRepr::deserialize(d)? {
-            NameRepr::Text(t) => Ok(Name(t.into_bytes())),
-            NameRepr::Hex { hex } => unhex(&hex)
-                .map(Name)
-                .ok_or_else(|| serde::de::Error::custom(format!("invalid hex name {hex:?}"))),
-        }
-    }
-}
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Name;
 
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum NameRepr {
-    Text(String),
-    Hex { hex: String },
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a name as a string or as {\"hex\": \"…\"}")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Name, E> {
+                Ok(Name(v.as_bytes().to_vec()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> std::result::Result<Name, E> {
+                Ok(Name(v.into_bytes()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Name, A::Error> {
+                let mut found = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "hex" {
+                        return Err(serde::de::Error::unknown_field(&key, &["hex"]));
+                    }
+                    let text: String = map.next_value()?;
+                    found = Some(unhex(&text).ok_or_else(|| {
+                        serde::de::Error::custom(format!("invalid hex name {text:?}"))
+                    })?);
+                }
+                found
+                    .map(Name)
+                    .ok_or_else(|| serde::de::Error::missing_field("hex"))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
@@ -208,49 +238,12 @@ impl Manifest {
     /// Walks `root/<include>…` (never following symlinks) into a manifest without content
     /// hashes; [`Manifest::hash`] adds them.
     pub fn scan(root: &Path, include: &[PathBuf]) -> Result<Manifest> {
-        let mut entries = Vec::new();
-        let mut inodes: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
-        for rel in include {
-            for item in walkdir::WalkDir::new(root.join(rel)).sort_by_file_name() {
-                let item = item.map_err(|e| {
-                    let path = e.path().unwrap_or(root).display().to_string();
-                    fail(Code::Failure, format!("cannot read {path}: {e}"))
-                })?;
-                let meta = item
-                    .path()
-                    .symlink_metadata()
-                    .with_context(|| format!("cannot stat {}", item.path().display()))?;
-                let tail = item
-                    .path()
-                    .strip_prefix(root.join(rel))
-                    .unwrap_or(Path::new(""));
-                let path = if tail.as_os_str().is_empty() {
-                    rel.clone()
-                } else {
-                    rel.join(tail)
-                };
-                if !meta.is_dir() && meta.nlink() > 1 {
-                    inodes
-                        .entry((meta.dev(), meta.ino()))
-                        .or_default()
-                        .push(entries.len());
-                }
-                entries.push(entry(item.path(), Name::from_path(&path), &meta)?);
-            }
-        }
-        for members in inodes.values().filter(|m| m.len() > 1) {
-            let first = members.iter().map(|&i| &entries[i].path).min().cloned();
-            for &i in members {
-                entries[i].link = first.clone();
-            }
-        }
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Manifest {
             header: Header {
                 stagesnap_manifest: FORMAT,
                 include: include.iter().map(|p| Name::from_path(p)).collect(),
             },
-            entries,
+            entries: walk::finish(walk::scan(root, include)?).0,
         })
     }
 
@@ -293,18 +286,22 @@ impl Manifest {
         reference: &Manifest,
         all: bool,
     ) -> Result<HashStats> {
-        let by_path: HashMap<&Name, &Entry> =
-            reference.entries.iter().map(|e| (&e.path, e)).collect();
-        let suspects: std::collections::HashSet<Name> = self
-            .entries
-            .iter()
-            .filter(|e| {
-                all || by_path.get(&e.path).is_some_and(|r| {
-                    r.kind == Kind::File && r.size == e.size && r.mtime_ns != e.mtime_ns
-                })
-            })
-            .map(|e| e.path.clone())
-            .collect();
+        // Both sides are sorted by path: one merge, no map of either.
+        let mut suspects = std::collections::HashSet::new();
+        let mut refs = reference.entries.iter().peekable();
+        for e in &self.entries {
+            while refs.next_if(|r| r.path < e.path).is_some() {}
+            let suspect = all
+                || refs.peek().is_some_and(|r| {
+                    r.path == e.path
+                        && r.kind == Kind::File
+                        && r.size == e.size
+                        && r.mtime_ns != e.mtime_ns
+                });
+            if suspect {
+                suspects.insert(e.path.clone());
+            }
+        }
         self.hash(root, |e| suspects.contains(&e.path))
     }
 
@@ -344,115 +341,6 @@ impl Manifest {
     }
 }
 
-fn entry(full: &Path, path: Name, meta: &std::fs::Metadata) -> Result<Entry> {
-    let ft = meta.file_type();
-    let kind = if ft.is_file() {
-        Kind::File
-    } else if ft.is_dir() {
-        Kind::Dir
-    } else if ft.is_symlink() {
-        Kind::Symlink
-    } else if ft.is_fifo() {
-        Kind::Fifo
-    } else if ft.is_socket() {
-        Kind::Socket
-    } else if ft.is_char_device() {
-        Kind::Char
-    } else {
-        Kind::Block
-    };
-    let target = if kind == Kind::Symlink {
-        let t = std::fs::read_link(full)
-            .with_context(|| format!("cannot read symlink {}", full.display()))?;
-        Some(Name::from_path(&t))
-    } else {
-        None
-    };
-    let rdev = matches!(kind, Kind::Char | Kind::Block)
-        .then(|| [libc::major(meta.rdev()), libc::minor(meta.rdev())]);
-    let size = if kind == Kind::File { meta.len() } else { 0 };
-    Ok(Entry {
-        path,
-        kind,
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mtime_ns: meta
-            .mtime()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(meta.mtime_nsec()),
-        size,
-        blake3: None,
-        sparse: kind == Kind::File && meta.blocks().saturating_mul(512) < size,
-        target,
-        rdev,
-        xattrs: xattrs(full)?,
-        link: None,
-    })
-}
-
-/// The entry's own xattrs (llistxattr/lgetxattr: a symlink's, not its target's).
-fn xattrs(path: &Path) -> Result<Vec<Xattr>> {
-    let c = CString::new(path.as_os_str().as_bytes()).context("path contains a NUL byte")?;
-    // SAFETY: valid C string; a null buffer of size 0 asks for the needed size.
-    let names = sized(|buf, len| unsafe { libc::llistxattr(c.as_ptr(), buf.cast(), len) });
-    let names = match names {
-        Ok(n) => n,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP)) => return Ok(vec![]),
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot list xattrs of {}", path.display()));
-        }
-    };
-    let mut out = Vec::new();
-    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let cname = CString::new(name).expect("split at NUL");
-        // SAFETY: valid C strings and a buffer of the given length.
-        let value = sized(|buf, len| unsafe {
-            libc::lgetxattr(c.as_ptr(), cname.as_ptr(), buf.cast(), len)
-        });
-        match value {
-            Ok(v) => out.push(Xattr {
-                name: Name(name.to_vec()),
-                value: hex(&v),
-            }),
-            // Removed between list and get.
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot read xattr {} of {}",
-                        String::from_utf8_lossy(name),
-                        path.display()
-                    )
-                });
-            }
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
-/// Runs a size-probing syscall (`f(null, 0)` returns the size) until the value fits.
-fn sized(f: impl Fn(*mut u8, usize) -> isize) -> std::io::Result<Vec<u8>> {
-    loop {
-        let n = f(std::ptr::null_mut(), 0);
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut buf = vec![0u8; n as usize];
-        let got = f(buf.as_mut_ptr(), buf.len());
-        if got >= 0 {
-            buf.truncate(got as usize);
-            return Ok(buf);
-        }
-        let err = std::io::Error::last_os_error();
-        // ERANGE: the value grew between the two calls.
-        if err.raw_os_error() != Some(libc::ERANGE) {
-            return Err(err);
-        }
-    }
-}
-
 /// blake3 of each file, in order, on up to one thread per core.
 fn hash_files(paths: &[PathBuf]) -> Result<Vec<String>> {
     let threads = std::thread::available_parallelism()
@@ -467,7 +355,7 @@ fn hash_files(paths: &[PathBuf]) -> Result<Vec<String>> {
                 let mut buf = vec![0u8; 1 << 20];
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= paths.len() || signals::interrupted() {
+                    if i >= paths.len() || signals::stop().is_some() {
                         break;
                     }
                     let h = hash_file(&paths[i], &mut buf);

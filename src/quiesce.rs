@@ -8,7 +8,7 @@ use std::fmt;
 use anyhow::Result;
 
 use crate::config::Config;
-use crate::docker::{Docker, State, node_containers};
+use crate::docker::{self, Docker, State, node_containers};
 use crate::exit::one_line;
 use crate::modes::Mode;
 
@@ -181,22 +181,21 @@ fn running_nodes(cfg: &Config, docker: &Docker) -> Result<Vec<String>> {
 /// Without quiescing, one warning when node containers run during the operation. Probes
 /// docker quietly: plain filesystem use must not depend on it.
 fn warn_running(cfg: &Config, docker: Option<&Docker>, op: Op) {
-    let probed;
-    let docker = match docker {
-        Some(d) => d,
-        None => match Docker::installed() {
-            Some(d) => {
-                probed = d;
-                &probed
-            }
-            None => return,
-        },
-    };
     let Ok(nodes) = node_containers(cfg) else {
         return;
     };
     let names: Vec<String> = nodes.iter().map(|n| n.container.clone()).collect();
-    let states = match docker.states(&names) {
+    let asked = match docker {
+        Some(d) => d.states(&names),
+        None => match docker::states_via_socket(&names) {
+            Some(states) => Ok(states),
+            None => match Docker::installed() {
+                Some(d) => d.states(&names),
+                None => return,
+            },
+        },
+    };
+    let states = match asked {
         Ok(states) => states,
         Err(e) => {
             tracing::debug!(error = %one_line(&e), "docker_unavailable");

@@ -494,7 +494,7 @@ level = debug
 cache_dir = ../testing/cache
 
 [suite_isolation]
-# How the state is reset between suites: disabled | recreate | filesystem | squashfs
+# How the state is reset between suites: disabled | recreate | filesystem | squashfs | reflink
 mode = {mode}
 # Name of the snapshot taken of the clean network
 snapshot_name = clean_state

@@ -37,6 +37,7 @@ const LOCK_FILE: &str = ".lock";
 const JOURNAL_FILE: &str = ".restore-journal";
 const STAGING_PREFIX: &str = ".staging-";
 const TRASH_PREFIX: &str = ".trash-";
+const PARKED_SUFFIX: &str = ".old";
 
 /// Snapshot names: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`, so a name is always one plain
 /// path component (no traversal, no hidden files).
@@ -285,8 +286,10 @@ impl Store {
             host: hostname(),
             started: jiff::Timestamp::now().to_string(),
         };
-        file.set_len(0)?;
-        file.write_all(toml::to_string(&holder)?.as_bytes())?;
+        let record = toml::to_string(&holder)?;
+        file.set_len(0)
+            .and_then(|()| file.write_all(record.as_bytes()))
+            .with_context(|| format!("cannot record the lock's holder in {}", path.display()))?;
         Ok(Lock { _file: file })
     }
 
@@ -315,6 +318,8 @@ impl Store {
             }
             match self.read(&name) {
                 Ok(s) => snapshots.push(s),
+                // Deleted (renamed away) since the directory was read: list runs unlocked.
+                Err(_) if !entry.path().exists() => {}
                 Err(e) => unreadable.push(Unreadable {
                     name,
                     problem: crate::exit::one_line(&e),
@@ -458,8 +463,11 @@ impl Store {
         })
     }
 
-    /// Removes what interrupted creates and deletes left behind. Only safe under the lock,
-    /// which guarantees no other process is building or deleting right now.
+    /// Removes what interrupted creates and deletes left behind, and puts back a snapshot
+    /// that a create on a filesystem without RENAME_EXCHANGE had parked (see [`exchange`])
+    /// when it died. Only safe under the lock, which guarantees no other process is building
+    /// or deleting right now. A leftover that cannot be removed is only a warning: it is
+    /// hidden and takes nothing but space.
     pub fn clean_leftovers(&self, _lock: &Lock) -> Result<usize> {
         let mut removed = 0;
         let Ok(rd) = fs::read_dir(&self.dir) else {
@@ -467,14 +475,36 @@ impl Store {
         };
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(STAGING_PREFIX) || name.starts_with(TRASH_PREFIX) {
-                remove_tree(&entry.path())?;
-                tracing::info!(path = %entry.path().display(), "leftover_removed");
-                removed += 1;
+            if let Some(parked) = parked_snapshot(&name)
+                && !self.dir.join(parked).exists()
+            {
+                fs::rename(entry.path(), self.dir.join(parked))
+                    .with_context(|| format!("cannot put {} back", entry.path().display()))?;
+                sync_dir(&self.dir)?;
+                tracing::warn!(name = %parked, "snapshot_recovered: a create that replaced {parked} died half way; the previous {parked} is back");
+            } else if name.starts_with(STAGING_PREFIX) || name.starts_with(TRASH_PREFIX) {
+                match remove_tree(&entry.path()) {
+                    Ok(()) => {
+                        tracing::info!(path = %entry.path().display(), "leftover_removed");
+                        removed += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %entry.path().display(), error = %crate::exit::one_line(&e), "leftover_not_removed")
+                    }
+                }
             }
         }
         Ok(removed)
     }
+}
+
+/// The snapshot name in `.staging-<name>-<pid>.old`, where [`exchange`] parks a snapshot.
+fn parked_snapshot(entry: &str) -> Option<&str> {
+    let (name, pid) = entry
+        .strip_prefix(STAGING_PREFIX)?
+        .strip_suffix(PARKED_SUFFIX)?
+        .rsplit_once('-')?;
+    (validate_name(name).is_ok() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(name)
 }
 
 fn damaged(name: &str, path: &Path, e: &serde_json::Error) -> anyhow::Error {
@@ -676,13 +706,16 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Atomically swaps two directories. Filesystems without RENAME_EXCHANGE get two renames,
-/// with the old snapshot parked under the staging name in between.
+/// Atomically swaps two directories. Filesystems without RENAME_EXCHANGE get three renames,
+/// with the old snapshot parked as `<a>.old` in between, where
+/// [`Store::clean_leftovers`] finds it if the process dies there.
 fn exchange(a: &Path, b: &Path) -> Result<()> {
     match renameat2(a, b, libc::RENAME_EXCHANGE) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            let parked = a.with_extension("old");
+            let mut parked = a.as_os_str().to_owned();
+            parked.push(PARKED_SUFFIX);
+            let parked = PathBuf::from(parked);
             fs::rename(b, &parked)?;
             fs::rename(a, b)?;
             fs::rename(&parked, a)?;
@@ -741,6 +774,33 @@ mod tests {
                 fingerprint: None,
             },
         }
+    }
+
+    #[test]
+    fn a_parked_snapshot_is_put_back_and_other_leftovers_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let lock = store.lock("test", Duration::ZERO).unwrap();
+        // A create replacing a.b died between parking the old one and moving the new one in;
+        // one replacing d died after moving the new one in.
+        for d in [
+            ".staging-a.b-12.old",
+            ".staging-a.b-12",
+            ".staging-d-4.old",
+            "d",
+            ".trash-c-3",
+        ] {
+            fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        fs::write(dir.path().join(".staging-a.b-12.old/meta.json"), "old").unwrap();
+        store.clean_leftovers(&lock).unwrap();
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".lock", "a.b", "d"]);
+        assert_eq!(fs::read(dir.path().join("a.b/meta.json")).unwrap(), b"old");
     }
 
     #[test]

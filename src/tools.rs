@@ -1,11 +1,12 @@
 //! The one layer through which external programs run: locating them, checking versions,
-//! capturing stderr, honouring Ctrl-C, and turning failures into errors that say what
-//! failed and what to do.
+//! capturing stderr, honouring Ctrl-C and `--timeout`, and turning failures into errors that
+//! say what failed and what to do.
 
 use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -129,7 +130,9 @@ impl Tool {
 
 impl Found {
     /// Runs the tool to completion with captured output. A non-zero exit becomes an error that
-    /// names `what` and quotes the end of stderr; Ctrl-C stops the child and returns exit 130.
+    /// names `what` and quotes the end of stderr. Ctrl-C stops the child and returns exit 130,
+    /// an expired `--timeout` stops it and returns exit 1; a child that ignores SIGTERM is
+    /// killed after [`STOP_GRACE`].
     pub fn run<I, S>(&self, args: I, what: &str) -> Result<Output>
     where
         I: IntoIterator<Item = S>,
@@ -158,8 +161,8 @@ impl Found {
         )
     }
 
-    /// [`Found::run`] that finishes even after Ctrl-C: for undoing (unpausing or starting
-    /// containers again), which the signal that triggered the undo must not cut short.
+    /// [`Found::run`] that finishes even after Ctrl-C or `--timeout`: for undoing (unpausing or
+    /// starting containers again), which what triggered the undo must not cut short.
     pub fn run_to_end<I, S>(&self, args: I, what: &str) -> Result<Output>
     where
         I: IntoIterator<Item = S>,
@@ -177,7 +180,7 @@ impl Found {
         &self,
         args: Vec<OsString>,
         what: &str,
-        interruptible: bool,
+        stoppable: bool,
         on_line: Option<&mut (dyn FnMut(&str) + Send)>,
     ) -> Result<Output> {
         tracing::debug!(tool = self.tool.program, ?args, "tool_run");
@@ -188,47 +191,52 @@ impl Found {
             .env("LC_ALL", "C")
             // mksquashfs clamps every file time to SOURCE_DATE_EPOCH when it is set.
             .env_remove("SOURCE_DATE_EPOCH")
+            .before_spawn(|cmd| {
+                tie_to_this_process(cmd);
+                Ok(())
+            })
             .unchecked()
             .reader()
             .with_context(|| format!("cannot start {}", self.path.display()))?;
         // stdout is read on a thread of its own, so the tool never blocks on a full pipe
-        // while this one watches for Ctrl-C.
+        // while this one watches for Ctrl-C and --timeout.
         let (finished, stdout) = std::thread::scope(|s| {
             let reader = s.spawn(|| read_stdout(&handle, on_line));
-            let mut stopped = false;
+            // Why the tool was stopped, and when; then whether it had to be killed.
+            let mut stopping: Option<(signals::Stop, Instant)> = None;
+            let mut killed = false;
             let finished = loop {
                 match handle.try_wait() {
                     Ok(Some(out)) => break Ok(out.clone()),
-                    Ok(None) if interruptible && signals::interrupted() && !stopped => {
-                        for pid in handle.pids() {
-                            // SAFETY: plain kill(2) on our own child's pid.
-                            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                    Ok(None) => match stopping {
+                        None if stoppable => {
+                            if let Some(why) = signals::stop() {
+                                signal_groups(&handle, libc::SIGTERM);
+                                stopping = Some((why, Instant::now()));
+                            }
                         }
-                        stopped = true;
-                    }
-                    Ok(None) => {}
+                        Some((_, since)) if !killed && since.elapsed() >= STOP_GRACE => {
+                            signal_groups(&handle, libc::SIGKILL);
+                            killed = true;
+                        }
+                        _ => {}
+                    },
                     Err(e) => {
                         // Nothing will wait for the tool any more: end it, or the reader
                         // waits for its stdout forever.
-                        let _ = handle.kill();
+                        signal_groups(&handle, libc::SIGKILL);
                         break Err(e);
                     }
                 }
                 std::thread::sleep(Duration::from_millis(10));
             };
             let stdout = reader.join().expect("stdout reader does not panic");
-            (finished.map(|out| (out, stopped)), stdout)
+            (finished.map(|out| (out, stopping)), stdout)
         });
-        let (mut output, stopped) =
+        let (mut output, stopping) =
             finished.with_context(|| format!("cannot wait for {}", self.path.display()))?;
-        if stopped {
-            return Err(fail(
-                Code::Interrupted,
-                format!(
-                    "interrupted while {what}; {} was stopped",
-                    self.tool.program
-                ),
-            ));
+        if let Some((why, _)) = stopping {
+            return Err(why.error(&format!(" while {what}; {} was stopped", self.tool.program)));
         }
         output.stdout =
             stdout.with_context(|| format!("cannot read the output of {}", self.tool.program))?;
@@ -246,18 +254,49 @@ impl Found {
             Some(c) => format!("exit {c}"),
             None => "killed by a signal".to_string(),
         };
-        let hint = if stderr.contains("No space left on device") {
-            "; free space or move snapshots_dir to a larger filesystem"
-        } else {
-            ""
-        };
         fail(
             Code::Failure,
             format!(
-                "{} failed ({status}) while {what}: {tail}{hint}",
+                "{} failed ({status}) while {what}: {tail}",
                 self.tool.program
             ),
         )
+    }
+}
+
+/// How long a tool asked to stop (SIGTERM) gets before it is killed, as `docker stop` waits.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Makes a tool about to be spawned the leader of its own process group, so that stopping
+/// the group also stops whatever the tool started (rsync's receiver, a script's children)
+/// and a terminal's Ctrl-C reaches stagesnap alone, which then stops the tool in order;
+/// and has the kernel kill it when stagesnap dies, so that a stagesnap killed with SIGKILL
+/// leaves no rsync or mksquashfs writing into the store or the live data. (The kernel does so
+/// when the spawning *thread* ends: [`Found::exec`] waits for the tool on that thread.)
+fn tie_to_this_process(cmd: &mut std::process::Command) {
+    cmd.process_group(0);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the hook runs between fork and exec and only calls prctl, getppid and raise,
+    // which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // stagesnap died before the prctl took effect.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        })
+    };
+}
+
+/// Sends `signal` to the process group of every process the handle started.
+fn signal_groups(handle: &duct::ReaderHandle, signal: libc::c_int) {
+    for pid in handle.pids() {
+        // SAFETY: plain kill(2) on the process group our own child leads.
+        unsafe { libc::kill(-(pid as libc::pid_t), signal) };
     }
 }
 

@@ -33,12 +33,16 @@ impl Totals {
 
 pub fn totals(root: &Path) -> Result<Totals> {
     let mut t = Totals::default();
+    // A hardlinked file's blocks count once, as on disk.
+    let mut linked = std::collections::HashSet::new();
     for entry in walkdir::WalkDir::new(root) {
         let entry = entry.with_context(|| format!("cannot read {}", root.display()))?;
         let meta = entry
             .metadata()
             .with_context(|| format!("cannot stat {}", entry.path().display()))?;
-        t.allocated += meta.blocks() * 512;
+        if meta.is_dir() || meta.nlink() == 1 || linked.insert((meta.dev(), meta.ino())) {
+            t.allocated += meta.blocks() * 512;
+        }
         if !meta.is_dir() {
             t.files += 1;
         }
@@ -70,7 +74,8 @@ impl Live {
     }
 
     /// Fails (exit 2) unless cache_dir and every included path exist and are real
-    /// directories or files, not symlinks (a symlinked include would be replaced, not filled).
+    /// directories or files, not symlinks (a symlinked include would be replaced, not
+    /// filled), and hold only plain node directories (see [`Live::check_nodes`]).
     pub fn check_present(&self) -> Result<()> {
         if !self.cache_dir.is_dir() {
             return Err(fail(
@@ -105,6 +110,55 @@ impl Live {
                 }
                 Ok(_) => {}
             }
+        }
+        self.check_nodes()
+    }
+
+    /// Refuses a node directory that is a symlink, whose data lives elsewhere and would not
+    /// be captured (only the link would), and any mount point below an included path (a
+    /// bind mount or another filesystem, which st_dev alone misses for bind mounts of the
+    /// same filesystem): a restore would empty and refill whatever is mounted there.
+    fn check_nodes(&self) -> Result<()> {
+        let refuse = |path: &Path, what: String| {
+            Err(fail(
+                Code::Usage,
+                format!(
+                    "{} {what}; stagesnap snapshots only plain directories below the included paths. Leave that node out of include or make it a plain directory",
+                    path.display()
+                ),
+            ))
+        };
+        for rel in &self.include {
+            let Ok(rd) = std::fs::read_dir(self.path(rel)) else {
+                continue;
+            };
+            for entry in rd.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_symlink()) && entry.path().is_dir() {
+                    let target = std::fs::read_link(entry.path()).unwrap_or_default();
+                    return refuse(
+                        &entry.path(),
+                        format!(
+                            "is a symlink to the directory {}: the node's data lives there and would not be captured",
+                            target.display()
+                        ),
+                    );
+                }
+            }
+        }
+        let included: Vec<PathBuf> = self
+            .include
+            .iter()
+            .map(|r| resolve(&self.path(r)))
+            .collect();
+        if let Some(mount) = mount_points()
+            .into_iter()
+            .find(|m| included.iter().any(|inc| m.starts_with(inc) && m != inc))
+        {
+            return refuse(
+                &mount,
+                "is a mount point: a restore would empty and refill the filesystem mounted there"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -154,6 +208,39 @@ impl Live {
         }
         Ok(())
     }
+}
+
+/// Every mount point in this process's mount namespace (none when /proc is not mounted).
+fn mount_points() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_octal(field))))
+        .collect()
+}
+
+/// A mountinfo field with its `\ooo` escapes (space, tab, newline, backslash) decoded.
+fn unescape_octal(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let code = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(c);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// `node2` before `node10`.
@@ -315,6 +402,12 @@ mod tests {
             live.check_store_outside(&dir.path().join("cache/other"))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_octal(r"/a\040b\134c\011"), b"/a b\\c\t");
+        assert_eq!(unescape_octal(r"/plain\9"), br"/plain\9");
     }
 
     #[test]

@@ -5,35 +5,15 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::Env;
+use common::docker::{DATA_PATH, Net, docker};
 
 const MB: u64 = 1 << 20;
-const IMAGE: &str = "stagesnap-test:busybox";
-const DATA_PATH: &str = "/opt/cellframe-node/var";
-/// A node that appends to its log five times a second, as a real node logs all the time.
-const TICKER: &str =
-    "while true; do echo tick >> /opt/cellframe-node/var/log/cellframe-node.log; sleep 0.2; done";
 const LOG: &str = "./log/cellframe-node.log";
-
-/// `docker args…`, which must succeed; its stdout.
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run docker ({e}); these tests need docker: run scripts/setup.sh")
-        });
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}\n(these tests need a running dockerd and the {IMAGE} image: run scripts/setup.sh)",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn sh(script: &str) -> String {
     let out = Command::new("sh")
@@ -53,88 +33,6 @@ fn sh(script: &str) -> String {
 /// `path  md5` of every regular file below the current directory, sorted by path; the same
 /// script runs on the host and in the containers' busybox.
 const HASH_FILES: &str = "find . -type f | LC_ALL=C sort | while read -r f; do md5sum \"$f\"; done";
-
-/// A sample environment whose node directories are bind-mounted into running containers,
-/// one per node, removed when dropped (also when a test fails).
-struct Net {
-    env: Env,
-    names: Vec<String>,
-}
-
-impl Net {
-    fn start(nodes: u32) -> Net {
-        let env = Env::sample(nodes, 2 * MB);
-        // The temporary directory's random name keeps parallel tests' containers apart.
-        let prefix = format!("ssnap-{}", env.root.file_name().unwrap().to_string_lossy());
-        env.set("container_name", &format!("{prefix}-{{n}}"));
-        let mut net = Net {
-            env,
-            names: Vec::new(),
-        };
-        for n in 1..=nodes {
-            let name = format!("{prefix}-{n}");
-            net.names.push(name.clone());
-            let mount = format!(
-                "{}:{DATA_PATH}",
-                net.env.data().join(format!("node{n}")).display()
-            );
-            docker(&[
-                "run", "-d", "--init", "--name", &name, "-v", &mount, IMAGE, "sh", "-c", TICKER,
-            ]);
-        }
-        // Let every node write its first ticks.
-        std::thread::sleep(Duration::from_millis(500));
-        net
-    }
-
-    fn state(&self, name: &str) -> String {
-        docker(&["inspect", "--format", "{{.State.Status}}", name])
-            .trim()
-            .to_string()
-    }
-
-    fn states(&self) -> Vec<String> {
-        self.names.iter().map(|n| self.state(n)).collect()
-    }
-
-    fn started_at(&self) -> Vec<String> {
-        self.names
-            .iter()
-            .map(|n| {
-                docker(&["inspect", "--format", "{{.State.StartedAt}}", n])
-                    .trim()
-                    .to_string()
-            })
-            .collect()
-    }
-
-    /// `sh -c script` inside container `name`, in the node's data directory.
-    fn exec(&self, name: &str, script: &str) -> String {
-        docker(&[
-            "exec",
-            name,
-            "sh",
-            "-c",
-            &format!("cd {DATA_PATH} && {script}"),
-        ])
-    }
-
-    fn snapshot_node(&self, snapshot: &str, n: usize) -> PathBuf {
-        self.env
-            .snapshots()
-            .join(snapshot)
-            .join("payload/data")
-            .join(format!("node{}", n + 1))
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let mut args = vec!["rm", "-f"];
-        args.extend(self.names.iter().map(String::as_str));
-        let _ = Command::new("docker").args(&args).output();
-    }
-}
 
 fn without_log(listing: &str) -> String {
     listing
@@ -406,16 +304,21 @@ fn failed_restore_falls_back_to_recreate_and_exits_6() {
     );
 }
 
-/// A directory holding an `rsync` that reports the real one's version and otherwise runs
-/// `body` (sh), for failures and delays the real rsync cannot be made to have.
-fn fake_rsync(dir: &Path, body: &str) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let real = sh("command -v rsync").trim().to_string();
-    let path = dir.join("rsync");
-    let script = format!("#!/bin/sh\n[ \"$1\" = --version ] && exec {real} --version\n{body}\n");
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    format!("{}:{}", dir.display(), std::env::var("PATH").unwrap())
+/// Makes `path` immutable (`chattr +i`) until dropped: even root then cannot replace or
+/// rewrite it, a fault the restore really meets.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn new(path: std::path::PathBuf) -> Immutable {
+        sh(&format!("chattr +i '{}'", path.display()));
+        Immutable(path)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
 }
 
 #[test]
@@ -424,19 +327,16 @@ fn quiesced_containers_run_again_after_a_failed_restore_and_others_stay_as_they_
     let env = &net.env;
     env.run(&["create"], 0);
     docker(&["stop", &net.names[2]]);
-    let fake = tempfile::tempdir().unwrap();
-    let path = fake_rsync(fake.path(), "echo 'rsync: simulated failure' >&2; exit 23");
+    // The fault: a file the suite changed that the restore cannot rewrite.
+    let stuck = env.data().join("node1/lib/global_db/mdbx.lck");
+    std::fs::write(&stuck, b"changed by the suite").unwrap();
+    let _immutable = Immutable::new(stuck);
     for how in ["stop", "pause"] {
         env.set("quiesce", how);
-        let out = env
-            .cmd()
-            .env("PATH", &path)
-            .arg("restore")
-            .output()
-            .unwrap();
+        let out = env.cmd().arg("restore").output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{how}: {stderr}");
-        assert!(stderr.contains("simulated failure"), "{stderr}");
+        assert!(stderr.contains("mdbx.lck"), "{stderr}");
         for event in ["container_stopped", "container_paused", "container_started"] {
             let touched = format!("{event} name={} ", net.names[2]);
             assert!(
@@ -462,12 +362,25 @@ fn quiesced_containers_run_again_after_a_failed_restore_and_others_stay_as_they_
 fn ctrl_c_during_a_quiesced_restore_starts_the_containers_again() {
     let net = Net::start(2);
     let env = &net.env;
+    env.set("mode", "squashfs");
+    env.set("squashfs_restore", "mount");
     env.run(&["create"], 0);
     env.set("quiesce", "stop");
-    let fake = tempfile::tempdir().unwrap();
-    let path = fake_rsync(
-        fake.path(),
-        &format!("sleep 5; exec {} \"$@\"", sh("command -v rsync").trim()),
+    // The delay: a `mount` that waits before mounting, so Ctrl-C lands mid-restore.
+    let slow = tempfile::tempdir().unwrap();
+    let real = sh("command -v mount").trim().to_string();
+    let wrapper = slow.path().join("mount");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nsleep 5\nexec {real} \"$@\"\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        slow.path().display(),
+        std::env::var("PATH").unwrap()
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_stagesnap"))
         .arg("restore")

@@ -8,6 +8,7 @@
 //! - mtimes are compared to the nanosecond in every row. squashfs images hold whole seconds
 //!   only, and squashfs mode restores the nanoseconds from its fixups file, so it needs no
 //!   exception; a mode that could not would have to declare one here;
+//! - reflink rows run on XFS (reflink=1) and btrfs images each test makes and loop-mounts;
 //! - a mode that cannot store POSIX ACLs (squashfs keeps only user., trusted. and security.
 //!   xattrs, and refuses to snapshot a tree with ACLs rather than drop them) gets a tree
 //!   without them. That is the only exception, stated here rather than hidden in the oracle.
@@ -21,7 +22,8 @@ use std::os::unix::fs::{PermissionsExt, lchown, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Env, assert_same_tree, is_root, treestate};
+use common::{Env, LoopMount, assert_same_tree, is_root, treestate};
+use stagesnap::sample::GenerateOptions;
 
 const MB: u64 = 1 << 20;
 
@@ -31,12 +33,15 @@ struct Row {
     set: &'static [(&'static str, &'static str)],
     /// Whether the mode stores POSIX ACLs (`system.posix_acl_*` xattrs).
     acls: bool,
+    /// The filesystem the environment lives on: a loop-mounted one, or the temp dir's.
+    fs: Option<&'static str>,
 }
 
 const FILESYSTEM: Row = Row {
     mode: "filesystem",
     set: &[],
     acls: true,
+    fs: None,
 };
 
 /// squashfs images hold no system.* xattrs.
@@ -44,6 +49,21 @@ const SQUASHFS: Row = Row {
     mode: "squashfs",
     set: &[("squashfs_compression", "none")],
     acls: false,
+    fs: None,
+};
+
+const REFLINK_XFS: Row = Row {
+    mode: "reflink",
+    set: &[],
+    acls: true,
+    fs: Some("xfs"),
+};
+
+const REFLINK_BTRFS: Row = Row {
+    mode: "reflink",
+    set: &[],
+    acls: true,
+    fs: Some("btrfs"),
 };
 
 #[test]
@@ -56,12 +76,31 @@ fn squashfs_mode_is_exact_without_acls() {
     fidelity(&SQUASHFS);
 }
 
+#[test]
+fn reflink_mode_is_exact_on_xfs() {
+    fidelity(&REFLINK_XFS);
+}
+
+#[test]
+fn reflink_mode_is_exact_on_btrfs() {
+    fidelity(&REFLINK_BTRFS);
+}
+
 fn fidelity(row: &Row) {
     assert!(
         is_root(),
         "the fidelity test sets owners and devices: run it as root (scripts/test.sh does)"
     );
-    let env = Env::sample(2, 2 * MB);
+    let mount = row.fs.map(LoopMount::new);
+    let opts = GenerateOptions {
+        nodes: 2,
+        size: 2 * MB,
+        ..Default::default()
+    };
+    let env = match &mount {
+        Some(m) => Env::with_options_in(&m.mnt, opts),
+        None => Env::with_options(opts),
+    };
     env.set("mode", row.mode);
     for (k, v) in row.set {
         env.set(k, v);

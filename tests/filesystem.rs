@@ -9,7 +9,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use std::process::Command;
 
-use common::{Env, assert_same_tree, dir_inodes, is_root, treestate};
+use common::{Env, assert_same_tree, dir_inodes, inode, is_root, treestate};
 
 const MB: u64 = 1 << 20;
 
@@ -39,6 +39,29 @@ fn restore_after_suite_is_exact_and_keeps_directory_inodes() {
     let again = env.json(&["restore"], 0);
     assert_eq!(again["files_rewritten"], 0);
     assert_same_tree(&treestate(&env.data()), &before);
+}
+
+/// A database rewritten in place (a few pages, same size) costs only those pages: the file
+/// keeps its inode and the restore writes two pages, not the file.
+#[test]
+fn a_file_changed_in_place_is_repaired_page_by_page() {
+    let env = Env::sample(1, 8 * MB);
+    let db = env.data().join("node1/lib/global_db/mdbx.dat");
+    let before = treestate(&env.data());
+    let ino = inode(&db);
+    env.run(&["create"], 0);
+    let f = fs::OpenOptions::new().write(true).open(&db).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&[0xab; 100], 3 * 4096 + 10).unwrap();
+    f.write_all_at(&[0xcd; 4096], 7 * 4096).unwrap();
+    drop(f);
+
+    let restored = env.json(&["restore"], 0);
+    assert_eq!(restored["files_rewritten"], 1, "{restored}");
+    assert_eq!(restored["bytes_rewritten"], 2 * 4096, "{restored}");
+    assert_eq!(restored["entries_deleted"], 0, "{restored}");
+    assert_same_tree(&treestate(&env.data()), &before);
+    assert_eq!(inode(&db), ino, "the database was replaced, not repaired");
 }
 
 fn set_xattr(path: &Path, name: &str, value: &[u8]) {

@@ -570,48 +570,58 @@ fn mount_failure_falls_back_only_under_auto() {
     assert_same_tree(&treestate(&env.data()), &clean);
 }
 
-/// The image is unmounted and its mount point removed when rsync fails and on Ctrl-C.
+/// The image is unmounted and its mount point removed when the restore fails and on Ctrl-C,
+/// even one that comes while `mount` is still running.
 #[test]
 fn mount_is_undone_on_failure_and_interrupt() {
     require_root();
     let env = squashfs_env(2, MB, "none", "mount");
     env.run(&["create"], 0);
     env.suite(4);
-    let version =
-        "[ \"$1\" = --version ] && { echo 'rsync  version 3.2.7  protocol version 31'; exit 0; }";
-    let restore = |path: &str| {
-        Command::new(assert_cmd::cargo::cargo_bin("stagesnap"))
-            .arg("restore")
+    let restore = |path: Option<&str>| {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("stagesnap"));
+        cmd.arg("restore")
             .current_dir(env.config().parent().unwrap())
-            .env("PATH", path)
             .env("NO_COLOR", "1")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+            .stderr(std::process::Stdio::piped());
+        if let Some(path) = path {
+            cmd.env("PATH", path);
+        }
+        cmd.spawn().unwrap()
     };
     let undone = |marker: &str| {
         !stagesnap_mounts().iter().any(|m| m.contains(marker)) && leftovers(marker).is_empty()
     };
 
-    let failing = fake_path(
+    // A file the suite changed that even root cannot rewrite: the copy from the mount fails.
+    let db = env.data().join("node1/lib/global_db/mdbx.dat");
+    let chattr = |flag: &str| {
+        let status = Command::new("chattr").arg(flag).arg(&db).status().unwrap();
+        assert!(status.success(), "chattr {flag}");
+    };
+    chattr("+i");
+    let child = restore(None);
+    let marker = format!("stagesnap-mount-{}-", child.id());
+    let out = child.wait_with_output().unwrap();
+    chattr("-i");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("mdbx.dat"), "{stderr}");
+    assert!(undone(&marker), "mount left after a failure: {stderr}");
+
+    // A mount that takes its time: Ctrl-C arrives with the image mounted and `mount` running.
+    let real = which("mount");
+    let slow = fake_path(
         &env,
         &[(
-            "rsync",
+            "mount",
             &format!(
-                "{version}\necho 'rsync: write failed: No space left on device (28)' >&2; exit 11"
+                "[ \"$1\" = --version ] && exec {real} --version\n{real} \"$@\" || exit $?\nsleep 60",
+                real = real.display()
             ),
         )],
     );
-    let child = restore(&failing);
-    let marker = format!("stagesnap-mount-{}-", child.id());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("No space left on device"), "{stderr}");
-    assert!(undone(&marker), "mount left after a failure: {stderr}");
-
-    let slow = fake_path(&env, &[("rsync", &format!("{version}\nsleep 60"))]);
-    let child = restore(&slow);
+    let child = restore(Some(&slow));
     let marker = format!("stagesnap-mount-{}-", child.id());
     let started = Instant::now();
     while !stagesnap_mounts().iter().any(|m| m.contains(&marker)) {
@@ -627,6 +637,8 @@ fn mount_is_undone_on_failure_and_interrupt() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(undone(&marker), "mount left after Ctrl-C: {stderr}");
+
+    env.run(&["restore"], 0);
 }
 
 /// Mount points named `marker` left in the temporary directory.
@@ -647,28 +659,8 @@ fn non_root_restore_of_root_owned_data_fails_untouched() {
     env.run(&["create"], 0);
     env.suite(2);
     let dirty = treestate(&env.data());
-    // Let uid 65534 reach the environment, the store and its lock, but not own the data.
-    for dir in env
-        .root
-        .ancestors()
-        .take_while(|p| p.starts_with(std::env::temp_dir()) && *p != std::env::temp_dir())
-    {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    fs::set_permissions(env.snapshots(), fs::Permissions::from_mode(0o777)).unwrap();
-    fs::set_permissions(
-        env.snapshots().join(".lock"),
-        fs::Permissions::from_mode(0o666),
-    )
-    .unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(assert_cmd::cargo::cargo_bin("stagesnap"))
-        .arg("restore")
-        .current_dir(env.config().parent().unwrap())
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    common::open_to_others(&env);
+    let out = env.std_cmd_as_nobody().arg("restore").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{docker_for, load_config, lock_timeout, prepare_configured, store};
 use crate::cli::{CreateArgs, GlobalArgs};
 use crate::config::Config;
-use crate::exit::{Code, fail};
+use crate::exit::{Code, fail, one_line};
 use crate::fingerprint::Fingerprint;
 use crate::manifest::Manifest;
 use crate::modes::{Mode, ModeContext};
@@ -19,7 +19,7 @@ use crate::store::{
     Lock, ManifestRef, Meta, SCHEMA, Snapshot, Staging, Store, prune_plan, validate_name,
 };
 use crate::tools::Found;
-use crate::tree::{Live, human_bytes};
+use crate::tree::{Live, Totals, free_bytes, human_bytes};
 
 #[derive(Serialize)]
 struct Created {
@@ -126,6 +126,72 @@ pub(super) fn summary_line(
     )
 }
 
+/// The store's free space against what a snapshot needs.
+struct Space<'a> {
+    store: &'a Store,
+    /// What the mode says the snapshot will take, when it can tell beforehand.
+    needed: Option<u64>,
+    /// The included data's size on disk, the most any mode stores.
+    on_disk: u64,
+    /// Free in snapshots_dir before the create started.
+    free: u64,
+}
+
+impl<'a> Space<'a> {
+    /// Fails (exit 1), before anything is written, when the mode can tell that the
+    /// snapshot will not fit.
+    fn check(store: &'a Store, mode: &dyn Mode, data: &Totals, name: &str) -> Result<Space<'a>> {
+        let space = Space {
+            store,
+            needed: mode.space_needed(data),
+            on_disk: data.allocated,
+            free: free_bytes(store.dir())?,
+        };
+        if space.needed.is_some_and(|n| n > space.free) {
+            return Err(fail(
+                Code::Failure,
+                format!(
+                    "not enough space in snapshots_dir {} for snapshot {name}: it needs {}, {} are free; nothing was changed. Free space there or move snapshots_dir to a larger filesystem",
+                    store.dir().display(),
+                    space.needs(),
+                    human_bytes(space.free)
+                ),
+            ));
+        }
+        Ok(space)
+    }
+
+    fn needs(&self) -> String {
+        match self.needed {
+            Some(n) => format!("about {}", human_bytes(n)),
+            None => format!(
+                "up to {} (the included data's size on disk)",
+                human_bytes(self.on_disk)
+            ),
+        }
+    }
+
+    /// `err`, said as what it is when the store filled up (the data grew, another process
+    /// wrote there, or the mode could not tell beforehand). By then the partial snapshot is
+    /// gone: the staging directory removes itself when the create fails.
+    fn explain_if_full(&self, err: anyhow::Error, name: &str) -> anyhow::Error {
+        // Tools run with LC_ALL=C and Rust's own io errors are untranslated, so the text is stable.
+        let text = one_line(&err);
+        if !text.contains("No space left on device") && !text.contains("Disk quota exceeded") {
+            return err;
+        }
+        fail(
+            Code::Failure,
+            format!(
+                "snapshots_dir {} ran out of space while snapshot {name} was created ({text}): it needs {}, {} were free when it started. The partial snapshot was removed and existing snapshots are unchanged; free space there or move snapshots_dir to a larger filesystem",
+                self.store.dir().display(),
+                self.needs(),
+                human_bytes(self.free)
+            ),
+        )
+    }
+}
+
 impl Created {
     fn skipped(name: &str, mode: &dyn Mode) -> Created {
         Created {
@@ -155,8 +221,17 @@ pub(super) struct Job<'a> {
 
 impl Job<'_> {
     /// Builds snapshot `name` in staging and moves it into place (replacing any old one
-    /// atomically). The old snapshot is untouched until the new one is complete.
+    /// atomically). The old snapshot is untouched until the new one is complete. Refuses to
+    /// start when the store has clearly too little space, and says how much is needed when
+    /// it fills up anyway.
     pub fn create(&self, name: &str, pin: bool) -> Result<Snapshot> {
+        let data = self.live.totals()?;
+        let space = Space::check(self.store, self.mode, &data, name)?;
+        self.build(name, pin, data)
+            .map_err(|e| space.explain_if_full(e, name))
+    }
+
+    fn build(&self, name: &str, pin: bool, data: Totals) -> Result<Snapshot> {
         let started = Instant::now();
         let staging = self.store.begin(name, self.lock)?;
         let _bars = self
@@ -172,7 +247,6 @@ impl Job<'_> {
         crate::signals::check()?;
         progress::step("writing the manifest");
         let manifest = self.manifest(&ctx, &staging)?;
-        let data = self.live.totals()?;
         let stored = crate::tree::totals(staging.dir())?;
         let meta = Meta {
             schema: SCHEMA,
@@ -220,7 +294,11 @@ impl Job<'_> {
         }
         let started = Instant::now();
         let tree = self.mode.captured_tree(ctx, &staging.payload());
-        let manifest = Manifest::capture(&tree, &self.live.include)?;
+        let manifest = if self.mode.hashes_content() {
+            Manifest::capture(&tree, &self.live.include)?
+        } else {
+            Manifest::scan(&tree, &self.live.include)?
+        };
         let stored = staging.write_manifest(&manifest)?;
         let (files, bytes) = manifest.totals();
         tracing::info!(

@@ -21,6 +21,7 @@ pub fn run(g: &GlobalArgs, args: &DeleteArgs) -> Result<Report> {
     prepare_configured(&cfg)?;
     let store = store(&cfg);
     let lock = store.lock(&format!("delete {}", args.names.join(" ")), lock_timeout(g))?;
+    store.clean_leftovers(&lock)?;
     // Every name must exist before anything is removed: a typo changes nothing.
     for name in &args.names {
         store.get(name)?;

@@ -29,6 +29,7 @@ mod verify;
 
 pub fn run(cli: &Cli) -> Result<Report> {
     let g = &cli.global;
+    crate::signals::arm(g.timeout);
     match &cli.command {
         Command::Create(args) => create::run(g, args),
         Command::Restore(args) => restore::run(g, args),

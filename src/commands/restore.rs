@@ -68,6 +68,7 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
     live.check_store_outside(cfg.snapshots_dir())?;
     let store = store(&cfg);
     let lock = store.lock(&format!("restore {name}"), lock_timeout(g))?;
+    store.clean_leftovers(&lock)?;
     let started = Instant::now();
 
     if !store.exists(&name) {
@@ -81,7 +82,6 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
             ));
         }
         tracing::warn!(name = %name, "snapshot_missing: snapshot {name} does not exist; auto_create_on_startup is on, so it is created from the current data");
-        store.clean_leftovers(&lock)?;
         let job = Job {
             cfg: &cfg,
             live: &live,
@@ -247,6 +247,7 @@ fn restore_snapshot(
     // Prove the snapshot usable before the first byte of live data changes.
     mode.verify(&ctx, snap)?;
     let expected = expected_manifest(snap, mode.as_ref(), guard.verify)?;
+    let check = guard.verify != "none";
     if mode.writes_live_data()
         && let Some(path) = snap
             .meta
@@ -268,13 +269,15 @@ fn restore_snapshot(
     // Checked before the containers come back, which would change the data at once.
     let stats = quiesce::around(cfg, docker, mode.as_ref(), Op::Restore, || {
         let journal = guard.store.begin_restore(name, guard.lock)?;
-        let result = mode.restore(&ctx, snap).and_then(|stats| {
-            if let Some(expected) = &expected {
-                progress::step("checking the result");
-                check_restored(live, snap, expected, guard.verify == "full")?;
-            }
-            Ok(stats)
-        });
+        let result = mode
+            .restore(&ctx, snap, expected.as_ref())
+            .and_then(|done| {
+                if let Some(expected) = expected.as_ref().filter(|_| check) {
+                    progress::step("checking the result");
+                    check_restored(live, snap, expected, guard.verify == "full", done.seen)?;
+                }
+                Ok(done.stats)
+            });
         // The restore's own error wins over one from the journal.
         let ended = journal.end(&result);
         result.and_then(|stats| ended.map(|()| stats))
@@ -282,13 +285,16 @@ fn restore_snapshot(
     Ok((kind, stats))
 }
 
-/// The manifest a restore is checked against, read (and its digest checked) before anything
-/// changes; None when checking is off or the snapshot has none to check against.
+/// The manifest a restore works from and is checked against, read (and its digest checked)
+/// before anything changes; None when the mode restores no data or the snapshot has none.
 fn expected_manifest(snap: &Snapshot, mode: &dyn Mode, level: &str) -> Result<Option<Manifest>> {
-    if level == "none" || !mode.writes_live_data() {
+    if !mode.writes_live_data() {
         return Ok(None);
     }
     if snap.meta.manifest.is_none() {
+        if level == "none" {
+            return Ok(None);
+        }
         tracing::warn!(
             name = %snap.meta.name,
             "restore_unverified: snapshot {} has no manifest (an older stagesnap made it), so the restore cannot be checked; recreate it with `stagesnap create {} --force`",
@@ -301,10 +307,23 @@ fn expected_manifest(snap: &Snapshot, mode: &dyn Mode, level: &str) -> Result<Op
 }
 
 /// Fails (exit 1, listing the first differences) unless the live data now matches the
-/// manifest: metadata always, and every file's hash when `full`.
-fn check_restored(live: &Live, snap: &Snapshot, expected: &Manifest, full: bool) -> Result<()> {
+/// manifest: metadata always, and every file's hash when `full`. `seen` is the live data as
+/// the mode's restore left it, when it looked at every entry; else the data is scanned.
+fn check_restored(
+    live: &Live,
+    snap: &Snapshot,
+    expected: &Manifest,
+    full: bool,
+    seen: Option<Manifest>,
+) -> Result<()> {
     let started = Instant::now();
-    let now = manifest::scan_live(&live.cache_dir, &snap.meta.include, expected, full)?;
+    let now = match seen {
+        Some(mut seen) => {
+            seen.hash_against(&live.cache_dir, expected, full)?;
+            seen
+        }
+        None => manifest::scan_live(&live.cache_dir, &snap.meta.include, expected, full)?,
+    };
     let changes = manifest::compare(expected, &now);
     tracing::info!(
         name = %snap.meta.name,

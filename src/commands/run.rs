@@ -95,6 +95,8 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<Report> {
             tracing::info!("keep_failed_skipped: the suite was interrupted");
         } else {
             let kept = kept_name(&name, jiff::Timestamp::now());
+            // --timeout bounds the restore and this snapshot, not the suite between them.
+            crate::signals::arm(g.timeout);
             let created = super::create::run(
                 g,
                 &CreateArgs {

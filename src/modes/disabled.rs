@@ -4,7 +4,8 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::{Mode, ModeContext, ModeKind, RestoreStats};
+use super::{Mode, ModeContext, ModeKind, Restoration, RestoreStats};
+use crate::manifest::Manifest;
 use crate::store::Snapshot;
 use crate::tools::Tool;
 
@@ -31,7 +32,7 @@ impl Mode for Disabled {
         Ok(())
     }
 
-    fn restore(&self, _: &ModeContext, _: &Snapshot) -> Result<RestoreStats> {
-        Ok(RestoreStats::default())
+    fn restore(&self, _: &ModeContext, _: &Snapshot, _: Option<&Manifest>) -> Result<Restoration> {
+        Ok(RestoreStats::default().into())
     }
 }

@@ -1,18 +1,21 @@
-//! `filesystem`: a snapshot is an rsync copy of the included paths; restore is an in-place
-//! rsync delta (`--delete`), which rewrites only what differs and never replaces the
-//! included or node directories themselves (containers' bind mounts stay valid).
+//! `filesystem`: a snapshot is an rsync copy of the included paths; restore is the delta
+//! engine's in-place repair from that copy (see [`crate::delta`]), which rewrites only what
+//! differs and never replaces the included or node directories themselves (containers' bind
+//! mounts stay valid).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::{Mode, ModeContext, ModeKind, RestoreStats, Verified};
+use super::{Mode, ModeContext, ModeKind, Restoration, Verified};
+use crate::delta::Content;
 use crate::exit::{Code, fail};
 use crate::manifest::{self, Manifest};
 use crate::progress;
 use crate::store::Snapshot;
 use crate::tools::{Found, RSYNC, Tool};
+use crate::tree::Totals;
 
 pub struct Filesystem;
 
@@ -24,12 +27,10 @@ pub struct Filesystem;
 const PRESERVE: &[&str] = &["-aHAXS", "--numeric-ids", "--modify-window=-1"];
 
 /// What rsync is asked to print while progress bars are drawn: `--info=progress2` the bytes
-/// copied so far (inside a large file too) and the entries left to check (`to-chk=N/M`, with M
-/// right from the start as `--no-inc-recursive` lists every file first), and `--out-format`
-/// each file's name as its transfer starts, so the bytes that follow count for its node.
-/// Reading that costs next to nothing and, unlike watching the destination grow, also shows a
-/// delta restore, which rewrites files in place.
-const PROGRESS: &[&str] = &["--info=progress2", "--no-inc-recursive", "--out-format=%n"];
+/// copied so far (inside a large file too), and `--out-format` each file's name as its
+/// transfer starts, so the bytes that follow count for its node. Reading that costs next to
+/// nothing.
+const PROGRESS: &[&str] = &["--info=progress2", "--out-format=%n"];
 
 impl Mode for Filesystem {
     fn kind(&self) -> ModeKind {
@@ -38,6 +39,11 @@ impl Mode for Filesystem {
 
     fn tools(&self) -> &'static [Tool] {
         &[RSYNC]
+    }
+
+    /// A copy takes what the data takes (rsync -H and -S keep hardlinks and holes).
+    fn space_needed(&self, data: &Totals) -> Option<u64> {
+        Some(data.allocated)
     }
 
     fn create(&self, ctx: &ModeContext, payload: &Path) -> Result<serde_json::Value> {
@@ -51,7 +57,6 @@ impl Mode for Filesystem {
             sync(
                 rsync,
                 (&src, &dst, rel),
-                &[],
                 &format!("copying {} into the snapshot", src.display()),
             )?;
         }
@@ -59,20 +64,7 @@ impl Mode for Filesystem {
     }
 
     fn verify(&self, _: &ModeContext, snapshot: &Snapshot) -> Result<()> {
-        for rel in &snapshot.meta.include {
-            let path = snapshot.payload().join(rel);
-            if path.symlink_metadata().is_err() {
-                return Err(fail(
-                    Code::Failure,
-                    format!(
-                        "snapshot {} is damaged: {} is missing; nothing was restored. Delete it and create it again",
-                        snapshot.meta.name,
-                        path.display()
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        check_payload(snapshot)
     }
 
     /// The copy itself: its manifest then describes exactly what the snapshot holds, even
@@ -87,75 +79,23 @@ impl Mode for Filesystem {
         snapshot: &Snapshot,
         expected: &Manifest,
     ) -> Result<Verified> {
-        let stored = Manifest::capture(&snapshot.payload(), &snapshot.meta.include)?;
-        Ok(Verified {
-            checked: format!(
-                "every entry's metadata and every file's blake3 ({} entries)",
-                stored.entries.len()
-            ),
-            problems: manifest::compare(expected, &stored)
-                .iter()
-                .map(|c| format!("{} differs from the manifest", c.described()))
-                .collect(),
-        })
+        read_back(snapshot, expected, true)
     }
 
-    fn restore(&self, ctx: &ModeContext, snapshot: &Snapshot) -> Result<RestoreStats> {
-        let rsync = ctx.tool(RSYNC);
-        let mut stats = RestoreStats::default();
-        for rel in &snapshot.meta.include {
-            let dst = ctx.live.path(rel);
-            stats.add(delta(
-                rsync,
-                &snapshot.payload().join(rel),
-                &dst,
-                rel,
-                &[],
-                &format!(
-                    "restoring {} from snapshot {}",
-                    dst.display(),
-                    snapshot.meta.name
-                ),
-            )?);
-        }
-        Ok(stats)
+    fn restore(
+        &self,
+        ctx: &ModeContext,
+        snapshot: &Snapshot,
+        manifest: Option<&Manifest>,
+    ) -> Result<Restoration> {
+        super::delta_restore(ctx, snapshot, manifest, &snapshot.payload(), Content::Copy)
     }
-}
-
-/// The in-place delta restore of the included path `rel`: rsync rewrites what differs in
-/// `dst` and deletes what `src` lacks. `extra` comes after [`PRESERVE`] and so may override
-/// it (squashfs's mount restore compares whole seconds).
-pub(super) fn delta(
-    rsync: &Found,
-    src: &Path,
-    dst: &Path,
-    rel: &Path,
-    extra: &[&str],
-    what: &str,
-) -> Result<RestoreStats> {
-    let args: Vec<&str> = ["--delete", "--stats"]
-        .iter()
-        .chain(extra)
-        .copied()
-        .collect();
-    let out = sync(rsync, (src, dst, rel), &args, what)?;
-    let report = String::from_utf8_lossy(&out.stdout);
-    Ok(RestoreStats {
-        files_rewritten: stat_number(&report, "Number of regular files transferred:"),
-        bytes_rewritten: stat_number(&report, "Total transferred file size:"),
-        entries_deleted: stat_number(&report, "Number of deleted files:"),
-    })
 }
 
 /// rsync `src` onto `dst`, the copies of the included path `rel`. For directories the
 /// trailing slash makes rsync fill `dst` in place instead of creating `dst/<name>`.
-fn sync(
-    rsync: &Found,
-    (src, dst, rel): (&Path, &Path, &Path),
-    extra: &[&str],
-    what: &str,
-) -> Result<std::process::Output> {
-    let mut args: Vec<OsString> = PRESERVE.iter().chain(extra).map(OsString::from).collect();
+fn sync(rsync: &Found, (src, dst, rel): (&Path, &Path, &Path), what: &str) -> Result<()> {
+    let mut args: Vec<OsString> = PRESERVE.iter().map(OsString::from).collect();
     let (mut s, mut d) = (src.as_os_str().to_owned(), dst.as_os_str().to_owned());
     if src.is_dir() {
         s.push("/");
@@ -164,40 +104,32 @@ fn sync(
     if !progress::active() {
         args.push(s);
         args.push(d);
-        return rsync.run(args, what);
+        return rsync.run(args, what).map(drop);
     }
     args.extend(PROGRESS.iter().map(OsString::from));
     args.push(s);
     args.push(d);
     let mut watch = Watch {
         rel,
-        delta: extra.contains(&"--delete"),
         node: None,
         bytes: 0,
-        done: false,
     };
-    rsync.run_reporting(args, what, &mut |line| watch.line(line))
+    rsync
+        .run_reporting(args, what, &mut |line| watch.line(line))
+        .map(drop)
 }
 
 /// Reads rsync's [`PROGRESS`] output into the progress bars.
 struct Watch<'a> {
     rel: &'a Path,
-    /// A delta restore, whose bar follows the entries checked; a copy's follows the bytes.
-    delta: bool,
     /// The node of the file being transferred.
     node: Option<String>,
     /// Bytes transferred so far, as the last progress line said.
     bytes: u64,
-    /// The `--stats` report began: no more names or progress follow.
-    done: bool,
 }
 
 impl Watch<'_> {
     fn line(&mut self, line: &str) {
-        self.done = self.done || line.starts_with("Number of files: ");
-        if self.done {
-            return;
-        }
         let words: Vec<&str> = line.split_whitespace().collect();
         match words[..] {
             [bytes, percent, rate, ..] if percent.ends_with('%') && rate.ends_with("/s") => {
@@ -206,13 +138,8 @@ impl Watch<'_> {
                 };
                 progress::wrote(self.node.as_deref(), 0, bytes.saturating_sub(self.bytes));
                 self.bytes = self.bytes.max(bytes);
-                if self.delta
-                    && let Some((left, total)) = entries_left(line)
-                {
-                    progress::share(total.saturating_sub(left), total);
-                }
             }
-            [] | ["deleting", ..] => {}
+            [] => {}
             _ => {
                 self.node = progress::node_of(self.rel, Some(Path::new(line)));
                 if !line.ends_with('/') {
@@ -223,47 +150,49 @@ impl Watch<'_> {
     }
 }
 
-/// The entries left to check and in all, from a progress line's `to-chk=N/M`.
-fn entries_left(line: &str) -> Option<(u64, u64)> {
-    let rest = line.split("-chk=").nth(1)?;
-    let (left, total) = rest.trim_end_matches([')', ' ']).split_once('/')?;
-    Some((left.parse().ok()?, total.parse().ok()?))
+/// Fails ("damaged", nothing restored) unless every included path is in the payload: the
+/// pre-restore check of the modes whose snapshot is a tree of files.
+pub(super) fn check_payload(snapshot: &Snapshot) -> Result<()> {
+    for rel in &snapshot.meta.include {
+        let path = snapshot.payload().join(rel);
+        if path.symlink_metadata().is_err() {
+            return Err(fail(
+                Code::Failure,
+                format!(
+                    "snapshot {} is damaged: {} is missing; nothing was restored. Delete it and create it again",
+                    snapshot.meta.name,
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
-/// A number from rsync's `--stats` report (`Number of deleted files: 1,234 (reg: …)`).
-fn stat_number(report: &str, label: &str) -> u64 {
-    report
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(label))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.replace(',', "").parse().ok())
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{entries_left, stat_number};
-
-    #[test]
-    fn reads_rsync_progress() {
-        let line = "     30,001,000  33%  893.12MB/s    0:00:00 (xfr#2, to-chk=2/9)";
-        assert_eq!(entries_left(line), Some((2, 9)));
-        assert_eq!(
-            entries_left("         32,768   0%    0.00kB/s    0:00:00  "),
-            None
-        );
-    }
-
-    #[test]
-    fn reads_rsync_stats() {
-        let report = "Number of files: 20 (reg: 10, dir: 10)\nNumber of deleted files: 3 (reg: 3)\n\
-                      Number of regular files transferred: 1,204\nTotal transferred file size: 12,345 bytes\n";
-        assert_eq!(stat_number(report, "Number of deleted files:"), 3);
-        assert_eq!(
-            stat_number(report, "Number of regular files transferred:"),
-            1204
-        );
-        assert_eq!(stat_number(report, "Total transferred file size:"), 12345);
-        assert_eq!(stat_number(report, "Missing:"), 0);
-    }
+/// `verify` of a snapshot that is a tree of files: the payload scanned (and every file hashed,
+/// with `hash`) and compared with the manifest.
+pub(super) fn read_back(snapshot: &Snapshot, expected: &Manifest, hash: bool) -> Result<Verified> {
+    let payload = snapshot.payload();
+    let stored = if hash {
+        Manifest::capture(&payload, &snapshot.meta.include)?
+    } else {
+        Manifest::scan(&payload, &snapshot.meta.include)?
+    };
+    Ok(Verified {
+        checked: if hash {
+            format!(
+                "every entry's metadata and every file's blake3 ({} entries)",
+                stored.entries.len()
+            )
+        } else {
+            format!(
+                "every entry's metadata ({} entries; the manifest holds no content hashes)",
+                stored.entries.len()
+            )
+        },
+        problems: manifest::compare(expected, &stored)
+            .iter()
+            .map(|c| format!("{} differs from the manifest", c.described()))
+            .collect(),
+    })
 }

@@ -7,14 +7,16 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::delta::{Content, Delta};
 use crate::manifest::Manifest;
 use crate::store::Snapshot;
 use crate::tools::{Found, Tool};
-use crate::tree::Live;
+use crate::tree::{Live, Totals};
 
 mod disabled;
 mod filesystem;
 pub mod recreate;
+mod reflink;
 mod squashfs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -24,11 +26,13 @@ pub enum ModeKind {
     Recreate,
     Filesystem,
     Squashfs,
+    Reflink,
 }
 
 impl ModeKind {
     /// Accepted spellings of `mode`, in the order the docs list them.
-    pub const NAMES: &'static [&'static str] = &["disabled", "recreate", "filesystem", "squashfs"];
+    pub const NAMES: &'static [&'static str] =
+        &["disabled", "recreate", "filesystem", "squashfs", "reflink"];
 
     pub fn from_name(name: &str) -> Option<ModeKind> {
         Some(match name {
@@ -36,6 +40,7 @@ impl ModeKind {
             "recreate" => ModeKind::Recreate,
             "filesystem" => ModeKind::Filesystem,
             "squashfs" => ModeKind::Squashfs,
+            "reflink" => ModeKind::Reflink,
             _ => return None,
         })
     }
@@ -46,6 +51,7 @@ impl ModeKind {
             ModeKind::Recreate => "recreate",
             ModeKind::Filesystem => "filesystem",
             ModeKind::Squashfs => "squashfs",
+            ModeKind::Reflink => "reflink",
         }
     }
 
@@ -56,8 +62,40 @@ impl ModeKind {
             ModeKind::Filesystem => Some(Box::new(filesystem::Filesystem)),
             ModeKind::Recreate => Some(Box::new(recreate::Recreate)),
             ModeKind::Squashfs => Some(Box::new(squashfs::Squashfs)),
+            ModeKind::Reflink => Some(Box::new(reflink::Reflink)),
         }
     }
+}
+
+/// The restore of the modes whose snapshot is a tree of files (`source`): the delta engine
+/// brings the live data to the snapshot's manifest (or, for a snapshot made before manifests,
+/// to what a scan of `source` finds), rewriting only what differs.
+fn delta_restore(
+    ctx: &ModeContext,
+    snapshot: &Snapshot,
+    manifest: Option<&Manifest>,
+    source: &Path,
+    content: Content,
+) -> Result<Restoration> {
+    let scanned;
+    let target = match manifest {
+        Some(m) => m,
+        None => {
+            scanned = Manifest::scan(source, &snapshot.meta.include)?;
+            &scanned
+        }
+    };
+    let outcome = Delta {
+        target,
+        source,
+        root: &ctx.live.cache_dir,
+        content,
+    }
+    .apply()?;
+    Ok(Restoration {
+        stats: outcome.stats,
+        seen: Some(outcome.tree),
+    })
 }
 
 /// What a mode gets to work with.
@@ -92,6 +130,20 @@ impl RestoreStats {
         self.files_rewritten += other.files_rewritten;
         self.bytes_rewritten += other.bytes_rewritten;
         self.entries_deleted += other.entries_deleted;
+    }
+}
+
+/// What a restore did, and what it saw.
+pub struct Restoration {
+    pub stats: RestoreStats,
+    /// The live data as the restore left it, when the mode looked at every entry (the delta
+    /// engine does): the check against the manifest then needs no walk of its own.
+    pub seen: Option<Manifest>,
+}
+
+impl From<RestoreStats> for Restoration {
+    fn from(stats: RestoreStats) -> Restoration {
+        Restoration { stats, seen: None }
     }
 }
 
@@ -166,6 +218,19 @@ pub trait Mode {
         Vec::new()
     }
 
+    /// Bytes the snapshot of data with these totals will take in the store, when the mode can
+    /// tell before capturing, for create's free-space check; None when it cannot
+    /// (compression), and then only a store that fills up mid-way is reported.
+    fn space_needed(&self, _data: &Totals) -> Option<u64> {
+        None
+    }
+
+    /// Whether the snapshot's manifest records every file's blake3 (reading all the data once
+    /// more); false where that would cost far more than the capture itself (`reflink`).
+    fn hashes_content(&self) -> bool {
+        true
+    }
+
     /// Captures the live data into `payload` (an empty directory inside the staging
     /// snapshot). Returns mode-specific details for meta.json.
     fn create(&self, ctx: &ModeContext, payload: &Path) -> Result<serde_json::Value>;
@@ -198,6 +263,12 @@ pub trait Mode {
     }
 
     /// Brings the live data back to `snapshot`, in place: included directories and node
-    /// directories keep their inodes.
-    fn restore(&self, ctx: &ModeContext, snapshot: &Snapshot) -> Result<RestoreStats>;
+    /// directories keep their inodes. `manifest` is the snapshot's, already checked against
+    /// its digest (None for snapshots made before manifests).
+    fn restore(
+        &self,
+        ctx: &ModeContext,
+        snapshot: &Snapshot,
+        manifest: Option<&Manifest>,
+    ) -> Result<Restoration>;
 }

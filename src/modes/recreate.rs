@@ -7,10 +7,11 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::{Mode, ModeContext, ModeKind, RestoreStats};
+use super::{Mode, ModeContext, ModeKind, Restoration, RestoreStats};
 use crate::config::Config;
 use crate::docker::{Docker, State, concurrently, node_containers};
 use crate::exit::{Code, code_of, fail, one_line};
+use crate::manifest::Manifest;
 use crate::quiesce::Held;
 use crate::store::Snapshot;
 use crate::tools::{DOCKER, Tool};
@@ -55,12 +56,18 @@ impl Mode for Recreate {
         Ok(())
     }
 
-    fn restore(&self, ctx: &ModeContext, _: &Snapshot) -> Result<RestoreStats> {
+    fn restore(
+        &self,
+        ctx: &ModeContext,
+        _: &Snapshot,
+        _: Option<&Manifest>,
+    ) -> Result<Restoration> {
         let docker = Docker::new(ctx.tool(DOCKER).clone());
         Ok(RestoreStats {
             entries_deleted: clean(&docker, ctx.cfg)?,
             ..RestoreStats::default()
-        })
+        }
+        .into())
     }
 }
 

@@ -2,7 +2,8 @@
 //! (`payload/image.sqfs`, laid out as they sit below cache_dir) plus `payload/fixups`, the
 //! metadata squashfs cannot hold. A restore first proves both intact (sizes, BLAKE3 digests,
 //! `unsquashfs -s`), then either extracts the image into the emptied directories or
-//! loop-mounts it and lets rsync rewrite only what differs; the fixups go back last.
+//! loop-mounts it and lets the delta engine rewrite only what differs (taking every attribute
+//! from the manifest); after an extract the fixups go back last.
 
 mod fixups;
 
@@ -17,12 +18,14 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use self::fixups::{Fixups, Time};
-use super::{Finding, Mode, ModeContext, ModeKind, RestoreStats, Status, filesystem};
+use super::{Finding, Mode, ModeContext, ModeKind, Restoration, RestoreStats, Status};
 use crate::config::Config;
+use crate::delta::Content;
 use crate::exit::{Code, code_of, fail, one_line};
+use crate::manifest::Manifest;
 use crate::output::seconds;
 use crate::store::Snapshot;
-use crate::tools::{Found, MKSQUASHFS, MOUNT, RSYNC, Tool, UMOUNT, UNSQUASHFS};
+use crate::tools::{Found, MKSQUASHFS, MOUNT, Tool, UMOUNT, UNSQUASHFS};
 use crate::tree::{Live, cstring, xattr_names};
 use crate::{progress, signals};
 
@@ -30,10 +33,6 @@ pub struct Squashfs;
 
 const IMAGE: &str = "image.sqfs";
 const FIXUPS: &str = "fixups";
-/// The image holds whole seconds, so the mount restore compares whole seconds (overriding
-/// filesystem mode's nanosecond comparison); [`Fixups::expose_same_second_changes`] covers
-/// what that comparison cannot see.
-const WHOLE_SECONDS: &str = "--modify-window=0";
 
 /// meta.json's `payload` for a squashfs snapshot.
 #[derive(Debug, Serialize, Deserialize)]
@@ -323,7 +322,7 @@ fn mount_blocker() -> Option<String> {
             "loop devices are not usable (/dev/loop-control: {e})"
         ));
     }
-    [MOUNT, UMOUNT, RSYNC]
+    [MOUNT, UMOUNT]
         .iter()
         .find(|t| t.locate().is_none())
         .map(|t| format!("{} is not installed (package {})", t.program, t.package))
@@ -386,7 +385,7 @@ impl Mode for Squashfs {
                 format!(
                     "{} ({why})",
                     match strategy {
-                        Strategy::Mount => "mount: rsync rewrites only what differs",
+                        Strategy::Mount => "mount: only what differs is rewritten",
                         Strategy::Extract => "extract: every restore rewrites all data",
                     }
                 ),
@@ -478,15 +477,20 @@ impl Mode for Squashfs {
         Ok(())
     }
 
-    fn restore(&self, ctx: &ModeContext, snapshot: &Snapshot) -> Result<RestoreStats> {
+    fn restore(
+        &self,
+        ctx: &ModeContext,
+        snapshot: &Snapshot,
+        manifest: Option<&Manifest>,
+    ) -> Result<Restoration> {
         let payload = Payload::of(snapshot)?;
         let image = snapshot.payload().join(&payload.image.file);
         let fixups = Fixups::read(&snapshot.payload().join(&payload.fixups.file))?;
         let (strategy, why) = strategy(ctx.cfg);
         tracing::info!(strategy = %strategy.name(), reason = %why, "squashfs_restore_strategy");
-        let stats = match strategy {
-            Strategy::Extract => extract(ctx, snapshot, &image)?,
-            Strategy::Mount => match by_mount(ctx, snapshot, &image, &fixups) {
+        let done = match strategy {
+            Strategy::Extract => extract(ctx, snapshot, &image)?.into(),
+            Strategy::Mount => match by_mount(ctx, snapshot, &image, manifest) {
                 Err(e)
                     if ctx.cfg.text("squashfs_restore") == "auto"
                         && code_of(&e) != Code::Interrupted
@@ -494,18 +498,23 @@ impl Mode for Squashfs {
                 {
                     // Nothing was touched yet: the mount itself failed.
                     tracing::warn!(error = %one_line(&e), "squashfs_mount_failed: extracting instead (squashfs_restore = auto)");
-                    extract(ctx, snapshot, &image)?
+                    extract(ctx, snapshot, &image)?.into()
                 }
                 other => other?,
             },
         };
+        // The delta engine took every attribute from the manifest; only what came from the
+        // image itself (extract, or a snapshot without a manifest) needs the fixups.
+        if done.seen.is_some() && manifest.is_some() {
+            return Ok(done);
+        }
         let applied = fixups.apply(&ctx.live.cache_dir)?;
         tracing::debug!(
             times = applied.times,
             holed_files = applied.holed_files,
             "squashfs_fixups_applied"
         );
-        Ok(stats)
+        Ok(done.stats.into())
     }
 }
 
@@ -711,37 +720,19 @@ impl std::fmt::Display for Mounting {
 
 impl std::error::Error for Mounting {}
 
-/// `mount`: loop-mounts the image read-only and rsyncs each included path back in place, as
-/// filesystem mode does, so only what the suite changed is rewritten.
+/// `mount`: loop-mounts the image read-only and lets the delta engine bring the live data to
+/// the manifest from it, as filesystem mode does, so only what the suite changed is rewritten.
 fn by_mount(
     ctx: &ModeContext,
     snapshot: &Snapshot,
     image: &Path,
-    fixups: &Fixups,
-) -> Result<RestoreStats> {
+    manifest: Option<&Manifest>,
+) -> Result<Restoration> {
     let need = "the squashfs mount restore was chosen";
-    let [mount, umount, rsync] = [MOUNT, UMOUNT, RSYNC].map(|t| t.require_for(need));
-    let (mount, umount, rsync) = (mount?, umount?, rsync?);
+    let [mount, umount] = [MOUNT, UMOUNT].map(|t| t.require_for(need));
+    let (mount, umount) = (mount?, umount?);
     let mounted = Mounted::new(image, &mount, &umount).map_err(|e| e.context(Mounting))?;
-    let marked = fixups.expose_same_second_changes(&ctx.live.cache_dir)?;
-    tracing::debug!(files = marked, "squashfs_same_second_changes");
-    let mut stats = RestoreStats::default();
-    for rel in &snapshot.meta.include {
-        let dst = ctx.live.path(rel);
-        stats.add(filesystem::delta(
-            &rsync,
-            &mounted.dir.join(rel),
-            &dst,
-            rel,
-            &[WHOLE_SECONDS],
-            &format!(
-                "restoring {} from snapshot {}",
-                dst.display(),
-                snapshot.meta.name
-            ),
-        )?);
-    }
-    Ok(stats)
+    super::delta_restore(ctx, snapshot, manifest, &mounted.dir, Content::Copy)
 }
 
 /// A read-only loop mount of an image in a private temporary directory. Dropping it (after
@@ -751,10 +742,13 @@ struct Mounted<'a> {
     umount: &'a Found,
 }
 
+const MOUNT_PREFIX: &str = "stagesnap-mount-";
+
 impl<'a> Mounted<'a> {
     fn new(image: &Path, mount: &Found, umount: &'a Found) -> Result<Mounted<'a>> {
+        unmount_stale(umount);
         let dir = std::env::temp_dir().join(format!(
-            "stagesnap-mount-{}-{}",
+            "{MOUNT_PREFIX}{}-{}",
             std::process::id(),
             jiff::Timestamp::now().as_nanosecond()
         ));
@@ -777,6 +771,39 @@ impl<'a> Mounted<'a> {
         let dev = |p: &Path| p.symlink_metadata().map(|m| m.dev()).ok();
         dev(&self.dir) != self.dir.parent().and_then(dev)
     }
+}
+
+/// Unmounts and removes the mount points of stagesnap processes that died without doing it
+/// (killed with SIGKILL mid-restore): nothing else ever would, and each holds a loop device.
+fn unmount_stale(umount: &Found) {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in rd.flatten() {
+        if !of_dead_process(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
+        let stale = Mounted {
+            dir: entry.path(),
+            umount,
+        };
+        tracing::info!(dir = %stale.dir.display(), mounted = stale.is_mounted(), "squashfs_stale_mount_removed: a stagesnap killed during a restore left it");
+        // Dropping it unmounts it and removes the mount point, as for our own.
+        drop(stale);
+    }
+}
+
+/// Whether `name` is the mount point of a stagesnap process that no longer runs: its name
+/// carries the pid. Never without /proc, where every process would look gone.
+fn of_dead_process(name: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix(MOUNT_PREFIX)
+        .and_then(|rest| rest.split('-').next())
+    else {
+        return false;
+    };
+    let proc = Path::new("/proc");
+    pid.parse::<u32>().is_ok() && proc.join("self").exists() && !proc.join(pid).exists()
 }
 
 impl Drop for Mounted<'_> {

@@ -2,6 +2,8 @@
 //! binary run against it, and an independent oracle of tree state (tests/tools/treestate.py).
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod docker;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,9 +27,14 @@ impl Env {
     }
 
     pub fn with_options(opts: GenerateOptions) -> Env {
+        Self::with_options_in(&std::env::temp_dir(), opts)
+    }
+
+    /// [`Env::with_options`] in a new folder inside `parent` (a loop-mounted filesystem).
+    pub fn with_options_in(parent: &Path, opts: GenerateOptions) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("stagesnap-test-")
-            .tempdir()
+            .tempdir_in(parent)
             .unwrap();
         let root = dir.path().to_path_buf();
         sample::generate(&root, &opts).expect("generate sample environment");
@@ -94,7 +101,19 @@ impl Env {
 
     /// [`Env::cmd`] as a std Command, for tests that spawn it.
     pub fn std_cmd(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stagesnap"));
+        self.prepared(Command::new(env!("CARGO_BIN_EXE_stagesnap")))
+    }
+
+    /// [`Env::std_cmd`] run as uid and gid 65534 with no supplementary groups; see
+    /// [`open_to_others`].
+    pub fn std_cmd_as_nobody(&self) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_stagesnap"));
+        self.prepared(cmd)
+    }
+
+    fn prepared(&self, mut cmd: Command) -> Command {
         cmd.current_dir(self.config().parent().unwrap());
         for (k, _) in std::env::vars() {
             if k.starts_with("STAGESNAP_") || k == "RUST_LOG" {
@@ -204,7 +223,119 @@ pub fn dir_inodes(data: &Path) -> Vec<(PathBuf, u64)> {
     v
 }
 
+/// Runs `args` expecting `code`, a stderr containing every one of `expect`, and no change at
+/// all to the live data or the snapshot store.
+pub fn refused(env: &Env, args: &[&str], code: i32, expect: &[&str]) {
+    let data = treestate(&env.data());
+    let snaps = env.snapshots().exists().then(|| listing(env));
+    let (_, stderr) = env.run(args, code);
+    for e in expect {
+        assert!(
+            stderr.contains(e),
+            "stagesnap {args:?}: stderr lacks {e:?}:\n{stderr}"
+        );
+    }
+    let errors: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "expected one error line:\n{stderr}");
+    assert_same_tree(&treestate(&env.data()), &data);
+    if let Some(before) = snaps {
+        assert_eq!(listing(env), before, "stagesnap {args:?} changed the store");
+    }
+}
+
+/// Snapshot names and their metadata files, ignoring the lock file's holder record.
+pub fn listing(env: &Env) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(env.snapshots())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap() != ".lock")
+        .map(|p| {
+            let meta = std::fs::read(p.join("meta.json")).unwrap_or_default();
+            (p.file_name().unwrap().to_string_lossy().into_owned(), meta)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Lets other users (uid 65534) reach the environment, the snapshot store and its lock,
+/// without owning the data.
+pub fn open_to_others(env: &Env) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    for dir in env
+        .root
+        .ancestors()
+        .take_while(|p| p.starts_with(std::env::temp_dir()) && *p != std::env::temp_dir())
+    {
+        mode(dir, 0o755);
+    }
+    if env.snapshots().exists() {
+        mode(&env.snapshots(), 0o777);
+        mode(&env.snapshots().join(".lock"), 0o666);
+    }
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// A filesystem of type `fs` (`xfs` with reflink=1, or `btrfs`) made in a 320 MiB sparse
+/// image and loop-mounted for one test; dropping it unmounts it and removes the image.
+pub struct LoopMount {
+    dir: TempDir,
+    pub mnt: PathBuf,
+}
+
+impl LoopMount {
+    pub fn new(fs: &str) -> LoopMount {
+        assert!(
+            is_root(),
+            "loop mounts need root (scripts/test.sh runs the tests as root)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("stagesnap-loop-")
+            .tempdir()
+            .unwrap();
+        let image = dir.path().join("image");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(320 << 20)
+            .unwrap();
+        let mkfs: &[&str] = match fs {
+            "xfs" => &["mkfs.xfs", "-q", "-m", "reflink=1"],
+            "btrfs" => &["mkfs.btrfs", "-q"],
+            other => panic!("no loop filesystem {other}"),
+        };
+        run(Command::new(mkfs[0]).args(&mkfs[1..]).arg(&image));
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mnt));
+        LoopMount { dir, mnt }
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        // Lazily, so that a test failing with a file still open cannot leave it mounted.
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

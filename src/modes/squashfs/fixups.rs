@@ -1,5 +1,6 @@
 //! What a squashfs image cannot hold, kept beside it in `payload/fixups` and put back after
-//! every restore. squashfs stores mtimes as unsigned 32-bit seconds (no nanoseconds, nothing
+//! a restore from the image alone (an extract; the mount restore takes every attribute from the
+//! snapshot's manifest instead). squashfs stores mtimes as unsigned 32-bit seconds (no nanoseconds, nothing
 //! before 1970 or after 2106), and unsquashfs leaves a hole only where a whole 128 KiB block
 //! is zero. So the file lists every entry's exact mtime and every sparse file's holes.
 //!
@@ -123,35 +124,8 @@ impl Fixups {
         parse(&bytes).with_context(|| format!("{} is not a fixups file", path.display()))
     }
 
-    /// Makes rsync see the files a suite rewrote within the second their snapshot mtime falls
-    /// in: the image holds whole seconds, so the mount restore compares whole seconds, and a
-    /// same-size rewrite in that second would look unchanged. Such a file's mtime differs from
-    /// the recorded one only below the second; moving it one second back makes rsync copy it.
-    /// Returns how many files were marked.
-    pub fn expose_same_second_changes(&self, cache_dir: &Path) -> Result<u64> {
-        let mut marked = 0;
-        for (rel, recorded) in &self.times {
-            let path = cache_dir.join(rel);
-            let Ok(meta) = path.symlink_metadata() else {
-                continue;
-            };
-            let live = Time::of(&meta);
-            if meta.is_file() && live != *recorded && live.sec == recorded.in_image().sec {
-                set_mtime(
-                    &path,
-                    Time {
-                        sec: live.sec - 1,
-                        nsec: live.nsec,
-                    },
-                )?;
-                marked += 1;
-            }
-        }
-        Ok(marked)
-    }
-
     /// Puts back holes, then exact mtimes. A time goes back only where the entry's mtime falls
-    /// in the second the image holds (the restore wrote it, or rsync left a directory it
+    /// in the second the image holds (the restore wrote it, or left a directory it
     /// changed within that second), and a hole only where the file holds zeros: an entry
     /// that changed while the snapshot was taken is left as the image has it.
     pub fn apply(&self, cache_dir: &Path) -> Result<Applied> {

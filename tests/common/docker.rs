@@ -1,0 +1,114 @@
+//! Containers on a real docker engine for the tests that need them: a sample environment
+//! whose node directories are bind-mounted into running containers. Needs a running dockerd
+//! and the local image scripts/setup.sh builds; without them the tests fail rather than skip.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use super::Env;
+
+const MB: u64 = 1 << 20;
+pub const IMAGE: &str = "stagesnap-test:busybox";
+pub const DATA_PATH: &str = "/opt/cellframe-node/var";
+/// A node that appends to its log five times a second, as a real node logs all the time.
+pub const TICKER: &str =
+    "while true; do echo tick >> /opt/cellframe-node/var/log/cellframe-node.log; sleep 0.2; done";
+
+/// `docker args…`, which must succeed; its stdout.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run docker ({e}); these tests need docker: run scripts/setup.sh")
+        });
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}\n(these tests need a running dockerd and the {IMAGE} image: run scripts/setup.sh)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A sample environment whose node directories are bind-mounted into running containers,
+/// one per node, removed when dropped (also when a test fails).
+pub struct Net {
+    pub env: Env,
+    pub names: Vec<String>,
+}
+
+impl Net {
+    pub fn start(nodes: u32) -> Net {
+        let env = Env::sample(nodes, 2 * MB);
+        // The temporary directory's random name keeps parallel tests' containers apart.
+        let prefix = format!("ssnap-{}", env.root.file_name().unwrap().to_string_lossy());
+        env.set("container_name", &format!("{prefix}-{{n}}"));
+        let mut net = Net {
+            env,
+            names: Vec::new(),
+        };
+        for n in 1..=nodes {
+            let name = format!("{prefix}-{n}");
+            net.names.push(name.clone());
+            let mount = format!(
+                "{}:{DATA_PATH}",
+                net.env.data().join(format!("node{n}")).display()
+            );
+            docker(&[
+                "run", "-d", "--init", "--name", &name, "-v", &mount, IMAGE, "sh", "-c", TICKER,
+            ]);
+        }
+        // Let every node write its first ticks.
+        std::thread::sleep(Duration::from_millis(500));
+        net
+    }
+
+    pub fn state(&self, name: &str) -> String {
+        docker(&["inspect", "--format", "{{.State.Status}}", name])
+            .trim()
+            .to_string()
+    }
+
+    pub fn states(&self) -> Vec<String> {
+        self.names.iter().map(|n| self.state(n)).collect()
+    }
+
+    pub fn started_at(&self) -> Vec<String> {
+        self.names
+            .iter()
+            .map(|n| {
+                docker(&["inspect", "--format", "{{.State.StartedAt}}", n])
+                    .trim()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// `sh -c script` inside container `name`, in the node's data directory.
+    pub fn exec(&self, name: &str, script: &str) -> String {
+        docker(&[
+            "exec",
+            name,
+            "sh",
+            "-c",
+            &format!("cd {DATA_PATH} && {script}"),
+        ])
+    }
+
+    pub fn snapshot_node(&self, snapshot: &str, n: usize) -> PathBuf {
+        self.env
+            .snapshots()
+            .join(snapshot)
+            .join("payload/data")
+            .join(format!("node{}", n + 1))
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let mut args = vec!["rm", "-f"];
+        args.extend(self.names.iter().map(String::as_str));
+        let _ = Command::new("docker").args(&args).output();
+    }
+}
