@@ -218,9 +218,17 @@ impl Delta<'_> {
             self.repair(want, &full)?
         } else {
             let tmp = temp_beside(&full);
-            let written = self.create(want, &tmp)?;
-            std::fs::rename(&tmp, &full)
-                .with_context(|| format!("cannot move {} into place", full.display()))?;
+            let written = self
+                .create(want, &tmp)
+                .and_then(|written| {
+                    std::fs::rename(&tmp, &full)
+                        .with_context(|| format!("cannot move {} into place", full.display()))?;
+                    Ok(written)
+                })
+                // Interrupted or failed, the half-built replacement goes with it.
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(&tmp);
+                })?;
             work.dirty(&want.path);
             if want.link.is_some() {
                 work.relink.insert(want.path.clone());

@@ -6,8 +6,8 @@
 //! nothing: the modes ask [`active`] before they ask their tools for progress output.
 //!
 //! The modes feed the bars from what their tools print while they run (see
-//! `modes::filesystem` and `modes::squashfs`): bytes and files written per node, or the share
-//! of the work done. Log lines go through [`LogWriter`], which lifts the bars, writes the line
+//! `modes::filesystem` and `modes::squashfs`) or from the delta engine's own work (`delta`):
+//! bytes and files written per node, or the share of the work done. Log lines go through [`LogWriter`], which lifts the bars, writes the line
 //! and draws them again, so neither tears the other. When the operation ends its bars vanish,
 //! leaving the command's one summary line.
 

@@ -462,25 +462,31 @@ fn sigterm_during_create_stops_rsync_and_removes_the_partial_snapshot() {
     stopped_create(libc::SIGTERM);
 }
 
-/// SIGTERM during a squashfs mount restore: exit 130, the image unmounted and its mount
-/// point removed, no temporary file left in the data, the failure recorded for `status`, and
-/// the next restore exact.
+/// SIGTERM during a squashfs mount restore, while a file is rebuilt under a temporary name
+/// (a hardlinked file the suite replaced): exit 130, the image unmounted and its mount point
+/// removed, the temporary file gone, the failure recorded for `status`, and the next restore
+/// exact.
 #[test]
 fn sigterm_during_a_mount_restore_unmounts_the_image_and_leaves_no_temporary_files() {
     let env = Env::sample(2, 2 * MB);
     env.set("mode", "squashfs");
     env.set("squashfs_compression", "none");
     env.set("squashfs_restore", "mount");
-    let big = env.data().join("node1/aaa-big.bin");
+    let node1 = env.data().join("node1");
+    let big = node1.join("aaa-big.bin");
     dense(&big, 512 * MB);
+    fs::hard_link(&big, node1.join("aaa-big.link")).unwrap();
     env.run(&["create"], 0);
     let clean = treestate(&env.data());
     fs::remove_file(&big).unwrap();
+    fs::write(&big, "the suite's own").unwrap();
 
     let child = spawn(&env, &["restore"], None);
     let pid = child.id();
-    let node1 = env.data().join("node1");
-    wait_for_partial(&big, 512 * MB);
+    let marker = format!(".stagesnap-{pid}-");
+    wait_until("the restore rebuilds the large file", || {
+        !temporaries(&node1, &marker).is_empty()
+    });
     assert!(
         !mounts_of(pid).is_empty(),
         "it restores, but nothing is mounted"
@@ -490,7 +496,7 @@ fn sigterm_during_a_mount_restore_unmounts_the_image_and_leaves_no_temporary_fil
     assert_eq!(code, Some(130), "{stderr}");
     one_error_line(&stderr);
     assert_eq!(mounts_of(pid), Vec::<String>::new());
-    assert_eq!(temporaries(&node1, ".stagesnap-"), Vec::<String>::new());
+    assert_eq!(temporaries(&node1, &marker), Vec::<String>::new());
 
     let (stdout, _) = env.run(&["status"], 1);
     assert!(
