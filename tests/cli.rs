@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Env, assert_same_tree, refused, treestate};
+use common::{Env, assert_same_tree, refused, snapshot_names, treestate};
 
 const MB: u64 = 1 << 20;
 
@@ -334,12 +334,7 @@ fn damaged_snapshots_are_named_and_not_restored() {
         refused(&env, &["restore", name], 1, &[name, why]);
     }
     let listed = env.json(&["list"], 0);
-    let names: Vec<&str> = listed["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
+    let names = snapshot_names(&listed);
     assert!(
         names.contains(&"good") && !names.contains(&"nometa") && !names.contains(&"future"),
         "{names:?}"

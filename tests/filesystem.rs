@@ -9,7 +9,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use std::process::Command;
 
-use common::{Env, assert_same_tree, dir_inodes, inode, is_root, treestate};
+use common::{Env, assert_same_tree, dir_inodes, inode, is_root, snapshot_names, treestate};
 
 const MB: u64 = 1 << 20;
 
@@ -257,12 +257,7 @@ fn prune_keeps_newest_pinned_and_snapshot_name() {
         env.run(&args, 0);
     }
     let listed = env.json(&["list"], 0);
-    let names: Vec<&str> = listed["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
+    let names = snapshot_names(&listed);
     assert_eq!(
         names,
         ["whisky", "xray", "yank", "clean_state", "zeta"],
@@ -283,12 +278,7 @@ fn prune_keeps_newest_pinned_and_snapshot_name() {
     let pruned = env.json(&["prune", "--keep", "1"], 0);
     assert_eq!(pruned["removed"], serde_json::json!(["xray", "zeta"]));
     let listed = env.json(&["list"], 0);
-    let names: Vec<&str> = listed["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
+    let names = snapshot_names(&listed);
     assert_eq!(names, ["whisky", "yank", "clean_state"]);
 }
 
@@ -302,11 +292,6 @@ fn auto_cleanup_after_create_never_removes_the_new_one() {
     // keep 0: "one" goes; clean_state (snapshot_name) and "two" (just made) stay.
     assert_eq!(out["pruned"], serde_json::json!(["one"]));
     let listed = env.json(&["list"], 0);
-    let names: Vec<&str> = listed["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
+    let names = snapshot_names(&listed);
     assert_eq!(names, ["two", "clean_state"]);
 }

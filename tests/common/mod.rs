@@ -206,6 +206,16 @@ fn show(v: Option<&serde_json::Value>) -> String {
     v.map_or("(absent)".into(), |v| v.to_string())
 }
 
+/// The snapshot names of a `stagesnap list --json` document, in its order (newest first).
+pub fn snapshot_names(listing: &serde_json::Value) -> Vec<&str> {
+    listing["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect()
+}
+
 pub fn inode(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().ino()
 }
