@@ -28,7 +28,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
@@ -56,6 +55,8 @@ pub struct Delta<'a> {
     /// The tree brought to `target`.
     pub root: &'a Path,
     pub content: Content,
+    /// Called once before the first change, when there is one.
+    pub before_change: &'a (dyn Fn() -> Result<()> + Sync),
 }
 
 /// What [`Delta::apply`] did.
@@ -85,6 +86,9 @@ impl Delta<'_> {
             entries,
         };
         let changes = manifest::compare(self.target, &live);
+        if !changes.is_empty() {
+            (self.before_change)()?;
+        }
         // The work, per node: nodes are independent, so they run in parallel.
         let mut units: BTreeMap<String, Vec<Job>> = BTreeMap::new();
         for c in &changes {
@@ -99,33 +103,13 @@ impl Delta<'_> {
         }
         let total = changes.len() as u64;
         let done = AtomicU64::new(0);
-        let queue = Mutex::new(units.into_iter().collect::<Vec<_>>());
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(queue.lock().expect("not poisoned").len().max(1));
-        let results: Vec<Result<Work>> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut work = Work::default();
-                        loop {
-                            let next = queue.lock().expect("no panics while locked").pop();
-                            let Some((node, jobs)) = next else {
-                                return Ok(work);
-                            };
-                            self.unit(&node, &jobs, &mut work, &done, total)?;
-                        }
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().expect("the engine does not panic"))
-                .collect()
-        });
         let mut work = Work::default();
-        for r in results {
-            work.merge(r?);
+        for done_by_one in crate::parallel::each(
+            units.into_iter().collect(),
+            Work::default,
+            |work, (node, jobs)| self.unit(&node, &jobs, work, &done, total),
+        )? {
+            work.merge(done_by_one);
         }
         self.links(&changes, &live, &mut work)?;
         self.directories(&live, &mut work)?;

@@ -14,6 +14,7 @@ pub mod ini;
 pub mod manifest;
 pub mod modes;
 pub mod output;
+pub mod parallel;
 pub mod progress;
 pub mod quiesce;
 pub mod sample;

@@ -12,8 +12,6 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -343,34 +341,20 @@ impl Manifest {
 
 /// blake3 of each file, in order, on up to one thread per core.
 fn hash_files(paths: &[PathBuf]) -> Result<Vec<String>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(paths.len().max(1));
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<String>>>> =
-        Mutex::new((0..paths.len()).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= paths.len() || signals::stop().is_some() {
-                        break;
-                    }
-                    let h = hash_file(&paths[i], &mut buf);
-                    results.lock().expect("no panics while locked")[i] = Some(h);
-                }
-            });
-        }
-    });
-    signals::check()?;
-    results
-        .into_inner()
-        .expect("no panics while locked")
-        .into_iter()
-        .map(|r| r.expect("every file was hashed"))
-        .collect()
+    // Taken from the end of the queue: reversed, the files go in order.
+    let jobs: Vec<usize> = (0..paths.len()).rev().collect();
+    let per_thread = crate::parallel::each(
+        jobs,
+        || (vec![0u8; 1 << 20], Vec::new()),
+        |(buf, hashed), i| {
+            signals::check()?;
+            hashed.push((i, hash_file(&paths[i], buf)?));
+            Ok(())
+        },
+    )?;
+    let mut hashed: Vec<(usize, String)> = per_thread.into_iter().flat_map(|(_, h)| h).collect();
+    hashed.sort_unstable_by_key(|(i, _)| *i);
+    Ok(hashed.into_iter().map(|(_, h)| h).collect())
 }
 
 fn hash_file(path: &Path, buf: &mut [u8]) -> Result<String> {

@@ -49,25 +49,28 @@ pub fn around<T>(
         }
         return f();
     }
-    let held = if how == "none" {
-        warn_running(cfg, docker, op);
-        None
-    } else {
-        let docker = docker.expect("quiesce needs docker, connected before any work");
-        let running = running_nodes(cfg, docker)?;
-        if how == "pause" {
-            if op == Op::Restore {
-                tracing::warn!(
-                    "quiesce_pause_restore: paused node processes keep the files they had open and go on with them after the restore; quiesce = stop restarts them and is the safe choice"
-                );
-            }
-            Some(Held::pause(docker, running)?)
-        } else {
-            Some(Held::stop(docker, running)?)
+    if how == "none" {
+        // The probe behind the warning asks the docker daemon, which takes longer than a
+        // restore with nothing to do: it runs beside the work.
+        return std::thread::scope(|s| {
+            s.spawn(|| warn_running(cfg, docker, op));
+            f()
+        });
+    }
+    let docker = docker.expect("quiesce needs docker, connected before any work");
+    let running = running_nodes(cfg, docker)?;
+    let held = if how == "pause" {
+        if op == Op::Restore {
+            tracing::warn!(
+                "quiesce_pause_restore: paused node processes keep the files they had open and go on with them after the restore; quiesce = stop restarts them and is the safe choice"
+            );
         }
+        Held::pause(docker, running)?
+    } else {
+        Held::stop(docker, running)?
     };
     let result = f();
-    match (result, held.map_or(Ok(()), Held::end)) {
+    match (result, held.end()) {
         (Ok(value), Ok(())) => Ok(value),
         (Ok(_), Err(undo)) => Err(undo),
         (Err(e), Ok(())) => Err(e),

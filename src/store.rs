@@ -18,6 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -158,9 +159,10 @@ impl Snapshot {
     }
 }
 
-/// The record of a restore in progress (`.restore-journal`). A restore writes it before it
-/// changes the live data and removes it once the data is verified; a crash leaves it behind,
-/// a failure leaves it with the error, and `status` reports either.
+/// The record of a restore in progress (`.restore-journal`). A restore writes it (durably)
+/// just before its first change to the live data and removes it once the data is verified; a
+/// crash leaves it behind, a failure leaves it with the error, and `status` reports either.
+/// A restore that finds nothing to change writes none.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JournalRecord {
     pub snapshot: String,
@@ -190,20 +192,41 @@ impl JournalRecord {
 pub struct Journal {
     path: PathBuf,
     record: JournalRecord,
+    written: AtomicBool,
 }
 
 impl Journal {
-    /// Clears the record when `result` is a success, else records its error.
-    pub fn end<T>(mut self, result: &Result<T>) -> Result<()> {
+    /// Writes the record, once: called before the restore's first change to the live data.
+    pub fn begin(&self) -> Result<()> {
+        if !self.written.load(Ordering::Acquire) {
+            write_json_atomic(&self.path, &self.record)?;
+            sync_dir(self.path.parent().unwrap_or(Path::new("/")))?;
+            self.written.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Clears the record when `result` is a success (also one left by an earlier restore
+    /// that this one finished), else records its error.
+    pub fn end<T>(&self, result: &Result<T>) -> Result<()> {
         match result {
-            Ok(_) => {
-                fs::remove_file(&self.path)
-                    .with_context(|| format!("cannot remove {}", self.path.display()))?;
-                sync_dir(self.path.parent().unwrap_or(Path::new("/")))
-            }
+            Ok(_) => match fs::remove_file(&self.path) {
+                Ok(()) => sync_dir(self.path.parent().unwrap_or(Path::new("/"))),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && !self.written.load(Ordering::Acquire) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(e).with_context(|| format!("cannot remove {}", self.path.display())),
+            },
             Err(e) => {
-                self.record.error = Some(crate::exit::one_line(e));
-                write_json_atomic(&self.path, &self.record)
+                let record = JournalRecord {
+                    error: Some(crate::exit::one_line(e)),
+                    ..self.record.clone()
+                };
+                write_json_atomic(&self.path, &record)?;
+                sync_dir(self.path.parent().unwrap_or(Path::new("/")))
             }
         }
     }
@@ -431,8 +454,8 @@ impl Store {
         write_json_atomic(&snapshot.dir.join(META_FILE), &snapshot.meta)
     }
 
-    /// Records that a restore of `snapshot` starts now.
-    pub fn begin_restore(&self, snapshot: &str, _lock: &Lock) -> Result<Journal> {
+    /// The journal of a restore of `snapshot` starting now; see [`Journal::begin`].
+    pub fn restore_journal(&self, snapshot: &str, _lock: &Lock) -> Journal {
         let record = JournalRecord {
             snapshot: snapshot.to_string(),
             pid: std::process::id(),
@@ -440,10 +463,11 @@ impl Store {
             started: jiff::Timestamp::now().to_string(),
             error: None,
         };
-        let path = self.dir.join(JOURNAL_FILE);
-        write_json_atomic(&path, &record)?;
-        sync_dir(&self.dir)?;
-        Ok(Journal { path, record })
+        Journal {
+            path: self.dir.join(JOURNAL_FILE),
+            record,
+            written: AtomicBool::new(false),
+        }
     }
 
     /// The record of the last restore if it did not end well. Read under the lock, so a

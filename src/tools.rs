@@ -68,12 +68,14 @@ pub const UMOUNT: Tool = Tool {
     version_args: &["--version"],
 };
 
-/// A located tool and its version.
+/// A located tool. Its version is read on first use (see [`Found::version`]): locating is a
+/// PATH lookup, but running `rsync --version` costs more than a whole restore that finds
+/// nothing to do, which never runs rsync.
 #[derive(Debug, Clone)]
 pub struct Found {
     pub tool: Tool,
     pub path: PathBuf,
-    pub version: String,
+    version: std::sync::OnceLock<String>,
 }
 
 impl Tool {
@@ -85,7 +87,7 @@ impl Tool {
             .find(|p| is_executable(p))
     }
 
-    /// Locates the tool and reads its version, or fails with exit 3 and an install hint.
+    /// Locates the tool, or fails with exit 3 and an install hint.
     pub fn require(&self, mode: &str) -> Result<Found> {
         self.require_for(&format!("{mode} mode selected"))
     }
@@ -101,10 +103,26 @@ impl Tool {
                 ),
             ));
         };
-        let out = std::process::Command::new(&path)
-            .args(self.version_args)
+        Ok(Found {
+            tool: *self,
+            path,
+            version: std::sync::OnceLock::new(),
+        })
+    }
+}
+
+impl Found {
+    /// The version the tool reports, read once; a tool that reports none is a broken install
+    /// (exit 3). Every run checks it first, so a broken tool fails before its first real use.
+    pub fn version(&self) -> Result<&str> {
+        if let Some(v) = self.version.get() {
+            return Ok(v);
+        }
+        let tool = &self.tool;
+        let out = std::process::Command::new(&self.path)
+            .args(tool.version_args)
             .output()
-            .with_context(|| format!("cannot run {}", path.display()))?;
+            .with_context(|| format!("cannot run {}", self.path.display()))?;
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
         let version = parse_version(&text).ok_or_else(|| {
@@ -112,23 +130,22 @@ impl Tool {
                 Code::MissingDependency,
                 format!(
                     "{} does not report a version ({} {}); reinstall {}: sudo apt install --reinstall {}",
-                    path.display(),
-                    self.program,
-                    self.version_args.join(" "),
-                    self.package,
-                    self.package
+                    self.path.display(),
+                    tool.program,
+                    tool.version_args.join(" "),
+                    tool.package,
+                    tool.package
                 ),
             )
         })?;
-        Ok(Found {
-            tool: *self,
-            path,
-            version,
-        })
+        Ok(self.version.get_or_init(|| version))
     }
-}
 
-impl Found {
+    /// "3.2.7 at /usr/bin/rsync", for doctor.
+    pub fn describe(&self) -> Result<String> {
+        Ok(format!("{} at {}", self.version()?, self.path.display()))
+    }
+
     /// Runs the tool to completion with captured output. A non-zero exit becomes an error that
     /// names `what` and quotes the end of stderr. Ctrl-C stops the child and returns exit 130,
     /// an expired `--timeout` stops it and returns exit 1; a child that ignores SIGTERM is
@@ -183,6 +200,7 @@ impl Found {
         stoppable: bool,
         on_line: Option<&mut (dyn FnMut(&str) + Send)>,
     ) -> Result<Output> {
+        self.version()?;
         tracing::debug!(tool = self.tool.program, ?args, "tool_run");
         let handle = duct::cmd(&self.path, &args)
             .stderr_capture()
@@ -205,6 +223,7 @@ impl Found {
             // Why the tool was stopped, and when; then whether it had to be killed.
             let mut stopping: Option<(signals::Stop, Instant)> = None;
             let mut killed = false;
+            let mut polls = 0u32;
             let finished = loop {
                 match handle.try_wait() {
                     Ok(Some(out)) => break Ok(out.clone()),
@@ -228,7 +247,10 @@ impl Found {
                         break Err(e);
                     }
                 }
-                std::thread::sleep(Duration::from_millis(10));
+                // Most runs (mount, `unsquashfs -s`, docker inspect) end within milliseconds:
+                // poll finely at first, so that waiting does not cost more than the run.
+                polls += 1;
+                std::thread::sleep(Duration::from_millis(if polls < 100 { 1 } else { 10 }));
             };
             let stdout = reader.join().expect("stdout reader does not panic");
             (finished.map(|out| (out, stopping)), stdout)

@@ -205,11 +205,13 @@ fn interrupted_restore_is_reported_until_a_restore_succeeds() {
     env.set("squashfs_restore", "mount");
     env.run(&["create"], 0);
     env.suite(4);
-    // The restore dies as if the machine lost power, mid-way: the `mount` it runs kills it.
+    // The restore dies as if the machine lost power after it changed the data: the `umount`
+    // it runs at the end kills it (a death before the first change leaves no journal: the
+    // data is then just the suite's, which status reports as differing).
     let bin = env.root.join("fake-bin");
     fs::create_dir_all(&bin).unwrap();
-    fs::write(bin.join("mount"), "#!/bin/sh\nkill -9 $PPID\nsleep 1\n").unwrap();
-    fs::set_permissions(bin.join("mount"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(bin.join("umount"), "#!/bin/sh\nkill -9 $PPID\nsleep 1\n").unwrap();
+    fs::set_permissions(bin.join("umount"), fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let out = env
         .cmd()
@@ -281,4 +283,22 @@ fn snapshots_without_a_manifest_still_restore_and_say_what_to_do() {
     assert!(stdout.contains("has no manifest"), "{stdout}");
     env.run(&["create", "--force"], 0);
     env.run(&["status"], 0);
+}
+
+/// A restore that finds the data as the snapshot has it changes nothing, in the data or in the
+/// store: no journal is written (only a restore that changes something needs one).
+#[test]
+fn restore_with_nothing_to_do_writes_nothing() {
+    let env = Env::sample(2, MB);
+    env.run(&["create"], 0);
+    env.suite(2);
+    env.run(&["restore"], 0);
+    let mtime = |p: &Path| fs::symlink_metadata(p).unwrap().modified().unwrap();
+    let store_before = mtime(&env.snapshots());
+    let before = treestate(&env.data());
+    let done = env.json(&["restore"], 0);
+    assert_eq!(done["files_rewritten"], 0, "{done}");
+    assert_eq!(done["entries_deleted"], 0, "{done}");
+    assert_eq!(mtime(&env.snapshots()), store_before, "the store's entries changed");
+    assert_same_tree(&treestate(&env.data()), &before);
 }

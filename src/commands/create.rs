@@ -242,6 +242,7 @@ impl Job<'_> {
             cfg: self.cfg,
             live: self.live,
             tools: self.tools,
+            journal: None,
         };
         let payload = self.mode.create(&ctx, &staging.payload())?;
         crate::signals::check()?;
@@ -257,8 +258,8 @@ impl Job<'_> {
             tools: self
                 .tools
                 .iter()
-                .map(|f| (f.tool.program.to_string(), f.version.clone()))
-                .collect(),
+                .map(|f| Ok((f.tool.program.to_string(), f.version()?.to_string())))
+                .collect::<Result<_>>()?,
             cache_dir: self.live.cache_dir.clone(),
             include: self.live.include.clone(),
             nodes: self.live.nodes(),

@@ -116,14 +116,12 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
     checks.add("mode", Status::Ok, kind.name(), "");
     let mut found = Vec::new();
     for tool in mode.tools() {
-        match tool.require(kind.name()) {
-            Ok(f) => {
-                checks.add(
-                    tool.program,
-                    Status::Ok,
-                    format!("{} at {}", f.version, f.path.display()),
-                    "",
-                );
+        match tool
+            .require(kind.name())
+            .and_then(|f| f.describe().map(|detail| (f, detail)))
+        {
+            Ok((f, detail)) => {
+                checks.add(tool.program, Status::Ok, detail, "");
                 found.push(f);
             }
             Err(e) => {
@@ -144,6 +142,7 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
             cfg,
             live: &live,
             tools: &found,
+            journal: None,
         };
         for f in mode.doctor(&ctx) {
             checks.add(&f.check, f.status, f.detail, f.hint);
@@ -287,19 +286,17 @@ fn check_docker(cfg: &Config, mode: &dyn Mode, checks: &mut Checks) {
     } else {
         Status::Warn
     };
-    let found = match DOCKER.require_for(needed.as_deref().unwrap_or("doctor")) {
-        Ok(found) => {
+    let found = match DOCKER
+        .require_for(needed.as_deref().unwrap_or("doctor"))
+        .and_then(|f| f.describe().map(|detail| (f, detail)))
+    {
+        Ok((found, detail)) => {
             // A mode that drives docker had its CLI reported with the mode's tools.
             if !mode.tools().contains(&DOCKER) {
                 let why = needed
                     .as_deref()
                     .unwrap_or("not needed by this configuration");
-                checks.add(
-                    "docker",
-                    Status::Ok,
-                    format!("{} at {} ({why})", found.version, found.path.display()),
-                    "",
-                );
+                checks.add("docker", Status::Ok, format!("{detail} ({why})"), "");
             }
             found
         }

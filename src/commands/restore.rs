@@ -239,10 +239,12 @@ fn restore_snapshot(
             "snapshot_other_environment: snapshot {name} was taken from another cache_dir"
         );
     }
+    let journal = guard.store.restore_journal(name, guard.lock);
     let ctx = ModeContext {
         cfg,
         live,
         tools: &tools,
+        journal: Some(&journal),
     };
     // Prove the snapshot usable before the first byte of live data changes.
     mode.verify(&ctx, snap)?;
@@ -268,7 +270,6 @@ fn restore_snapshot(
         .then(|| progress::Operation::restore(format!("restore {name}"), snap.meta.bytes));
     // Checked before the containers come back, which would change the data at once.
     let stats = quiesce::around(cfg, docker, mode.as_ref(), Op::Restore, || {
-        let journal = guard.store.begin_restore(name, guard.lock)?;
         let result = mode
             .restore(&ctx, snap, expected.as_ref())
             .and_then(|done| {

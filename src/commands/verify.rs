@@ -161,6 +161,7 @@ fn check(cfg: &crate::config::Config, live: &Live, snap: &Snapshot) -> Result<Ve
         cfg,
         live,
         tools: &tools,
+        journal: None,
     };
     mode.verify(&ctx, snap)?;
     mode.verify_stored(&ctx, snap, &manifest)

@@ -9,7 +9,6 @@ use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
@@ -396,32 +395,8 @@ pub fn scan(root: &Path, include: &[PathBuf]) -> Result<Vec<(Entry, Inode)>> {
             out.push((entry, inode));
         }
     }
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(units.len().max(1));
-    let queue = Mutex::new(units);
-    let results: Vec<Result<Vec<(Entry, Inode)>>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let next = queue.lock().expect("no panics while locked").pop();
-                        let Some(dir) = next else {
-                            return Ok(mine);
-                        };
-                        walk(&dir, &mut mine)?;
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("the walk does not panic"))
-            .collect()
-    });
-    for r in results {
-        out.extend(r?);
+    for mine in crate::parallel::each(units, Vec::new, |mine, dir| walk(&dir, mine))? {
+        out.extend(mine);
     }
     Ok(out)
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::delta::{Content, Delta};
 use crate::manifest::Manifest;
-use crate::store::Snapshot;
+use crate::store::{Journal, Snapshot};
 use crate::tools::{Found, Tool};
 use crate::tree::{Live, Totals};
 
@@ -90,6 +90,7 @@ fn delta_restore(
         source,
         root: &ctx.live.cache_dir,
         content,
+        before_change: &|| ctx.changing(),
     }
     .apply()?;
     Ok(Restoration {
@@ -102,11 +103,19 @@ fn delta_restore(
 pub struct ModeContext<'a> {
     pub cfg: &'a Config,
     pub live: &'a Live,
-    /// The mode's tools, located and version-checked, in the order of [`Mode::tools`].
+    /// The mode's tools, located, in the order of [`Mode::tools`].
     pub tools: &'a [Found],
+    /// A restore's journal, which [`ModeContext::changing`] writes.
+    pub journal: Option<&'a Journal>,
 }
 
 impl ModeContext<'_> {
+    /// To be called by a restore just before its first change to the live data (a restore
+    /// that finds nothing to change never calls it, and so writes nothing).
+    pub fn changing(&self) -> Result<()> {
+        self.journal.map_or(Ok(()), Journal::begin)
+    }
+
     pub fn tool(&self, tool: Tool) -> &Found {
         self.tools
             .iter()

@@ -63,6 +63,7 @@ impl Mode for Recreate {
         _: Option<&Manifest>,
     ) -> Result<Restoration> {
         let docker = Docker::new(ctx.tool(DOCKER).clone());
+        ctx.changing()?;
         Ok(RestoreStats {
             entries_deleted: clean(&docker, ctx.cfg)?,
             ..RestoreStats::default()

@@ -80,6 +80,7 @@ impl Mode for Reflink {
             source: &live.cache_dir,
             root: payload,
             content: Content::Clone,
+            before_change: &|| Ok(()),
         }
         .apply()?;
         tracing::debug!(files = done.stats.files_rewritten, "reflink_cloned");

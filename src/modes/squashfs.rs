@@ -219,7 +219,7 @@ fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
             format!(
                 "{}: the installed mksquashfs {} ({}) was built without {}; it supports {}. Choose one of those, or none",
                 origin("squashfs_compression"),
-                mksquashfs.version,
+                mksquashfs.version()?,
                 mksquashfs.path.display(),
                 comp.name,
                 supported.join(", ")
@@ -430,7 +430,7 @@ impl Mode for Squashfs {
             fixups: Stored::of(payload, FIXUPS)?,
             compression: comp.name.to_string(),
             level: comp.level,
-            mksquashfs_version: mksquashfs.version.clone(),
+            mksquashfs_version: mksquashfs.version()?.to_string(),
             fixup_entries: fixups.entries(),
             sparse_files: fixups.sparse_files(),
         };
@@ -580,6 +580,7 @@ fn extract(ctx: &ModeContext, snapshot: &Snapshot, image: &Path) -> Result<Resto
         bytes_rewritten: snapshot.meta.bytes,
         entries_deleted: 0,
     };
+    ctx.changing()?;
     for rel in &snapshot.meta.include {
         stats.entries_deleted += empty_in_place(&live.path(rel), &nodes)?;
         signals::check()?;
