@@ -33,15 +33,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result};
 
 use crate::exit::{Code, fail};
+use crate::manifest::pieces::{self, PIECE};
 use crate::manifest::{self, ChangeCode, Entry, Kind, Manifest, Name, Xattr, walk};
 use crate::modes::RestoreStats;
 use crate::{progress, signals};
+use blake3::hazmat::ChainingValue;
 
 /// How file content is brought over from the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Content {
-    /// Copied; a file changed in place is repaired block by block.
+    /// Copied; a file changed in place is compared with the source and repaired page by page.
     Copy,
+    /// Copied from a source that is slow to read (a mounted squashfs image: every read goes
+    /// through the loop device and the decompressor). A file changed in place is hashed piece
+    /// by piece against the manifest's piece digests first, and only the pieces that differ
+    /// are read from the source and repaired page by page.
+    CopyByPieces,
     /// Reflink clones (FICLONE): the source and the tree are on one filesystem.
     Clone,
 }
@@ -316,12 +323,14 @@ impl Delta<'_> {
                 allocate(&dst, want).with_context(what)?;
                 Ok(want.size)
             }
-            Content::Copy if want.sparse => {
+            Content::Copy | Content::CopyByPieces if want.sparse => {
                 let n = write_range(&src, &dst, 0, want.size, true).with_context(what)?;
                 dst.set_len(want.size).with_context(what)?;
                 Ok(n)
             }
-            Content::Copy => copy_range(&src, &dst, want.size).with_context(what),
+            Content::Copy | Content::CopyByPieces => {
+                copy_range(&src, &dst, want.size).with_context(what)
+            }
         }
     }
 
@@ -342,7 +351,15 @@ impl Delta<'_> {
                 allocate(&dst, want).with_context(what)?;
                 Ok(want.size)
             }
-            Content::Copy => patch(&src, &dst, want.size, want.sparse).with_context(what),
+            Content::Copy => patch(&src, &dst, want.size, want.sparse, None).with_context(what),
+            Content::CopyByPieces => {
+                let digests = want
+                    .pieces
+                    .as_deref()
+                    .and_then(pieces::parse)
+                    .filter(|d| d.len() as u64 == want.size.div_ceil(PIECE as u64));
+                patch(&src, &dst, want.size, want.sparse, digests.as_deref()).with_context(what)
+            }
         }
     }
 
@@ -520,7 +537,7 @@ fn remove(full: &Path, kind: Kind) -> Result<()> {
 /// Gives `full` (whose attributes are `have`) the owner, xattrs, mode and mtime of `want`:
 /// owner first (chown clears setuid bits and capabilities), mode after the xattrs (an ACL
 /// sets mode bits), mtime last.
-fn fix_meta(full: &Path, want: &Entry, have: &Entry) -> Result<()> {
+pub fn fix_meta(full: &Path, want: &Entry, have: &Entry) -> Result<()> {
     let c = cstring(full)?;
     let fail_on = |rc: libc::c_int, what: &str| -> Result<()> {
         if rc == 0 {
@@ -747,25 +764,62 @@ fn seek(file: &File, offset: u64, whence: libc::c_int) -> std::io::Result<Option
 
 /// Makes `dst` equal to `src` (`len` bytes) in place: the source's data is compared chunk by
 /// chunk and only differing pages are written; where the source has holes, data in `dst` is
-/// punched out. Returns the bytes written.
-fn patch(src: &File, dst: &File, len: u64, sparse: bool) -> std::io::Result<u64> {
+/// punched out. With the target's piece digests, a piece of `dst` that hashes to its digest
+/// is left alone without reading the source. Returns the bytes written.
+fn patch(
+    src: &File,
+    dst: &File,
+    len: u64,
+    sparse: bool,
+    digests: Option<&[ChainingValue]>,
+) -> std::io::Result<u64> {
     let old = dst.metadata()?.len();
     // Bytes beyond the old end are new: written as they come (holes only for sparse files).
     let common = old.min(len);
     if old != len {
         dst.set_len(len)?;
     }
+    let Some(digests) = digests else {
+        return patch_range(src, dst, 0, len, common, sparse);
+    };
+    let mut buf = vec![0u8; PIECE];
     let mut written = 0;
-    let mut pos = 0;
-    while pos < len {
-        let data = seek(src, pos, libc::SEEK_DATA)?.unwrap_or(len).min(len);
+    for (index, digest) in digests.iter().enumerate() {
+        let from = (index * PIECE) as u64;
+        let to = (from + PIECE as u64).min(len);
+        if to <= common {
+            let n = (to - from) as usize;
+            dst.read_exact_at(&mut buf[..n], from)?;
+            signals::check_io()?;
+            if pieces::value(&buf[..n], index as u64) == *digest {
+                continue;
+            }
+        }
+        written += patch_range(src, dst, from, to, common, sparse)?;
+    }
+    Ok(written)
+}
+
+/// [`patch`] of `[from, to)`; `common` is where the old content of `dst` ended.
+fn patch_range(
+    src: &File,
+    dst: &File,
+    from: u64,
+    to: u64,
+    common: u64,
+    sparse: bool,
+) -> std::io::Result<u64> {
+    let mut written = 0;
+    let mut pos = from;
+    while pos < to {
+        let data = seek(src, pos, libc::SEEK_DATA)?.unwrap_or(to).min(to);
         if data > pos {
             punch(dst, pos, data.min(common))?;
         }
-        if data >= len {
+        if data >= to {
             break;
         }
-        let end = seek(src, data, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
+        let end = seek(src, data, libc::SEEK_HOLE)?.unwrap_or(to).min(to);
         written += compare_write(src, dst, data, end.min(common.max(data)))?;
         if end > common.max(data) {
             written += write_range(src, dst, common.max(data), end, sparse)?;
@@ -856,14 +910,37 @@ mod tests {
         want[9 * PAGE] ^= 1;
         let src = file_with(dir.path(), "src", &want);
         let dst = file_with(dir.path(), "dst", &have);
-        let written = patch(&src, &dst, want.len() as u64, false).unwrap();
+        let written = patch(&src, &dst, want.len() as u64, false, None).unwrap();
         assert_eq!(written, 2 * PAGE as u64);
         assert_eq!(std::fs::read(dir.path().join("dst")).unwrap(), want);
 
         // Shorter than the source: the tail is written.
         let short = file_with(dir.path(), "short", &want[..PAGE + 10]);
-        patch(&src, &short, want.len() as u64, false).unwrap();
+        patch(&src, &short, want.len() as u64, false, None).unwrap();
         assert_eq!(std::fs::read(dir.path().join("short")).unwrap(), want);
+    }
+
+    #[test]
+    fn patch_by_pieces_reads_the_source_only_where_a_piece_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let want: Vec<u8> = (0..3 * PIECE + PIECE / 2)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut buf = vec![0u8; PIECE];
+        let digest = pieces::digest(&want[..], &mut buf).unwrap();
+        let digests = pieces::parse(&digest.pieces.unwrap()).unwrap();
+        let mut have = want.clone();
+        have[PIECE + 5] ^= 0xff;
+        have.truncate(3 * PIECE + 100);
+        // A source that is wrong where the live file is right: were piece 0 read from it, the
+        // result would show it.
+        let mut source = want.clone();
+        source[10] ^= 0xff;
+        let src = file_with(dir.path(), "src", &source);
+        let dst = file_with(dir.path(), "dst", &have);
+        let written = patch(&src, &dst, want.len() as u64, false, Some(&digests)).unwrap();
+        assert_eq!(written, (PAGE + PIECE / 2 - 100) as u64);
+        assert_eq!(std::fs::read(dir.path().join("dst")).unwrap(), want);
     }
 
     #[test]

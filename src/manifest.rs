@@ -8,7 +8,6 @@
 //! not UTF-8 are stored as `{"hex": "…"}`, so every name round-trips exactly.
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::exit::{Code, fail};
 use crate::signals;
 
+pub mod pieces;
 pub mod walk;
 
 /// How much of a restored tree `restore` checks against the manifest (`restore_verify`,
@@ -185,6 +185,10 @@ pub struct Entry {
     /// Regular files' content hash, hex; absent in a live scan that did not need it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3: Option<String>,
+    /// Regular files of more than one 1 MiB piece, with their hash: each piece's BLAKE3
+    /// chaining value, hex (see [`pieces`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pieces: Option<String>,
     /// Regular files with holes: fewer bytes allocated than their size.
     #[serde(default, skip_serializing_if = "is_false")]
     pub sparse: bool,
@@ -266,10 +270,11 @@ impl Manifest {
             .collect();
         let hashes = hash_files(&paths)?;
         let mut stats = HashStats::default();
-        for (i, h) in todo.into_iter().zip(hashes) {
+        for (i, digest) in todo.into_iter().zip(hashes) {
             stats.files += 1;
             stats.bytes += self.entries[i].size;
-            self.entries[i].blake3 = Some(h);
+            self.entries[i].blake3 = Some(digest.blake3);
+            self.entries[i].pieces = digest.pieces;
         }
         stats.seconds = started.elapsed().as_secs_f64();
         Ok(stats)
@@ -340,52 +345,39 @@ impl Manifest {
 }
 
 /// blake3 of each file, in order, on up to one thread per core.
-fn hash_files(paths: &[PathBuf]) -> Result<Vec<String>> {
+fn hash_files(paths: &[PathBuf]) -> Result<Vec<pieces::Digest>> {
     // Taken from the end of the queue: reversed, the files go in order.
     let jobs: Vec<usize> = (0..paths.len()).rev().collect();
     let per_thread = crate::parallel::each(
         jobs,
-        || (vec![0u8; 1 << 20], Vec::new()),
+        || (vec![0u8; pieces::PIECE], Vec::new()),
         |(buf, hashed), i| {
             signals::check()?;
             hashed.push((i, hash_file(&paths[i], buf)?));
             Ok(())
         },
     )?;
-    let mut hashed: Vec<(usize, String)> = per_thread.into_iter().flat_map(|(_, h)| h).collect();
+    let mut hashed: Vec<(usize, pieces::Digest)> =
+        per_thread.into_iter().flat_map(|(_, h)| h).collect();
     hashed.sort_unstable_by_key(|(i, _)| *i);
     Ok(hashed.into_iter().map(|(_, h)| h).collect())
 }
 
-fn hash_file(path: &Path, buf: &mut [u8]) -> Result<String> {
+fn hash_file(path: &Path, buf: &mut [u8]) -> Result<pieces::Digest> {
     // O_NOFOLLOW and O_NONBLOCK: a file swapped for a symlink or fifo since the scan fails
     // instead of following it or blocking.
-    let mut f: File = OpenOptions::new()
+    let unreadable = |e: std::io::Error| {
+        fail(
+            Code::Failure,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    };
+    let f: File = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| {
-            fail(
-                Code::Failure,
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
-    let mut hasher = blake3::Hasher::new();
-    loop {
-        let n = match f.read(buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(fail(
-                    Code::Failure,
-                    format!("cannot read {}: {e}", path.display()),
-                ));
-            }
-        };
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().to_hex().to_string())
+        .map_err(unreadable)?;
+    pieces::digest(f, buf).map_err(unreadable)
 }
 
 /// What happened to an entry between two trees.
@@ -657,6 +649,7 @@ mod tests {
             mtime_ns: 1_000_000_000_500,
             size,
             blake3: Some(hash.into()),
+            pieces: None,
             sparse: false,
             target: None,
             rdev: None,
@@ -670,6 +663,7 @@ mod tests {
             kind: Kind::Dir,
             size: 0,
             blake3: None,
+            pieces: None,
             ..file(path, 0, "")
         }
     }

@@ -61,11 +61,45 @@ pub struct Live {
     pub include: Vec<PathBuf>,
 }
 
+/// Work directories a squashfs extract stages in (in an included directory, or beside an
+/// included file) start with this and their process's pid.
+pub const WORK_PREFIX: &str = ".stagesnap-extract-";
+
 impl Live {
     pub fn from_config(cfg: &Config) -> Live {
         Live {
             cache_dir: cfg.cache_dir().to_path_buf(),
             include: cfg.include().to_vec(),
+        }
+    }
+
+    /// Removes the work directories of extracts whose process died (SIGKILL) before it could,
+    /// so that no create captures them. A leftover that cannot be removed is a warning.
+    pub fn remove_stale_work_dirs(&self) {
+        for rel in &self.include {
+            let path = self.path(rel);
+            let dir = if path.is_dir() {
+                path.as_path()
+            } else {
+                path.parent().unwrap_or(&self.cache_dir)
+            };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if !left_by_dead_process(&entry.file_name().to_string_lossy(), WORK_PREFIX) {
+                    continue;
+                }
+                let stale = entry.path();
+                match crate::store::remove_tree(&stale) {
+                    Ok(()) => {
+                        tracing::info!(dir = %stale.display(), "extract_leftover_removed: a stagesnap killed during a restore left it")
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %stale.display(), error = %crate::exit::one_line(&e), "extract_leftover_left: remove it by hand")
+                    }
+                }
+            }
         }
     }
 
@@ -356,6 +390,19 @@ pub fn first_unwritable(root: &Path) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// Whether `name` (`<prefix><pid>`, maybe followed by `-…`) was made by a process that no
+/// longer runs. Never without /proc, where every process would look gone.
+pub fn left_by_dead_process(name: &str, prefix: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.split('-').next())
+    else {
+        return false;
+    };
+    let proc = Path::new("/proc");
+    pid.parse::<u32>().is_ok() && proc.join("self").exists() && !proc.join(pid).exists()
 }
 
 pub fn human_bytes(n: u64) -> String {

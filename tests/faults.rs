@@ -16,7 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::docker::Net;
-use common::{Env, assert_same_tree, is_root, refused, treestate};
+use common::{Env, Mount, assert_same_tree, refused, treestate};
 
 const MB: u64 = 1 << 20;
 const GB: u64 = 1 << 30;
@@ -224,37 +224,6 @@ fn fake_tool(env: &Env, program: &str, body: &str) -> String {
     fs::write(&path, script).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
     format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
-}
-
-/// A filesystem mounted for the life of a test (a tmpfs, or a bind mount), unmounted when
-/// dropped, also when the test fails. Declare it after the `Env` it lies in, so it goes first.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path, size: &str) -> Mount {
-        Self::new(at, &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-    }
-
-    fn bind(from: &Path, at: &Path) -> Mount {
-        Self::new(at, &["--bind", from.to_str().unwrap()])
-    }
-
-    fn new(at: &Path, args: &[&str]) -> Mount {
-        assert!(
-            is_root(),
-            "the fault tests mount filesystems: run them as root"
-        );
-        fs::create_dir_all(at).unwrap();
-        let status = Command::new("mount").args(args).arg(at).status().unwrap();
-        assert!(status.success(), "mount {args:?} {}", at.display());
-        Mount(at.to_path_buf())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -299,6 +299,10 @@ fn restore_with_nothing_to_do_writes_nothing() {
     let done = env.json(&["restore"], 0);
     assert_eq!(done["files_rewritten"], 0, "{done}");
     assert_eq!(done["entries_deleted"], 0, "{done}");
-    assert_eq!(mtime(&env.snapshots()), store_before, "the store's entries changed");
+    assert_eq!(
+        mtime(&env.snapshots()),
+        store_before,
+        "the store's entries changed"
+    );
     assert_same_tree(&treestate(&env.data()), &before);
 }

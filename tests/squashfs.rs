@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Env, assert_same_tree, dir_inodes, is_root, treestate};
+use common::{Env, Mount, assert_same_tree, dir_inodes, is_root, treestate};
 
 const MB: u64 = 1 << 20;
 
@@ -672,4 +672,103 @@ fn non_root_restore_of_root_owned_data_fails_untouched() {
         "{stderr}"
     );
     assert_same_tree(&treestate(&env.data()), &dirty);
+}
+
+/// An extract stages the image beside the data, so it needs room for a copy there: without
+/// it, the restore refuses before changing anything. A work directory that a killed extract
+/// left is removed by the next command (never captured by a create), one of a running
+/// process is left alone.
+#[test]
+fn extract_needs_room_beside_the_data_and_its_leftovers_go() {
+    let env = squashfs_env(2, 2 * MB, "none", "extract");
+    env.run(&["create"], 0);
+    let data = env.data();
+    let original = env.root.join("data-before-tmpfs");
+    copy_tree(&data, &original);
+    {
+        let _small = Mount::tmpfs(&data, "7m");
+        copy_tree(&original, &data);
+        env.suite(2);
+        let dirty = treestate(&data);
+        let (_, stderr) = env.run(&["restore"], 1);
+        assert!(
+            stderr.contains("needs 2.")
+                && stderr.contains(&format!("free in {}", data.display()))
+                && stderr.contains("nothing was changed")
+                && stderr.contains("squashfs_restore = mount"),
+            "{stderr}"
+        );
+        assert_same_tree(&treestate(&data), &dirty);
+    }
+
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = data.join(format!(".stagesnap-extract-{dead}-old"));
+    let running = data.join(format!(".stagesnap-extract-{}", std::process::id()));
+    for dir in [&stale, &running] {
+        fs::create_dir_all(dir.join("node1")).unwrap();
+        fs::write(dir.join("node1/file"), b"half extracted").unwrap();
+    }
+    env.run(&["create", "--force"], 0);
+    assert!(!stale.exists(), "the dead extract's work directory stayed");
+    assert!(
+        running.exists(),
+        "a running process's work directory was removed"
+    );
+    fs::remove_dir_all(&running).unwrap();
+    env.run(&["create", "--force"], 0);
+    env.suite(3);
+    env.run(&["restore"], 0);
+    let names: Vec<String> = fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.starts_with("node")),
+        "extract left {names:?}"
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The mount restore of a large file changed in place rewrites only the page that changed,
+/// choosing it by the manifest's piece digests (reading the image only there), and brings the
+/// file back exactly, holes included.
+#[test]
+fn mount_restore_repairs_a_large_file_piece_by_piece() {
+    let env = squashfs_env(2, 8 * MB, "zstd", "mount");
+    env.run(&["create"], 0);
+    let clean = treestate(&env.data());
+    let largest = walkdir::WalkDir::new(env.data())
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .into_path();
+    let size = fs::metadata(&largest).unwrap().len();
+    assert!(size > MB, "{} is only {size} bytes", largest.display());
+    let manifest = fs::read_to_string(env.snapshots().join("clean_state/manifest.jsonl")).unwrap();
+    assert!(manifest.contains("\"pieces\""), "no piece digests recorded");
+    let f = fs::OpenOptions::new().write(true).open(&largest).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"suite", size / 2 + 1000).unwrap();
+    drop(f);
+    let restored = env.json(&["restore"], 0);
+    assert_eq!(restored["files_rewritten"], 1, "{restored}");
+    assert!(
+        restored["bytes_rewritten"].as_u64().unwrap() <= 4096,
+        "{restored}"
+    );
+    assert_same_tree(&treestate(&env.data()), &clean);
 }

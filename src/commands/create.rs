@@ -5,19 +5,17 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{docker_for, load_config, lock_timeout, prepare_configured, store};
+use super::{Begun, Session, begin};
 use crate::cli::{CreateArgs, GlobalArgs};
 use crate::config::Config;
 use crate::exit::{Code, fail, one_line};
 use crate::fingerprint::Fingerprint;
 use crate::manifest::Manifest;
-use crate::modes::{Mode, ModeContext};
+use crate::modes::{Mode, ModeContext, ModeKind};
 use crate::output::Report;
 use crate::progress;
 use crate::quiesce::{self, Op};
-use crate::store::{
-    Lock, ManifestRef, Meta, SCHEMA, Snapshot, Staging, Store, prune_plan, validate_name,
-};
+use crate::store::{Lock, ManifestRef, Meta, SCHEMA, Snapshot, Staging, Store, prune_plan};
 use crate::tools::Found;
 use crate::tree::{Live, Totals, free_bytes, human_bytes};
 
@@ -36,29 +34,25 @@ struct Created {
 }
 
 pub fn run(g: &GlobalArgs, args: &CreateArgs) -> Result<Report> {
-    let cfg = load_config(g)?;
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| cfg.snapshot_name().to_string());
-    validate_name(&name)?;
-    let (mode, tools) = prepare_configured(&cfg)?;
-    if !mode.active() {
-        tracing::info!(command = "create", "suite_isolation_disabled");
-        let created = Created::skipped(&name, mode.as_ref());
-        return Ok(Report::new(
-            "create",
-            &created,
-            "suite isolation is disabled: nothing to do\n".into(),
-        ));
-    }
-    let docker = docker_for(&cfg, mode.as_ref(), false)?;
-    let live = Live::from_config(&cfg);
-    live.check_present()?;
-    live.check_store_outside(cfg.snapshots_dir())?;
-    let store = store(&cfg);
-    let lock = store.lock(&format!("create {name}"), lock_timeout(g))?;
-    store.clean_leftovers(&lock)?;
+    let Session {
+        cfg,
+        name,
+        mode,
+        tools,
+        docker,
+        live,
+        store,
+        lock,
+    } = match begin(g, args.name.as_deref(), Op::Create)? {
+        Begun::Ready(session) => *session,
+        Begun::Disabled { name, mode } => {
+            return Ok(Report::new(
+                "create",
+                &Created::skipped(&name, mode),
+                "suite isolation is disabled: nothing to do\n".into(),
+            ));
+        }
+    };
     if store.exists(&name) && !args.force {
         return Err(fail(
             Code::Failure,
@@ -193,10 +187,10 @@ impl<'a> Space<'a> {
 }
 
 impl Created {
-    fn skipped(name: &str, mode: &dyn Mode) -> Created {
+    fn skipped(name: &str, mode: ModeKind) -> Created {
         Created {
             name: name.to_string(),
-            mode: mode.kind().name(),
+            mode: mode.name(),
             files: 0,
             bytes: 0,
             stored_bytes: 0,

@@ -10,8 +10,10 @@ use crate::docker::{self, Docker};
 use crate::exit::{Code, fail};
 use crate::modes::{Mode, ModeKind};
 use crate::output::Report;
-use crate::store::Store;
+use crate::quiesce::Op;
+use crate::store::{Lock, Store, validate_name};
 use crate::tools::Found;
+use crate::tree::Live;
 
 mod complete_names;
 mod config;
@@ -100,6 +102,64 @@ fn changes_table(nodes: &[crate::manifest::NodeSummary]) -> String {
         &["NODE", "ADDED", "REMOVED", "MODIFIED", "METADATA", "BYTES"],
         &rows,
     )
+}
+
+/// What create and restore hold once they may begin.
+struct Session {
+    cfg: Config,
+    name: String,
+    mode: Box<dyn Mode>,
+    tools: Vec<Found>,
+    docker: Option<Docker>,
+    live: Live,
+    store: Store,
+    lock: Lock,
+}
+
+enum Begun {
+    /// mode = disabled: nothing to do.
+    Disabled {
+        name: String,
+        mode: ModeKind,
+    },
+    Ready(Box<Session>),
+}
+
+/// The steps create and restore share, in order, each of which may stop them before anything
+/// changes: the configuration; the snapshot's name (`name`, else `snapshot_name`); the
+/// configured mode with its tools (exit 3 when one is missing); docker when the
+/// configuration needs it for `op`; the live data present and outside the store; the store
+/// locked, and cleared of what crashed runs left there and beside the live data.
+fn begin(g: &GlobalArgs, name: Option<&str>, op: Op) -> Result<Begun> {
+    let cfg = load_config(g)?;
+    let name = name.unwrap_or_else(|| cfg.snapshot_name()).to_string();
+    validate_name(&name)?;
+    let (mode, tools) = prepare_configured(&cfg)?;
+    if !mode.active() {
+        tracing::info!(command = %op, "suite_isolation_disabled");
+        return Ok(Begun::Disabled {
+            name,
+            mode: mode.kind(),
+        });
+    }
+    let docker = docker_for(&cfg, mode.as_ref(), op == Op::Restore)?;
+    let live = Live::from_config(&cfg);
+    live.check_present()?;
+    live.check_store_outside(cfg.snapshots_dir())?;
+    let store = store(&cfg);
+    let lock = store.lock(&format!("{op} {name}"), lock_timeout(g))?;
+    store.clean_leftovers(&lock)?;
+    live.remove_stale_work_dirs();
+    Ok(Begun::Ready(Box::new(Session {
+        cfg,
+        name,
+        mode,
+        tools,
+        docker,
+        live,
+        store,
+        lock,
+    })))
 }
 
 /// The docker client when this configuration needs one for a create (or, with `restore`, a

@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::create::Job;
-use super::{docker_for, load_config, lock_timeout, prepare, prepare_configured, store};
+use super::{Begun, Session, begin, docker_for, prepare};
 use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::config::Config;
 use crate::docker::Docker;
@@ -16,7 +16,7 @@ use crate::modes::{Mode, ModeContext, ModeKind, RestoreStats, recreate};
 use crate::output::{Report, summary};
 use crate::progress;
 use crate::quiesce::{self, Op};
-use crate::store::{Lock, Snapshot, Store, validate_name};
+use crate::store::{Lock, Snapshot, Store};
 use crate::tools::Found;
 use crate::tree::{Live, human_bytes};
 
@@ -45,30 +45,26 @@ struct Fallback {
 }
 
 pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
-    let cfg = load_config(g)?;
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| cfg.snapshot_name().to_string());
-    validate_name(&name)?;
-    let configured = cfg.mode();
-    let (configured_mode, configured_tools) = prepare_configured(&cfg)?;
-    if !configured_mode.active() {
-        tracing::info!(command = "restore", "suite_isolation_disabled");
-        let r = Restored::empty(&name, configured, false, true);
-        return Ok(Report::new(
-            "restore",
-            &r,
-            "suite isolation is disabled: nothing to do\n".into(),
-        ));
-    }
-    let docker = docker_for(&cfg, configured_mode.as_ref(), true)?;
-    let live = Live::from_config(&cfg);
-    live.check_present()?;
-    live.check_store_outside(cfg.snapshots_dir())?;
-    let store = store(&cfg);
-    let lock = store.lock(&format!("restore {name}"), lock_timeout(g))?;
-    store.clean_leftovers(&lock)?;
+    let Session {
+        cfg,
+        name,
+        mode: configured_mode,
+        tools: configured_tools,
+        docker,
+        live,
+        store,
+        lock,
+    } = match begin(g, args.name.as_deref(), Op::Restore)? {
+        Begun::Ready(session) => *session,
+        Begun::Disabled { name, mode } => {
+            return Ok(Report::new(
+                "restore",
+                &Restored::empty(&name, mode, false, true),
+                "suite isolation is disabled: nothing to do\n".into(),
+            ));
+        }
+    };
+    let configured = configured_mode.kind();
     let started = Instant::now();
 
     if !store.exists(&name) {

@@ -163,6 +163,7 @@ fn entry_at(at: RawFd, name: &CStr, full: &Path, path: Name) -> Result<(Entry, I
             .saturating_add(st.st_mtime_nsec),
         size,
         blake3: None,
+        pieces: None,
         sparse: kind == Kind::File && (st.st_blocks as u64).saturating_mul(512) < size,
         target,
         rdev,

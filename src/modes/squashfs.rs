@@ -9,15 +9,16 @@ mod fixups;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use self::fixups::{Fixups, Time};
-use super::{Finding, Mode, ModeContext, ModeKind, Restoration, RestoreStats, Status};
+use super::{Finding, Mode, ModeContext, ModeKind, Restoration, RestoreStats, Status, Verified};
 use crate::config::Config;
 use crate::delta::Content;
 use crate::exit::{Code, code_of, fail, one_line};
@@ -25,7 +26,7 @@ use crate::manifest::Manifest;
 use crate::output::seconds;
 use crate::store::Snapshot;
 use crate::tools::{Found, MKSQUASHFS, MOUNT, Tool, UMOUNT, UNSQUASHFS};
-use crate::tree::{Live, cstring, xattr_names};
+use crate::tree::{Live, WORK_PREFIX, cstring, human_bytes, left_by_dead_process};
 use crate::{progress, signals};
 
 pub struct Squashfs;
@@ -66,40 +67,59 @@ impl Stored {
         })
     }
 
-    /// Fails (exit 1, "damaged") unless the file has the recorded size and digest.
-    fn check(&self, snapshot: &Snapshot) -> Result<()> {
+    /// Fails (exit 1, "damaged") unless the file has the recorded size.
+    fn check_size(&self, snapshot: &Snapshot) -> Result<()> {
         let path = snapshot.payload().join(&self.file);
-        let damaged = |what: String| {
-            fail(
-                Code::Failure,
-                format!(
-                    "snapshot {name} is damaged: {what}; nothing was restored. Delete it (`stagesnap delete {name}`) and create it again",
-                    name = snapshot.meta.name
-                ),
-            )
-        };
         let size = match path.metadata() {
             Ok(m) => m.len(),
-            Err(e) => return Err(damaged(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(damaged(
+                    snapshot,
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+            }
         };
         if size != self.bytes {
-            return Err(damaged(format!(
-                "{} is {size} bytes, meta.json says {}",
-                path.display(),
-                self.bytes
-            )));
-        }
-        let started = Instant::now();
-        let (_, blake3) = digest(&path)?;
-        tracing::debug!(path = %path.display(), bytes = size, seconds = seconds(started.elapsed()), "squashfs_digest_checked");
-        if blake3 != self.blake3 {
-            return Err(damaged(format!(
-                "the BLAKE3 digest of {} does not match meta.json (the file changed after it was written)",
-                path.display()
-            )));
+            return Err(damaged(
+                snapshot,
+                format!(
+                    "{} is {size} bytes, meta.json says {}",
+                    path.display(),
+                    self.bytes
+                ),
+            ));
         }
         Ok(())
     }
+
+    /// Fails (exit 1, "damaged") unless the file has the recorded size and digest.
+    fn check_digest(&self, snapshot: &Snapshot) -> Result<()> {
+        self.check_size(snapshot)?;
+        let path = snapshot.payload().join(&self.file);
+        let started = Instant::now();
+        let (bytes, blake3) = digest(&path)?;
+        tracing::debug!(path = %path.display(), bytes, seconds = seconds(started.elapsed()), "squashfs_digest_checked");
+        if blake3 != self.blake3 {
+            return Err(damaged(
+                snapshot,
+                format!(
+                    "the BLAKE3 digest of {} does not match meta.json (the file changed after it was written)",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn damaged(snapshot: &Snapshot, what: String) -> anyhow::Error {
+    fail(
+        Code::Failure,
+        format!(
+            "snapshot {name} is damaged: {what}; nothing was restored. Delete it (`stagesnap delete {name}`) and create it again",
+            name = snapshot.meta.name
+        ),
+    )
 }
 
 /// Size and BLAKE3 digest (hex) of a file. Memory-mapped and hashed on every core: every
@@ -446,9 +466,11 @@ impl Mode for Squashfs {
     }
 
     fn verify(&self, ctx: &ModeContext, snapshot: &Snapshot) -> Result<()> {
+        // The image's digest (reading all of it) is checked by the restore itself, beside
+        // the extraction or before mounting, and by `stagesnap verify`.
         let payload = Payload::of(snapshot)?;
-        payload.image.check(snapshot)?;
-        payload.fixups.check(snapshot)?;
+        payload.image.check_size(snapshot)?;
+        payload.fixups.check_digest(snapshot)?;
         let image = snapshot.payload().join(&payload.image.file);
         ctx.tool(UNSQUASHFS)
             .run([OsString::from("-s"), image.clone().into()], &format!("opening {}", image.display()))
@@ -466,6 +488,24 @@ impl Mode for Squashfs {
         Ok(())
     }
 
+    fn verify_stored(
+        &self,
+        _: &ModeContext,
+        snapshot: &Snapshot,
+        _: &Manifest,
+    ) -> Result<Verified> {
+        let payload = Payload::of(snapshot)?;
+        let problems = match payload.image.check_digest(snapshot) {
+            Ok(()) => vec![],
+            Err(e) if code_of(&e) == Code::Interrupted => return Err(e),
+            Err(e) => vec![one_line(&e)],
+        };
+        Ok(Verified {
+            checked: "the manifest, the fixups and the image's size and BLAKE3 digest".into(),
+            problems,
+        })
+    }
+
     fn restore(
         &self,
         ctx: &ModeContext,
@@ -478,8 +518,8 @@ impl Mode for Squashfs {
         let (strategy, why) = strategy(ctx.cfg);
         tracing::info!(strategy = %strategy.name(), reason = %why, "squashfs_restore_strategy");
         let done = match strategy {
-            Strategy::Extract => extract(ctx, snapshot, &image)?.into(),
-            Strategy::Mount => match by_mount(ctx, snapshot, &image, manifest) {
+            Strategy::Extract => extract(ctx, snapshot, &payload, &image)?.into(),
+            Strategy::Mount => match by_mount(ctx, snapshot, &payload, &image, manifest) {
                 Err(e)
                     if ctx.cfg.text("squashfs_restore") == "auto"
                         && code_of(&e) != Code::Interrupted
@@ -487,7 +527,7 @@ impl Mode for Squashfs {
                 {
                     // Nothing was touched yet: the mount itself failed.
                     tracing::warn!(error = %one_line(&e), "squashfs_mount_failed: extracting instead (squashfs_restore = auto)");
-                    extract(ctx, snapshot, &image)?.into()
+                    extract(ctx, snapshot, &payload, &image)?.into()
                 }
                 other => other?,
             },
@@ -532,8 +572,8 @@ fn excluded(live: &Live) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// cache_dir and the directories between it and the included paths: in the image, but not
-/// restored. unsquashfs resets their attributes to the image's, so extract puts them back.
+/// cache_dir and the directories between it and the included paths, whose other entries
+/// the image leaves out.
 fn ancestors(cache_dir: &Path, include: &[PathBuf]) -> BTreeSet<PathBuf> {
     include
         .iter()
@@ -541,50 +581,238 @@ fn ancestors(cache_dir: &Path, include: &[PathBuf]) -> BTreeSet<PathBuf> {
         .collect()
 }
 
-/// `extract`: empties the included paths in place (node directories stay, emptied), then
-/// unsquashfs writes the image into them.
-fn extract(ctx: &ModeContext, snapshot: &Snapshot, image: &Path) -> Result<RestoreStats> {
+/// `extract`: unsquashfs writes the image into a staging directory beside the live data (on
+/// its filesystem) while the image's digest is checked; once the digest holds, the old content
+/// of the included paths moves aside and is deleted on another thread while the extraction
+/// goes on; then the extracted entries move in by rename. Included and node directories keep
+/// their inodes and take the snapshot's attributes. Done in order, the digest, the removal and
+/// the extraction took twice as long as unsquashfs alone.
+fn extract(
+    ctx: &ModeContext,
+    snapshot: &Snapshot,
+    payload: &Payload,
+    image: &Path,
+) -> Result<RestoreStats> {
     let live = ctx.live;
-    let around: Vec<(PathBuf, std::fs::Metadata)> =
-        ancestors(&live.cache_dir, &snapshot.meta.include)
-            .into_iter()
-            .map(|p| {
-                let m = p
-                    .symlink_metadata()
-                    .with_context(|| format!("cannot stat {}", p.display()));
-                m.map(|m| (p, m))
-            })
-            .collect::<Result<_>>()?;
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    if let Some((path, meta)) = around.iter().find(|(_, m)| euid != 0 && m.uid() != euid) {
-        return Err(fail(
-            Code::Failure,
-            format!(
-                "cannot restore {} by extracting: unsquashfs resets the attributes of {}, which belongs to uid {}, not to this user; nothing was changed. Run stagesnap as root or as the owner of {}",
-                snapshot.meta.name,
-                path.display(),
-                meta.uid(),
-                path.display()
-            ),
-        ));
-    }
     let nodes: BTreeSet<PathBuf> = snapshot
         .meta
         .nodes
         .iter()
         .map(|n| live.path(Path::new(n)))
         .collect();
-    let mut stats = RestoreStats {
-        files_rewritten: snapshot.meta.files,
-        bytes_rewritten: snapshot.meta.bytes,
-        entries_deleted: 0,
-    };
-    ctx.changing()?;
-    for rel in &snapshot.meta.include {
-        stats.entries_deleted += empty_in_place(&live.path(rel), &nodes)?;
-        signals::check()?;
+    let places: Vec<Place> = snapshot
+        .meta
+        .include
+        .iter()
+        .map(|rel| Place::new(live, rel))
+        .collect::<Result<_>>()?;
+    if let Some(place) = places.first() {
+        let free = crate::tree::free_bytes(&place.base)?;
+        if free < snapshot.meta.bytes {
+            return Err(fail(
+                Code::Failure,
+                format!(
+                    "cannot restore {} by extracting: the extraction is staged beside the data and needs {} free in {}, which has {}; nothing was changed. Free some space, or set squashfs_restore = mount",
+                    snapshot.meta.name,
+                    human_bytes(snapshot.meta.bytes),
+                    place.base.display(),
+                    human_bytes(free)
+                ),
+            ));
+        }
     }
+    let mut work_dirs = Vec::new();
+    for place in &places {
+        let base = &place.base;
+        let mtime = base
+            .symlink_metadata()
+            .with_context(|| format!("cannot stat {}", base.display()))?;
+        work_dirs.push(WorkDirs {
+            dirs: [place.staging.clone(), place.trash.clone()],
+            base: (base.clone(), Time::of(&mtime)),
+        });
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&place.staging)
+            .with_context(|| format!("cannot create {}", place.staging.display()))?;
+    }
+    let (stats, kept) = std::thread::scope(|s| -> Result<(RestoreStats, Vec<Kept>)> {
+        let extracting = s.spawn(|| {
+            places
+                .iter()
+                .try_for_each(|place| unsquash(ctx, snapshot, image, place))
+        });
+        // Until the digest holds, nothing but the staging directories changes.
+        payload.image.check_digest(snapshot)?;
+        ctx.changing()?;
+        for place in &places {
+            place.clear(&nodes)?;
+        }
+        let deleting = s.spawn(|| {
+            places
+                .iter()
+                .map(|p| remove_counting(&p.trash))
+                .sum::<Result<u64>>()
+        });
+        let extracted = extracting.join().expect("the extraction does not panic");
+        let moved = extracted.and_then(|()| {
+            places
+                .iter()
+                .map(|p| p.fill(&nodes))
+                .collect::<Result<Vec<_>>>()
+        });
+        let stats = RestoreStats {
+            files_rewritten: snapshot.meta.files,
+            bytes_rewritten: snapshot.meta.bytes,
+            entries_deleted: deleting.join().expect("removal does not panic")?,
+        };
+        Ok((stats, moved?.into_iter().flatten().collect()))
+    })?;
+    // Removing the work directories changes the mtime of the directory holding them: the
+    // attributes of the directories that stayed go last, deepest first.
+    drop(work_dirs);
+    for (path, want) in kept.iter().rev() {
+        crate::delta::fix_meta(path, want, &entry_of(path)?)?;
+    }
+    Ok(stats)
+}
+
+/// A directory that stayed and the attributes the image gives it.
+type Kept = (PathBuf, crate::manifest::Entry);
+
+/// Where one included path is extracted: `staging` and `trash` are work directories in
+/// `base` (the included directory itself, or the folder of an included file), so that
+/// renames reach the live entries.
+struct Place {
+    rel: PathBuf,
+    live: PathBuf,
+    base: PathBuf,
+    staging: PathBuf,
+    trash: PathBuf,
+    /// Entries moved into `trash` so far, which names the next one.
+    discarded: AtomicUsize,
+}
+
+impl Place {
+    fn new(live: &Live, rel: &Path) -> Result<Place> {
+        let path = live.path(rel);
+        let base = if path.is_dir() {
+            path.clone()
+        } else {
+            path.parent().unwrap_or(&live.cache_dir).to_path_buf()
+        };
+        let id = std::process::id();
+        Ok(Place {
+            rel: rel.to_path_buf(),
+            staging: base.join(format!("{WORK_PREFIX}{id}")),
+            trash: base.join(format!("{WORK_PREFIX}{id}-old")),
+            live: path,
+            base,
+            discarded: AtomicUsize::new(0),
+        })
+    }
+
+    /// The extracted copy of the included path.
+    fn staged(&self) -> PathBuf {
+        self.staging.join(&self.rel)
+    }
+
+    fn is_work_dir(&self, path: &Path) -> bool {
+        path == self.staging || path == self.trash
+    }
+
+    /// Moves the live content into `trash`: everything in an included directory but the node
+    /// directories, which stay and are emptied the same way (the containers' bind mounts).
+    fn clear(&self, nodes: &BTreeSet<PathBuf>) -> Result<()> {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&self.trash)
+            .with_context(|| format!("cannot create {}", self.trash.display()))?;
+        let meta = match self.live.symlink_metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot stat {}", self.live.display()));
+            }
+        };
+        if !meta.is_dir() {
+            return self.discard(&self.live);
+        }
+        for child in children(&self.live)? {
+            if self.is_work_dir(&child) {
+                continue;
+            }
+            if nodes.contains(&child) && child.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                for grandchild in children(&child)? {
+                    self.discard(&grandchild)?;
+                }
+            } else {
+                self.discard(&child)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn discard(&self, path: &Path) -> Result<()> {
+        let n = self.discarded.fetch_add(1, Ordering::Relaxed);
+        std::fs::rename(path, self.trash.join(n.to_string()))
+            .with_context(|| format!("cannot move {} aside", path.display()))
+    }
+
+    /// Moves the extracted entries into place. Returns the directories that stayed (the
+    /// included one, node directories) with the attributes they must take (mode, owner,
+    /// xattrs, mtime; the fixups add nanoseconds later), read before moving changed them.
+    fn fill(&self, nodes: &BTreeSet<PathBuf>) -> Result<Vec<Kept>> {
+        let staged = self.staged();
+        let meta = staged
+            .symlink_metadata()
+            .with_context(|| format!("the image has no {}", self.rel.display()))?;
+        if !meta.is_dir() || !self.live.is_dir() {
+            move_into_place(&staged, &self.live)?;
+            return Ok(vec![]);
+        }
+        let mut kept = vec![(self.live.clone(), entry_of(&staged)?)];
+        for child in children(&staged)? {
+            let name = child.file_name().expect("a directory entry has a name");
+            let target = self.live.join(name);
+            if nodes.contains(&target) && target.is_dir() && child.is_dir() {
+                kept.push((target.clone(), entry_of(&child)?));
+                for grandchild in children(&child)? {
+                    let name = grandchild
+                        .file_name()
+                        .expect("a directory entry has a name");
+                    move_into_place(&grandchild, &target.join(name))?;
+                }
+            } else {
+                move_into_place(&child, &target)?;
+            }
+        }
+        Ok(kept)
+    }
+}
+
+fn move_into_place(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).with_context(|| format!("cannot move {} into place", to.display()))
+}
+
+/// The entries of a directory, by path.
+fn children(dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::read_dir(dir)
+        .and_then(|d| d.map(|e| e.map(|e| e.path())).collect())
+        .with_context(|| format!("cannot read {}", dir.display()))
+}
+
+/// The attributes of `path` as a manifest entry.
+fn entry_of(path: &Path) -> Result<crate::manifest::Entry> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let name = crate::manifest::Name::from_path(Path::new(path.file_name().unwrap_or_default()));
+    crate::manifest::walk::entry(parent, &name)?
+        .map(|(e, _)| e)
+        .ok_or_else(|| fail(Code::Failure, format!("{} vanished", path.display())))
+}
+
+/// Runs unsquashfs for one included path into its staging directory.
+fn unsquash(ctx: &ModeContext, snapshot: &Snapshot, image: &Path, place: &Place) -> Result<()> {
     let mut args: Vec<OsString> = ["-quiet", "-force", "-strict-errors", "-no-wildcards"]
         .map(OsString::from)
         .to_vec();
@@ -594,27 +822,70 @@ fn extract(ctx: &ModeContext, snapshot: &Snapshot, image: &Path) -> Result<Resto
     if let Some(n) = ctx.cfg.count_or_auto("squashfs_processors") {
         args.extend(["-processors".into(), n.to_string().into()]);
     }
-    args.extend(["-dest".into(), live.cache_dir.clone().into(), image.into()]);
-    args.extend(snapshot.meta.include.iter().map(OsString::from));
+    args.extend([
+        "-dest".into(),
+        place.staging.clone().into(),
+        image.into(),
+        place.rel.clone().into(),
+    ]);
     // unsquashfs's own progress bar (`[==|  ] 2341/2991  78%`, in blocks) drives ours.
-    let result = ctx.tool(UNSQUASHFS).run_reporting(
-        args,
-        &format!(
-            "extracting snapshot {} into {}",
-            snapshot.meta.name,
-            live.cache_dir.display()
-        ),
-        &mut |line| {
-            if let Some((done, total)) = blocks_done(line) {
-                progress::share(done, total);
-            }
-        },
-    );
-    for (path, meta) in &around {
-        put_back(path, meta)?;
+    ctx.tool(UNSQUASHFS)
+        .run_reporting(
+            args,
+            &format!(
+                "extracting snapshot {} into {}",
+                snapshot.meta.name,
+                place.staging.display()
+            ),
+            &mut |line| {
+                if let Some((done, total)) = blocks_done(line) {
+                    progress::share(done, total);
+                }
+            },
+        )
+        .map(drop)
+}
+
+/// Removes a tree, counting its entries.
+fn remove_counting(path: &Path) -> Result<u64> {
+    let mut removed = 0;
+    for e in walkdir::WalkDir::new(path)
+        .min_depth(1)
+        .contents_first(true)
+    {
+        let e = e.with_context(|| format!("cannot read {}", path.display()))?;
+        let p = e.path();
+        if e.file_type().is_dir() {
+            std::fs::remove_dir(p)
+        } else {
+            std::fs::remove_file(p)
+        }
+        .with_context(|| format!("cannot remove {}", p.display()))?;
+        removed += 1;
     }
-    result?;
-    Ok(stats)
+    Ok(removed)
+}
+
+/// The work directories of a staged extract in `base`. Dropped (after success, an error or
+/// Ctrl-C), they go with whatever is left in them, and `base` gets back the mtime it had, so
+/// that an extract refused before its first change leaves the data as it was.
+struct WorkDirs {
+    dirs: [PathBuf; 2],
+    base: (PathBuf, Time),
+}
+
+impl Drop for WorkDirs {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            if let Err(e) = crate::store::remove_tree(dir) {
+                tracing::warn!(dir = %dir.display(), error = %one_line(&e), "squashfs_work_dir_left: remove it by hand");
+            }
+        }
+        let (base, mtime) = &self.base;
+        if let Err(e) = set_mtime(base, *mtime) {
+            tracing::warn!(dir = %base.display(), error = %one_line(&e), "squashfs_mtime_not_restored");
+        }
+    }
 }
 
 /// `(2341, 2991)` from unsquashfs's progress line `[==…|   ] 2341/2991  78%`.
@@ -626,76 +897,6 @@ fn blocks_done(line: &str) -> Option<(u64, u64)> {
         .next()?
         .split_once('/')?;
     Some((done.parse().ok()?, total.parse().ok()?))
-}
-
-/// Empties `path` for unsquashfs without replacing it: a directory keeps its inode (and so do
-/// the node directories in `nodes`, emptied the same way); its xattrs go too, since
-/// unsquashfs only adds them. Returns how many entries were removed.
-fn empty_in_place(path: &Path, nodes: &BTreeSet<PathBuf>) -> Result<u64> {
-    let meta = path
-        .symlink_metadata()
-        .with_context(|| format!("cannot stat {}", path.display()))?;
-    if !meta.is_dir() {
-        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
-        return Ok(1);
-    }
-    strip_xattrs(path)?;
-    let mut removed = 0;
-    for entry in
-        std::fs::read_dir(path).with_context(|| format!("cannot read {}", path.display()))?
-    {
-        let entry = entry?;
-        let child = entry.path();
-        if nodes.contains(&child) && entry.file_type()?.is_dir() {
-            removed += empty_in_place(&child, &BTreeSet::new())?;
-            continue;
-        }
-        for e in walkdir::WalkDir::new(&child).contents_first(true) {
-            let e = e.with_context(|| format!("cannot read {}", child.display()))?;
-            let p = e.path();
-            if e.file_type().is_dir() {
-                std::fs::remove_dir(p)
-            } else {
-                std::fs::remove_file(p)
-            }
-            .with_context(|| format!("cannot remove {}", p.display()))?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
-
-/// Removes every xattr of `path` itself.
-fn strip_xattrs(path: &Path) -> Result<()> {
-    let c = cstring(path)?;
-    for name in xattr_names(path)? {
-        let cname = std::ffi::CString::new(name.clone())?;
-        // SAFETY: valid C strings.
-        if unsafe { libc::lremovexattr(c.as_ptr(), cname.as_ptr()) } != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| {
-                format!(
-                    "cannot remove xattr {} of {}",
-                    String::from_utf8_lossy(&name),
-                    path.display()
-                )
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Gives a directory back the mode, owner and mtime it had before unsquashfs.
-fn put_back(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
-    let now = path.symlink_metadata()?;
-    if (now.uid(), now.gid()) != (meta.uid(), meta.gid()) {
-        std::os::unix::fs::lchown(path, Some(meta.uid()), Some(meta.gid()))
-            .with_context(|| format!("cannot give {} back its owner", path.display()))?;
-    }
-    if now.mode() != meta.mode() {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
-            .with_context(|| format!("cannot give {} back its mode", path.display()))?;
-    }
-    set_mtime(path, Time::of(meta))
 }
 
 /// A failed mount: nothing was touched, so `auto` may extract instead.
@@ -715,14 +916,16 @@ impl std::error::Error for Mounting {}
 fn by_mount(
     ctx: &ModeContext,
     snapshot: &Snapshot,
+    payload: &Payload,
     image: &Path,
     manifest: Option<&Manifest>,
 ) -> Result<Restoration> {
+    payload.image.check_digest(snapshot)?;
     let need = "the squashfs mount restore was chosen";
     let [mount, umount] = [MOUNT, UMOUNT].map(|t| t.require_for(need));
     let (mount, umount) = (mount?, umount?);
     let mounted = Mounted::new(image, &mount, &umount).map_err(|e| e.context(Mounting))?;
-    super::delta_restore(ctx, snapshot, manifest, &mounted.dir, Content::Copy)
+    super::delta_restore(ctx, snapshot, manifest, &mounted.dir, Content::CopyByPieces)
 }
 
 /// A read-only loop mount of an image in a private temporary directory. Dropping it (after
@@ -770,7 +973,7 @@ fn unmount_stale(umount: &Found) {
         return;
     };
     for entry in rd.flatten() {
-        if !of_dead_process(&entry.file_name().to_string_lossy()) {
+        if !left_by_dead_process(&entry.file_name().to_string_lossy(), MOUNT_PREFIX) {
             continue;
         }
         let stale = Mounted {
@@ -781,19 +984,6 @@ fn unmount_stale(umount: &Found) {
         // Dropping it unmounts it and removes the mount point, as for our own.
         drop(stale);
     }
-}
-
-/// Whether `name` is the mount point of a stagesnap process that no longer runs: its name
-/// carries the pid. Never without /proc, where every process would look gone.
-fn of_dead_process(name: &str) -> bool {
-    let Some(pid) = name
-        .strip_prefix(MOUNT_PREFIX)
-        .and_then(|rest| rest.split('-').next())
-    else {
-        return false;
-    };
-    let proc = Path::new("/proc");
-    pid.parse::<u32>().is_ok() && proc.join("self").exists() && !proc.join(pid).exists()
 }
 
 impl Drop for Mounted<'_> {

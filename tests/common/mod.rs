@@ -296,6 +296,34 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// A filesystem mounted for the life of a test (a tmpfs, or a bind mount), unmounted when
+/// dropped, also when the test fails. Declare it after the `Env` it lies in, so it goes first.
+pub struct Mount(PathBuf);
+
+impl Mount {
+    pub fn tmpfs(at: &Path, size: &str) -> Mount {
+        Self::new(at, &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+    }
+
+    pub fn bind(from: &Path, at: &Path) -> Mount {
+        Self::new(at, &["--bind", from.to_str().unwrap()])
+    }
+
+    fn new(at: &Path, args: &[&str]) -> Mount {
+        assert!(is_root(), "these tests mount filesystems: run them as root");
+        std::fs::create_dir_all(at).unwrap();
+        let status = Command::new("mount").args(args).arg(at).status().unwrap();
+        assert!(status.success(), "mount {args:?} {}", at.display());
+        Mount(at.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// A filesystem of type `fs` (`xfs` with reflink=1, or `btrfs`) made in a 320 MiB sparse
 /// image and loop-mounted for one test; dropping it unmounts it and removes the image.
 pub struct LoopMount {
