@@ -19,13 +19,14 @@ def median(r):
     return r["median"]
 
 
-def table(title, runs, base_name):
+def table(title, runs, base_name, digits=3):
     base = median(runs[base_name])
     print(f"\n{title}\n")
     print(f"| method | median (s) | min–max (s) | × {base_name} |")
     print("|---|---|---|---|")
     for name, r in runs.items():
-        print(f"| {name} | {median(r):.3f} | {r['min']:.3f}–{r['max']:.3f} | {median(r) / base:.2f} |")
+        m, lo, hi = median(r), r["min"], r["max"]
+        print(f"| {name} | {m:.{digits}f} | {lo:.{digits}f}–{hi:.{digits}f} | {m / base:.2f} |")
 
 
 def target(label, ratio, limit, at_most, applies=True):
@@ -39,11 +40,19 @@ def target(label, ratio, limit, at_most, applies=True):
 
 def summarize(work, shape, generated, suite, manifest_s, create_s):
     create, restore = results(work, f"{shape}-create"), results(work, f"{shape}-restore")
+    idle = results(work, f"{shape}-idle")
     xcreate, xrestore = results(work, f"{shape}-xfs-create"), results(work, f"{shape}-xfs-restore")
     data = generated.strip().split(": ", 1)[1]
     print(f"\n## Shape {shape}: {data}\n")
     print(f"One suite: {suite.strip().removeprefix('suite: ')}.")
     table("Restore after a suite, root disk:", restore, "plain rsync delta")
+    runs = len(next(iter(idle.values()))["times"])
+    table(
+        f"Restore when nothing changed, root disk ({runs} runs, no shell):",
+        idle,
+        "stat walk (find -printf)",
+        digits=4,
+    )
     table("Create, root disk:", create, "cp -a")
     manifest, created = float(manifest_s), float(create_s)
     print(
@@ -55,6 +64,7 @@ def summarize(work, shape, generated, suite, manifest_s, create_s):
     table("Restore after a suite, XFS loop image:", xrestore, "plain rsync delta")
 
     m = {k: median(v) for k, v in restore.items()}
+    i = {k: median(v) for k, v in idle.items()}
     x = {k: median(v) for k, v in xrestore.items()}
     c = {k: median(v) for k, v in xcreate.items()}
     fs = m["stagesnap restore (filesystem)"]
@@ -63,7 +73,7 @@ def summarize(work, shape, generated, suite, manifest_s, create_s):
         target("original's way ÷ filesystem restore", m["original's way (rm -rf, rsync -a)"] / fs, 5, False),
         target(
             "restore when nothing changed ÷ stat walk",
-            m["stagesnap restore, nothing changed"] / m["stat walk (find -printf)"],
+            i["stagesnap restore, nothing changed"] / i["stat walk (find -printf)"],
             2,
             True,
         ),

@@ -89,8 +89,6 @@ bench_shape() {
   timed "$shape-restore" \
     -p "$dirty" -n "stagesnap restore (filesystem)" "$s restore fs" \
     -p "$dirty" -n "stagesnap restore (filesystem), one core" "taskset -c 0 $s restore fs" \
-    -p "sync" -n "stagesnap restore, nothing changed" "$s restore fs" \
-    -p "sync" -n "stat walk (find -printf)" "find $data -printf '%s %T@ %m %U %G\n'" \
     -p "$dirty" -n "stagesnap restore (squashfs mount)" "$s -s squashfs_restore=mount restore sq" \
     -p "$dirty" -n "stagesnap restore (squashfs extract)" "$s -s squashfs_restore=extract restore sq" \
     -p "rm -rf $WORK/empty; sync" -n "plain unsquashfs into an empty dir" "unsquashfs -q -n -d $WORK/empty $snaps/sq/payload/image.sqfs" \
@@ -99,6 +97,13 @@ bench_shape() {
     -p "$dirty" -n "original's way (rm -rf, rsync -a)" "rm -rf $data && rsync -a $snaps/fs/payload/data/ $data/"
   rm -rf "$WORK/empty"
   $s restore fs >/dev/null
+  # A restore when nothing changed against a stat walk: milliseconds each on the large shape,
+  # so without a shell (hyperfine's correction for its startup is about as large as the
+  # command) and ten times as many runs.
+  sync
+  hyperfine -N --warmup 3 --runs $((RUNS * 10)) --style basic --export-json "$WORK/$shape-idle.json" \
+    -n "stagesnap restore, nothing changed" "$s restore fs" \
+    -n "stat walk (find -printf)" "find $data -printf '%s %T@ %m %U %G\n'" >&2
 
   # Reflink, on a loop-mounted XFS image big enough for the data, a copy and the churn.
   local bytes
@@ -143,7 +148,9 @@ mkdir -p "$WORK" "$(dirname "$OUT")"
     "$(mksquashfs -version 2>&1 | head -1); $(hyperfine --version)."
   echo "Medians of $RUNS runs (hyperfine, warm page cache); each table is one hyperfine run, so"
   echo "its rows compare. Restores run after one simulated suite (\`stage-sample suite\`, run by"
-  echo "hyperfine's --prepare and not timed). Creates start without the snapshot."
+  echo "hyperfine's --prepare and not timed), each prepare ending with \`sync\`. Creates start"
+  echo "without the snapshot. A restore when nothing changed and the stat walk it is compared"
+  echo "with take milliseconds: they run $((RUNS * 10)) times each, without a shell."
 } >"$OUT"
 for shape in $SHAPES; do
   case $shape in

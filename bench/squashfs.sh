@@ -51,12 +51,17 @@ bench_shape() {
   $s list --json >"$WORK/list.json"
 
   # 2. restore after a suite. Each timed command starts from the same dirty state: the clean
-  # tree (every restore brings it back) plus one suite. Plain rsync goes after the stagesnap
+  # tree (every restore brings it back) plus one suite, written back to disk (`sync`: else
+  # the writeback of one command lands in the next). Plain rsync goes after the stagesnap
   # restores (without -S it fills holes); unsquashfs into an empty dir leaves the data alone.
+  # The plain way to do what the mount restore does: mount the image, rsync the delta.
   local suite_line
   suite_line=$("$SAMPLE" suite "$WORK/env")
   $s restore fs >/dev/null
-  local dirty="$SAMPLE suite $WORK/env"
+  local dirty="$SAMPLE suite $WORK/env; sync"
+  local plain_mounted=zstd
+  [[ " ${COMPRESSORS[*]} " == *" zstd "* ]] || plain_mounted=none
+  mkdir -p "$WORK/mnt"
   local restore=(-p "$dirty" -n "filesystem" "$s restore fs")
   for c in "${COMPRESSORS[@]}"; do
     restore+=(-p "$dirty" -n "squashfs extract $c" "$s -s squashfs_restore=extract restore sq-$c")
@@ -65,8 +70,10 @@ bench_shape() {
     restore+=(-p "$dirty" -n "squashfs mount $c" "$s -s squashfs_restore=mount restore sq-$c")
   done
   restore+=(-p "$dirty" -n "plain rsync" "rsync -aHAX --numeric-ids --delete $snaps/fs/payload/data/ $data/")
+  restore+=(-p "$dirty" -n "plain mount + rsync $plain_mounted"
+    "mount -o loop,ro $snaps/sq-$plain_mounted/payload/image.sqfs $WORK/mnt && rsync -aHAX --numeric-ids --delete $WORK/mnt/data/ $data/; umount $WORK/mnt")
   for c in "${COMPRESSORS[@]}"; do
-    restore+=(-p "rm -rf $WORK/empty" -n "plain unsquashfs $c" "unsquashfs -q -n -d $WORK/empty $snaps/sq-$c/payload/image.sqfs")
+    restore+=(-p "rm -rf $WORK/empty; sync" -n "plain unsquashfs $c" "unsquashfs -q -n -d $WORK/empty $snaps/sq-$c/payload/image.sqfs")
   done
   hyperfine --runs "$RUNS" --style basic --export-json "$WORK/restore.json" "${restore[@]}" >&2
 

@@ -62,8 +62,10 @@ pub struct Delta<'a> {
     /// The tree brought to `target`.
     pub root: &'a Path,
     pub content: Content,
-    /// Called once before the first change, when there is one.
-    pub before_change: &'a (dyn Fn() -> Result<()> + Sync),
+    /// Called once before the first change, when there is one, with the target's regular files
+    /// whose content may be read from `source`: a source that must be made ready first (a
+    /// squashfs extract) fetches them then.
+    pub before_change: &'a (dyn Fn(&[&Entry]) -> Result<()> + Sync),
 }
 
 /// What [`Delta::apply`] did.
@@ -94,7 +96,13 @@ impl Delta<'_> {
         };
         let changes = manifest::compare(self.target, &live);
         if !changes.is_empty() {
-            (self.before_change)()?;
+            // A superset of what `bring` reads: every changed entry that is a regular file.
+            let read: Vec<&Entry> = changes
+                .iter()
+                .filter_map(|c| find(&self.target.entries, &c.path))
+                .filter(|want| want.kind == Kind::File)
+                .collect();
+            (self.before_change)(&read)?;
         }
         // The work, per node: nodes are independent, so they run in parallel.
         let mut units: BTreeMap<String, Vec<Job>> = BTreeMap::new();

@@ -61,8 +61,8 @@ pub struct Live {
     pub include: Vec<PathBuf>,
 }
 
-/// Work directories a squashfs extract stages in (in an included directory, or beside an
-/// included file) start with this and their process's pid.
+/// The work directory a squashfs extract stages in (in cache_dir) and its file list start with
+/// this and their process's pid.
 pub const WORK_PREFIX: &str = ".stagesnap-extract-";
 
 impl Live {
@@ -73,31 +73,28 @@ impl Live {
         }
     }
 
-    /// Removes the work directories of extracts whose process died (SIGKILL) before it could,
-    /// so that no create captures them. A leftover that cannot be removed is a warning.
+    /// Removes what extracts whose process died (SIGKILL) left in cache_dir, a copy of part
+    /// of the data each. A leftover that cannot be removed is a warning.
     pub fn remove_stale_work_dirs(&self) {
-        for rel in &self.include {
-            let path = self.path(rel);
-            let dir = if path.is_dir() {
-                path.as_path()
-            } else {
-                path.parent().unwrap_or(&self.cache_dir)
-            };
-            let Ok(entries) = std::fs::read_dir(dir) else {
+        let Ok(entries) = std::fs::read_dir(&self.cache_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if !left_by_dead_process(&entry.file_name().to_string_lossy(), WORK_PREFIX) {
                 continue;
+            }
+            let stale = entry.path();
+            let removed = if stale.is_dir() {
+                crate::store::remove_tree(&stale)
+            } else {
+                std::fs::remove_file(&stale).map_err(Into::into)
             };
-            for entry in entries.flatten() {
-                if !left_by_dead_process(&entry.file_name().to_string_lossy(), WORK_PREFIX) {
-                    continue;
+            match removed {
+                Ok(()) => {
+                    tracing::info!(path = %stale.display(), "extract_leftover_removed: a stagesnap killed during a restore left it")
                 }
-                let stale = entry.path();
-                match crate::store::remove_tree(&stale) {
-                    Ok(()) => {
-                        tracing::info!(dir = %stale.display(), "extract_leftover_removed: a stagesnap killed during a restore left it")
-                    }
-                    Err(e) => {
-                        tracing::warn!(dir = %stale.display(), error = %crate::exit::one_line(&e), "extract_leftover_left: remove it by hand")
-                    }
+                Err(e) => {
+                    tracing::warn!(path = %stale.display(), error = %crate::exit::one_line(&e), "extract_leftover_left: remove it by hand")
                 }
             }
         }

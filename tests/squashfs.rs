@@ -674,60 +674,60 @@ fn non_root_restore_of_root_owned_data_fails_untouched() {
     assert_same_tree(&treestate(&env.data()), &dirty);
 }
 
-/// An extract stages the image beside the data, so it needs room for a copy there: without
-/// it, the restore refuses before changing anything. A work directory that a killed extract
-/// left is removed by the next command (never captured by a create), one of a running
-/// process is left alone.
+/// An extract stages the files it needs in cache_dir, so it needs room for them there:
+/// without it, the restore refuses before changing anything. What a killed extract left there
+/// is removed by the next command; what a running process has there is left alone.
 #[test]
 fn extract_needs_room_beside_the_data_and_its_leftovers_go() {
     let env = squashfs_env(2, 2 * MB, "none", "extract");
     env.run(&["create"], 0);
-    let data = env.data();
-    let original = env.root.join("data-before-tmpfs");
-    copy_tree(&data, &original);
+    let cache = env.cache();
+    let original = env.root.join("cache-before-tmpfs");
+    copy_tree(&cache, &original);
     {
-        let _small = Mount::tmpfs(&data, "7m");
-        copy_tree(&original, &data);
+        let _small = Mount::tmpfs(&cache, "7m");
+        copy_tree(&original, &cache);
         env.suite(2);
-        let dirty = treestate(&data);
+        let dirty = treestate(&env.data());
         let (_, stderr) = env.run(&["restore"], 1);
         assert!(
-            stderr.contains("needs 2.")
-                && stderr.contains(&format!("free in {}", data.display()))
+            stderr.contains(&format!("are staged in {}, which has", cache.display()))
                 && stderr.contains("nothing was changed")
                 && stderr.contains("squashfs_restore = mount"),
             "{stderr}"
         );
-        assert_same_tree(&treestate(&data), &dirty);
+        assert_same_tree(&treestate(&env.data()), &dirty);
     }
 
     let mut child = Command::new("true").spawn().unwrap();
     let dead = child.id();
     child.wait().unwrap();
-    let stale = data.join(format!(".stagesnap-extract-{dead}-old"));
-    let running = data.join(format!(".stagesnap-extract-{}", std::process::id()));
+    let stale = cache.join(format!(".stagesnap-extract-{dead}"));
+    let stale_list = cache.join(format!(".stagesnap-extract-{dead}-list"));
+    let running = cache.join(format!(".stagesnap-extract-{}", std::process::id()));
     for dir in [&stale, &running] {
-        fs::create_dir_all(dir.join("node1")).unwrap();
-        fs::write(dir.join("node1/file"), b"half extracted").unwrap();
+        fs::create_dir_all(dir.join("data/node1")).unwrap();
+        fs::write(dir.join("data/node1/file"), b"half extracted").unwrap();
     }
+    fs::write(&stale_list, b"data/node1/file\n").unwrap();
     env.run(&["create", "--force"], 0);
-    assert!(!stale.exists(), "the dead extract's work directory stayed");
+    assert!(
+        !stale.exists() && !stale_list.exists(),
+        "the dead extract's work directory stayed"
+    );
     assert!(
         running.exists(),
         "a running process's work directory was removed"
     );
     fs::remove_dir_all(&running).unwrap();
-    env.run(&["create", "--force"], 0);
     env.suite(3);
     env.run(&["restore"], 0);
-    let names: Vec<String> = fs::read_dir(&data)
+    let left: Vec<String> = fs::read_dir(&cache)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".stagesnap"))
         .collect();
-    assert!(
-        names.iter().all(|n| n.starts_with("node")),
-        "extract left {names:?}"
-    );
+    assert!(left.is_empty(), "extract left {left:?}");
 }
 
 fn copy_tree(from: &Path, to: &Path) {

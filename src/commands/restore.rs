@@ -108,9 +108,10 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
         return Ok(Report::new("restore", &r, text));
     }
 
+    let found = store.get(&name);
     // Checked before the fallback below can run: a stale snapshot is refused, not failed.
-    if let Ok(snap) = store.get(&name) {
-        crate::fingerprint::guard(&snap, args.allow_stale)?;
+    if let Ok(snap) = &found {
+        crate::fingerprint::guard(snap, args.allow_stale)?;
     }
     let guard = Guard {
         store: &store,
@@ -121,7 +122,7 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
             .unwrap_or_else(|| cfg.text("restore_verify")),
     };
     // A snapshot that exists but cannot be read is a failed restore too, for the fallback.
-    let restored = store.get(&name).and_then(|snap| {
+    let restored = found.and_then(|snap| {
         let configured = (configured_mode, configured_tools);
         let (kind, stats) =
             restore_snapshot(&cfg, &live, &snap, configured, docker.as_ref(), &guard)?;

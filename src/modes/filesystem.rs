@@ -88,7 +88,14 @@ impl Mode for Filesystem {
         snapshot: &Snapshot,
         manifest: Option<&Manifest>,
     ) -> Result<Restoration> {
-        super::delta_restore(ctx, snapshot, manifest, &snapshot.payload(), Content::Copy)
+        super::delta_restore(
+            ctx,
+            snapshot,
+            manifest,
+            &snapshot.payload(),
+            Content::Copy,
+            &|_| Ok(()),
+        )
     }
 }
 

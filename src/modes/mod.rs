@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::delta::{Content, Delta};
-use crate::manifest::Manifest;
+use crate::manifest::{Entry, Manifest};
 use crate::store::{Journal, Snapshot};
 use crate::tools::{Found, Tool};
 use crate::tree::{Live, Totals};
@@ -67,15 +67,20 @@ impl ModeKind {
     }
 }
 
+/// Content a source must fetch before the delta engine reads it (see [`Delta::before_change`]).
+type Fetch<'a> = &'a (dyn Fn(&[&Entry]) -> Result<()> + Sync);
+
 /// The restore of the modes whose snapshot is a tree of files (`source`): the delta engine
 /// brings the live data to the snapshot's manifest (or, for a snapshot made before manifests,
-/// to what a scan of `source` finds), rewriting only what differs.
+/// to what a scan of `source` finds), rewriting only what differs. `fetch` readies the files
+/// it will read, before the first change.
 fn delta_restore(
     ctx: &ModeContext,
     snapshot: &Snapshot,
     manifest: Option<&Manifest>,
     source: &Path,
     content: Content,
+    fetch: Fetch,
 ) -> Result<Restoration> {
     let scanned;
     let target = match manifest {
@@ -90,7 +95,10 @@ fn delta_restore(
         source,
         root: &ctx.live.cache_dir,
         content,
-        before_change: &|| ctx.changing(),
+        before_change: &|read| {
+            fetch(read)?;
+            ctx.changing()
+        },
     }
     .apply()?;
     Ok(Restoration {

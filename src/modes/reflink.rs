@@ -80,7 +80,7 @@ impl Mode for Reflink {
             source: &live.cache_dir,
             root: payload,
             content: Content::Clone,
-            before_change: &|| Ok(()),
+            before_change: &|_| Ok(()),
         }
         .apply()?;
         tracing::debug!(files = done.stats.files_rewritten, "reflink_cloned");
@@ -118,7 +118,14 @@ impl Mode for Reflink {
         snapshot: &Snapshot,
         manifest: Option<&Manifest>,
     ) -> Result<Restoration> {
-        super::delta_restore(ctx, snapshot, manifest, &snapshot.payload(), Content::Clone)
+        super::delta_restore(
+            ctx,
+            snapshot,
+            manifest,
+            &snapshot.payload(),
+            Content::Clone,
+            &|_| Ok(()),
+        )
     }
 }
 

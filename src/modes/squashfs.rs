@@ -11,18 +11,17 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use self::fixups::{Fixups, Time};
-use super::{Finding, Mode, ModeContext, ModeKind, Restoration, RestoreStats, Status, Verified};
+use super::{Finding, Mode, ModeContext, ModeKind, Restoration, Status, Verified};
 use crate::config::Config;
 use crate::delta::Content;
 use crate::exit::{Code, code_of, fail, one_line};
-use crate::manifest::Manifest;
+use crate::manifest::{Entry, Manifest};
 use crate::output::seconds;
 use crate::store::Snapshot;
 use crate::tools::{Found, MKSQUASHFS, MOUNT, Tool, UMOUNT, UNSQUASHFS};
@@ -395,7 +394,8 @@ impl Mode for Squashfs {
                     "{} ({why})",
                     match strategy {
                         Strategy::Mount => "mount: only what differs is rewritten",
-                        Strategy::Extract => "extract: every restore rewrites all data",
+                        Strategy::Extract =>
+                            "extract: only what differs is extracted and rewritten",
                     }
                 ),
                 "",
@@ -518,7 +518,7 @@ impl Mode for Squashfs {
         let (strategy, why) = strategy(ctx.cfg);
         tracing::info!(strategy = %strategy.name(), reason = %why, "squashfs_restore_strategy");
         let done = match strategy {
-            Strategy::Extract => extract(ctx, snapshot, &payload, &image)?.into(),
+            Strategy::Extract => extract(ctx, snapshot, &payload, &image, manifest)?,
             Strategy::Mount => match by_mount(ctx, snapshot, &payload, &image, manifest) {
                 Err(e)
                     if ctx.cfg.text("squashfs_restore") == "auto"
@@ -527,7 +527,7 @@ impl Mode for Squashfs {
                 {
                     // Nothing was touched yet: the mount itself failed.
                     tracing::warn!(error = %one_line(&e), "squashfs_mount_failed: extracting instead (squashfs_restore = auto)");
-                    extract(ctx, snapshot, &payload, &image)?.into()
+                    extract(ctx, snapshot, &payload, &image, manifest)?
                 }
                 other => other?,
             },
@@ -581,238 +581,67 @@ fn ancestors(cache_dir: &Path, include: &[PathBuf]) -> BTreeSet<PathBuf> {
         .collect()
 }
 
-/// `extract`: unsquashfs writes the image into a staging directory beside the live data (on
-/// its filesystem) while the image's digest is checked; once the digest holds, the old content
-/// of the included paths moves aside and is deleted on another thread while the extraction
-/// goes on; then the extracted entries move in by rename. Included and node directories keep
-/// their inodes and take the snapshot's attributes. Done in order, the digest, the removal and
-/// the extraction took twice as long as unsquashfs alone.
+/// `extract`: the delta engine walks the live data against the manifest; before its first
+/// change, unsquashfs extracts only the files it needs (those that differ) into a work
+/// directory beside the included paths while the image's digest is checked on the other
+/// core; then the engine brings the live data back from there as filesystem mode does from
+/// its copy. A restore after a suite extracts what the suite changed, not the whole image.
+/// Without a manifest (older snapshots) the whole image is extracted and scanned.
 fn extract(
     ctx: &ModeContext,
     snapshot: &Snapshot,
     payload: &Payload,
     image: &Path,
-) -> Result<RestoreStats> {
-    let live = ctx.live;
-    let nodes: BTreeSet<PathBuf> = snapshot
-        .meta
-        .nodes
-        .iter()
-        .map(|n| live.path(Path::new(n)))
-        .collect();
-    let places: Vec<Place> = snapshot
-        .meta
-        .include
-        .iter()
-        .map(|rel| Place::new(live, rel))
-        .collect::<Result<_>>()?;
-    if let Some(place) = places.first() {
-        let free = crate::tree::free_bytes(&place.base)?;
-        if free < snapshot.meta.bytes {
+    manifest: Option<&Manifest>,
+) -> Result<Restoration> {
+    let work = WorkDir::new(&ctx.live.cache_dir)?;
+    let fetch = |wanted: Option<&[&Entry]>| -> Result<()> {
+        let bytes = wanted.map_or(snapshot.meta.bytes, |w| w.iter().map(|e| e.size).sum());
+        let free = crate::tree::free_bytes(&ctx.live.cache_dir)?;
+        if free < bytes {
             return Err(fail(
                 Code::Failure,
                 format!(
-                    "cannot restore {} by extracting: the extraction is staged beside the data and needs {} free in {}, which has {}; nothing was changed. Free some space, or set squashfs_restore = mount",
+                    "cannot restore {} by extracting: the files to extract ({}) are staged in {}, which has {} free; nothing was changed. Free some space, or set squashfs_restore = mount",
                     snapshot.meta.name,
-                    human_bytes(snapshot.meta.bytes),
-                    place.base.display(),
+                    human_bytes(bytes),
+                    ctx.live.cache_dir.display(),
                     human_bytes(free)
                 ),
             ));
         }
-    }
-    let mut work_dirs = Vec::new();
-    for place in &places {
-        let base = &place.base;
-        let mtime = base
-            .symlink_metadata()
-            .with_context(|| format!("cannot stat {}", base.display()))?;
-        work_dirs.push(WorkDirs {
-            dirs: [place.staging.clone(), place.trash.clone()],
-            base: (base.clone(), Time::of(&mtime)),
-        });
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&place.staging)
-            .with_context(|| format!("cannot create {}", place.staging.display()))?;
-    }
-    let (stats, kept) = std::thread::scope(|s| -> Result<(RestoreStats, Vec<Kept>)> {
-        let extracting = s.spawn(|| {
-            places
-                .iter()
-                .try_for_each(|place| unsquash(ctx, snapshot, image, place))
-        });
-        // Until the digest holds, nothing but the staging directories changes.
-        payload.image.check_digest(snapshot)?;
-        ctx.changing()?;
-        for place in &places {
-            place.clear(&nodes)?;
-        }
-        let deleting = s.spawn(|| {
-            places
-                .iter()
-                .map(|p| remove_counting(&p.trash))
-                .sum::<Result<u64>>()
-        });
-        let extracted = extracting.join().expect("the extraction does not panic");
-        let moved = extracted.and_then(|()| {
-            places
-                .iter()
-                .map(|p| p.fill(&nodes))
-                .collect::<Result<Vec<_>>>()
-        });
-        let stats = RestoreStats {
-            files_rewritten: snapshot.meta.files,
-            bytes_rewritten: snapshot.meta.bytes,
-            entries_deleted: deleting.join().expect("removal does not panic")?,
-        };
-        Ok((stats, moved?.into_iter().flatten().collect()))
-    })?;
-    // Removing the work directories changes the mtime of the directory holding them: the
-    // attributes of the directories that stayed go last, deepest first.
-    drop(work_dirs);
-    for (path, want) in kept.iter().rev() {
-        crate::delta::fix_meta(path, want, &entry_of(path)?)?;
-    }
-    Ok(stats)
-}
-
-/// A directory that stayed and the attributes the image gives it.
-type Kept = (PathBuf, crate::manifest::Entry);
-
-/// Where one included path is extracted: `staging` and `trash` are work directories in
-/// `base` (the included directory itself, or the folder of an included file), so that
-/// renames reach the live entries.
-struct Place {
-    rel: PathBuf,
-    live: PathBuf,
-    base: PathBuf,
-    staging: PathBuf,
-    trash: PathBuf,
-    /// Entries moved into `trash` so far, which names the next one.
-    discarded: AtomicUsize,
-}
-
-impl Place {
-    fn new(live: &Live, rel: &Path) -> Result<Place> {
-        let path = live.path(rel);
-        let base = if path.is_dir() {
-            path.clone()
-        } else {
-            path.parent().unwrap_or(&live.cache_dir).to_path_buf()
-        };
-        let id = std::process::id();
-        Ok(Place {
-            rel: rel.to_path_buf(),
-            staging: base.join(format!("{WORK_PREFIX}{id}")),
-            trash: base.join(format!("{WORK_PREFIX}{id}-old")),
-            live: path,
-            base,
-            discarded: AtomicUsize::new(0),
+        std::thread::scope(|s| {
+            let extracting = s.spawn(|| unsquash(ctx, snapshot, image, &work, wanted));
+            let checked = payload.image.check_digest(snapshot);
+            let extracted = extracting.join().expect("the extraction does not panic");
+            // A damaged image is the news, whatever the extraction made of it.
+            checked.and(extracted)
         })
-    }
-
-    /// The extracted copy of the included path.
-    fn staged(&self) -> PathBuf {
-        self.staging.join(&self.rel)
-    }
-
-    fn is_work_dir(&self, path: &Path) -> bool {
-        path == self.staging || path == self.trash
-    }
-
-    /// Moves the live content into `trash`: everything in an included directory but the node
-    /// directories, which stay and are emptied the same way (the containers' bind mounts).
-    fn clear(&self, nodes: &BTreeSet<PathBuf>) -> Result<()> {
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&self.trash)
-            .with_context(|| format!("cannot create {}", self.trash.display()))?;
-        let meta = match self.live.symlink_metadata() {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot stat {}", self.live.display()));
-            }
-        };
-        if !meta.is_dir() {
-            return self.discard(&self.live);
+    };
+    match manifest {
+        Some(_) => super::delta_restore(
+            ctx,
+            snapshot,
+            manifest,
+            &work.dir,
+            Content::Copy,
+            &|wanted| fetch(Some(wanted)),
+        ),
+        None => {
+            fetch(None)?;
+            super::delta_restore(ctx, snapshot, None, &work.dir, Content::Copy, &|_| Ok(()))
         }
-        for child in children(&self.live)? {
-            if self.is_work_dir(&child) {
-                continue;
-            }
-            if nodes.contains(&child) && child.symlink_metadata().is_ok_and(|m| m.is_dir()) {
-                for grandchild in children(&child)? {
-                    self.discard(&grandchild)?;
-                }
-            } else {
-                self.discard(&child)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn discard(&self, path: &Path) -> Result<()> {
-        let n = self.discarded.fetch_add(1, Ordering::Relaxed);
-        std::fs::rename(path, self.trash.join(n.to_string()))
-            .with_context(|| format!("cannot move {} aside", path.display()))
-    }
-
-    /// Moves the extracted entries into place. Returns the directories that stayed (the
-    /// included one, node directories) with the attributes they must take (mode, owner,
-    /// xattrs, mtime; the fixups add nanoseconds later), read before moving changed them.
-    fn fill(&self, nodes: &BTreeSet<PathBuf>) -> Result<Vec<Kept>> {
-        let staged = self.staged();
-        let meta = staged
-            .symlink_metadata()
-            .with_context(|| format!("the image has no {}", self.rel.display()))?;
-        if !meta.is_dir() || !self.live.is_dir() {
-            move_into_place(&staged, &self.live)?;
-            return Ok(vec![]);
-        }
-        let mut kept = vec![(self.live.clone(), entry_of(&staged)?)];
-        for child in children(&staged)? {
-            let name = child.file_name().expect("a directory entry has a name");
-            let target = self.live.join(name);
-            if nodes.contains(&target) && target.is_dir() && child.is_dir() {
-                kept.push((target.clone(), entry_of(&child)?));
-                for grandchild in children(&child)? {
-                    let name = grandchild
-                        .file_name()
-                        .expect("a directory entry has a name");
-                    move_into_place(&grandchild, &target.join(name))?;
-                }
-            } else {
-                move_into_place(&child, &target)?;
-            }
-        }
-        Ok(kept)
     }
 }
 
-fn move_into_place(from: &Path, to: &Path) -> Result<()> {
-    std::fs::rename(from, to).with_context(|| format!("cannot move {} into place", to.display()))
-}
-
-/// The entries of a directory, by path.
-fn children(dir: &Path) -> Result<Vec<PathBuf>> {
-    std::fs::read_dir(dir)
-        .and_then(|d| d.map(|e| e.map(|e| e.path())).collect())
-        .with_context(|| format!("cannot read {}", dir.display()))
-}
-
-/// The attributes of `path` as a manifest entry.
-fn entry_of(path: &Path) -> Result<crate::manifest::Entry> {
-    let parent = path.parent().unwrap_or(Path::new("/"));
-    let name = crate::manifest::Name::from_path(Path::new(path.file_name().unwrap_or_default()));
-    crate::manifest::walk::entry(parent, &name)?
-        .map(|(e, _)| e)
-        .ok_or_else(|| fail(Code::Failure, format!("{} vanished", path.display())))
-}
-
-/// Runs unsquashfs for one included path into its staging directory.
-fn unsquash(ctx: &ModeContext, snapshot: &Snapshot, image: &Path, place: &Place) -> Result<()> {
+/// Runs unsquashfs into the work directory for the `wanted` files, or every included path.
+fn unsquash(
+    ctx: &ModeContext,
+    snapshot: &Snapshot,
+    image: &Path,
+    work: &WorkDir,
+    wanted: Option<&[&Entry]>,
+) -> Result<()> {
     let mut args: Vec<OsString> = ["-quiet", "-force", "-strict-errors", "-no-wildcards"]
         .map(OsString::from)
         .to_vec();
@@ -822,12 +651,24 @@ fn unsquash(ctx: &ModeContext, snapshot: &Snapshot, image: &Path, place: &Place)
     if let Some(n) = ctx.cfg.count_or_auto("squashfs_processors") {
         args.extend(["-processors".into(), n.to_string().into()]);
     }
-    args.extend([
-        "-dest".into(),
-        place.staging.clone().into(),
-        image.into(),
-        place.rel.clone().into(),
-    ]);
+    args.extend(["-dest".into(), work.dir.clone().into()]);
+    // The list has one path per line: a name with a newline in it cannot be listed.
+    match wanted.filter(|w| w.iter().all(|e| !e.path.0.contains(&b'\n'))) {
+        Some(files) => {
+            let mut list = Vec::new();
+            for e in files {
+                list.extend_from_slice(&e.path.0);
+                list.push(b'\n');
+            }
+            std::fs::write(&work.list, list)
+                .with_context(|| format!("cannot write {}", work.list.display()))?;
+            args.extend(["-ef".into(), work.list.clone().into(), image.into()]);
+        }
+        None => {
+            args.push(image.into());
+            args.extend(snapshot.meta.include.iter().map(OsString::from));
+        }
+    }
     // unsquashfs's own progress bar (`[==|  ] 2341/2991  78%`, in blocks) drives ours.
     ctx.tool(UNSQUASHFS)
         .run_reporting(
@@ -835,7 +676,7 @@ fn unsquash(ctx: &ModeContext, snapshot: &Snapshot, image: &Path, place: &Place)
             &format!(
                 "extracting snapshot {} into {}",
                 snapshot.meta.name,
-                place.staging.display()
+                work.dir.display()
             ),
             &mut |line| {
                 if let Some((done, total)) = blocks_done(line) {
@@ -846,44 +687,43 @@ fn unsquash(ctx: &ModeContext, snapshot: &Snapshot, image: &Path, place: &Place)
         .map(drop)
 }
 
-/// Removes a tree, counting its entries.
-fn remove_counting(path: &Path) -> Result<u64> {
-    let mut removed = 0;
-    for e in walkdir::WalkDir::new(path)
-        .min_depth(1)
-        .contents_first(true)
-    {
-        let e = e.with_context(|| format!("cannot read {}", path.display()))?;
-        let p = e.path();
-        if e.file_type().is_dir() {
-            std::fs::remove_dir(p)
-        } else {
-            std::fs::remove_file(p)
-        }
-        .with_context(|| format!("cannot remove {}", p.display()))?;
-        removed += 1;
+/// An extract's work directory in cache_dir (beside the included paths, so that the walk of
+/// the live data never meets it) and its list of files to extract. Dropped (after success, an
+/// error or Ctrl-C), both go, and cache_dir gets back the mtime it had.
+struct WorkDir {
+    dir: PathBuf,
+    list: PathBuf,
+    parent: (PathBuf, Time),
+}
+
+impl WorkDir {
+    fn new(cache_dir: &Path) -> Result<WorkDir> {
+        let meta = cache_dir
+            .symlink_metadata()
+            .with_context(|| format!("cannot stat {}", cache_dir.display()))?;
+        let name = format!("{WORK_PREFIX}{}", std::process::id());
+        let work = WorkDir {
+            dir: cache_dir.join(&name),
+            list: cache_dir.join(format!("{name}-list")),
+            parent: (cache_dir.to_path_buf(), Time::of(&meta)),
+        };
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&work.dir)
+            .with_context(|| format!("cannot create {}", work.dir.display()))?;
+        Ok(work)
     }
-    Ok(removed)
 }
 
-/// The work directories of a staged extract in `base`. Dropped (after success, an error or
-/// Ctrl-C), they go with whatever is left in them, and `base` gets back the mtime it had, so
-/// that an extract refused before its first change leaves the data as it was.
-struct WorkDirs {
-    dirs: [PathBuf; 2],
-    base: (PathBuf, Time),
-}
-
-impl Drop for WorkDirs {
+impl Drop for WorkDir {
     fn drop(&mut self) {
-        for dir in &self.dirs {
-            if let Err(e) = crate::store::remove_tree(dir) {
-                tracing::warn!(dir = %dir.display(), error = %one_line(&e), "squashfs_work_dir_left: remove it by hand");
-            }
+        if let Err(e) = crate::store::remove_tree(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %one_line(&e), "squashfs_work_dir_left: remove it by hand");
         }
-        let (base, mtime) = &self.base;
-        if let Err(e) = set_mtime(base, *mtime) {
-            tracing::warn!(dir = %base.display(), error = %one_line(&e), "squashfs_mtime_not_restored");
+        let _ = std::fs::remove_file(&self.list);
+        let (parent, mtime) = &self.parent;
+        if let Err(e) = set_mtime(parent, *mtime) {
+            tracing::warn!(dir = %parent.display(), error = %one_line(&e), "squashfs_mtime_not_restored");
         }
     }
 }
@@ -925,7 +765,14 @@ fn by_mount(
     let [mount, umount] = [MOUNT, UMOUNT].map(|t| t.require_for(need));
     let (mount, umount) = (mount?, umount?);
     let mounted = Mounted::new(image, &mount, &umount).map_err(|e| e.context(Mounting))?;
-    super::delta_restore(ctx, snapshot, manifest, &mounted.dir, Content::CopyByPieces)
+    super::delta_restore(
+        ctx,
+        snapshot,
+        manifest,
+        &mounted.dir,
+        Content::CopyByPieces,
+        &|_| Ok(()),
+    )
 }
 
 /// A read-only loop mount of an image in a private temporary directory. Dropping it (after
