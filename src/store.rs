@@ -17,6 +17,7 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -268,7 +269,7 @@ impl Store {
             )
         })?;
         let path = self.dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -310,8 +311,10 @@ impl Store {
             started: jiff::Timestamp::now().to_string(),
         };
         let record = toml::to_string(&holder)?;
-        file.set_len(0)
-            .and_then(|()| file.write_all(record.as_bytes()))
+        // Written over the last holder's record, then cut to length: truncating to zero first
+        // frees the file's block only to allocate it again.
+        file.write_all_at(record.as_bytes(), 0)
+            .and_then(|()| file.set_len(record.len() as u64))
             .with_context(|| format!("cannot record the lock's holder in {}", path.display()))?;
         Ok(Lock { _file: file })
     }

@@ -772,3 +772,30 @@ fn mount_restore_repairs_a_large_file_piece_by_piece() {
     );
     assert_same_tree(&treestate(&env.data()), &clean);
 }
+
+/// An extract runs unsquashfs only for files whose content it needs: a restore that only has
+/// to remove what a suite added extracts nothing (an empty list would extract everything).
+#[test]
+fn extract_fetches_only_the_files_it_needs() {
+    let env = squashfs_env(2, MB, "zstd", "extract");
+    env.run(&["create"], 0);
+    let clean = treestate(&env.data());
+    fs::write(env.data().join("node1/added-by-a-suite"), b"x").unwrap();
+    let (_, stderr) = env.run(&["-v", "--json", "restore"], 0);
+    let extractions: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("tool_run") && l.contains("-dest"))
+        .collect();
+    assert!(extractions.is_empty(), "{extractions:?}");
+    assert_same_tree(&treestate(&env.data()), &clean);
+
+    env.suite(4);
+    let (_, stderr) = env.run(&["-v", "restore"], 0);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("tool_run") && l.contains("-dest") && l.contains("-ef")),
+        "{stderr}"
+    );
+    assert_same_tree(&treestate(&env.data()), &clean);
+}

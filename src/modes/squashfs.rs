@@ -642,6 +642,10 @@ fn unsquash(
     work: &WorkDir,
     wanted: Option<&[&Entry]>,
 ) -> Result<()> {
+    // An empty list would have unsquashfs extract everything.
+    if wanted.is_some_and(|w| w.is_empty()) {
+        return Ok(());
+    }
     let mut args: Vec<OsString> = ["-quiet", "-force", "-strict-errors", "-no-wildcards"]
         .map(OsString::from)
         .to_vec();
