@@ -186,8 +186,9 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3: Option<String>,
     /// Regular files of more than one 1 MiB piece, with their hash: each piece's BLAKE3
-    /// chaining value, hex (see [`pieces`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// chaining value, hex (see [`pieces`]). Stored beside the manifest, not in it (see
+    /// [`Manifest::pieces_to_bytes`]): only mount restores read them.
+    #[serde(skip)]
     pub pieces: Option<String>,
     /// Regular files with holes: fewer bytes allocated than their size.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -226,6 +227,12 @@ pub struct Manifest {
     pub header: Header,
     /// Sorted by path bytes.
     pub entries: Vec<Entry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PiecesLine {
+    path: Name,
+    pieces: String,
 }
 
 /// What hashing cost, for logs and the benchmark.
@@ -317,6 +324,42 @@ impl Manifest {
             out.push(b'\n');
         }
         out
+    }
+
+    /// The piece digests of the entries that have them, one JSON line per entry (`path`,
+    /// `pieces`); empty when none has. On the large sample they are most of the bytes a
+    /// manifest would otherwise hold, and every restore reads the manifest.
+    pub fn pieces_to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in self.entries.iter().filter(|e| e.pieces.is_some()) {
+            serde_json::to_writer(
+                &mut out,
+                &PiecesLine {
+                    path: e.path.clone(),
+                    pieces: e.pieces.clone().unwrap_or_default(),
+                },
+            )
+            .expect("pieces serialize");
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// Gives the entries the piece digests that [`Manifest::pieces_to_bytes`] wrote.
+    pub fn attach_pieces(&mut self, bytes: &[u8]) -> std::result::Result<(), String> {
+        for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let p: PiecesLine =
+                serde_json::from_slice(line).map_err(|e| format!("line {}: {e}", n + 1))?;
+            let i = self
+                .entries
+                .binary_search_by(|e| e.path.cmp(&p.path))
+                .map_err(|_| format!("line {}: no such entry in the manifest", n + 1))?;
+            self.entries[i].pieces = Some(p.pieces);
+        }
+        Ok(())
     }
 
     /// Parses [`Manifest::to_bytes`]; the error says which line is wrong.

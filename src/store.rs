@@ -35,6 +35,8 @@ pub const SCHEMA: u32 = 1;
 pub const META_FILE: &str = "meta.json";
 pub const PAYLOAD_DIR: &str = "payload";
 pub const MANIFEST_FILE: &str = "manifest.jsonl";
+/// The manifest's piece digests (see [`Manifest::pieces_to_bytes`]).
+pub const PIECES_FILE: &str = "pieces.jsonl";
 const LOCK_FILE: &str = ".lock";
 const JOURNAL_FILE: &str = ".restore-journal";
 const STAGING_PREFIX: &str = ".staging-";
@@ -100,6 +102,10 @@ pub struct ManifestRef {
     /// blake3 of manifest.jsonl, hex.
     pub blake3: String,
     pub entries: u64,
+    /// blake3 of pieces.jsonl, hex; absent when no file has pieces (or an older stagesnap
+    /// kept them in the manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pieces: Option<String>,
 }
 
 impl Meta {
@@ -157,6 +163,36 @@ impl Snapshot {
             ));
         }
         Manifest::from_bytes(&bytes).map_err(|e| damaged(format!("is not a valid manifest ({e})")))
+    }
+
+    /// [`Snapshot::manifest`] with the piece digests of its large files, checked against
+    /// their digest in meta.json too.
+    pub fn manifest_with_pieces(&self) -> Result<Manifest> {
+        let mut manifest = self.manifest()?;
+        let Some(expected) = self.meta.manifest.as_ref().and_then(|m| m.pieces.as_ref()) else {
+            return Ok(manifest);
+        };
+        let name = &self.meta.name;
+        let path = self.dir.join(PIECES_FILE);
+        let damaged = |why: String| {
+            fail(
+                Code::Failure,
+                format!(
+                    "snapshot {name} is damaged: {} {why}; delete it with `stagesnap delete {name}` and create it again",
+                    path.display()
+                ),
+            )
+        };
+        let bytes = fs::read(&path).map_err(|e| damaged(format!("cannot be read ({e})")))?;
+        if blake3::hash(&bytes).to_hex().as_str() != expected {
+            return Err(damaged(
+                "does not match the digest recorded in meta.json".into(),
+            ));
+        }
+        manifest
+            .attach_pieces(&bytes)
+            .map_err(|e| damaged(format!("is not a valid list of piece digests ({e})")))?;
+        Ok(manifest)
     }
 }
 
@@ -575,16 +611,24 @@ impl Staging {
 
     /// Stores the snapshot's manifest; [`Staging::commit`] makes it durable with the rest.
     pub fn write_manifest(&self, manifest: &Manifest) -> Result<ManifestRef> {
-        let bytes = manifest.to_bytes();
-        let path = self.dir.join(MANIFEST_FILE);
-        let mut f =
-            File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
-        f.write_all(&bytes)
-            .and_then(|()| f.sync_all())
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        let write = |file: &str, bytes: &[u8]| -> Result<String> {
+            let path = self.dir.join(file);
+            let mut f =
+                File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+            f.write_all(bytes)
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(blake3::hash(bytes).to_hex().to_string())
+        };
+        let pieces = manifest.pieces_to_bytes();
         Ok(ManifestRef {
-            blake3: blake3::hash(&bytes).to_hex().to_string(),
+            blake3: write(MANIFEST_FILE, &manifest.to_bytes())?,
             entries: manifest.entries.len() as u64,
+            pieces: if pieces.is_empty() {
+                None
+            } else {
+                Some(write(PIECES_FILE, &pieces)?)
+            },
         })
     }
 

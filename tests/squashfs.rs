@@ -758,12 +758,31 @@ fn mount_restore_repairs_a_large_file_piece_by_piece() {
         .into_path();
     let size = fs::metadata(&largest).unwrap().len();
     assert!(size > MB, "{} is only {size} bytes", largest.display());
-    let manifest = fs::read_to_string(env.snapshots().join("clean_state/manifest.jsonl")).unwrap();
-    assert!(manifest.contains("\"pieces\""), "no piece digests recorded");
+    // The digests sit beside the manifest (which every restore reads), vouched for by meta.json.
+    let snapshot = env.snapshots().join("clean_state");
+    let manifest = fs::read_to_string(snapshot.join("manifest.jsonl")).unwrap();
+    let pieces = fs::read(snapshot.join("pieces.jsonl")).unwrap();
+    assert!(!manifest.contains("\"pieces\"") && !pieces.is_empty());
     let f = fs::OpenOptions::new().write(true).open(&largest).unwrap();
     use std::os::unix::fs::FileExt;
     f.write_all_at(b"suite", size / 2 + 1000).unwrap();
     drop(f);
+    let dirty = treestate(&env.data());
+
+    // Changed piece digests are refused before anything changes, as a changed manifest is.
+    let mut bad = pieces.clone();
+    let at = bad.iter().position(|&b| b == b'"').unwrap() + 1;
+    bad[at] ^= 1;
+    fs::write(snapshot.join("pieces.jsonl"), &bad).unwrap();
+    let (_, stderr) = env.run(&["restore"], 1);
+    assert!(
+        stderr.contains("pieces.jsonl does not match the digest recorded in meta.json"),
+        "{stderr}"
+    );
+    assert_same_tree(&treestate(&env.data()), &dirty);
+    env.run(&["verify"], 1);
+    fs::write(snapshot.join("pieces.jsonl"), &pieces).unwrap();
+
     let restored = env.json(&["restore"], 0);
     assert_eq!(restored["files_rewritten"], 1, "{restored}");
     assert!(

@@ -768,11 +768,16 @@ fn by_mount(
     let need = "the squashfs mount restore was chosen";
     let [mount, umount] = [MOUNT, UMOUNT].map(|t| t.require_for(need));
     let (mount, umount) = (mount?, umount?);
+    // Reading the image is what costs here: the piece digests let the engine read only the
+    // pieces of a large file that differ.
+    let with_pieces = manifest
+        .map(|_| snapshot.manifest_with_pieces())
+        .transpose()?;
     let mounted = Mounted::new(image, &mount, &umount).map_err(|e| e.context(Mounting))?;
     super::delta_restore(
         ctx,
         snapshot,
-        manifest,
+        with_pieces.as_ref(),
         &mounted.dir,
         Content::CopyByPieces,
         &|_| Ok(()),
