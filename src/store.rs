@@ -146,53 +146,53 @@ impl Snapshot {
                 },
             ));
         };
-        let path = self.dir.join(MANIFEST_FILE);
-        let damaged = |why: String| {
-            fail(
-                Code::Failure,
-                format!(
-                    "snapshot {name} is damaged: {} {why}; delete it with `stagesnap delete {name}` and create it again",
-                    path.display()
-                ),
-            )
-        };
-        let bytes = fs::read(&path).map_err(|e| damaged(format!("cannot be read ({e})")))?;
-        if blake3::hash(&bytes).to_hex().as_str() != expected.blake3 {
-            return Err(damaged(
-                "does not match the digest recorded in meta.json".into(),
-            ));
-        }
-        Manifest::from_bytes(&bytes).map_err(|e| damaged(format!("is not a valid manifest ({e})")))
+        let bytes = self.read_vouched(MANIFEST_FILE, &expected.blake3)?;
+        Manifest::from_bytes(&bytes)
+            .map_err(|e| self.damaged(MANIFEST_FILE, &format!("is not a valid manifest ({e})")))
     }
 
     /// [`Snapshot::manifest`] with the piece digests of its large files, checked against
     /// their digest in meta.json too.
     pub fn manifest_with_pieces(&self) -> Result<Manifest> {
         let mut manifest = self.manifest()?;
-        let Some(expected) = self.meta.manifest.as_ref().and_then(|m| m.pieces.as_ref()) else {
-            return Ok(manifest);
-        };
-        let name = &self.meta.name;
-        let path = self.dir.join(PIECES_FILE);
-        let damaged = |why: String| {
-            fail(
-                Code::Failure,
-                format!(
-                    "snapshot {name} is damaged: {} {why}; delete it with `stagesnap delete {name}` and create it again",
-                    path.display()
-                ),
-            )
-        };
-        let bytes = fs::read(&path).map_err(|e| damaged(format!("cannot be read ({e})")))?;
-        if blake3::hash(&bytes).to_hex().as_str() != expected {
-            return Err(damaged(
-                "does not match the digest recorded in meta.json".into(),
-            ));
-        }
-        manifest
-            .attach_pieces(&bytes)
-            .map_err(|e| damaged(format!("is not a valid list of piece digests ({e})")))?;
+        self.attach_pieces(&mut manifest)?;
         Ok(manifest)
+    }
+
+    /// Gives `manifest` (this snapshot's) the piece digests of its large files, checked
+    /// against their digest in meta.json; nothing when the snapshot recorded none.
+    pub fn attach_pieces(&self, manifest: &mut Manifest) -> Result<()> {
+        let Some(expected) = self.meta.manifest.as_ref().and_then(|m| m.pieces.as_ref()) else {
+            return Ok(());
+        };
+        let bytes = self.read_vouched(PIECES_FILE, expected)?;
+        manifest.attach_pieces(&bytes).map_err(|e| {
+            self.damaged(
+                PIECES_FILE,
+                &format!("is not a valid list of piece digests ({e})"),
+            )
+        })
+    }
+
+    /// The bytes of `file`, which meta.json vouches for with the digest `blake3`.
+    fn read_vouched(&self, file: &str, blake3: &str) -> Result<Vec<u8>> {
+        let bytes = fs::read(self.dir.join(file))
+            .map_err(|e| self.damaged(file, &format!("cannot be read ({e})")))?;
+        if blake3::hash(&bytes).to_hex().as_str() != blake3 {
+            return Err(self.damaged(file, "does not match the digest recorded in meta.json"));
+        }
+        Ok(bytes)
+    }
+
+    fn damaged(&self, file: &str, why: &str) -> anyhow::Error {
+        let name = &self.meta.name;
+        fail(
+            Code::Failure,
+            format!(
+                "snapshot {name} is damaged: {} {why}; delete it with `stagesnap delete {name}` and create it again",
+                self.dir.join(file).display()
+            ),
+        )
     }
 }
 

@@ -88,14 +88,7 @@ impl Mode for Filesystem {
         snapshot: &Snapshot,
         manifest: Option<&Manifest>,
     ) -> Result<Restoration> {
-        super::delta_restore(
-            ctx,
-            snapshot,
-            manifest,
-            &snapshot.payload(),
-            Content::Copy,
-            &|_| Ok(()),
-        )
+        super::payload_restore(ctx, snapshot, manifest, Content::Copy)
     }
 }
 

@@ -107,6 +107,24 @@ fn delta_restore(
     })
 }
 
+/// [`delta_restore`] from the snapshot's own payload tree, which needs no fetching
+/// (`filesystem`'s copy, `reflink`'s clones).
+fn payload_restore(
+    ctx: &ModeContext,
+    snapshot: &Snapshot,
+    manifest: Option<&Manifest>,
+    content: Content,
+) -> Result<Restoration> {
+    delta_restore(
+        ctx,
+        snapshot,
+        manifest,
+        &snapshot.payload(),
+        content,
+        &|_| Ok(()),
+    )
+}
+
 /// What a mode gets to work with.
 pub struct ModeContext<'a> {
     pub cfg: &'a Config,

@@ -118,14 +118,7 @@ impl Mode for Reflink {
         snapshot: &Snapshot,
         manifest: Option<&Manifest>,
     ) -> Result<Restoration> {
-        super::delta_restore(
-            ctx,
-            snapshot,
-            manifest,
-            &snapshot.payload(),
-            Content::Clone,
-            &|_| Ok(()),
-        )
+        super::payload_restore(ctx, snapshot, manifest, Content::Clone)
     }
 }
 

@@ -771,7 +771,10 @@ fn by_mount(
     // Reading the image is what costs here: the piece digests let the engine read only the
     // pieces of a large file that differ.
     let with_pieces = manifest
-        .map(|_| snapshot.manifest_with_pieces())
+        .map(|m| {
+            let mut m = m.clone();
+            snapshot.attach_pieces(&mut m).map(|()| m)
+        })
         .transpose()?;
     let mounted = Mounted::new(image, &mount, &umount).map_err(|e| e.context(Mounting))?;
     super::delta_restore(
