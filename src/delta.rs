@@ -53,12 +53,86 @@ pub enum Content {
     Clone,
 }
 
+/// Where the target's file content is read from.
+pub trait Source: Sync {
+    /// The content of the target's regular file `want`, checked to be `want.size` bytes.
+    fn open(&self, want: &Entry) -> Result<Box<dyn SourceFile + '_>>;
+}
+
+/// One file's content in a [`Source`], read by offset.
+pub trait SourceFile {
+    /// Fills `buf` with the bytes at `pos`.
+    fn fill(&self, buf: &mut [u8], pos: u64) -> std::io::Result<()>;
+    /// Where data starts at or after `pos` (lseek SEEK_DATA); None when only holes follow.
+    fn next_data(&self, pos: u64) -> std::io::Result<Option<u64>>;
+    /// Where a hole starts at or after `pos` (lseek SEEK_HOLE: the end is one).
+    fn next_hole(&self, pos: u64) -> std::io::Result<Option<u64>>;
+    /// The open file holding the content, for the kernel's copies and clones.
+    fn file(&self) -> Option<&File> {
+        None
+    }
+}
+
+impl SourceFile for File {
+    fn fill(&self, buf: &mut [u8], pos: u64) -> std::io::Result<()> {
+        self.read_exact_at(buf, pos)
+    }
+
+    fn next_data(&self, pos: u64) -> std::io::Result<Option<u64>> {
+        seek(self, pos, libc::SEEK_DATA)
+    }
+
+    fn next_hole(&self, pos: u64) -> std::io::Result<Option<u64>> {
+        seek(self, pos, libc::SEEK_HOLE)
+    }
+
+    fn file(&self) -> Option<&File> {
+        Some(self)
+    }
+}
+
+/// A directory holding the target's files at the target's paths: a snapshot's copy or
+/// clones, a mounted image, the live data itself (reflink's create).
+pub struct Dir<'a>(pub &'a Path);
+
+impl Source for Dir<'_> {
+    fn open(&self, want: &Entry) -> Result<Box<dyn SourceFile + '_>> {
+        let path = self.0.join(OsStr::from_bytes(&want.path.0));
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| {
+                fail(
+                    Code::Failure,
+                    format!("cannot read {} from the snapshot: {e}", path.display()),
+                )
+            })?;
+        check_size(&path.display().to_string(), file.metadata()?.len(), want)?;
+        Ok(Box::new(file))
+    }
+}
+
+/// A source file whose size is not the manifest's means a damaged snapshot.
+pub fn check_size(what: &str, size: u64, want: &Entry) -> Result<()> {
+    if size == want.size {
+        return Ok(());
+    }
+    Err(fail(
+        Code::Failure,
+        format!(
+            "the snapshot is damaged: {what} is {size} bytes, its manifest says {}",
+            want.size
+        ),
+    ))
+}
+
 /// One run of the engine.
 pub struct Delta<'a> {
     /// What the tree must hold; paths relative to `root` and `source`.
     pub target: &'a Manifest,
-    /// Holds the target's file content at the target's paths.
-    pub source: &'a Path,
+    /// Holds the target's file content.
+    pub source: &'a dyn Source,
     /// The tree brought to `target`.
     pub root: &'a Path,
     pub content: Content,
@@ -288,35 +362,9 @@ impl Delta<'_> {
         Ok(0)
     }
 
-    fn open_source(&self, want: &Entry) -> Result<File> {
-        let path = self.source.join(OsStr::from_bytes(&want.path.0));
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
-            .map_err(|e| {
-                fail(
-                    Code::Failure,
-                    format!("cannot read {} from the snapshot: {e}", path.display()),
-                )
-            })?;
-        let size = file.metadata()?.len();
-        if size != want.size {
-            return Err(fail(
-                Code::Failure,
-                format!(
-                    "the snapshot is damaged: {} is {size} bytes, its manifest says {}",
-                    path.display(),
-                    want.size
-                ),
-            ));
-        }
-        Ok(file)
-    }
-
     /// A new regular file at `at` with the source's content.
     fn copy(&self, want: &Entry, at: &Path) -> Result<u64> {
-        let src = self.open_source(want)?;
+        let src = self.source.open(want)?;
         let dst = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -327,24 +375,24 @@ impl Delta<'_> {
         let what = || format!("cannot write {}", at.display());
         match self.content {
             Content::Clone => {
-                clone(&src, &dst).with_context(what)?;
+                clone(cloneable(&*src)?, &dst).with_context(what)?;
                 allocate(&dst, want).with_context(what)?;
                 Ok(want.size)
             }
             Content::Copy | Content::CopyByPieces if want.sparse => {
-                let n = write_range(&src, &dst, 0, want.size, true).with_context(what)?;
+                let n = write_range(&*src, &dst, 0, want.size, true).with_context(what)?;
                 dst.set_len(want.size).with_context(what)?;
                 Ok(n)
             }
             Content::Copy | Content::CopyByPieces => {
-                copy_range(&src, &dst, want.size).with_context(what)
+                copy_range(&*src, &dst, want.size).with_context(what)
             }
         }
     }
 
     /// Brings an existing regular file's content back in place (its inode stays).
     fn repair(&self, want: &Entry, full: &Path) -> Result<u64> {
-        let src = self.open_source(want)?;
+        let src = self.source.open(want)?;
         let dst = OpenOptions::new()
             .read(true)
             .write(true)
@@ -355,18 +403,18 @@ impl Delta<'_> {
         match self.content {
             Content::Clone => {
                 dst.set_len(0).with_context(what)?;
-                clone(&src, &dst).with_context(what)?;
+                clone(cloneable(&*src)?, &dst).with_context(what)?;
                 allocate(&dst, want).with_context(what)?;
                 Ok(want.size)
             }
-            Content::Copy => patch(&src, &dst, want.size, want.sparse, None).with_context(what),
+            Content::Copy => patch(&*src, &dst, want.size, want.sparse, None).with_context(what),
             Content::CopyByPieces => {
                 let digests = want
                     .pieces
                     .as_deref()
                     .and_then(pieces::parse)
                     .filter(|d| d.len() as u64 == want.size.div_ceil(PIECE as u64));
-                patch(&src, &dst, want.size, want.sparse, digests.as_deref()).with_context(what)
+                patch(&*src, &dst, want.size, want.sparse, digests.as_deref()).with_context(what)
             }
         }
     }
@@ -650,6 +698,16 @@ fn set_xattrs(c: &CString, full: &Path, want: &[Xattr], have: &[Xattr]) -> Resul
     Ok(())
 }
 
+/// The file behind a source that is cloned from (reflink's sources are directories).
+fn cloneable(src: &dyn SourceFile) -> Result<&File> {
+    src.file().ok_or_else(|| {
+        fail(
+            Code::Failure,
+            "cannot clone from a source that is not a file",
+        )
+    })
+}
+
 /// Makes `dst` share `src`'s blocks (FICLONE).
 pub fn clone(src: &File, dst: &File) -> std::io::Result<()> {
     // SAFETY: two open descriptors; FICLONE takes the source descriptor as its argument.
@@ -679,14 +737,17 @@ fn allocate(dst: &File, want: &Entry) -> std::io::Result<()> {
 
 /// Copies `len` bytes in the kernel (copy_file_range: no trip through user memory, and a
 /// clone where the filesystem can), falling back to reads and writes across filesystems.
-fn copy_range(src: &File, dst: &File, len: u64) -> std::io::Result<u64> {
+fn copy_range(src: &dyn SourceFile, dst: &File, len: u64) -> std::io::Result<u64> {
+    let Some(file) = src.file() else {
+        return write_range(src, dst, 0, len, false);
+    };
     let mut done = 0u64;
     while done < len {
         let (mut off_in, mut off_out) = (done as i64, done as i64);
         // SAFETY: open descriptors and valid offsets.
         let n = unsafe {
             libc::copy_file_range(
-                src.as_raw_fd(),
+                file.as_raw_fd(),
                 &mut off_in,
                 dst.as_raw_fd(),
                 &mut off_out,
@@ -717,13 +778,19 @@ fn copy_range(src: &File, dst: &File, len: u64) -> std::io::Result<u64> {
 
 /// Copies `[from, to)` of `src` into `dst` by reads and writes; with `sparse`, pages of zeros
 /// are left unwritten (holes in a new file). Returns the bytes written.
-fn write_range(src: &File, dst: &File, from: u64, to: u64, sparse: bool) -> std::io::Result<u64> {
+fn write_range(
+    src: &dyn SourceFile,
+    dst: &File,
+    from: u64,
+    to: u64,
+    sparse: bool,
+) -> std::io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut written = 0;
     let mut pos = from;
     while pos < to {
         let n = ((to - pos) as usize).min(CHUNK);
-        src.read_exact_at(&mut buf[..n], pos)?;
+        src.fill(&mut buf[..n], pos)?;
         if sparse {
             for (start, end) in runs(&buf[..n], |page, _| page.iter().any(|&b| b != 0)) {
                 dst.write_all_at(&buf[start..end], pos + start as u64)?;
@@ -775,7 +842,7 @@ fn seek(file: &File, offset: u64, whence: libc::c_int) -> std::io::Result<Option
 /// punched out. With the target's piece digests, a piece of `dst` that hashes to its digest
 /// is left alone without reading the source. Returns the bytes written.
 fn patch(
-    src: &File,
+    src: &dyn SourceFile,
     dst: &File,
     len: u64,
     sparse: bool,
@@ -810,7 +877,7 @@ fn patch(
 
 /// [`patch`] of `[from, to)`; `common` is where the old content of `dst` ended.
 fn patch_range(
-    src: &File,
+    src: &dyn SourceFile,
     dst: &File,
     from: u64,
     to: u64,
@@ -820,14 +887,14 @@ fn patch_range(
     let mut written = 0;
     let mut pos = from;
     while pos < to {
-        let data = seek(src, pos, libc::SEEK_DATA)?.unwrap_or(to).min(to);
+        let data = src.next_data(pos)?.unwrap_or(to).min(to);
         if data > pos {
             punch(dst, pos, data.min(common))?;
         }
         if data >= to {
             break;
         }
-        let end = seek(src, data, libc::SEEK_HOLE)?.unwrap_or(to).min(to);
+        let end = src.next_hole(data)?.unwrap_or(to).min(to);
         written += compare_write(src, dst, data, end.min(common.max(data)))?;
         if end > common.max(data) {
             written += write_range(src, dst, common.max(data), end, sparse)?;
@@ -838,13 +905,13 @@ fn patch_range(
 }
 
 /// Writes the pages of `[from, to)` where `dst` differs from `src`.
-fn compare_write(src: &File, dst: &File, from: u64, to: u64) -> std::io::Result<u64> {
+fn compare_write(src: &dyn SourceFile, dst: &File, from: u64, to: u64) -> std::io::Result<u64> {
     let (mut a, mut b) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
     let mut written = 0;
     let mut pos = from;
     while pos < to {
         let n = ((to - pos) as usize).min(CHUNK);
-        src.read_exact_at(&mut a[..n], pos)?;
+        src.fill(&mut a[..n], pos)?;
         dst.read_exact_at(&mut b[..n], pos)?;
         if a[..n] != b[..n] {
             let differ = runs(&a[..n], |page, i| {

@@ -816,21 +816,13 @@ fn timeout_stops_stuck_squashfs_tools() {
     env.run(&["create"], 0);
     let clean = treestate(&env.data());
     env.suite(1);
-    let real = which("unsquashfs");
-    // `unsquashfs -s` checks the image before anything changes; the extraction hangs.
-    let path = stuck_tool(
-        &env,
-        "unsquashfs",
-        &pidfile,
-        &format!("[ \"$1\" = -s ] && exec {real} \"$@\"\nexec sleep 3600"),
-    );
+    let dirty = treestate(&env.data());
+    // `unsquashfs -s` checks the image before anything changes (the extract reads the image
+    // itself); it hangs.
+    let path = stuck_tool(&env, "unsquashfs", &pidfile, "exec sleep 3600");
     let restore = spawn(&env, &["--timeout", "5", "restore"], Some(&path));
     timed_out(restore, "unsquashfs", &pidfile);
-    let (stdout, _) = env.run(&["status"], 1);
-    assert!(
-        stdout.contains("restore of clean_state failed (timed out after 5 s"),
-        "{stdout}"
-    );
+    assert_same_tree(&treestate(&env.data()), &dirty);
     env.run(&["--lock-timeout", "0", "restore"], 0);
     assert_same_tree(&treestate(&env.data()), &clean);
 }

@@ -471,16 +471,17 @@ fn doctor_says_which_strategy_and_why() {
             .cloned();
         check.unwrap()["detail"].as_str().unwrap().to_string()
     };
-    require_root();
     let auto = strategy(&env);
     assert!(
-        auto.starts_with("mount") && auto.contains("auto: root"),
+        auto.starts_with("extract") && auto.contains("auto: reads the image directly"),
         "{auto}"
     );
-    env.set("squashfs_restore", "extract");
+    require_root();
+    env.set("squashfs_restore", "mount");
+    let mount = strategy(&env);
     assert!(
-        strategy(&env).starts_with("extract")
-            && strategy(&env).contains("squashfs_restore = extract")
+        mount.starts_with("mount") && mount.contains("squashfs_restore = mount"),
+        "{mount}"
     );
 }
 
@@ -526,12 +527,11 @@ fn acls_are_refused_at_create() {
     assert!(!env.snapshots().join("clean_state").exists());
 }
 
-/// A failing mount: `auto` extracts instead (saying so), an explicit `mount` fails untouched.
+/// A failing mount (squashfs_restore = mount) is an error that changes nothing.
 #[test]
-fn mount_failure_falls_back_only_under_auto() {
+fn a_failed_mount_changes_nothing() {
     require_root();
     let env = squashfs_env(2, MB, "lz4", "auto");
-    let clean = treestate(&env.data());
     env.run(&["create"], 0);
     env.suite(9);
     let dirty = treestate(&env.data());
@@ -551,23 +551,12 @@ fn mount_failure_falls_back_only_under_auto() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("mount: permission denied"), "{stderr}");
-    assert_same_tree(&treestate(&env.data()), &dirty);
-
-    env.set("squashfs_restore", "auto");
-    let out = env
-        .cmd()
-        .arg("restore")
-        .env("PATH", &path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains("squashfs_mount_failed") && stderr.contains("extracting instead"),
+        stderr.contains("mount: permission denied")
+            && stderr.contains("cannot loop-mount the snapshot's image, nothing was changed"),
         "{stderr}"
     );
-    assert_same_tree(&treestate(&env.data()), &clean);
+    assert_same_tree(&treestate(&env.data()), &dirty);
 }
 
 /// The image is unmounted and its mount point removed when the restore fails and on Ctrl-C,
@@ -674,11 +663,12 @@ fn non_root_restore_of_root_owned_data_fails_untouched() {
     assert_same_tree(&treestate(&env.data()), &dirty);
 }
 
-/// An extract stages the files it needs in cache_dir, so it needs room for them there:
-/// without it, the restore refuses before changing anything. What a killed extract left there
-/// is removed by the next command; what a running process has there is left alone.
+/// An extract reads the image in place, so it needs no room to stage files beside the data
+/// (a 7 MiB tmpfs holding 4 MiB of it). What a killed extract of earlier versions (or of a
+/// snapshot made before manifests, extracted whole) left in cache_dir is removed by the next
+/// command; what a running process has there is left alone.
 #[test]
-fn extract_needs_room_beside_the_data_and_its_leftovers_go() {
+fn extract_needs_no_room_beside_the_data_and_old_leftovers_go() {
     let env = squashfs_env(2, 2 * MB, "none", "extract");
     env.run(&["create"], 0);
     let cache = env.cache();
@@ -687,16 +677,10 @@ fn extract_needs_room_beside_the_data_and_its_leftovers_go() {
     {
         let _small = Mount::tmpfs(&cache, "7m");
         copy_tree(&original, &cache);
+        let clean = treestate(&env.data());
         env.suite(2);
-        let dirty = treestate(&env.data());
-        let (_, stderr) = env.run(&["restore"], 1);
-        assert!(
-            stderr.contains(&format!("are staged in {}, which has", cache.display()))
-                && stderr.contains("nothing was changed")
-                && stderr.contains("squashfs_restore = mount"),
-            "{stderr}"
-        );
-        assert_same_tree(&treestate(&env.data()), &dirty);
+        env.run(&["restore"], 0);
+        assert_same_tree(&treestate(&env.data()), &clean);
     }
 
     let mut child = Command::new("true").spawn().unwrap();
@@ -741,12 +725,18 @@ fn copy_tree(from: &Path, to: &Path) {
     assert!(status.success());
 }
 
-/// The mount restore of a large file changed in place rewrites only the page that changed,
-/// choosing it by the manifest's piece digests (reading the image only there), and brings the
-/// file back exactly, holes included.
+/// Both strategies restore a large file changed in place by rewriting only the page that
+/// changed, choosing it by the manifest's piece digests (reading the image only there), and
+/// bring the file back exactly, holes included.
 #[test]
-fn mount_restore_repairs_a_large_file_piece_by_piece() {
-    let env = squashfs_env(2, 8 * MB, "zstd", "mount");
+fn large_files_are_repaired_piece_by_piece() {
+    for strategy in ["mount", "extract"] {
+        repairs_a_large_file_piece_by_piece(strategy);
+    }
+}
+
+fn repairs_a_large_file_piece_by_piece(strategy: &str) {
+    let env = squashfs_env(2, 8 * MB, "zstd", strategy);
     env.run(&["create"], 0);
     let clean = treestate(&env.data());
     let largest = walkdir::WalkDir::new(env.data())
@@ -777,44 +767,37 @@ fn mount_restore_repairs_a_large_file_piece_by_piece() {
     let (_, stderr) = env.run(&["restore"], 1);
     assert!(
         stderr.contains("pieces.jsonl does not match the digest recorded in meta.json"),
-        "{stderr}"
+        "{strategy}: {stderr}"
     );
     assert_same_tree(&treestate(&env.data()), &dirty);
     env.run(&["verify"], 1);
     fs::write(snapshot.join("pieces.jsonl"), &pieces).unwrap();
 
     let restored = env.json(&["restore"], 0);
-    assert_eq!(restored["files_rewritten"], 1, "{restored}");
+    assert_eq!(restored["files_rewritten"], 1, "{strategy}: {restored}");
     assert!(
         restored["bytes_rewritten"].as_u64().unwrap() <= 4096,
-        "{restored}"
+        "{strategy}: {restored}"
     );
     assert_same_tree(&treestate(&env.data()), &clean);
 }
 
-/// An extract runs unsquashfs only for files whose content it needs: a restore that only has
-/// to remove what a suite added extracts nothing (an empty list would extract everything).
+/// An extract reads what differs straight from the image: no unsquashfs extraction, no
+/// mount, nothing staged (unsquashfs only vouches that the image opens).
 #[test]
-fn extract_fetches_only_the_files_it_needs() {
+fn extract_reads_the_image_itself() {
     let env = squashfs_env(2, MB, "zstd", "extract");
     env.run(&["create"], 0);
     let clean = treestate(&env.data());
-    fs::write(env.data().join("node1/added-by-a-suite"), b"x").unwrap();
-    let (_, stderr) = env.run(&["-v", "--json", "restore"], 0);
-    let extractions: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("tool_run") && l.contains("-dest"))
-        .collect();
-    assert!(extractions.is_empty(), "{extractions:?}");
-    assert_same_tree(&treestate(&env.data()), &clean);
-
     env.suite(4);
     let (_, stderr) = env.run(&["-v", "restore"], 0);
+    let runs: Vec<&str> = stderr.lines().filter(|l| l.contains("tool_run")).collect();
     assert!(
-        stderr
-            .lines()
-            .any(|l| l.contains("tool_run") && l.contains("-dest") && l.contains("-ef")),
-        "{stderr}"
+        runs.iter()
+            .all(|l| l.contains(r#"tool="mksquashfs" args=["-help"]"#)
+                || l.contains(r#"tool="unsquashfs" args=["-s","#)),
+        "{runs:?}"
     );
+    assert!(stagesnap_mounts().is_empty());
     assert_same_tree(&treestate(&env.data()), &clean);
 }

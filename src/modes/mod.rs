@@ -1,13 +1,14 @@
 //! Snapshot modes. Each mode is one file implementing [`Mode`] plus one arm in
 //! [`ModeKind`]; the commands never look inside a mode.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::delta::{Content, Delta};
+use crate::delta::{Content, Delta, Dir, Source};
 use crate::manifest::{Entry, Manifest};
 use crate::store::{Journal, Snapshot};
 use crate::tools::{Found, Tool};
@@ -70,26 +71,16 @@ impl ModeKind {
 /// Content a source must fetch before the delta engine reads it (see [`Delta::before_change`]).
 type Fetch<'a> = &'a (dyn Fn(&[&Entry]) -> Result<()> + Sync);
 
-/// The restore of the modes whose snapshot is a tree of files (`source`): the delta engine
-/// brings the live data to the snapshot's manifest (or, for a snapshot made before manifests,
-/// to what a scan of `source` finds), rewriting only what differs. `fetch` readies the files
-/// it will read, before the first change.
+/// The restore of the modes whose snapshot holds a tree of files (`source`): the delta engine
+/// brings the live data to `target`, rewriting only what differs. `fetch` readies what it
+/// will read, before the first change.
 fn delta_restore(
     ctx: &ModeContext,
-    snapshot: &Snapshot,
-    manifest: Option<&Manifest>,
-    source: &Path,
+    target: &Manifest,
+    source: &dyn Source,
     content: Content,
     fetch: Fetch,
 ) -> Result<Restoration> {
-    let scanned;
-    let target = match manifest {
-        Some(m) => m,
-        None => {
-            scanned = Manifest::scan(source, &snapshot.meta.include)?;
-            &scanned
-        }
-    };
     let outcome = Delta {
         target,
         source,
@@ -107,6 +98,19 @@ fn delta_restore(
     })
 }
 
+/// What a restore brings the live data to: the snapshot's manifest or, for a snapshot made
+/// before manifests, what a scan of `tree` (its content as files) finds.
+fn target<'a>(
+    snapshot: &Snapshot,
+    manifest: Option<&'a Manifest>,
+    tree: &Path,
+) -> Result<Cow<'a, Manifest>> {
+    match manifest {
+        Some(m) => Ok(Cow::Borrowed(m)),
+        None => Ok(Cow::Owned(Manifest::scan(tree, &snapshot.meta.include)?)),
+    }
+}
+
 /// [`delta_restore`] from the snapshot's own payload tree, which needs no fetching
 /// (`filesystem`'s copy, `reflink`'s clones).
 fn payload_restore(
@@ -115,14 +119,9 @@ fn payload_restore(
     manifest: Option<&Manifest>,
     content: Content,
 ) -> Result<Restoration> {
-    delta_restore(
-        ctx,
-        snapshot,
-        manifest,
-        &snapshot.payload(),
-        content,
-        &|_| Ok(()),
-    )
+    let payload = snapshot.payload();
+    let target = target(snapshot, manifest, &payload)?;
+    delta_restore(ctx, &target, &Dir(&payload), content, &|_| Ok(()))
 }
 
 /// What a mode gets to work with.

@@ -1,25 +1,30 @@
 //! `squashfs`: a snapshot is one compressed, read-only squashfs image of the included paths
 //! (`payload/image.sqfs`, laid out as they sit below cache_dir) plus `payload/fixups`, the
 //! metadata squashfs cannot hold. A restore first proves both intact (sizes, BLAKE3 digests,
-//! `unsquashfs -s`), then either extracts the image into the emptied directories or
-//! loop-mounts it and lets the delta engine rewrite only what differs (taking every attribute
-//! from the manifest); after an extract the fixups go back last.
+//! `unsquashfs -s`); then the delta engine brings the live data to the manifest, rewriting
+//! only what differs and reading those pieces either straight from the image (`extract`,
+//! [`image`]) or through a loop mount of it (`mount`). Every attribute comes from the
+//! manifest; the fixups go back only after a restore without one (snapshots made before
+//! manifests, extracted whole by unsquashfs).
 
 mod fixups;
+mod image;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use self::fixups::{Fixups, Time};
+use self::image::{Image, ImageFile};
 use super::{Finding, Mode, ModeContext, ModeKind, Restoration, Status, Verified};
 use crate::config::Config;
-use crate::delta::Content;
+use crate::delta::{self, Content, Dir, Source, SourceFile};
 use crate::exit::{Code, code_of, fail, one_line};
 use crate::manifest::{Entry, Manifest};
 use crate::output::seconds;
@@ -341,13 +346,12 @@ fn strategy(cfg: &Config) -> (Strategy, String) {
     match cfg.text("squashfs_restore") {
         "extract" => (Strategy::Extract, "squashfs_restore = extract".into()),
         "mount" => (Strategy::Mount, "squashfs_restore = mount".into()),
-        _ => match mount_blocker() {
-            None => (
-                Strategy::Mount,
-                "auto: root, squashfs in /proc/filesystems, loop devices usable".into(),
-            ),
-            Some(why) => (Strategy::Extract, format!("auto: {why}")),
-        },
+        // Reading the image directly is faster than through a loop mount (bench/), and
+        // needs no root.
+        _ => (
+            Strategy::Extract,
+            "auto: reads the image directly, faster than through a loop mount".into(),
+        ),
     }
 }
 
@@ -395,7 +399,7 @@ impl Mode for Squashfs {
                     match strategy {
                         Strategy::Mount => "mount: only what differs is rewritten",
                         Strategy::Extract =>
-                            "extract: only what differs is extracted and rewritten",
+                            "extract: only what differs is read from the image and rewritten",
                     }
                 ),
                 "",
@@ -519,18 +523,7 @@ impl Mode for Squashfs {
         tracing::info!(strategy = %strategy.name(), reason = %why, "squashfs_restore_strategy");
         let done = match strategy {
             Strategy::Extract => extract(ctx, snapshot, &payload, &image, manifest)?,
-            Strategy::Mount => match by_mount(ctx, snapshot, &payload, &image, manifest) {
-                Err(e)
-                    if ctx.cfg.text("squashfs_restore") == "auto"
-                        && code_of(&e) != Code::Interrupted
-                        && e.downcast_ref::<Mounting>().is_some() =>
-                {
-                    // Nothing was touched yet: the mount itself failed.
-                    tracing::warn!(error = %one_line(&e), "squashfs_mount_failed: extracting instead (squashfs_restore = auto)");
-                    extract(ctx, snapshot, &payload, &image, manifest)?
-                }
-                other => other?,
-            },
+            Strategy::Mount => by_mount(ctx, snapshot, &payload, &image, manifest)?,
         };
         // The delta engine took every attribute from the manifest; only what came from the
         // image itself (extract, or a snapshot without a manifest) needs the fixups.
@@ -581,12 +574,11 @@ fn ancestors(cache_dir: &Path, include: &[PathBuf]) -> BTreeSet<PathBuf> {
         .collect()
 }
 
-/// `extract`: the delta engine walks the live data against the manifest; before its first
-/// change, unsquashfs extracts only the files it needs (those that differ) into a work
-/// directory beside the included paths while the image's digest is checked on the other
-/// core; then the engine brings the live data back from there as filesystem mode does from
-/// its copy. A restore after a suite extracts what the suite changed, not the whole image.
-/// Without a manifest (older snapshots) the whole image is extracted and scanned.
+/// `extract`: the delta engine walks the live data against the manifest and reads what
+/// differs straight from the image ([`image`]), piece by piece as the mount strategy does:
+/// no mount, no unsquashfs, nothing staged. Before the first change the image's digest is
+/// checked (while its index is read on the other core). Without a manifest (older
+/// snapshots) unsquashfs extracts the whole image into a work directory, which is scanned.
 fn extract(
     ctx: &ModeContext,
     snapshot: &Snapshot,
@@ -594,58 +586,112 @@ fn extract(
     image: &Path,
     manifest: Option<&Manifest>,
 ) -> Result<Restoration> {
-    let work = WorkDir::new(&ctx.live.cache_dir)?;
-    let fetch = |wanted: Option<&[&Entry]>| -> Result<()> {
-        let bytes = wanted.map_or(snapshot.meta.bytes, |w| w.iter().map(|e| e.size).sum());
-        let free = crate::tree::free_bytes(&ctx.live.cache_dir)?;
-        if free < bytes {
-            return Err(fail(
-                Code::Failure,
-                format!(
-                    "cannot restore {} by extracting: the files to extract ({}) are staged in {}, which has {} free; nothing was changed. Free some space, or set squashfs_restore = mount",
-                    snapshot.meta.name,
-                    human_bytes(bytes),
-                    ctx.live.cache_dir.display(),
-                    human_bytes(free)
-                ),
-            ));
-        }
+    let Some(manifest) = manifest else {
+        return extract_whole(ctx, snapshot, payload, image);
+    };
+    let target = with_pieces(snapshot, manifest)?;
+    let source = ImageSource {
+        path: image,
+        opened: OnceLock::new(),
+    };
+    let open = |_: &[&Entry]| -> Result<()> {
         std::thread::scope(|s| {
-            let extracting = s.spawn(|| unsquash(ctx, snapshot, image, &work, wanted));
+            let opening = s.spawn(|| Image::open(image));
             let checked = payload.image.check_digest(snapshot);
-            let extracted = extracting.join().expect("the extraction does not panic");
-            // A damaged image is the news, whatever the extraction made of it.
-            checked.and(extracted)
+            let opened = opening
+                .join()
+                .expect("reading the image's index does not panic");
+            // A damaged image is the news, whatever the index made of it.
+            checked?;
+            let _ = source.opened.set(opened?);
+            Ok(())
         })
     };
-    match manifest {
-        Some(_) => super::delta_restore(
-            ctx,
-            snapshot,
-            manifest,
-            &work.dir,
-            Content::Copy,
-            &|wanted| fetch(Some(wanted)),
-        ),
-        None => {
-            fetch(None)?;
-            super::delta_restore(ctx, snapshot, None, &work.dir, Content::Copy, &|_| Ok(()))
-        }
+    super::delta_restore(ctx, &target, &source, Content::CopyByPieces, &open)
+}
+
+/// The manifest with its piece digests, which let the engine read only the pieces of a
+/// large file that differ from a source that is slow to read (an image).
+fn with_pieces(snapshot: &Snapshot, manifest: &Manifest) -> Result<Manifest> {
+    let mut with = manifest.clone();
+    snapshot.attach_pieces(&mut with)?;
+    Ok(with)
+}
+
+/// The image as the delta engine's source, once its digest holds.
+struct ImageSource<'a> {
+    path: &'a Path,
+    opened: OnceLock<Image>,
+}
+
+impl Source for ImageSource<'_> {
+    fn open(&self, want: &Entry) -> Result<Box<dyn SourceFile + '_>> {
+        let image = self
+            .opened
+            .get()
+            .expect("the engine reads only after its before-change hook opened the image");
+        let what = format!("{} in {}", want.path.display(), self.path.display());
+        let file = image.file(&want.path.0).ok_or_else(|| {
+            fail(
+                Code::Failure,
+                format!("the snapshot is damaged: {what} is missing"),
+            )
+        })?;
+        delta::check_size(&what, file.len(), want)?;
+        Ok(Box::new(file))
     }
 }
 
-/// Runs unsquashfs into the work directory for the `wanted` files, or every included path.
-fn unsquash(
+impl SourceFile for ImageFile<'_> {
+    fn fill(&self, buf: &mut [u8], pos: u64) -> std::io::Result<()> {
+        self.read_exact_at(buf, pos)
+    }
+
+    fn next_data(&self, pos: u64) -> std::io::Result<Option<u64>> {
+        Ok(self.data_from(pos))
+    }
+
+    fn next_hole(&self, pos: u64) -> std::io::Result<Option<u64>> {
+        Ok(Some(self.hole_from(pos)))
+    }
+}
+
+/// An extract of a snapshot made before manifests: unsquashfs extracts the included paths
+/// into a work directory while the image's digest is checked, and the engine brings the
+/// live data to what it finds there.
+fn extract_whole(
     ctx: &ModeContext,
     snapshot: &Snapshot,
+    payload: &Payload,
     image: &Path,
-    work: &WorkDir,
-    wanted: Option<&[&Entry]>,
-) -> Result<()> {
-    // An empty list would have unsquashfs extract everything.
-    if wanted.is_some_and(|w| w.is_empty()) {
-        return Ok(());
+) -> Result<Restoration> {
+    let work = WorkDir::new(&ctx.live.cache_dir)?;
+    let free = crate::tree::free_bytes(&ctx.live.cache_dir)?;
+    if free < snapshot.meta.bytes {
+        return Err(fail(
+            Code::Failure,
+            format!(
+                "cannot restore {} by extracting: its files ({}) are staged in {}, which has {} free; nothing was changed. Free some space, or set squashfs_restore = mount",
+                snapshot.meta.name,
+                human_bytes(snapshot.meta.bytes),
+                ctx.live.cache_dir.display(),
+                human_bytes(free)
+            ),
+        ));
     }
+    std::thread::scope(|s| {
+        let extracting = s.spawn(|| unsquash(ctx, snapshot, image, &work.dir));
+        let checked = payload.image.check_digest(snapshot);
+        let extracted = extracting.join().expect("the extraction does not panic");
+        // A damaged image is the news, whatever the extraction made of it.
+        checked.and(extracted)
+    })?;
+    let target = super::target(snapshot, None, &work.dir)?;
+    super::delta_restore(ctx, &target, &Dir(&work.dir), Content::Copy, &|_| Ok(()))
+}
+
+/// Runs unsquashfs for the included paths into `dest`.
+fn unsquash(ctx: &ModeContext, snapshot: &Snapshot, image: &Path, dest: &Path) -> Result<()> {
     let mut args: Vec<OsString> = ["-quiet", "-force", "-strict-errors", "-no-wildcards"]
         .map(OsString::from)
         .to_vec();
@@ -655,24 +701,8 @@ fn unsquash(
     if let Some(n) = ctx.cfg.count_or_auto("squashfs_processors") {
         args.extend(["-processors".into(), n.to_string().into()]);
     }
-    args.extend(["-dest".into(), work.dir.clone().into()]);
-    // The list has one path per line: a name with a newline in it cannot be listed.
-    match wanted.filter(|w| w.iter().all(|e| !e.path.0.contains(&b'\n'))) {
-        Some(files) => {
-            let mut list = Vec::new();
-            for e in files {
-                list.extend_from_slice(&e.path.0);
-                list.push(b'\n');
-            }
-            std::fs::write(&work.list, list)
-                .with_context(|| format!("cannot write {}", work.list.display()))?;
-            args.extend(["-ef".into(), work.list.clone().into(), image.into()]);
-        }
-        None => {
-            args.push(image.into());
-            args.extend(snapshot.meta.include.iter().map(OsString::from));
-        }
-    }
+    args.extend(["-dest".into(), dest.into(), image.into()]);
+    args.extend(snapshot.meta.include.iter().map(OsString::from));
     // unsquashfs's own progress bar (`[==|  ] 2341/2991  78%`, in blocks) drives ours.
     ctx.tool(UNSQUASHFS)
         .run_reporting(
@@ -680,7 +710,7 @@ fn unsquash(
             &format!(
                 "extracting snapshot {} into {}",
                 snapshot.meta.name,
-                work.dir.display()
+                dest.display()
             ),
             &mut |line| {
                 if let Some((done, total)) = blocks_done(line) {
@@ -692,11 +722,10 @@ fn unsquash(
 }
 
 /// An extract's work directory in cache_dir (beside the included paths, so that the walk of
-/// the live data never meets it) and its list of files to extract. Dropped (after success, an
-/// error or Ctrl-C), both go, and cache_dir gets back the mtime it had.
+/// the live data never meets it). Dropped (after success, an error or Ctrl-C), it goes, and
+/// cache_dir gets back the mtime it had.
 struct WorkDir {
     dir: PathBuf,
-    list: PathBuf,
     parent: (PathBuf, Time),
 }
 
@@ -708,7 +737,6 @@ impl WorkDir {
         let name = format!("{WORK_PREFIX}{}", std::process::id());
         let work = WorkDir {
             dir: cache_dir.join(&name),
-            list: cache_dir.join(format!("{name}-list")),
             parent: (cache_dir.to_path_buf(), Time::of(&meta)),
         };
         std::fs::DirBuilder::new()
@@ -724,7 +752,6 @@ impl Drop for WorkDir {
         if let Err(e) = crate::store::remove_tree(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %one_line(&e), "squashfs_work_dir_left: remove it by hand");
         }
-        let _ = std::fs::remove_file(&self.list);
         let (parent, mtime) = &self.parent;
         if let Err(e) = set_mtime(parent, *mtime) {
             tracing::warn!(dir = %parent.display(), error = %one_line(&e), "squashfs_mtime_not_restored");
@@ -743,18 +770,6 @@ fn blocks_done(line: &str) -> Option<(u64, u64)> {
     Some((done.parse().ok()?, total.parse().ok()?))
 }
 
-/// A failed mount: nothing was touched, so `auto` may extract instead.
-#[derive(Debug)]
-struct Mounting;
-
-impl std::fmt::Display for Mounting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("cannot loop-mount the snapshot's image, nothing was changed (squashfs_restore = extract restores without mounting)")
-    }
-}
-
-impl std::error::Error for Mounting {}
-
 /// `mount`: loop-mounts the image read-only and lets the delta engine bring the live data to
 /// the manifest from it, as filesystem mode does, so only what the suite changed is rewritten.
 fn by_mount(
@@ -768,23 +783,13 @@ fn by_mount(
     let need = "the squashfs mount restore was chosen";
     let [mount, umount] = [MOUNT, UMOUNT].map(|t| t.require_for(need));
     let (mount, umount) = (mount?, umount?);
-    // Reading the image is what costs here: the piece digests let the engine read only the
-    // pieces of a large file that differ.
-    let with_pieces = manifest
-        .map(|m| {
-            let mut m = m.clone();
-            snapshot.attach_pieces(&mut m).map(|()| m)
-        })
-        .transpose()?;
-    let mounted = Mounted::new(image, &mount, &umount).map_err(|e| e.context(Mounting))?;
-    super::delta_restore(
-        ctx,
-        snapshot,
-        with_pieces.as_ref(),
-        &mounted.dir,
-        Content::CopyByPieces,
-        &|_| Ok(()),
-    )
+    let with_pieces = manifest.map(|m| with_pieces(snapshot, m)).transpose()?;
+    let mounted = Mounted::new(image, &mount, &umount).context(
+        "cannot loop-mount the snapshot's image, nothing was changed (squashfs_restore = extract restores without mounting)",
+    )?;
+    let target = super::target(snapshot, with_pieces.as_ref(), &mounted.dir)?;
+    let source = Dir(&mounted.dir);
+    super::delta_restore(ctx, &target, &source, Content::CopyByPieces, &|_| Ok(()))
 }
 
 /// A read-only loop mount of an image in a private temporary directory. Dropping it (after
