@@ -90,7 +90,7 @@ pub const SPECS: &[Spec] = &[
         section: SECTION,
         default: "auto",
         kind: Kind::Choice(&["auto", "extract", "mount"]),
-        help: "how squashfs snapshots are restored; auto = mount where this process may, else extract",
+        help: "how squashfs snapshots are restored: extract reads the image directly, mount through a loop mount (root); auto = extract",
     },
     Spec {
         key: "auto_create_on_startup",

@@ -15,14 +15,13 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{PermissionsExt, lchown, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Env, LoopMount, assert_same_tree, is_root, treestate};
+use common::{Env, LoopMount, assert_same_tree, cstr, is_root, set_mtime, set_xattr, treestate};
 use stagesnap::sample::GenerateOptions;
 
 const MB: u64 = 1 << 20;
@@ -244,64 +243,9 @@ fn bytes_name(b: &[u8]) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(b.to_vec()))
 }
 
-fn cstr(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
-}
-
 fn mkfifo(p: &Path) {
     // SAFETY: valid C string.
     assert_eq!(unsafe { libc::mkfifo(cstr(p).as_ptr(), 0o640) }, 0);
-}
-
-fn set_xattr(path: &Path, name: &str, value: &[u8]) {
-    let n = CString::new(name).unwrap();
-    // SAFETY: valid C strings and a live buffer.
-    let rc = unsafe {
-        libc::lsetxattr(
-            cstr(path).as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "setxattr {name} on {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
-}
-
-/// Sets the entry's own mtime (a symlink's, not its target's); atime is left alone.
-fn set_mtime(path: &Path, sec: i64, nsec: i64) {
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        libc::timespec {
-            tv_sec: sec,
-            tv_nsec: nsec,
-        },
-    ];
-    // SAFETY: valid C string and a two-element array as utimensat requires.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            cstr(path).as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "utimensat {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
 }
 
 fn quote(p: &Path) -> String {

@@ -6,10 +6,11 @@ use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::Path;
 use std::process::Command;
 
-use common::{Env, assert_same_tree, dir_inodes, inode, is_root, snapshot_names, treestate};
+use common::{
+    Env, assert_same_tree, dir_inodes, inode, is_root, set_xattr, snapshot_names, treestate,
+};
 
 const MB: u64 = 1 << 20;
 
@@ -62,28 +63,6 @@ fn a_file_changed_in_place_is_repaired_page_by_page() {
     assert_eq!(restored["entries_deleted"], 0, "{restored}");
     assert_same_tree(&treestate(&env.data()), &before);
     assert_eq!(inode(&db), ino, "the database was replaced, not repaired");
-}
-
-fn set_xattr(path: &Path, name: &str, value: &[u8]) {
-    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    // SAFETY: valid C strings and a live buffer.
-    let rc = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "setxattr {name} on {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
 }
 
 fn sh(script: &str) {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Env, Mount, assert_same_tree, dir_inodes, is_root, treestate};
+use common::{Env, Mount, assert_same_tree, dir_inodes, is_root, set_mtime, set_xattr, treestate};
 
 const MB: u64 = 1 << 20;
 
@@ -157,52 +157,6 @@ fn extract_round_trips_with_every_compressor() {
 fn mount_round_trips_with_every_compressor() {
     require_root();
     round_trips("mount");
-}
-
-fn set_xattr(path: &Path, name: &str, value: &[u8]) {
-    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    // SAFETY: valid C strings and a live buffer.
-    let rc = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "setxattr {name} on {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
-}
-
-fn set_mtime(path: &Path, secs: i64, nsecs: i64) {
-    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let ts = libc::timespec {
-        tv_sec: secs,
-        tv_nsec: nsecs,
-    };
-    // SAFETY: valid C string and two timespecs.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            p.as_ptr(),
-            [ts, ts].as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "utimensat {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
 }
 
 fn allocated(path: &Path) -> u64 {
