@@ -618,9 +618,9 @@ fn non_root_restore_of_root_owned_data_fails_untouched() {
 }
 
 /// An extract reads the image in place, so it needs no room to stage files beside the data
-/// (a 7 MiB tmpfs holding 4 MiB of it). What a killed extract of earlier versions (or of a
-/// snapshot made before manifests, extracted whole) left in cache_dir is removed by the next
-/// command; what a running process has there is left alone.
+/// (a 7 MiB tmpfs holding 4 MiB of it); only a snapshot made before manifests, extracted whole,
+/// does, and without it is refused untouched. What a killed extract left in cache_dir is
+/// removed by the next command; what a running process has there is left alone.
 #[test]
 fn extract_needs_no_room_beside_the_data_and_old_leftovers_go() {
     let env = squashfs_env(2, 2 * MB, "none", "extract");
@@ -635,6 +635,22 @@ fn extract_needs_no_room_beside_the_data_and_old_leftovers_go() {
         env.suite(2);
         env.run(&["restore"], 0);
         assert_same_tree(&treestate(&env.data()), &clean);
+
+        // A snapshot made before manifests is extracted whole, staged beside the data: without
+        // room for it, the restore refuses before changing anything.
+        let meta_path = env.snapshots().join("clean_state/meta.json");
+        let mut m = meta(&env, "clean_state");
+        m.as_object_mut().unwrap().remove("manifest");
+        fs::write(&meta_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+        env.suite(3);
+        let dirty = treestate(&env.data());
+        let (_, stderr) = env.run(&["restore"], 1);
+        assert!(
+            stderr.contains(&format!("are staged in {}, which has", cache.display()))
+                && stderr.contains("nothing was changed"),
+            "{stderr}"
+        );
+        assert_same_tree(&treestate(&env.data()), &dirty);
     }
 
     let mut child = Command::new("true").spawn().unwrap();
@@ -658,8 +674,15 @@ fn extract_needs_no_room_beside_the_data_and_old_leftovers_go() {
         "a running process's work directory was removed"
     );
     fs::remove_dir_all(&running).unwrap();
+    // The whole extract of a snapshot without a manifest removes its work directory too.
+    let clean = treestate(&env.data());
+    let mut m = meta(&env, "clean_state");
+    m.as_object_mut().unwrap().remove("manifest");
+    let meta_path = env.snapshots().join("clean_state/meta.json");
+    fs::write(&meta_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
     env.suite(3);
     env.run(&["restore"], 0);
+    assert_same_tree(&treestate(&env.data()), &clean);
     let left: Vec<String> = fs::read_dir(&cache)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
