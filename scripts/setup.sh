@@ -4,7 +4,9 @@
 # Idempotent: run it as often as you like. Needs root (or sudo) for apt and dockerd.
 set -euo pipefail
 
-packages=(rsync squashfs-tools docker.io busybox-static xfsprogs btrfs-progs hyperfine attr acl python3 util-linux e2fsprogs gnuplot-nox)
+# gcc and libc6-dev: the linker Rust uses, and the C compiler that builds the bundled zstd and
+# liblzma (squashfs image reading).
+packages=(gcc libc6-dev rsync squashfs-tools docker.io busybox-static xfsprogs btrfs-progs hyperfine attr acl python3 util-linux e2fsprogs gnuplot-nox)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
