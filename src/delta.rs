@@ -1,8 +1,9 @@
 //! The delta engine: brings a tree to a manifest in place, touching only what differs.
 //!
-//! Restores of `filesystem` (source: the snapshot's copy), `squashfs` with the mount strategy
-//! (source: the mounted image) and `reflink` (source: the snapshot's clones), and `reflink`'s
-//! create (an empty payload brought to the live data's scan), all go through [`Delta::apply`]:
+//! Restores of `filesystem` (source: the snapshot's copy), `squashfs` (source: the image, read
+//! by stagesnap's own reader or through a loop mount) and `reflink` (source: the snapshot's
+//! clones), and `reflink`'s create (an empty payload brought to the live data's scan), all go
+//! through [`Delta::apply`]:
 //!
 //! 1. one walk of the tree (`lstat` and xattrs of every entry, nodes in parallel) compared with
 //!    the manifest: type, size, mtime to the nanosecond, mode, owner, xattrs, symlink target,
@@ -44,10 +45,10 @@ use blake3::hazmat::ChainingValue;
 pub enum Content {
     /// Copied; a file changed in place is compared with the source and repaired page by page.
     Copy,
-    /// Copied from a source that is slow to read (a mounted squashfs image: every read goes
-    /// through the loop device and the decompressor). A file changed in place is hashed piece
-    /// by piece against the manifest's piece digests first, and only the pieces that differ
-    /// are read from the source and repaired page by page.
+    /// Copied from a source that is slow to read (a squashfs image: every read decompresses,
+    /// and through a mount also goes through the loop device). A file changed in place is
+    /// hashed piece by piece against the manifest's piece digests first, and only the pieces
+    /// that differ are read from the source and repaired page by page.
     CopyByPieces,
     /// Reflink clones (FICLONE): the source and the tree are on one filesystem.
     Clone,
