@@ -349,16 +349,43 @@ fn states_among(known: &[(&str, &str)], names: &[String]) -> Vec<State> {
         .collect()
 }
 
+/// What the daemon's socket says of the node containers, for quiet probes.
+pub enum SocketAnswer {
+    States(Vec<State>),
+    /// Nothing listens at the unix socket: the CLI would not reach a daemon either.
+    NoDaemon,
+    /// `DOCKER_HOST` is not a unix socket, or the answer was not understood: the CLI may know.
+    AskCli,
+}
+
 /// [`Docker::states`] asked of the daemon's own socket (`GET /containers/json`): about a
-/// millisecond, where starting the CLI twice costs ~0.1 s of every restore. Only for quiet
-/// probes: None when `DOCKER_HOST` points elsewhere or the socket does not answer as expected.
-pub fn states_via_socket(names: &[String]) -> Option<Vec<State>> {
-    use std::io::{Read, Write};
+/// millisecond, where starting the CLI twice costs ~0.1 s of every restore.
+pub fn states_via_socket(names: &[String]) -> SocketAnswer {
     let socket = match std::env::var("DOCKER_HOST") {
-        Ok(host) => host.strip_prefix("unix://")?.to_string(),
+        Ok(host) => match host.strip_prefix("unix://") {
+            Some(path) => path.to_string(),
+            None => return SocketAnswer::AskCli,
+        },
         Err(_) => "/var/run/docker.sock".to_string(),
     };
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    let stream = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ECONNREFUSED | libc::ENOTDIR)
+            ) =>
+        {
+            return SocketAnswer::NoDaemon;
+        }
+        Err(_) => return SocketAnswer::AskCli,
+    };
+    ask(stream, names).map_or(SocketAnswer::AskCli, SocketAnswer::States)
+}
+
+/// The states the daemon at `stream` lists for `names`; None when its answer is not understood.
+fn ask(mut stream: std::os::unix::net::UnixStream, names: &[String]) -> Option<Vec<State>> {
+    use std::io::{Read, Write};
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     // HTTP/1.0: the daemon answers with the whole body and closes, never chunked.
     stream

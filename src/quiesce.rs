@@ -8,7 +8,7 @@ use std::fmt;
 use anyhow::Result;
 
 use crate::config::Config;
-use crate::docker::{self, Docker, State, node_containers};
+use crate::docker::{self, Docker, SocketAnswer, State, node_containers};
 use crate::exit::one_line;
 use crate::modes::Mode;
 
@@ -191,8 +191,9 @@ fn warn_running(cfg: &Config, docker: Option<&Docker>, op: Op) {
     let asked = match docker {
         Some(d) => d.states(&names),
         None => match docker::states_via_socket(&names) {
-            Some(states) => Ok(states),
-            None => match Docker::installed() {
+            SocketAnswer::States(states) => Ok(states),
+            SocketAnswer::NoDaemon => return,
+            SocketAnswer::AskCli => match Docker::installed() {
                 Some(d) => d.states(&names),
                 None => return,
             },

@@ -484,6 +484,37 @@ fn an_unreachable_daemon_is_exit_3_naming_the_socket() {
     }
 }
 
+/// The quiet probe behind the containers_running warning (quiesce = none) gives up at once
+/// when nothing listens at the daemon's unix socket: starting the docker CLI, which could not
+/// reach a daemon either, cost ~25 ms of every create and restore.
+#[test]
+fn no_daemon_at_the_socket_means_no_docker_cli_run() {
+    let env = Env::sample(2, MB);
+    env.run(&["create"], 0);
+    let out = env
+        .cmd()
+        .env("DOCKER_HOST", "unix:///nonexistent.sock")
+        .args(["-v", "restore"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        !stderr.contains(r#"tool="docker""#) && !stderr.contains("docker_unavailable"),
+        "{stderr}"
+    );
+    // A DOCKER_HOST that is no unix socket is still asked of the CLI.
+    let out = env
+        .cmd()
+        .env("DOCKER_HOST", "tcp://127.0.0.1:1")
+        .args(["-v", "restore"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(r#"tool="docker""#), "{stderr}");
+}
+
 #[test]
 fn disabled_mode_does_nothing_and_needs_no_docker() {
     let net = Net::start(1);
