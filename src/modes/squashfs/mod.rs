@@ -518,18 +518,22 @@ impl Mode for Squashfs {
     ) -> Result<Restoration> {
         let payload = Payload::of(snapshot)?;
         let image = snapshot.payload().join(&payload.image.file);
-        let fixups = Fixups::read(&snapshot.payload().join(&payload.fixups.file))?;
+        // The delta engine takes every attribute from the manifest; only a snapshot without
+        // one gets its attributes from the image and so needs the fixups (read before
+        // anything changes).
+        let fixups = manifest
+            .is_none()
+            .then(|| Fixups::read(&snapshot.payload().join(&payload.fixups.file)))
+            .transpose()?;
         let (strategy, why) = strategy(ctx.cfg);
         tracing::info!(strategy = %strategy.name(), reason = %why, "squashfs_restore_strategy");
         let done = match strategy {
             Strategy::Extract => extract(ctx, snapshot, &payload, &image, manifest)?,
             Strategy::Mount => by_mount(ctx, snapshot, &payload, &image, manifest)?,
         };
-        // The delta engine took every attribute from the manifest; only what came from the
-        // image itself (extract, or a snapshot without a manifest) needs the fixups.
-        if done.seen.is_some() && manifest.is_some() {
+        let Some(fixups) = fixups else {
             return Ok(done);
-        }
+        };
         let applied = fixups.apply(&ctx.live.cache_dir)?;
         tracing::debug!(
             times = applied.times,
