@@ -491,27 +491,24 @@ fn an_unreachable_daemon_is_exit_3_naming_the_socket() {
 fn no_daemon_at_the_socket_means_no_docker_cli_run() {
     let env = Env::sample(2, MB);
     env.run(&["create"], 0);
-    let out = env
-        .cmd()
-        .env("DOCKER_HOST", "unix:///nonexistent.sock")
-        .args(["-v", "restore"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let restore_log = |docker_host: &str| {
+        let out = env
+            .cmd()
+            .env("DOCKER_HOST", docker_host)
+            .args(["-v", "restore"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        stderr
+    };
+    let stderr = restore_log("unix:///nonexistent.sock");
     assert!(
         !stderr.contains(r#"tool="docker""#) && !stderr.contains("docker_unavailable"),
         "{stderr}"
     );
     // A DOCKER_HOST that is no unix socket is still asked of the CLI.
-    let out = env
-        .cmd()
-        .env("DOCKER_HOST", "tcp://127.0.0.1:1")
-        .args(["-v", "restore"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let stderr = restore_log("tcp://127.0.0.1:1");
     assert!(stderr.contains(r#"tool="docker""#), "{stderr}");
 }
 
