@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --check
-cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked --all-targets
+cargo clippy --all-targets --all-features --locked -- -D warnings
+cargo test --locked --all-targets --features test-hooks

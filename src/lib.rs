@@ -20,5 +20,6 @@ pub mod quiesce;
 pub mod sample;
 pub mod signals;
 pub mod store;
+pub mod testhook;
 pub mod tools;
 pub mod tree;

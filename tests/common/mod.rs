@@ -434,3 +434,52 @@ pub fn set_mtime(path: &Path, sec: i64, nsec: i64) {
         std::io::Error::last_os_error()
     );
 }
+
+/// A stagesnap process stopped at a pause point of `src/testhook.rs` (needs the `test-hooks`
+/// feature): [`Paused::start`] spawns `cmd` and waits until it reaches `point`; the test then
+/// changes the tree and calls [`Paused::finish`].
+pub struct Paused {
+    dir: TempDir,
+    point: String,
+    child: std::process::Child,
+}
+
+impl Paused {
+    pub fn start(mut cmd: Command, point: &str) -> Paused {
+        let dir = tempfile::tempdir().unwrap();
+        cmd.env(
+            "STAGESNAP_TEST_PAUSE",
+            format!("{point}:{}", dir.path().display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let paused = dir.path().join(format!("{point}.paused"));
+        while !paused.exists() {
+            if let Some(status) = child.try_wait().unwrap() {
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "stagesnap ended ({status}) before reaching pause point {point}; built without --features test-hooks?\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Paused {
+            dir,
+            point: point.to_string(),
+            child,
+        }
+    }
+
+    /// Lets the process go on; its exit code, stdout and stderr.
+    pub fn finish(self) -> (i32, String, String) {
+        std::fs::write(self.dir.path().join(format!("{}.go", self.point)), b"").unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
