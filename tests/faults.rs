@@ -1,7 +1,7 @@
 //! Fault injection: real stagesnap processes killed with SIGKILL at chosen points, stopped with
 //! SIGINT and SIGTERM, run against filesystems that fill up, twenty at once on one store, held
 //! up by stuck tools under `--timeout`, and fed bad input. Each test proves a promise of the
-//! README's "Guarantees" section. Faults come from real processes and signals; a fake tool on
+//! docs/guarantees.md. Faults come from real processes and signals; a fake tool on
 //! PATH stands in only where the real one cannot be made to fail that way (stuck, ignoring
 //! SIGTERM, dying half way). Runs as root (tmpfs and bind mounts, loop mounts, setpriv); one
 //! test needs docker (scripts/setup.sh).
@@ -861,7 +861,7 @@ fn timeout_covers_waiting_for_the_lock() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Bad input the other test files do not cover (see README, Guarantees)
+// Bad input the other test files do not cover (see docs/guarantees.md)
 
 /// Permission denied on the live data: a non-root user's restore of root-owned data stops
 /// before changing anything, and its create of data it cannot read (the nodes' wallet
