@@ -56,7 +56,7 @@ _stagesnap() {
 
     case "${cmd}" in
         stagesnap)
-            opts="-c -s -v -q -h -V --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help --version create restore list delete prune doctor config verify status diff run"
+            opts="-c -s -v -q -h -V --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help --version create restore list delete prune doctor config verify status diff run"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -67,6 +67,10 @@ _stagesnap() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -94,7 +98,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__config)
-            opts="-c -s -v -q -h --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -105,6 +109,10 @@ _stagesnap() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -132,7 +140,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__create)
-            opts="-c -s -v -q -h --force --pin --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --force --pin --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -143,6 +151,10 @@ _stagesnap() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -170,7 +182,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__delete)
-            opts="-c -s -v -q -h --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -181,6 +193,10 @@ _stagesnap() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -208,7 +224,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__diff)
-            opts="-c -s -v -q -h --stat --full --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --stat --full --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -219,6 +235,10 @@ _stagesnap() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -246,7 +266,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__doctor)
-            opts="-c -s -v -q -h --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -257,6 +277,10 @@ _stagesnap() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -284,7 +308,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__list)
-            opts="-c -s -v -q -h --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -295,6 +319,10 @@ _stagesnap() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -322,7 +350,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__prune)
-            opts="-c -s -v -q -h --keep --dry-run --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --keep --dry-run --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -337,6 +365,10 @@ _stagesnap() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -364,7 +396,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__restore)
-            opts="-c -s -v -q -h --verify --allow-stale --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --verify --allow-stale --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -379,6 +411,10 @@ _stagesnap() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -406,7 +442,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__run)
-            opts="-c -s -v -q -h --snapshot --keep-failed --allow-stale --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --snapshot --keep-failed --allow-stale --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -421,6 +457,10 @@ _stagesnap() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -448,7 +488,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__status)
-            opts="-c -s -v -q -h --full --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --full --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -459,6 +499,10 @@ _stagesnap() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -486,7 +530,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__verify)
-            opts="-c -s -v -q -h --all --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --all --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -497,6 +541,10 @@ _stagesnap() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -543,7 +591,7 @@ _stagesnap_names() {
     done
     case "$prev" in
         --snapshot) ;;
-        --config|--keep|--lock-timeout|--set|--timeout|--verify|-c|-s) _stagesnap "$@"; return ;;
+        --base-dir|--config|--keep|--lock-timeout|--set|--timeout|--verify|-c|-s) _stagesnap "$@"; return ;;
         *) if [[ -z "$sub" || "$cur" == -* ]]; then _stagesnap "$@"; return; fi ;;
     esac
     COMPREPLY=($(compgen -W "$(stagesnap complete-names 2>/dev/null)" -- "$cur"))

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_stagesnap_global_optspecs
-    string join \n c/config= s/set= json v/verbose q/quiet no-progress lock-timeout= timeout= h/help V/version
+    string join \n c/config= base-dir= s/set= json v/verbose q/quiet no-progress lock-timeout= timeout= h/help V/version
 end
 
 function __fish_stagesnap_needs_command
@@ -24,7 +24,8 @@ function __fish_stagesnap_using_subcommand
     contains -- $cmd[1] $argv
 end
 
-complete -c stagesnap -n "__fish_stagesnap_needs_command" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_needs_command" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_needs_command" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
@@ -45,7 +46,8 @@ complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "verify" -d 'Che
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "status" -d 'Is the live data identical to a snapshot? Exit 0 if so, 1 with a summary per node if not'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "diff" -d 'List what differs between two snapshots, or a snapshot and the live data'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "run" -d 'Restore a snapshot, run a test suite on it, and exit with the suite\'s exit code'
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
@@ -59,7 +61,8 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -s h -l help
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -l verify -d 'Check the restored data against the manifest: metadata (sizes, modes, owners, times, links, xattrs), full (also every file\'s hash) or none [default: restore_verify]' -r -f -a "metadata\t''
 full\t''
 none\t''"
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
@@ -69,7 +72,8 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -s v -l ver
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -s q -l quiet -d 'Only errors on stderr'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand restore" -s h -l help -d 'Print help'
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
@@ -78,7 +82,8 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -s v -l verbos
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -s q -l quiet -d 'Only errors on stderr'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -s h -l help -d 'Print help'
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
@@ -88,7 +93,8 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s q -l quie
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s h -l help -d 'Print help'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l keep -d 'How many snapshots to keep [default: keep_snapshot_count from the config]' -r
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
@@ -98,7 +104,8 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s v -l verbo
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s q -l quiet -d 'Only errors on stderr'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s h -l help -d 'Print help'
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
@@ -107,7 +114,8 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -s v -l verb
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -s q -l quiet -d 'Only errors on stderr'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -s h -l help -d 'Print help'
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
@@ -116,7 +124,8 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -s v -l verb
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -s q -l quiet -d 'Only errors on stderr'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand config" -s h -l help -d 'Print help'
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
@@ -126,7 +135,8 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -s v -l verb
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -s q -l quiet -d 'Only errors on stderr'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand verify" -s h -l help -d 'Print help'
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
@@ -136,7 +146,8 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -s v -l verb
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -s q -l quiet -d 'Only errors on stderr'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand status" -s h -l help -d 'Print help'
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
@@ -148,7 +159,8 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -s q -l quiet 
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -s h -l help -d 'Print help'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l snapshot -d 'Snapshot to restore before the suite [default: snapshot_name from the config]' -r
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r

@@ -26,9 +26,13 @@ pub struct Cli {
 /// Flags accepted before or after the subcommand.
 #[derive(Debug, Args, Clone, Default)]
 pub struct GlobalArgs {
-    /// Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg in this or the nearest parent directory]
+    /// Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]
     #[arg(short, long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file's folder]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub base_dir: Option<PathBuf>,
 
     /// Override a [suite_isolation] setting (or cache_dir) for this run; repeatable
     #[arg(short = 's', long = "set", global = true, value_name = "KEY=VALUE")]

@@ -20,6 +20,9 @@ pub const SECTION: &str = "suite_isolation";
 pub const PATHS_SECTION: &str = "paths";
 pub const FILE_NAME: &str = "stage-env.cfg";
 pub const CONFIG_ENV: &str = "STAGESNAP_CONFIG";
+pub const BASE_DIR_ENV: &str = "STAGESNAP_BASE_DIR";
+/// The stage-env harness keeps its config in `<base>/config/`.
+const CONFIG_FOLDER: &str = "config";
 
 /// What a setting's value must look like.
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +45,7 @@ pub enum Kind {
     /// Space-separated shell glob patterns relative to a directory inside a container.
     Globs,
     /// `auto`, `none`, or space-separated paths or globs on this machine (relative ones
-    /// relative to the config file's folder).
+    /// relative to the base folder).
     FilePatterns,
 }
 
@@ -200,7 +203,8 @@ pub const SPECS: &[Spec] = &[
     Spec {
         key: "cache_dir",
         section: PATHS_SECTION,
-        default: "../testing/cache",
+        // The stage-env harness's own default when [paths] has no cache_dir.
+        default: "cache",
         kind: Kind::Path,
         help: "the environment's state folder",
     },
@@ -268,6 +272,10 @@ pub struct Config {
     pub file: PathBuf,
     /// How the file was found (flag, env, search).
     pub file_source: String,
+    /// The stage-env base folder, against which relative paths from the file resolve.
+    pub base: PathBuf,
+    /// Why `base` is that folder.
+    pub base_source: String,
     settings: BTreeMap<&'static str, Setting>,
 }
 
@@ -275,6 +283,7 @@ pub struct Config {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub config: Option<PathBuf>,
+    pub base_dir: Option<PathBuf>,
     pub set: Vec<String>,
 }
 
@@ -316,7 +325,7 @@ impl Config {
                 ),
             )
         })?;
-        let base = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let (base, base_source) = base_folder(overrides, &file, cwd, env)?;
         let flags = parse_set_flags(&overrides.set)?;
         warn_unknown_keys(&ini, &file);
 
@@ -349,8 +358,9 @@ impl Config {
             } else {
                 (spec.default.to_string(), Source::Default)
             };
-            // Relative paths from the file (or defaults) are relative to the file's folder,
-            // from the command line or environment to the working directory.
+            // Relative paths from the file (or defaults) are relative to the base folder, as
+            // the harness resolves them; from the command line or environment, to the working
+            // directory.
             let rel_base = match source {
                 Source::Flag | Source::Env(_) => cwd,
                 _ => &base,
@@ -374,6 +384,8 @@ impl Config {
         Ok(Config {
             file,
             file_source,
+            base,
+            base_source,
             settings,
         })
     }
@@ -512,19 +524,58 @@ fn locate(
         }
         return Ok((path, how.to_string()));
     }
+    // The harness's layout puts the file in `<base>/config/`; a folder's own file wins.
     for dir in cwd.ancestors() {
-        let candidate = dir.join(FILE_NAME);
-        if candidate.is_file() {
-            return Ok((candidate, "found by search".to_string()));
+        for candidate in [dir.join(FILE_NAME), dir.join(CONFIG_FOLDER).join(FILE_NAME)] {
+            if candidate.is_file() {
+                return Ok((candidate, "found by search".to_string()));
+            }
         }
     }
     Err(fail(
         Code::Usage,
         format!(
-            "no {FILE_NAME} in {} or any parent directory; pass --config FILE or set {CONFIG_ENV}",
+            "no {FILE_NAME} in {} or any parent directory (nor {CONFIG_FOLDER}/{FILE_NAME} in one); pass --config FILE or set {CONFIG_ENV}",
             cwd.display()
         ),
     ))
+}
+
+/// The stage-env base folder: `--base-dir`, else `STAGESNAP_BASE_DIR`, else the folder holding
+/// `config/` when the file sits in a folder named `config` (the harness's layout), else the
+/// file's own folder. Returns it with the reason, for `stagesnap config`.
+fn base_folder(
+    overrides: &Overrides,
+    file: &Path,
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<(PathBuf, String)> {
+    let given = match (&overrides.base_dir, env.get(BASE_DIR_ENV)) {
+        (Some(p), _) => Some((p.clone(), "--base-dir".to_string())),
+        (None, Some(p)) if !p.is_empty() => Some((PathBuf::from(p), BASE_DIR_ENV.to_string())),
+        _ => None,
+    };
+    if let Some((dir, how)) = given {
+        let dir = normalize(&cwd.join(dir));
+        if !dir.is_dir() {
+            return Err(fail(
+                Code::Usage,
+                format!(
+                    "base folder {} (from {how}) does not exist or is not a directory",
+                    dir.display()
+                ),
+            ));
+        }
+        return Ok((dir, how));
+    }
+    let folder = file.parent().unwrap_or(Path::new("/"));
+    match folder.parent() {
+        Some(base) if folder.file_name().is_some_and(|n| n == CONFIG_FOLDER) => Ok((
+            base.to_path_buf(),
+            format!("the folder holding {CONFIG_FOLDER}/, where the config file is"),
+        )),
+        _ => Ok((folder.to_path_buf(), "the config file's folder".to_string())),
+    }
 }
 
 fn parse_set_flags(set: &[String]) -> Result<BTreeMap<String, String>> {
@@ -760,6 +811,7 @@ mod tests {
         std::fs::write(dir.path().join(FILE_NAME), text).unwrap();
         let overrides = Overrides {
             config: None,
+            base_dir: None,
             set: set.iter().map(|s| s.to_string()).collect(),
         };
         let env = env
@@ -881,5 +933,78 @@ mod tests {
             let err = load(&format!("[suite_isolation]\n{bad}\n"), &[], &[]).unwrap_err();
             assert_eq!(crate::exit::code_of(&err), Code::Usage, "{bad}");
         }
+    }
+
+    fn tree(files: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for f in files {
+            let path = dir.path().join(f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "[paths]\n").unwrap();
+        }
+        dir
+    }
+
+    fn load_in(cwd: &Path, base_dir: Option<&str>, env: &[(&str, &str)]) -> Result<Config> {
+        let overrides = Overrides {
+            base_dir: base_dir.map(PathBuf::from),
+            ..Overrides::default()
+        };
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_from(&overrides, cwd, &env)
+    }
+
+    #[test]
+    fn search_finds_the_harness_layout_upward_and_a_folders_own_file_first() {
+        let dir = tree(&[
+            "stage-env/config/stage-env.cfg",
+            "own/stage-env.cfg",
+            "own/config/stage-env.cfg",
+        ]);
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("stage-env/tests/deep")).unwrap();
+        for cwd in ["stage-env", "stage-env/tests/deep", "stage-env/config"] {
+            let cfg = load_in(&root.join(cwd), None, &[]).unwrap();
+            assert_eq!(
+                cfg.file,
+                root.join("stage-env/config/stage-env.cfg"),
+                "{cwd}"
+            );
+            assert_eq!(cfg.base, root.join("stage-env"), "{cwd}");
+            assert!(
+                cfg.base_source.contains("holding config/"),
+                "{}",
+                cfg.base_source
+            );
+            // The harness's defaults and its relative paths: against the base folder.
+            assert_eq!(cfg.cache_dir(), root.join("stage-env/cache"));
+            assert_eq!(cfg.snapshots_dir(), root.join("testing/snapshots"));
+        }
+        let cfg = load_in(&root.join("own"), None, &[]).unwrap();
+        assert_eq!(cfg.file, root.join("own/stage-env.cfg"));
+        assert_eq!(cfg.base, root.join("own"));
+        assert_eq!(cfg.base_source, "the config file's folder");
+    }
+
+    #[test]
+    fn base_folder_from_flag_or_environment() {
+        let dir = tree(&["a/stage-env.cfg", "elsewhere/x"]);
+        let root = dir.path();
+        let env = [(BASE_DIR_ENV, "../elsewhere")];
+        let cfg = load_in(&root.join("a"), None, &env).unwrap();
+        assert_eq!(cfg.base, root.join("elsewhere"));
+        assert_eq!(cfg.base_source, BASE_DIR_ENV);
+        assert_eq!(cfg.cache_dir(), root.join("elsewhere/cache"));
+        let cfg = load_in(&root.join("a"), Some(root.to_str().unwrap()), &env).unwrap();
+        assert_eq!(
+            (cfg.base.as_path(), cfg.base_source.as_str()),
+            (root, "--base-dir")
+        );
+        let err = load_in(&root.join("a"), Some("missing"), &[]).unwrap_err();
+        assert_eq!(crate::exit::code_of(&err), Code::Usage);
+        assert!(crate::exit::one_line(&err).contains("missing (from --base-dir) does not exist"));
     }
 }

@@ -12,6 +12,8 @@ use crate::output::{Report, table};
 struct Effective {
     config_file: String,
     config_file_source: String,
+    base_dir: String,
+    base_dir_source: String,
     settings: Vec<SettingReport>,
 }
 
@@ -23,6 +25,11 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
         cfg.file.display().to_string(),
         cfg.file_source.clone(),
     ]];
+    rows.push(vec![
+        "base_dir".to_string(),
+        cfg.base.display().to_string(),
+        cfg.base_source.clone(),
+    ]);
     rows.extend(
         settings
             .iter()
@@ -32,6 +39,8 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
     let effective = Effective {
         config_file: cfg.file.display().to_string(),
         config_file_source: cfg.file_source.clone(),
+        base_dir: cfg.base.display().to_string(),
+        base_dir_source: cfg.base_source.clone(),
         settings,
     };
     Ok(Report::new("config", &effective, text))

@@ -71,6 +71,7 @@ pub fn name(command: &Command) -> &'static str {
 fn load_config(g: &GlobalArgs) -> Result<Config> {
     Config::load(&Overrides {
         config: g.config.clone(),
+        base_dir: g.base_dir.clone(),
         set: g.set.clone(),
     })
 }
