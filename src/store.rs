@@ -338,7 +338,12 @@ impl Store {
     pub fn lock_shared(&self, timeout: Duration) -> Result<Lock> {
         let path = self.dir.join(LOCK_FILE);
         let file = match open_lock(&path, true) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES | libc::EPERM)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EROFS | libc::EACCES | libc::EPERM)
+                ) =>
+            {
                 open_lock(&path, false)
             }
             opened => opened,
@@ -756,7 +761,7 @@ fn read_holder(path: &Path) -> String {
                 || !Path::new("/proc/self").exists() =>
         {
             format!(
-            "pid {} on {} (`{}`, since {})",
+                "pid {} on {} (`{}`, since {})",
                 h.pid, h.host, h.command, h.started
             )
         }

@@ -278,3 +278,26 @@ fn status_and_diff_tell_could_not_compare_from_differs() {
     }
     assert!(!gone.exists(), "status and diff never create the store");
 }
+
+/// A squashfs image replaced by a symlink (to an intact copy) is damaged: restore refuses it
+/// before anything changes, and verify says so.
+#[test]
+fn a_symlinked_squashfs_image_is_refused() {
+    let env = Env::sample(1, MB / 4);
+    env.set("mode", "squashfs");
+    env.run(&["create"], 0);
+    let payload = env.snapshots().join("clean_state/payload");
+    let image = fs::read_dir(&payload)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| fs::read(p).is_ok_and(|b| b.starts_with(b"hsqs")))
+        .expect("an image in the payload");
+    let copy = env.root.join("image-copy");
+    fs::rename(&image, &copy).unwrap();
+    symlink(&copy, &image).unwrap();
+    dirty(&env);
+    let named = format!("{} is a symlink", image.display());
+    refused(&env, &["restore"], 1, &[&named]);
+    let (stdout, _) = env.run(&["verify"], 1);
+    assert!(stdout.contains(&named), "{stdout}");
+}
