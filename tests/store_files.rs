@@ -219,7 +219,8 @@ fn readers_work_on_a_read_only_store() {
     assert!(!lock.exists());
 }
 
-/// Readers share the lock: one held shared does not stop status, and stops a writer.
+/// Readers share the lock: one held shared does not stop status, and stops a writer, which
+/// does not name the last writer (gone) as the holder.
 #[test]
 fn readers_share_the_lock_and_a_writer_waits_for_them() {
     let env = Env::sample(1, MB / 4);
@@ -228,7 +229,10 @@ fn readers_share_the_lock_and_a_writer_waits_for_them() {
     held.lock_shared().unwrap();
     env.run(&["status", "--lock-timeout", "0"], 0);
     let (_, stderr) = env.run(&["create", "--force", "--lock-timeout", "0"], 5);
-    assert!(stderr.contains("is locked by"), "{stderr}");
+    assert!(
+        stderr.contains("is locked by another stagesnap process"),
+        "{stderr}"
+    );
 }
 
 /// status and diff exit 0 when identical, 1 when the data differs, 7 when they could not
