@@ -43,8 +43,8 @@ complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "prune" -d 'Remo
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "doctor" -d 'Check that the configured mode can run here, and say why not'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "config" -d 'Show every effective setting and where it came from'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "verify" -d 'Check stored snapshots against their manifests (every file\'s hash)'
-complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "status" -d 'Is the live data identical to a snapshot? Exit 0 if so, 1 with a summary per node if not'
-complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "diff" -d 'List what differs between two snapshots, or a snapshot and the live data'
+complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "status" -d 'Is the live data identical to a snapshot? Exit 0 if so, 1 with a summary per node if not, 7 if it could not tell'
+complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "diff" -d 'List what differs between two snapshots, or a snapshot and the live data. Exit 0 if nothing, 1 if something, 7 if it could not compare'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "run" -d 'Restore a snapshot, run a test suite on it, and exit with the suite\'s exit code'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F

@@ -97,11 +97,11 @@ pub enum Command {
     #[command(after_help = "Example: stagesnap verify --all")]
     Verify(VerifyArgs),
 
-    /// Is the live data identical to a snapshot? Exit 0 if so, 1 with a summary per node if not
+    /// Is the live data identical to a snapshot? Exit 0 if so, 1 with a summary per node if not, 7 if it could not tell
     #[command(after_help = "Example: stagesnap status clean_state")]
     Status(StatusArgs),
 
-    /// List what differs between two snapshots, or a snapshot and the live data
+    /// List what differs between two snapshots, or a snapshot and the live data. Exit 0 if nothing, 1 if something, 7 if it could not compare
     #[command(after_help = "Example: stagesnap diff clean_state --stat")]
     Diff(DiffArgs),
 

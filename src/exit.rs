@@ -15,6 +15,8 @@ pub enum Code {
     NotFound = 4,
     Locked = 5,
     Degraded = 6,
+    /// status and diff could not tell whether the two sides differ.
+    CouldNotCompare = 7,
     Interrupted = 130,
 }
 
@@ -28,6 +30,10 @@ impl Code {
         (Code::NotFound, "snapshot not found"),
         (Code::Locked, "lock held"),
         (Code::Degraded, "restore degraded (a fallback ran)"),
+        (
+            Code::CouldNotCompare,
+            "status or diff could not compare (a damaged snapshot, a missing store, unreadable data)",
+        ),
         (Code::Interrupted, "interrupted"),
     ];
 
@@ -45,13 +51,14 @@ impl Code {
             Code::NotFound => "not_found",
             Code::Locked => "locked",
             Code::Degraded => "degraded",
+            Code::CouldNotCompare => "could_not_compare",
             Code::Interrupted => "interrupted",
         }
     }
 }
 
 /// The commands whose exit codes [`Code::TABLE`] does not tell.
-pub const EXCEPTIONS: &str = "status and diff exit 0 when the two sides are identical and 1 when they differ. run exits with the suite's own exit code (128 + N when signal N ended it) once the restore succeeded.";
+pub const EXCEPTIONS: &str = "status and diff exit 0 when the two sides are identical, 1 when they differ, and 7 (not 1) when they could not compare them; a snapshot that does not exist is 4, as everywhere. run exits with the suite's own exit code (128 + N when signal N ended it) once the restore succeeded.";
 
 /// The exit codes in a paragraph, for `--help`.
 pub fn help_text() -> String {
@@ -98,6 +105,15 @@ pub fn code_of(err: &anyhow::Error) -> Code {
             })
         })
         .map_or(Code::Failure, |f| f.code)
+}
+
+/// `err` with exit code `to` where it would have exited with `from`; its message unchanged.
+pub fn recode(err: anyhow::Error, from: Code, to: Code) -> anyhow::Error {
+    if code_of(&err) == from {
+        fail(to, one_line(&err))
+    } else {
+        err
+    }
 }
 
 /// `error: outer: inner: root`, the way anyhow chains read best on one line.

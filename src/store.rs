@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <snapshots_dir>/
-//!   .lock                      flock'ed by every command that reads or changes snapshots (not list)
+//!   .lock                      flock'ed by every command that changes snapshots; shared by
+//!                              those that only read them (not list)
 //!   .restore-journal           a restore in progress, or one that was interrupted or failed
 //!   <name>/meta.json           written last; a directory without it is not a snapshot
 //!   <name>/manifest.jsonl      every captured entry (see `manifest`); its digest is in meta.json
@@ -11,13 +12,17 @@
 //!   .trash-<name>-<pid>/       a snapshot being deleted
 //! ```
 //! Snapshots appear and disappear only by `rename(2)`, so a reader never sees half of one.
+//!
+//! The store is untrusted input: stagesnap never follows a symlink inside it (one at a store
+//! file's name, or in place of a snapshot), so a planted link cannot make it read or write
+//! another file. A symlinked snapshots_dir itself is the user's configuration, and allowed.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -176,7 +181,7 @@ impl Snapshot {
 
     /// The bytes of `file`, which meta.json vouches for with the digest `blake3`.
     fn read_vouched(&self, file: &str, blake3: &str) -> Result<Vec<u8>> {
-        let bytes = fs::read(self.dir.join(file))
+        let bytes = read_nofollow(&self.dir.join(file))
             .map_err(|e| self.damaged(file, &format!("cannot be read ({e})")))?;
         if blake3::hash(&bytes).to_hex().as_str() != blake3 {
             return Err(self.damaged(file, "does not match the digest recorded in meta.json"));
@@ -236,7 +241,8 @@ impl Journal {
     /// Writes the record, once: called before the restore's first change to the live data.
     pub fn begin(&self) -> Result<()> {
         if !self.written.load(Ordering::Acquire) {
-            write_json_atomic(&self.path, &self.record)?;
+            write_json_atomic(&self.path, &self.record)
+                .context("cannot start the restore (the live data is unchanged)")?;
             sync_dir(self.path.parent().unwrap_or(Path::new("/")))?;
             self.written.store(true, Ordering::Release);
         }
@@ -292,8 +298,9 @@ impl Store {
         &self.dir
     }
 
-    /// Takes the store's exclusive lock, waiting up to `timeout` (exit 5 after that).
-    /// The kernel drops the lock when the process dies, so a crashed holder never blocks anyone.
+    /// Takes the store's exclusive lock, waiting up to `timeout` (exit 5 after that), and
+    /// records its holder for those who wait. The kernel drops the lock when the process
+    /// dies, so a crashed holder never blocks anyone.
     pub fn lock(&self, command: &str, timeout: Duration) -> Result<Lock> {
         fs::create_dir_all(&self.dir).map_err(|e| {
             fail(
@@ -305,24 +312,71 @@ impl Store {
             )
         })?;
         let path = self.dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("cannot open lock file {}", path.display()))?;
+        let file = open_lock(&path, true).map_err(|e| lock_error(&path, e))?;
+        self.wait(&file, &path, timeout, File::try_lock)?;
+        let holder = Holder {
+            pid: std::process::id(),
+            command: command.to_string(),
+            host: hostname(),
+            started: jiff::Timestamp::now().to_string(),
+        };
+        let record = toml::to_string(&holder)?;
+        // Written over the last holder's record, then cut to length: truncating to zero first
+        // frees the file's block only to allocate it again.
+        file.write_all_at(record.as_bytes(), 0)
+            .and_then(|()| file.set_len(record.len() as u64))
+            .with_context(|| format!("cannot record the lock's holder in {}", path.display()))?;
+        Ok(Lock { _file: Some(file) })
+    }
+
+    /// Takes the store's lock shared, for commands that only read it: they run side by side,
+    /// wait only for a writer, and write nothing (no holder record), so they work on a
+    /// read-only store. Where the lock file neither exists nor can be made, none is taken.
+    /// That is safe: a store this process cannot write is either read-only to everyone, so
+    /// no writer can change it, or writable by another user, whose first writer creates the
+    /// lock file before it changes anything and never removes it (so there has been none).
+    pub fn lock_shared(&self, timeout: Duration) -> Result<Lock> {
+        let path = self.dir.join(LOCK_FILE);
+        let file = match open_lock(&path, true) {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EROFS | libc::EACCES | libc::EPERM)
+                ) =>
+            {
+                open_lock(&path, false)
+            }
+            opened => opened,
+        };
+        let file = match file {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lock { _file: None }),
+            Err(e) => return Err(lock_error(&path, e)),
+        };
+        self.wait(&file, &path, timeout, File::try_lock_shared)?;
+        Ok(Lock { _file: Some(file) })
+    }
+
+    /// Waits up to `timeout` until `try_lock` takes the lock on `file`, naming its holder
+    /// once, then in the exit-5 error.
+    fn wait(
+        &self,
+        file: &File,
+        path: &Path,
+        timeout: Duration,
+        try_lock: fn(&File) -> std::result::Result<(), fs::TryLockError>,
+    ) -> Result<()> {
         let start = Instant::now();
         let mut announced = false;
         loop {
-            match file.try_lock() {
-                Ok(()) => break,
+            match try_lock(file) {
+                Ok(()) => return Ok(()),
                 Err(fs::TryLockError::WouldBlock) => {}
                 Err(fs::TryLockError::Error(e)) => {
                     return Err(e).with_context(|| format!("cannot lock {}", path.display()));
                 }
             }
-            let holder = read_holder(&path);
+            let holder = read_holder(path);
             if start.elapsed() >= timeout {
                 return Err(fail(
                     Code::Locked,
@@ -340,19 +394,6 @@ impl Store {
             signals::check()?;
             std::thread::sleep(Duration::from_millis(50));
         }
-        let holder = Holder {
-            pid: std::process::id(),
-            command: command.to_string(),
-            host: hostname(),
-            started: jiff::Timestamp::now().to_string(),
-        };
-        let record = toml::to_string(&holder)?;
-        // Written over the last holder's record, then cut to length: truncating to zero first
-        // frees the file's block only to allocate it again.
-        file.write_all_at(record.as_bytes(), 0)
-            .and_then(|()| file.set_len(record.len() as u64))
-            .with_context(|| format!("cannot record the lock's holder in {}", path.display()))?;
-        Ok(Lock { _file: file })
     }
 
     /// Complete snapshots, newest first, and the snapshot-like directories that could not be read.
@@ -372,8 +413,10 @@ impl Store {
         for entry in rd {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            // A symlink is listed too, as unreadable, so that it can be seen and deleted.
+            let kind = entry.file_type()?;
             if name.starts_with('.')
-                || !entry.file_type()?.is_dir()
+                || !(kind.is_dir() || kind.is_symlink())
                 || validate_name(&name).is_err()
             {
                 continue;
@@ -381,7 +424,7 @@ impl Store {
             match self.read(&name) {
                 Ok(s) => snapshots.push(s),
                 // Deleted (renamed away) since the directory was read: list runs unlocked.
-                Err(_) if !entry.path().exists() => {}
+                Err(_) if !self.exists(&name) => {}
                 Err(e) => unreadable.push(Unreadable {
                     name,
                     problem: crate::exit::one_line(&e),
@@ -399,8 +442,15 @@ impl Store {
 
     /// The snapshot `name`, or exit 4 when there is none, or an error naming what is wrong with it.
     pub fn get(&self, name: &str) -> Result<Snapshot> {
+        self.require(name)?;
+        self.read(name)
+    }
+
+    /// Exit 4 unless the store holds an entry named `name` (a snapshot, or what is left of
+    /// one: something to delete).
+    pub fn require(&self, name: &str) -> Result<()> {
         validate_name(name)?;
-        if !self.dir.join(name).is_dir() {
+        if !self.exists(name) {
             return Err(fail(
                 Code::NotFound,
                 format!(
@@ -409,17 +459,28 @@ impl Store {
                 ),
             ));
         }
-        self.read(name)
+        Ok(())
     }
 
+    /// Whether the store holds an entry named `name`; a symlink counts, never followed.
     pub fn exists(&self, name: &str) -> bool {
-        self.dir.join(name).is_dir()
+        self.dir.join(name).symlink_metadata().is_ok()
     }
 
     fn read(&self, name: &str) -> Result<Snapshot> {
         let dir = self.dir.join(name);
+        if let Ok(target) = fs::read_link(&dir) {
+            return Err(fail(
+                Code::Failure,
+                format!(
+                    "snapshot {name} is not usable: {} is a symlink (to {}), and stagesnap never uses a snapshot through one. Remove the link with `stagesnap delete {name}` (its target is left alone)",
+                    dir.display(),
+                    target.display()
+                ),
+            ));
+        }
         let path = dir.join(META_FILE);
-        let text = fs::read(&path).map_err(|e| {
+        let text = read_nofollow(&path).map_err(|e| {
             fail(
                 Code::Failure,
                 format!(
@@ -454,7 +515,11 @@ impl Store {
                 ),
             ));
         }
-        Ok(Snapshot { dir, meta })
+        let snapshot = Snapshot { dir, meta };
+        if snapshot.payload().is_symlink() {
+            return Err(snapshot.damaged(PAYLOAD_DIR, "is a symlink"));
+        }
+        Ok(snapshot)
     }
 
     /// Starts building snapshot `name` in a private staging directory.
@@ -463,10 +528,10 @@ impl Store {
         let dir = self
             .dir
             .join(format!("{STAGING_PREFIX}{name}-{}", std::process::id()));
-        if dir.exists() {
-            remove_tree(&dir)?;
-        }
-        fs::create_dir_all(dir.join(PAYLOAD_DIR))
+        // What a process of the same pid left, or a planted link: removed, never followed.
+        remove_tree(&dir)?;
+        fs::create_dir(&dir)
+            .and_then(|()| fs::create_dir(dir.join(PAYLOAD_DIR)))
             .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(Staging {
             store: self.clone(),
@@ -513,7 +578,7 @@ impl Store {
     /// record present is never a restore still running.
     pub fn unfinished_restore(&self, _lock: &Lock) -> Result<Option<JournalRecord>> {
         let path = self.dir.join(JOURNAL_FILE);
-        let bytes = match fs::read(&path) {
+        let bytes = match read_nofollow(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
@@ -613,11 +678,9 @@ impl Staging {
     pub fn write_manifest(&self, manifest: &Manifest) -> Result<ManifestRef> {
         let write = |file: &str, bytes: &[u8]| -> Result<String> {
             let path = self.dir.join(file);
-            let mut f =
-                File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
-            f.write_all(bytes)
-                .and_then(|()| f.sync_all())
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            create_new(&path)
+                .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+                .map_err(|e| write_error(&path, e))?;
             Ok(blake3::hash(bytes).to_hex().to_string())
         };
         let pieces = manifest.pieces_to_bytes();
@@ -639,7 +702,7 @@ impl Staging {
         write_json_atomic(&self.dir.join(META_FILE), meta)?;
         sync_dir(&self.dir)?;
         let target = self.store.dir.join(&self.name);
-        if replace && target.exists() {
+        if replace && self.store.exists(&self.name) {
             exchange(&self.dir, &target)?;
             sync_dir(&self.store.dir)?;
             // self.dir now holds the old snapshot; Drop removes it.
@@ -674,8 +737,9 @@ impl Drop for Staging {
 }
 
 /// Proof that the store's lock is held; operations that change the store take it.
+/// No file where [`Store::lock_shared`] could take none.
 pub struct Lock {
-    _file: File,
+    _file: Option<File>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -686,15 +750,22 @@ struct Holder {
     started: String,
 }
 
+/// Who holds the lock, from the last exclusive holder's record. Readers write none, so a
+/// record of a process gone from this host means the holders are readers.
 fn read_holder(path: &Path) -> String {
-    let mut text = String::new();
-    let _ = File::open(path).and_then(|mut f| f.read_to_string(&mut text));
-    match toml::from_str::<Holder>(&text) {
-        Ok(h) => format!(
-            "pid {} on {} (`{}`, since {})",
-            h.pid, h.host, h.command, h.started
-        ),
-        Err(_) => "another stagesnap process".to_string(),
+    let text = read_nofollow(path).unwrap_or_default();
+    match toml::from_slice::<Holder>(&text) {
+        Ok(h)
+            if h.host != hostname()
+                || Path::new("/proc").join(h.pid.to_string()).exists()
+                || !Path::new("/proc/self").exists() =>
+        {
+            format!(
+                "pid {} on {} (`{}`, since {})",
+                h.pid, h.host, h.command, h.started
+            )
+        }
+        _ => "another stagesnap process".to_string(),
     }
 }
 
@@ -704,16 +775,93 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown host".into())
 }
 
+/// Writes `value` to a new temporary file beside `path`, then renames it over `path`; a
+/// failure leaves nothing behind.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
-    let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(&serde_json::to_vec_pretty(value)?)?;
-    f.write_all(b"\n")?;
-    f.sync_all()
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} into place", tmp.display()))?;
-    Ok(())
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    create_new(&tmp)
+        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            write_error(path, e)
+        })
+}
+
+/// Opens a store file to read it, never through a symlink.
+pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open_nofollow(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Creates `path` as a new file (O_EXCL, so never through a symlink). A name already there,
+/// a crash's leftover or a planted link, is unlinked first: unlink never follows.
+fn create_new(path: &Path) -> std::io::Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            fs::remove_file(path)?;
+            open()
+        }
+        opened => opened,
+    }
+}
+
+/// The lock file, opened without following a symlink; `create`d read-write, else read-only.
+fn open_lock(path: &Path, create: bool) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(create)
+        .create(create)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+fn lock_error(path: &Path, e: std::io::Error) -> anyhow::Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return fail(
+            Code::Failure,
+            format!(
+                "lock file {} is a symlink, which stagesnap never follows; remove it and try again",
+                path.display()
+            ),
+        );
+    }
+    anyhow::Error::new(e).context(format!("cannot open lock file {}", path.display()))
+}
+
+/// The error for a store file that could not be written, saying what needs room when the
+/// filesystem is full.
+fn write_error(path: &Path, e: std::io::Error) -> anyhow::Error {
+    if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        return fail(
+            Code::Failure,
+            format!(
+                "cannot write {}: {e}; the store needs free space in {}. Free some there and try again",
+                path.display(),
+                dir.display()
+            ),
+        );
+    }
+    anyhow::Error::new(e).context(format!("cannot write {}", path.display()))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -724,15 +872,30 @@ fn sync_dir(dir: &Path) -> Result<()> {
 
 /// `rm -rf` that first makes directories writable, so a snapshot holding read-only
 /// directories (copied faithfully from the data) can still be removed.
+/// Never follows a symlink: a link at `path` is removed itself, and the chmod pass opens
+/// each directory with O_NOFOLLOW and changes it through that descriptor.
 pub fn remove_tree(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Ok(m) if !m.is_dir() => {
+            return fs::remove_file(path)
+                .with_context(|| format!("cannot remove {}", path.display()));
+        }
+        _ => {}
+    }
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(_) => {
             use std::os::unix::fs::PermissionsExt;
-            for entry in walkdir::WalkDir::new(path).into_iter().flatten() {
+            let walk = walkdir::WalkDir::new(path).follow_root_links(false);
+            for entry in walk.into_iter().flatten() {
                 if entry.file_type().is_dir() {
-                    let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o700));
+                    let _ = OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+                        .open(entry.path())
+                        .and_then(|d| d.set_permissions(fs::Permissions::from_mode(0o700)));
                 }
             }
             fs::remove_dir_all(path).with_context(|| format!("cannot remove {}", path.display()))

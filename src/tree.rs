@@ -220,17 +220,33 @@ impl Live {
         Ok(t)
     }
 
-    /// Refuses a snapshots_dir inside an included path (it would snapshot itself) or an
-    /// included path inside snapshots_dir.
+    /// Refuses (exit 2) a snapshots_dir inside an included path (it would snapshot itself,
+    /// and a restore would delete it) or an included path inside snapshots_dir, also where
+    /// the two meet only through a bind mount: each is compared as the filesystem that holds
+    /// it and its path inside that filesystem, which two names of one directory share.
     pub fn check_store_outside(&self, snapshots_dir: &Path) -> Result<()> {
         let store = resolve(snapshots_dir);
+        let mounts = mounts();
+        let store_at = located(&store, &mounts);
         for rel in &self.include {
             let inc = resolve(&self.path(rel));
-            if store.starts_with(&inc) || inc.starts_with(&store) {
+            let by_name = store.starts_with(&inc) || inc.starts_with(&store);
+            let by_mount = match (&store_at, located(&inc, &mounts)) {
+                (Some((dev, s)), Some((inc_dev, i))) => {
+                    *dev == inc_dev && (s.starts_with(&i) || i.starts_with(s))
+                }
+                _ => false,
+            };
+            if by_name || by_mount {
+                let how = if by_name {
+                    ""
+                } else {
+                    " through a mount (the two are one filesystem's directories)"
+                };
                 return Err(fail(
                     Code::Usage,
                     format!(
-                        "snapshots_dir {} overlaps the included path {}; a snapshot would capture itself. Move snapshots_dir outside cache_dir's included paths",
+                        "snapshots_dir {} overlaps the included path {}{how}; a snapshot would capture itself and a restore would delete it. Move snapshots_dir outside cache_dir's included paths",
                         snapshots_dir.display(),
                         inc.display()
                     ),
@@ -241,13 +257,45 @@ impl Live {
     }
 }
 
-/// Every mount point in this process's mount namespace (none when /proc is not mounted).
-fn mount_points() -> Vec<PathBuf> {
+/// A mount in this process's mount namespace.
+struct Mount {
+    /// `major:minor` of the filesystem.
+    dev: String,
+    /// The directory of that filesystem mounted here (not `/` for a bind mount of one).
+    root: PathBuf,
+    point: PathBuf,
+}
+
+/// Every mount in this process's mount namespace, in mount order (none when /proc is not
+/// mounted).
+fn mounts() -> Vec<Mount> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let path = |field: &str| PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_octal(field)));
     text.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_octal(field))))
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.splitn(6, ' ').collect();
+            Some(Mount {
+                dev: fields.get(2)?.to_string(),
+                root: path(fields.get(3)?),
+                point: path(fields.get(4)?),
+            })
+        })
         .collect()
+}
+
+fn mount_points() -> Vec<PathBuf> {
+    mounts().into_iter().map(|m| m.point).collect()
+}
+
+/// The filesystem holding the canonical `path` and the path inside it, from the mount on the
+/// longest mount point above it (the last one mounted there: it hides the others).
+fn located(path: &Path, mounts: &[Mount]) -> Option<(String, PathBuf)> {
+    let mount = mounts
+        .iter()
+        .filter(|m| path.starts_with(&m.point))
+        .max_by_key(|m| m.point.components().count())?;
+    let rest = path.strip_prefix(&mount.point).ok()?;
+    Some((mount.dev.clone(), mount.root.join(rest)))
 }
 
 /// A mountinfo field with its `\ooo` escapes (space, tab, newline, backslash) decoded.
@@ -446,6 +494,28 @@ mod tests {
             live.check_store_outside(&dir.path().join("cache/other"))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_path_is_located_by_the_last_and_longest_mount_above_it() {
+        let mount = |dev: &str, root: &str, point: &str| Mount {
+            dev: dev.into(),
+            root: root.into(),
+            point: point.into(),
+        };
+        let mounts = [
+            mount("8:1", "/", "/"),
+            mount("0:5", "/", "/srv"),
+            mount("0:9", "/", "/srv"),
+            mount("8:1", "/home/x/data/node2/lib", "/srv/snaps"),
+        ];
+        let at = |p: &str| located(Path::new(p), &mounts).unwrap();
+        assert_eq!(
+            at("/srv/snaps/a"),
+            ("8:1".into(), "/home/x/data/node2/lib/a".into())
+        );
+        assert_eq!(at("/srv/other"), ("0:9".into(), "/other".into()));
+        assert_eq!(at("/home/x"), ("8:1".into(), "/home/x".into()));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{load_config, lock_timeout, prepare_configured, store};
+use super::{checked_store, load_config, lock_timeout, prepare_configured};
 use crate::cli::{DeleteArgs, GlobalArgs};
 use crate::output::Report;
 use crate::store::validate_name;
@@ -19,12 +19,12 @@ pub fn run(g: &GlobalArgs, args: &DeleteArgs) -> Result<Report> {
         validate_name(name)?;
     }
     prepare_configured(&cfg)?;
-    let store = store(&cfg);
+    let store = checked_store(&cfg)?;
     let lock = store.lock(&format!("delete {}", args.names.join(" ")), lock_timeout(g))?;
     store.clean_leftovers(&lock)?;
     // Every name must exist before anything is removed: a typo changes nothing.
     for name in &args.names {
-        store.get(name)?;
+        store.require(name)?;
     }
     let mut deleted = Vec::new();
     for name in &args.names {

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{changes_table, load_config, lock_timeout, store};
+use super::{changes_table, compared, load_config, store_to_compare};
 use crate::cli::{DiffArgs, GlobalArgs};
 use crate::exit::{Code, fail};
 use crate::manifest::{self, Change, NodeSummary};
@@ -22,6 +22,10 @@ struct Diff {
 }
 
 pub fn run(g: &GlobalArgs, args: &DiffArgs) -> Result<Report> {
+    compared(diff(g, args))
+}
+
+fn diff(g: &GlobalArgs, args: &DiffArgs) -> Result<Report> {
     let cfg = load_config(g)?;
     validate_name(&args.from)?;
     if let Some(to) = &args.to {
@@ -33,8 +37,7 @@ pub fn run(g: &GlobalArgs, args: &DiffArgs) -> Result<Report> {
             ));
         }
     }
-    let store = store(&cfg);
-    let lock = store.lock(&format!("diff {}", args.from), lock_timeout(g))?;
+    let (store, lock) = store_to_compare(g, &cfg)?;
     let from = store.get(&args.from)?;
     let old = from.manifest()?;
     let new = match &args.to {

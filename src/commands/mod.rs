@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::cli::{Cli, Command, GlobalArgs};
 use crate::config::{Config, Overrides};
 use crate::docker::{self, Docker};
-use crate::exit::{Code, fail};
+use crate::exit::{Code, fail, recode};
 use crate::modes::{Mode, ModeKind};
 use crate::output::Report;
 use crate::quiesce::Op;
@@ -80,6 +80,36 @@ fn store(cfg: &Config) -> Store {
     Store::new(cfg.snapshots_dir())
 }
 
+/// The configured store, refused (exit 2) when it overlaps the live data: every command
+/// that locks the store checks this first, before it creates or locks anything.
+fn checked_store(cfg: &Config) -> Result<Store> {
+    Live::from_config(cfg).check_store_outside(cfg.snapshots_dir())?;
+    Ok(store(cfg))
+}
+
+/// The store that status and diff compare with, under its shared lock. It must exist:
+/// they only read, so they never create it.
+fn store_to_compare(g: &GlobalArgs, cfg: &Config) -> Result<(Store, Lock)> {
+    let store = checked_store(cfg)?;
+    if !store.dir().is_dir() {
+        return Err(fail(
+            Code::CouldNotCompare,
+            format!(
+                "snapshots_dir {} does not exist, so there is no snapshot to compare with; fix snapshots_dir or make a snapshot with `stagesnap create`",
+                store.dir().display()
+            ),
+        ));
+    }
+    let lock = store.lock_shared(lock_timeout(g))?;
+    Ok((store, lock))
+}
+
+/// What status and diff return: a failure there means they could not compare (exit 7),
+/// which a script must be able to tell from "they differ" (exit 1).
+fn compared(result: Result<Report>) -> Result<Report> {
+    result.map_err(|e| recode(e, Code::Failure, Code::CouldNotCompare))
+}
+
 fn lock_timeout(g: &GlobalArgs) -> Duration {
     Duration::from_secs(g.lock_timeout)
 }
@@ -146,8 +176,7 @@ fn begin(g: &GlobalArgs, name: Option<&str>, op: Op) -> Result<Begun> {
     let docker = docker_for(&cfg, mode.as_ref(), op == Op::Restore)?;
     let live = Live::from_config(&cfg);
     live.check_present()?;
-    live.check_store_outside(cfg.snapshots_dir())?;
-    let store = store(&cfg);
+    let store = checked_store(&cfg)?;
     let lock = store.lock(&format!("{op} {name}"), lock_timeout(g))?;
     store.clean_leftovers(&lock)?;
     live.remove_stale_work_dirs();

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{load_config, lock_timeout, prepare_configured, store};
+use super::{checked_store, load_config, lock_timeout, prepare_configured};
 use crate::cli::{GlobalArgs, PruneArgs};
 use crate::output::Report;
 use crate::store::prune_plan;
@@ -22,7 +22,7 @@ pub fn run(g: &GlobalArgs, args: &PruneArgs) -> Result<Report> {
     let keep = args
         .keep
         .unwrap_or_else(|| cfg.count("keep_snapshot_count"));
-    let store = store(&cfg);
+    let store = checked_store(&cfg)?;
     let lock = store.lock("prune", lock_timeout(g))?;
     if !args.dry_run {
         store.clean_leftovers(&lock)?;

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{changes_table, load_config, lock_timeout, store};
+use super::{changes_table, compared, load_config, store_to_compare};
 use crate::cli::{GlobalArgs, StatusArgs};
 use crate::exit::Code;
 use crate::fingerprint::Checker;
@@ -29,6 +29,10 @@ struct Status {
 }
 
 pub fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
+    compared(status(g, args))
+}
+
+fn status(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
     let cfg = load_config(g)?;
     let name = args
         .name
@@ -37,8 +41,7 @@ pub fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
     validate_name(&name)?;
     let live = Live::from_config(&cfg);
     live.check_present()?;
-    let store = store(&cfg);
-    let lock = store.lock(&format!("status {name}"), lock_timeout(g))?;
+    let (store, lock) = store_to_compare(g, &cfg)?;
     let unfinished = store.unfinished_restore(&lock)?;
     let snap = store.get(&name)?;
     let stale_files = Checker::default().changes(&snap.meta)?;

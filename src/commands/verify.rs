@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{load_config, lock_timeout, prepare, store};
+use super::{checked_store, load_config, lock_timeout, prepare};
 use crate::cli::{GlobalArgs, VerifyArgs};
 use crate::exit::{Code, code_of, fail, one_line};
 use crate::modes::{ModeContext, ModeKind, Verified};
@@ -28,7 +28,7 @@ const SHOWN: usize = 20;
 
 pub fn run(g: &GlobalArgs, args: &VerifyArgs) -> Result<Report> {
     let cfg = load_config(g)?;
-    let store = store(&cfg);
+    let store = checked_store(&cfg)?;
     let names = if args.all {
         vec![]
     } else if args.names.is_empty() {
@@ -39,7 +39,7 @@ pub fn run(g: &GlobalArgs, args: &VerifyArgs) -> Result<Report> {
     for name in &names {
         validate_name(name)?;
     }
-    let _lock = store.lock("verify", lock_timeout(g))?;
+    let _lock = store.lock_shared(lock_timeout(g))?;
     let mut results = Vec::new();
     let snapshots = if args.all {
         let (snapshots, unreadable) = store.list()?;

@@ -126,7 +126,7 @@ impl Image {
     /// Reads the superblock, the fragment table, and indexes every regular file by its path:
     /// bytes relative to the image root, components joined by b'/', no leading slash.
     pub fn open(path: &Path) -> Result<Image> {
-        let file = File::open(path)
+        let file = crate::store::open_nofollow(path)
             .with_context(|| format!("cannot open squashfs image {}", path.display()))?;
         let superblock = Superblock::read(&file)
             .with_context(|| format!("{} is not a squashfs 4.0 image", path.display()))?;

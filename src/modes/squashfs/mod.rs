@@ -71,10 +71,17 @@ impl Stored {
         })
     }
 
-    /// Fails (exit 1, "damaged") unless the file has the recorded size.
+    /// Fails (exit 1, "damaged") unless the file has the recorded size, and is no symlink
+    /// (the store is untrusted input: a link would have the image read from elsewhere).
     fn check_size(&self, snapshot: &Snapshot) -> Result<()> {
         let path = snapshot.payload().join(&self.file);
-        let size = match path.metadata() {
+        let size = match path.symlink_metadata() {
+            Ok(m) if m.is_symlink() => {
+                return Err(damaged(
+                    snapshot,
+                    format!("{} is a symlink", path.display()),
+                ));
+            }
             Ok(m) => m.len(),
             Err(e) => {
                 return Err(damaged(
