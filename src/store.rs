@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::config::Config;
 use crate::exit::{Code, fail};
 use crate::fingerprint::Fingerprint;
-use crate::manifest::Manifest;
+use crate::manifest::{Allowed, Manifest};
 use crate::signals;
 
 /// Version of meta.json's layout. Readers refuse newer ones.
@@ -128,8 +129,11 @@ impl Snapshot {
         self.dir.join(PAYLOAD_DIR)
     }
 
-    /// The snapshot's manifest, checked against the digest in meta.json.
-    pub fn manifest(&self) -> Result<Manifest> {
+    /// The snapshot's manifest, checked against the digest in meta.json and, as the store is
+    /// input and not truth, against what `cfg` allows (see [`Manifest::check`]). Every reader
+    /// of a stored manifest comes through here.
+    pub fn manifest(&self, cfg: &Config) -> Result<Manifest> {
+        self.check_include(cfg)?;
         let name = &self.meta.name;
         let Some(expected) = &self.meta.manifest else {
             return Err(fail(
@@ -147,14 +151,43 @@ impl Snapshot {
             ));
         };
         let bytes = self.read_vouched(MANIFEST_FILE, &expected.blake3)?;
-        Manifest::from_bytes(&bytes)
-            .map_err(|e| self.damaged(MANIFEST_FILE, &format!("is not a valid manifest ({e})")))
+        let manifest = Manifest::from_bytes(&bytes)
+            .map_err(|e| self.damaged(MANIFEST_FILE, &format!("is not a valid manifest ({e})")))?;
+        let allowed = Allowed {
+            include: cfg.include(),
+            devices: cfg.flag("restore_devices"),
+        };
+        manifest
+            .check(&allowed)
+            .map_err(|e| self.damaged(MANIFEST_FILE, &format!("is refused: {e}")))?;
+        Ok(manifest)
+    }
+
+    /// Fails unless the snapshot was made of the included paths `cfg` names: its include
+    /// decides what a restore walks and deletes, so it must not come from the store alone.
+    pub fn check_include(&self, cfg: &Config) -> Result<()> {
+        if self.meta.include == cfg.include() {
+            return Ok(());
+        }
+        let show = |paths: &[PathBuf]| {
+            let v: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            v.join(" ")
+        };
+        let name = &self.meta.name;
+        Err(fail(
+            Code::Failure,
+            format!(
+                "snapshot {name} was made with include = {}, but the configuration has include = {}; nothing was changed. Set include back, or create it again with `stagesnap create {name} --force`",
+                show(&self.meta.include),
+                show(cfg.include())
+            ),
+        ))
     }
 
     /// [`Snapshot::manifest`] with the piece digests of its large files, checked against
     /// their digest in meta.json too.
-    pub fn manifest_with_pieces(&self) -> Result<Manifest> {
-        let mut manifest = self.manifest()?;
+    pub fn manifest_with_pieces(&self, cfg: &Config) -> Result<Manifest> {
+        let mut manifest = self.manifest(cfg)?;
         self.attach_pieces(&mut manifest)?;
         Ok(manifest)
     }

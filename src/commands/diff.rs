@@ -36,9 +36,9 @@ pub fn run(g: &GlobalArgs, args: &DiffArgs) -> Result<Report> {
     let store = store(&cfg);
     let lock = store.lock(&format!("diff {}", args.from), lock_timeout(g))?;
     let from = store.get(&args.from)?;
-    let old = from.manifest()?;
+    let old = from.manifest(&cfg)?;
     let new = match &args.to {
-        Some(to) => store.get(to)?.manifest()?,
+        Some(to) => store.get(to)?.manifest(&cfg)?,
         None => {
             let live = Live::from_config(&cfg);
             live.check_present()?;

@@ -42,7 +42,7 @@ pub fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
     let unfinished = store.unfinished_restore(&lock)?;
     let snap = store.get(&name)?;
     let stale_files = Checker::default().changes(&snap.meta)?;
-    let expected = snap.manifest()?;
+    let expected = snap.manifest(&cfg)?;
     let now = manifest::scan_live(&live.cache_dir, &snap.meta.include, &expected, args.full)?;
     drop(lock);
     let changes = manifest::compare(&expected, &now);
