@@ -132,7 +132,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__create)
-            opts="-c -s -v -q -h --force --pin --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --force --pin --allow-interrupted --config --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

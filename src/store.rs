@@ -256,6 +256,20 @@ impl JournalRecord {
             self.snapshot, self.started, self.pid, self.host
         )
     }
+
+    /// "data is in an unknown state: restore of … was interrupted …; run `stagesnap restore`",
+    /// naming the snapshot in the command unless it is `snapshot_name`, the default.
+    pub fn unknown_state(&self, snapshot_name: &str) -> String {
+        let again = if self.snapshot == snapshot_name {
+            String::new()
+        } else {
+            format!(" {}", self.snapshot)
+        };
+        format!(
+            "data is in an unknown state: {}; run `stagesnap restore{again}`",
+            self.describe()
+        )
+    }
 }
 
 /// A restore in progress; see [`JournalRecord`].

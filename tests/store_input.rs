@@ -268,3 +268,48 @@ fn restore_devices_lets_a_captured_device_through() {
     env.run(&["restore"], 0);
     assert_same_tree(&treestate(&env.data()), &clean);
 }
+
+/// A restore killed once it began changing the data leaves the data in an unknown state:
+/// `status` never calls it identical, and `create` refuses to replace the clean snapshot
+/// with it unless told `--allow-interrupted`.
+#[test]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
+fn a_killed_restore_keeps_create_from_replacing_the_clean_snapshot() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::sample(2, 256 * KB);
+    let file = env.data().join("node1/marker");
+    fs::write(&file, b"x").unwrap();
+    env.run(&["create"], 0);
+    let clean = treestate(&env.data());
+    let m = fs::metadata(&file).unwrap();
+    common::set_mtime(&file, 1_000_000_000, 0);
+
+    // Killed just as it starts changing; the one change it had to make is undone, so the
+    // data matches the snapshot while the journal still says it is in an unknown state.
+    let mut restore = env.std_cmd();
+    restore.arg("restore");
+    let paused = common::Paused::start(restore, "restore_changing");
+    common::set_mtime(&file, m.mtime(), m.mtime_nsec());
+    paused.kill();
+    let (stdout, _) = env.run(&["status"], 1);
+    assert!(
+        stdout.contains("was interrupted") && !stdout.contains("identical"),
+        "{stdout}"
+    );
+
+    env.suite(1);
+    refused(
+        &env,
+        &["create", "--force"],
+        1,
+        &[
+            "cannot create clean_state: data is in an unknown state: restore of clean_state was interrupted",
+            "run `stagesnap restore` first, or snapshot the data as it is with `stagesnap create clean_state --force --allow-interrupted`",
+        ],
+    );
+    env.run(&["create", "other", "--allow-interrupted"], 0);
+    env.run(&["restore"], 0);
+    assert_same_tree(&treestate(&env.data()), &clean);
+    let (stdout, _) = env.run(&["status"], 0);
+    assert!(stdout.contains("identical"), "{stdout}");
+}

@@ -69,9 +69,11 @@ pub fn run(g: &GlobalArgs, args: &CreateArgs) -> Result<Report> {
         lock: &lock,
         mode: mode.as_ref(),
         tools: &tools,
+        allow_interrupted: args.allow_interrupted,
     };
     let started = Instant::now();
     let replaced = store.exists(&name);
+    job.refuse_unknown_state(&name)?;
     let snap = quiesce::around(&cfg, docker.as_ref(), mode.as_ref(), Op::Create, || {
         job.create(&name, args.pin)
     })?;
@@ -211,6 +213,8 @@ pub(super) struct Job<'a> {
     pub lock: &'a Lock,
     pub mode: &'a dyn Mode,
     pub tools: &'a [Found],
+    /// Create even while a restore's journal says the data is in an unknown state.
+    pub allow_interrupted: bool,
 }
 
 impl Job<'_> {
@@ -223,6 +227,31 @@ impl Job<'_> {
         let space = Space::check(self.store, self.mode, &data, name)?;
         self.build(name, pin, data)
             .map_err(|e| space.explain_if_full(e, name))
+    }
+
+    /// Refuses (exit 1) to snapshot data that an interrupted or failed restore left half
+    /// restored: replacing the clean snapshot with it would lose the clean state for good.
+    /// Called before the containers are quiesced, so a refusal changes nothing at all.
+    pub fn refuse_unknown_state(&self, name: &str) -> Result<()> {
+        let Some(journal) = self.store.unfinished_restore(self.lock)? else {
+            return Ok(());
+        };
+        if self.allow_interrupted {
+            tracing::warn!(name = %name, "create_interrupted: {}; --allow-interrupted snapshots it as it is", journal.describe());
+            return Ok(());
+        }
+        let force = if self.store.exists(name) {
+            " --force"
+        } else {
+            ""
+        };
+        Err(fail(
+            Code::Failure,
+            format!(
+                "cannot create {name}: {} first, or snapshot the data as it is with `stagesnap create {name}{force} --allow-interrupted`; nothing was changed",
+                journal.unknown_state(self.cfg.snapshot_name())
+            ),
+        ))
     }
 
     fn build(&self, name: &str, pin: bool, data: Totals) -> Result<Snapshot> {

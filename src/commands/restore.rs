@@ -85,7 +85,9 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
             lock: &lock,
             mode: configured_mode.as_ref(),
             tools: &configured_tools,
+            allow_interrupted: false,
         };
+        job.refuse_unknown_state(&name)?;
         let snap = quiesce::around(
             &cfg,
             docker.as_ref(),
