@@ -448,15 +448,36 @@ impl Store {
     pub fn get(&self, name: &str) -> Result<Snapshot> {
         validate_name(name)?;
         if !self.dir.join(name).is_dir() {
-            return Err(fail(
-                Code::NotFound,
-                format!(
-                    "snapshot {name} not found in {}; see `stagesnap list` or make it with `stagesnap create {name}`",
-                    self.dir.display()
-                ),
-            ));
+            return Err(self.not_found(name));
         }
         self.read(name)
+    }
+
+    fn not_found(&self, name: &str) -> anyhow::Error {
+        fail(
+            Code::NotFound,
+            format!(
+                "snapshot {name} not found in {}; see `stagesnap list` or make it with `stagesnap create {name}`",
+                self.dir.display()
+            ),
+        )
+    }
+
+    /// Why the store's entry `name` is not a complete snapshot (damaged, or not a directory
+    /// at all), or None when it is one; exit 4 when there is no such entry. Follows no symlink.
+    pub fn incomplete(&self, name: &str) -> Result<Option<String>> {
+        validate_name(name)?;
+        let path = self.dir.join(name);
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(self.not_found(name)),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+            Ok(m) if m.file_type().is_symlink() => Ok(Some(format!(
+                "{} is a symlink, not a snapshot directory",
+                path.display()
+            ))),
+            Ok(m) if !m.is_dir() => Ok(Some(format!("{} is not a directory", path.display()))),
+            Ok(_) => Ok(self.read(name).err().map(|e| crate::exit::one_line(&e))),
+        }
     }
 
     pub fn exists(&self, name: &str) -> bool {
@@ -523,7 +544,9 @@ impl Store {
         })
     }
 
-    /// Removes snapshot `name`: it vanishes from listings atomically, then its files go.
+    /// Removes the store's entry `name` (a snapshot, or whatever [`Store::incomplete`] found
+    /// there): it vanishes from listings atomically, then its files go. A symlink goes
+    /// itself; what it points to is never touched.
     pub fn delete(&self, name: &str, _lock: &Lock) -> Result<()> {
         let snap = self.dir.join(name);
         let trash = self
@@ -532,7 +555,14 @@ impl Store {
         fs::rename(&snap, &trash)
             .with_context(|| format!("cannot remove snapshot {}", snap.display()))?;
         sync_dir(&self.dir)?;
-        remove_tree(&trash)
+        let is_dir = fs::symlink_metadata(&trash)
+            .with_context(|| format!("cannot read {}", trash.display()))?
+            .is_dir();
+        if is_dir {
+            remove_tree(&trash)
+        } else {
+            fs::remove_file(&trash).with_context(|| format!("cannot remove {}", trash.display()))
+        }
     }
 
     /// Rewrites a snapshot's metadata atomically.

@@ -313,3 +313,71 @@ fn a_killed_restore_keeps_create_from_replacing_the_clean_snapshot() {
     let (stdout, _) = env.run(&["status"], 0);
     assert!(stdout.contains("identical"), "{stdout}");
 }
+
+/// Each kind of damage to meta.json makes the snapshot unusable with an error that says to
+/// delete it, and `delete` then removes it (naming it), leaving the other snapshot alone.
+#[test]
+fn delete_removes_a_damaged_snapshot() {
+    let env = Env::sample(2, 256 * KB);
+    env.run(&["create"], 0);
+    let damages: [(&str, &dyn Fn(&Path)); 4] = [
+        ("missing", &|meta| fs::remove_file(meta).unwrap()),
+        ("truncated", &|meta| {
+            let text = fs::read(meta).unwrap();
+            fs::write(meta, &text[..text.len() / 2]).unwrap();
+        }),
+        ("newer schema", &|meta| {
+            let text = fs::read_to_string(meta).unwrap();
+            fs::write(meta, text.replacen("\"schema\": 1", "\"schema\": 99", 1)).unwrap();
+        }),
+        ("wrong layout", &|meta| {
+            fs::write(meta, b"{\"schema\": 1}").unwrap()
+        }),
+    ];
+    for (what, damage) in damages {
+        env.run(&["create", "broken"], 0);
+        damage(&env.snapshots().join("broken/meta.json"));
+        let (_, stderr) = env.run(&["restore", "broken"], 1);
+        assert!(
+            stderr.contains("snapshot broken") && stderr.contains("stagesnap delete broken")
+                || stderr.contains("upgrade stagesnap"),
+            "{what}: {stderr}"
+        );
+        let (stdout, stderr) = env.run(&["delete", "broken"], 0);
+        assert!(
+            stdout.contains("deleted broken, which was not a complete snapshot (")
+                && stderr.contains("snapshot_incomplete"),
+            "{what}: {stdout}{stderr}"
+        );
+        assert!(!env.snapshots().join("broken").exists(), "{what}");
+        assert_eq!(
+            common::snapshot_names(&env.json(&["list"], 0)),
+            ["clean_state"]
+        );
+    }
+    env.run(&["delete", "broken"], 4);
+}
+
+/// A symlink in the store with a snapshot's name goes itself; the directory it points to,
+/// outside the store, is not touched.
+#[test]
+fn delete_removes_a_symlink_in_the_store_but_not_its_target() {
+    let env = Env::sample(1, 64 * KB);
+    env.run(&["create"], 0);
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("meta.json"), b"{}").unwrap();
+    let before = treestate(outside.path());
+    std::os::unix::fs::symlink(outside.path(), env.snapshots().join("elsewhere")).unwrap();
+    let (stdout, _) = env.run(&["delete", "elsewhere"], 0);
+    assert!(
+        stdout.contains("is a symlink, not a snapshot directory"),
+        "{stdout}"
+    );
+    assert!(
+        env.snapshots()
+            .join("elsewhere")
+            .symlink_metadata()
+            .is_err()
+    );
+    assert_same_tree(&treestate(outside.path()), &before);
+}
