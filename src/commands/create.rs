@@ -73,7 +73,7 @@ pub fn run(g: &GlobalArgs, args: &CreateArgs) -> Result<Report> {
     };
     let started = Instant::now();
     let replaced = store.exists(&name);
-    job.refuse_unknown_state(&name)?;
+    job.check_data(&name)?;
     let snap = quiesce::around(&cfg, docker.as_ref(), mode.as_ref(), Op::Create, || {
         job.create(&name, args.pin)
     })?;
@@ -229,10 +229,27 @@ impl Job<'_> {
             .map_err(|e| space.explain_if_full(e, name))
     }
 
-    /// Refuses (exit 1) to snapshot data that an interrupted or failed restore left half
-    /// restored: replacing the clean snapshot with it would lose the clean state for good.
-    /// Called before the containers are quiesced, so a refusal changes nothing at all.
-    pub fn refuse_unknown_state(&self, name: &str) -> Result<()> {
+    /// Refuses data that cannot be a clean state, before the containers are quiesced, so a
+    /// refusal changes nothing at all: none of the node directories that are a node's state
+    /// (exit 2: restoring such a snapshot would delete every node directory made since), or
+    /// data an interrupted or failed restore left half restored (exit 1: replacing the clean
+    /// snapshot with it would lose the clean state for good).
+    pub fn check_data(&self, name: &str) -> Result<()> {
+        if self.mode.writes_live_data() && self.live.nodes().is_empty() {
+            let paths: Vec<String> = self
+                .live
+                .include
+                .iter()
+                .map(|rel| self.live.path(rel).display().to_string())
+                .collect();
+            return Err(fail(
+                Code::Usage,
+                format!(
+                    "cannot create {name}: no node directories in {}; a snapshot would hold no node state. Start the environment so that its nodes create their directories, or fix include in [suite_isolation]; nothing was changed",
+                    paths.join(", ")
+                ),
+            ));
+        }
         let Some(journal) = self.store.unfinished_restore(self.lock)? else {
             return Ok(());
         };

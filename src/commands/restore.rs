@@ -87,7 +87,7 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
             tools: &configured_tools,
             allow_interrupted: false,
         };
-        job.refuse_unknown_state(&name)?;
+        job.check_data(&name)?;
         let snap = quiesce::around(
             &cfg,
             docker.as_ref(),
