@@ -929,6 +929,41 @@ mod tests {
     }
 
     #[test]
+    fn stored_manifests_are_checked() {
+        let include = [PathBuf::from("data")];
+        let allowed = Allowed {
+            include: &include,
+            devices: false,
+        };
+        let good = vec![dir("data"), dir("data/n1"), file("data/n1/f", 1, "h")];
+        assert_eq!(manifest(good.clone()).check(&allowed), Ok(()));
+        let refused = |extra: Entry| {
+            let mut entries = good.clone();
+            entries.push(extra);
+            manifest(entries).check(&allowed).unwrap_err()
+        };
+        for bad in [
+            "data/n1/./x",
+            "data/n1//x",
+            "data/n1/x/",
+            "data/n1/\0",
+            "/data/n1/x",
+        ] {
+            let why = refused(file(bad, 1, "h"));
+            assert!(why.contains("is not a plain relative path"), "{bad}: {why}");
+        }
+        let mut linked = file("data/n1/g", 1, "h");
+        linked.link = Some(Name(b"data/n1".to_vec()));
+        assert!(refused(linked).contains("is hardlinked to data/n1"));
+        let mut group = good.clone();
+        group[2].link = Some(Name(b"data/n1/f".to_vec()));
+        let mut member = file("data/n1/g", 1, "h");
+        member.link = Some(Name(b"data/n1/f".to_vec()));
+        group.push(member);
+        assert_eq!(manifest(group).check(&allowed), Ok(()));
+    }
+
+    #[test]
     fn nodes_of_paths() {
         let inc = [Name(b"data".to_vec())];
         let n = |p: &str, d| {
