@@ -180,7 +180,7 @@ fn a_hardlink_to_an_outside_file_is_refused() {
         &env,
         canary.path(),
         &[
-            &format!("entry data/node1/stolen (line"),
+            "entry data/node1/stolen (line",
             &format!(
                 "is hardlinked to {}, which is not an earlier entry",
                 outside.display()
@@ -314,13 +314,15 @@ fn a_killed_restore_keeps_create_from_replacing_the_clean_snapshot() {
     assert!(stdout.contains("identical"), "{stdout}");
 }
 
+type Damage = &'static dyn Fn(&Path);
+
 /// Each kind of damage to meta.json makes the snapshot unusable with an error that says to
 /// delete it, and `delete` then removes it (naming it), leaving the other snapshot alone.
 #[test]
 fn delete_removes_a_damaged_snapshot() {
     let env = Env::sample(2, 256 * KB);
     env.run(&["create"], 0);
-    let damages: [(&str, &dyn Fn(&Path)); 4] = [
+    let damages: [(&str, Damage); 4] = [
         ("missing", &|meta| fs::remove_file(meta).unwrap()),
         ("truncated", &|meta| {
             let text = fs::read(meta).unwrap();
