@@ -231,8 +231,9 @@ impl Snapshot {
 
 /// The record of a restore in progress (`.restore-journal`). A restore writes it (durably)
 /// just before its first change to the live data and removes it once the data is verified; a
-/// crash leaves it behind, a failure leaves it with the error, and `status` reports either.
-/// A restore that finds nothing to change writes none.
+/// crash leaves it behind, a failure leaves it with the error, and `status` reports either
+/// (and `create` refuses). A restore that finds nothing to change, or fails before its first
+/// change, writes none.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JournalRecord {
     pub snapshot: String,
@@ -304,6 +305,9 @@ impl Journal {
                 }
                 Err(e) => Err(e).with_context(|| format!("cannot remove {}", self.path.display())),
             },
+            // Failed before its first change: the data is as it was (and a record an earlier
+            // restore left stays), so create need not refuse it.
+            Err(_) if !self.written.load(Ordering::Acquire) => Ok(()),
             Err(e) => {
                 let record = JournalRecord {
                     error: Some(crate::exit::one_line(e)),
