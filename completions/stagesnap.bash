@@ -140,7 +140,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__create)
-            opts="-c -s -v -q -h --force --pin --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --force --pin --allow-interrupted --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

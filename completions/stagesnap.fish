@@ -53,6 +53,7 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l lock-time
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l force -d 'Replace an existing snapshot of that name (the old one stays usable until the new one is complete)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l pin -d 'Protect the snapshot from pruning'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l allow-interrupted -d 'Snapshot the data even though a restore was interrupted or failed, leaving it in an unknown state'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -s q -l quiet -d 'Only errors on stderr'

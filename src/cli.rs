@@ -130,6 +130,10 @@ pub struct CreateArgs {
     /// Protect the snapshot from pruning
     #[arg(long)]
     pub pin: bool,
+
+    /// Snapshot the data even though a restore was interrupted or failed, leaving it in an unknown state
+    #[arg(long)]
+    pub allow_interrupted: bool,
 }
 
 #[derive(Debug, Args)]

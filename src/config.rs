@@ -194,6 +194,13 @@ pub const SPECS: &[Spec] = &[
         help: "after a restore, check the live data against the manifest: metadata, full (also every file's hash) or none",
     },
     Spec {
+        key: "restore_devices",
+        section: SECTION,
+        default: "false",
+        kind: Kind::Bool,
+        help: "restore block and character device entries of a snapshot; false refuses a snapshot that has any",
+    },
+    Spec {
         key: "fingerprint",
         section: SECTION,
         default: "auto",

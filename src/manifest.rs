@@ -380,11 +380,109 @@ impl Manifest {
         Ok(Manifest { header, entries })
     }
 
+    /// Checks a manifest read from the store, which anyone who can write there can edit and
+    /// vouch for again in meta.json, before anything acts on it: the restore walks, deletes and
+    /// creates exactly what it describes. Entries must lie below the configured included
+    /// paths (each present, as a directory or a file), be plain relative paths in strict
+    /// order, each below a directory entry (never below a symlink or file), with hardlink
+    /// groups inside the manifest and devices only where `allowed` permits them; and at
+    /// least one node directory, as create refuses data without one, so a manifest emptied
+    /// of them cannot wipe every node. The error names the first bad entry.
+    pub fn check(&self, allowed: &Allowed) -> std::result::Result<(), String> {
+        let include: Vec<Name> = allowed.include.iter().map(|p| Name::from_path(p)).collect();
+        if self.header.include != include {
+            let show = |names: &[Name]| {
+                let v: Vec<String> = names.iter().map(Name::display).collect();
+                v.join(" ")
+            };
+            return Err(format!(
+                "its include ({}) is not the configured include ({})",
+                show(&self.header.include),
+                show(&include)
+            ));
+        }
+        let mut dirs: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+        let (mut roots, mut nodes) = (0, 0);
+        for (i, e) in self.entries.iter().enumerate() {
+            let bad = |why: &str| Err(format!("entry {} (line {}) {why}", e.path.display(), i + 2));
+            let path = e.path.0.as_slice();
+            if !plain_relative(path) {
+                return bad(
+                    "is not a plain relative path (no leading '/', no empty, '.' or '..' part)",
+                );
+            }
+            if i > 0 && self.entries[i - 1].path >= e.path {
+                return bad("is out of order or repeated");
+            }
+            let parent = path.iter().rposition(|&b| b == b'/').map(|at| &path[..at]);
+            if include.contains(&e.path) {
+                if !matches!(e.kind, Kind::Dir | Kind::File) {
+                    return bad("is an included path but neither a directory nor a file");
+                }
+                roots += 1;
+            } else if !parent.is_some_and(|p| dirs.contains(p)) {
+                return bad("is not below a directory entry of an included path");
+            } else if e.kind == Kind::Dir && include.iter().any(|r| Some(r.0.as_slice()) == parent)
+            {
+                nodes += 1;
+            }
+            if matches!(e.kind, Kind::Char | Kind::Block) && !allowed.devices {
+                return bad("is a device; devices are restored only with restore_devices = true");
+            }
+            if let Some(link) = &e.link {
+                // The group's first path in order, with the same type: never a directory, and
+                // never anything outside the manifest.
+                let leader = self.entries[..=i]
+                    .binary_search_by(|x| x.path.cmp(link))
+                    .ok()
+                    .map(|at| &self.entries[at]);
+                if !leader.is_some_and(|l| {
+                    l.kind != Kind::Dir && l.kind == e.kind && l.link.as_ref() == Some(link)
+                }) {
+                    return bad(&format!(
+                        "is hardlinked to {}, which is not an earlier entry of its kind in this snapshot",
+                        link.display()
+                    ));
+                }
+            }
+            if e.kind == Kind::Dir {
+                dirs.insert(path);
+            }
+        }
+        if roots < include.len() {
+            let missing = include
+                .iter()
+                .find(|r| self.entries.binary_search_by(|e| e.path.cmp(r)).is_err())
+                .map_or_else(String::new, Name::display);
+            return Err(format!("has no entry for the included path {missing}"));
+        }
+        if nodes == 0 {
+            return Err(
+                "holds no node directory: restoring it would delete every node directory".into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Non-directory entries and the bytes of regular files.
     pub fn totals(&self) -> (u64, u64) {
         let files = self.entries.iter().filter(|e| e.kind != Kind::Dir).count() as u64;
         (files, self.entries.iter().map(|e| e.size).sum())
     }
+}
+
+/// What a manifest read from the store may hold here; see [`Manifest::check`].
+pub struct Allowed<'a> {
+    /// The configured included paths, relative to cache_dir.
+    pub include: &'a [PathBuf],
+    /// `restore_devices`: whether block and character device entries may be restored.
+    pub devices: bool,
+}
+
+/// A relative path of plain components: no leading `/`, no empty, `.` or `..` component, no NUL.
+fn plain_relative(path: &[u8]) -> bool {
+    path.split(|&b| b == b'/')
+        .all(|c| !c.is_empty() && c != b"." && c != b".." && !c.contains(&0))
 }
 
 /// blake3 of each file, in order, on up to one thread per core.
@@ -828,6 +926,41 @@ mod tests {
             compare(&manifest(vec![sparse]), &manifest(vec![a]))[0].fields,
             ["holes"]
         );
+    }
+
+    #[test]
+    fn stored_manifests_are_checked() {
+        let include = [PathBuf::from("data")];
+        let allowed = Allowed {
+            include: &include,
+            devices: false,
+        };
+        let good = vec![dir("data"), dir("data/n1"), file("data/n1/f", 1, "h")];
+        assert_eq!(manifest(good.clone()).check(&allowed), Ok(()));
+        let refused = |extra: Entry| {
+            let mut entries = good.clone();
+            entries.push(extra);
+            manifest(entries).check(&allowed).unwrap_err()
+        };
+        for bad in [
+            "data/n1/./x",
+            "data/n1//x",
+            "data/n1/x/",
+            "data/n1/\0",
+            "/data/n1/x",
+        ] {
+            let why = refused(file(bad, 1, "h"));
+            assert!(why.contains("is not a plain relative path"), "{bad}: {why}");
+        }
+        let mut linked = file("data/n1/g", 1, "h");
+        linked.link = Some(Name(b"data/n1".to_vec()));
+        assert!(refused(linked).contains("is hardlinked to data/n1"));
+        let mut group = good.clone();
+        group[2].link = Some(Name(b"data/n1/f".to_vec()));
+        let mut member = file("data/n1/g", 1, "h");
+        member.link = Some(Name(b"data/n1/f".to_vec()));
+        group.push(member);
+        assert_eq!(manifest(group).check(&allowed), Ok(()));
     }
 
     #[test]

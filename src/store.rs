@@ -30,9 +30,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::config::Config;
 use crate::exit::{Code, fail};
 use crate::fingerprint::Fingerprint;
-use crate::manifest::Manifest;
+use crate::manifest::{Allowed, Manifest};
 use crate::signals;
 
 /// Version of meta.json's layout. Readers refuse newer ones.
@@ -133,8 +134,11 @@ impl Snapshot {
         self.dir.join(PAYLOAD_DIR)
     }
 
-    /// The snapshot's manifest, checked against the digest in meta.json.
-    pub fn manifest(&self) -> Result<Manifest> {
+    /// The snapshot's manifest, checked against the digest in meta.json and, as the store is
+    /// input and not truth, against what `cfg` allows (see [`Manifest::check`]). Every reader
+    /// of a stored manifest comes through here.
+    pub fn manifest(&self, cfg: &Config) -> Result<Manifest> {
+        self.check_include(cfg)?;
         let name = &self.meta.name;
         let Some(expected) = &self.meta.manifest else {
             return Err(fail(
@@ -152,14 +156,43 @@ impl Snapshot {
             ));
         };
         let bytes = self.read_vouched(MANIFEST_FILE, &expected.blake3)?;
-        Manifest::from_bytes(&bytes)
-            .map_err(|e| self.damaged(MANIFEST_FILE, &format!("is not a valid manifest ({e})")))
+        let manifest = Manifest::from_bytes(&bytes)
+            .map_err(|e| self.damaged(MANIFEST_FILE, &format!("is not a valid manifest ({e})")))?;
+        let allowed = Allowed {
+            include: cfg.include(),
+            devices: cfg.flag("restore_devices"),
+        };
+        manifest
+            .check(&allowed)
+            .map_err(|e| self.damaged(MANIFEST_FILE, &format!("is refused: {e}")))?;
+        Ok(manifest)
+    }
+
+    /// Fails unless the snapshot was made of the included paths `cfg` names: its include
+    /// decides what a restore walks and deletes, so it must not come from the store alone.
+    pub fn check_include(&self, cfg: &Config) -> Result<()> {
+        if self.meta.include == cfg.include() {
+            return Ok(());
+        }
+        let show = |paths: &[PathBuf]| {
+            let v: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            v.join(" ")
+        };
+        let name = &self.meta.name;
+        Err(fail(
+            Code::Failure,
+            format!(
+                "snapshot {name} was made with include = {}, but the configuration has include = {}; nothing was changed. Set include back, or create it again with `stagesnap create {name} --force`",
+                show(&self.meta.include),
+                show(cfg.include())
+            ),
+        ))
     }
 
     /// [`Snapshot::manifest`] with the piece digests of its large files, checked against
     /// their digest in meta.json too.
-    pub fn manifest_with_pieces(&self) -> Result<Manifest> {
-        let mut manifest = self.manifest()?;
+    pub fn manifest_with_pieces(&self, cfg: &Config) -> Result<Manifest> {
+        let mut manifest = self.manifest(cfg)?;
         self.attach_pieces(&mut manifest)?;
         Ok(manifest)
     }
@@ -203,8 +236,9 @@ impl Snapshot {
 
 /// The record of a restore in progress (`.restore-journal`). A restore writes it (durably)
 /// just before its first change to the live data and removes it once the data is verified; a
-/// crash leaves it behind, a failure leaves it with the error, and `status` reports either.
-/// A restore that finds nothing to change writes none.
+/// crash leaves it behind, a failure leaves it with the error, and `status` reports either
+/// (and `create` refuses). A restore that finds nothing to change, or fails before its first
+/// change, writes none.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JournalRecord {
     pub snapshot: String,
@@ -226,6 +260,20 @@ impl JournalRecord {
         format!(
             "restore of {} {what} at {} (pid {} on {})",
             self.snapshot, self.started, self.pid, self.host
+        )
+    }
+
+    /// "data is in an unknown state: restore of … was interrupted …; run `stagesnap restore`",
+    /// naming the snapshot in the command unless it is `snapshot_name`, the default.
+    pub fn unknown_state(&self, snapshot_name: &str) -> String {
+        let again = if self.snapshot == snapshot_name {
+            String::new()
+        } else {
+            format!(" {}", self.snapshot)
+        };
+        format!(
+            "data is in an unknown state: {}; run `stagesnap restore{again}`",
+            self.describe()
         )
     }
 }
@@ -263,6 +311,9 @@ impl Journal {
                 }
                 Err(e) => Err(e).with_context(|| format!("cannot remove {}", self.path.display())),
             },
+            // Failed before its first change: the data is as it was (and a record an earlier
+            // restore left stays), so create need not refuse it.
+            Err(_) if !self.written.load(Ordering::Acquire) => Ok(()),
             Err(e) => {
                 let record = JournalRecord {
                     error: Some(crate::exit::one_line(e)),
@@ -442,24 +493,38 @@ impl Store {
 
     /// The snapshot `name`, or exit 4 when there is none, or an error naming what is wrong with it.
     pub fn get(&self, name: &str) -> Result<Snapshot> {
-        self.require(name)?;
+        validate_name(name)?;
+        if !self.exists(name) {
+            return Err(self.not_found(name));
+        }
         self.read(name)
     }
 
-    /// Exit 4 unless the store holds an entry named `name` (a snapshot, or what is left of
-    /// one: something to delete).
-    pub fn require(&self, name: &str) -> Result<()> {
+    fn not_found(&self, name: &str) -> anyhow::Error {
+        fail(
+            Code::NotFound,
+            format!(
+                "snapshot {name} not found in {}; see `stagesnap list` or make it with `stagesnap create {name}`",
+                self.dir.display()
+            ),
+        )
+    }
+
+    /// Why the store's entry `name` is not a complete snapshot (damaged, or not a directory
+    /// at all), or None when it is one; exit 4 when there is no such entry. Follows no symlink.
+    pub fn incomplete(&self, name: &str) -> Result<Option<String>> {
         validate_name(name)?;
-        if !self.exists(name) {
-            return Err(fail(
-                Code::NotFound,
-                format!(
-                    "snapshot {name} not found in {}; see `stagesnap list` or make it with `stagesnap create {name}`",
-                    self.dir.display()
-                ),
-            ));
+        let path = self.dir.join(name);
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(self.not_found(name)),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+            Ok(m) if m.file_type().is_symlink() => Ok(Some(format!(
+                "{} is a symlink, not a snapshot directory",
+                path.display()
+            ))),
+            Ok(m) if !m.is_dir() => Ok(Some(format!("{} is not a directory", path.display()))),
+            Ok(_) => Ok(self.read(name).err().map(|e| crate::exit::one_line(&e))),
         }
-        Ok(())
     }
 
     /// Whether the store holds an entry named `name`; a symlink counts, never followed.
@@ -541,7 +606,9 @@ impl Store {
         })
     }
 
-    /// Removes snapshot `name`: it vanishes from listings atomically, then its files go.
+    /// Removes the store's entry `name` (a snapshot, or whatever [`Store::incomplete`] found
+    /// there): it vanishes from listings atomically, then its files go. A symlink goes
+    /// itself; what it points to is never touched.
     pub fn delete(&self, name: &str, _lock: &Lock) -> Result<()> {
         let snap = self.dir.join(name);
         let trash = self
@@ -550,7 +617,14 @@ impl Store {
         fs::rename(&snap, &trash)
             .with_context(|| format!("cannot remove snapshot {}", snap.display()))?;
         sync_dir(&self.dir)?;
-        remove_tree(&trash)
+        let is_dir = fs::symlink_metadata(&trash)
+            .with_context(|| format!("cannot read {}", trash.display()))?
+            .is_dir();
+        if is_dir {
+            remove_tree(&trash)
+        } else {
+            fs::remove_file(&trash).with_context(|| format!("cannot remove {}", trash.display()))
+        }
     }
 
     /// Rewrites a snapshot's metadata atomically.

@@ -23,6 +23,9 @@ pub struct Tool {
     /// of tools it comes in (`squashfs-tools`).
     pub product: &'static str,
     pub version_args: &'static [&'static str],
+    /// What an exit code of the tool means for stagesnap and what to do, where its own
+    /// message does not say.
+    pub exit_hints: &'static [(i32, &'static str)],
 }
 
 pub const RSYNC: Tool = Tool {
@@ -30,6 +33,11 @@ pub const RSYNC: Tool = Tool {
     package: "rsync",
     product: "rsync",
     version_args: &["--version"],
+    // stagesnap runs rsync only to copy live data into a snapshot.
+    exit_hints: &[(
+        24,
+        "files vanished while rsync copied them, so the nodes are writing to their data: quiesce them during create (quiesce = pause or stop in [suite_isolation]) and create again",
+    )],
 };
 
 pub const DOCKER: Tool = Tool {
@@ -37,6 +45,7 @@ pub const DOCKER: Tool = Tool {
     package: "docker.io",
     product: "docker",
     version_args: &["--version"],
+    exit_hints: &[],
 };
 
 pub const MKSQUASHFS: Tool = Tool {
@@ -44,6 +53,7 @@ pub const MKSQUASHFS: Tool = Tool {
     package: "squashfs-tools",
     product: "squashfs-tools",
     version_args: &["-version"],
+    exit_hints: &[],
 };
 
 pub const UNSQUASHFS: Tool = Tool {
@@ -51,6 +61,7 @@ pub const UNSQUASHFS: Tool = Tool {
     package: "squashfs-tools",
     product: "squashfs-tools",
     version_args: &["-version"],
+    exit_hints: &[],
 };
 
 /// mount and umount loop-mount squashfs images for the mount restore.
@@ -59,6 +70,7 @@ pub const MOUNT: Tool = Tool {
     package: "mount",
     product: "mount",
     version_args: &["--version"],
+    exit_hints: &[],
 };
 
 pub const UMOUNT: Tool = Tool {
@@ -66,6 +78,7 @@ pub const UMOUNT: Tool = Tool {
     package: "mount",
     product: "umount",
     version_args: &["--version"],
+    exit_hints: &[],
 };
 
 /// A located tool. Its version is read on first use (see [`Found::version`]): locating is a
@@ -276,10 +289,16 @@ impl Found {
             Some(c) => format!("exit {c}"),
             None => "killed by a signal".to_string(),
         };
+        let hint = self
+            .tool
+            .exit_hints
+            .iter()
+            .find(|(code, _)| output.status.code() == Some(*code))
+            .map_or(String::new(), |(_, hint)| format!("; {hint}"));
         fail(
             Code::Failure,
             format!(
-                "{} failed ({status}) while {what}: {tail}",
+                "{} failed ({status}) while {what}: {tail}{hint}",
                 self.tool.program
             ),
         )

@@ -35,11 +35,21 @@ pub fn totals(root: &Path) -> Result<Totals> {
     let mut t = Totals::default();
     // A hardlinked file's blocks count once, as on disk.
     let mut linked = std::collections::HashSet::new();
+    // An entry that vanishes during the walk (nodes writing during an unquiesced create) is
+    // simply not counted: these totals are an estimate, and the copy says what vanished.
+    let vanished = |e: &walkdir::Error| {
+        e.io_error()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    };
     for entry in walkdir::WalkDir::new(root) {
-        let entry = entry.with_context(|| format!("cannot read {}", root.display()))?;
-        let meta = entry
-            .metadata()
-            .with_context(|| format!("cannot stat {}", entry.path().display()))?;
+        let entry = match entry {
+            Err(e) if vanished(&e) => continue,
+            other => other.with_context(|| format!("cannot read {}", root.display()))?,
+        };
+        let meta = match entry.metadata() {
+            Err(e) if vanished(&e) => continue,
+            other => other.with_context(|| format!("cannot stat {}", entry.path().display()))?,
+        };
         if meta.is_dir() || meta.nlink() == 1 || linked.insert((meta.dev(), meta.ino())) {
             t.allocated += meta.blocks() * 512;
         }

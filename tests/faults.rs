@@ -1043,3 +1043,77 @@ fn mksquashfs_failing_half_way_keeps_the_old_snapshot() {
     env.run(&["restore"], 0);
     assert_same_tree(&treestate(&env.data()), &clean);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Data that cannot be a clean state
+
+/// A data directory without node directories is refused (exit 2), by create and by the
+/// auto-create of a restore, naming it.
+#[test]
+fn data_without_node_directories_is_not_snapshotted() {
+    let env = Env::sample(2, MB);
+    for e in fs::read_dir(env.data()).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            fs::remove_dir_all(path).unwrap();
+        }
+    }
+    let expect = format!(
+        "cannot create clean_state: no node directories in {}; a snapshot would hold no node state",
+        env.data().display()
+    );
+    for cmd in ["create", "restore"] {
+        refused(&env, &[cmd], 2, &[&expect, "Start the environment"]);
+    }
+    assert!(!env.snapshots().join("clean_state").exists());
+}
+
+/// rsync's exit 24 (files vanished while it copied) during an unquiesced create says that
+/// the nodes are writing and points to `quiesce`, and is the only way they fail it. A thread
+/// creates and removes files
+/// without pause, so rsync lists files that are gone when it copies them; each attempt
+/// that happens not to catch one is retried, up to a bound.
+#[test]
+fn files_vanishing_during_a_create_point_to_quiesce() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::sample(1, MB);
+    let churn = env.data().join("node1/churn");
+    fs::create_dir(&churn).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (churn, stop) = (churn.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for k in 0..200 {
+                    let _ = fs::write(churn.join(format!("f{k}")), b"x");
+                }
+                for k in 0..200 {
+                    let _ = fs::remove_file(churn.join(format!("f{k}")));
+                }
+            }
+        })
+    };
+    let mut vanished = None;
+    for _ in 0..50 {
+        let out = env.cmd().args(["create", "--force"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if stderr.contains("(exit 24)") {
+            vanished = Some((out.status.code(), stderr));
+            break;
+        }
+        // Vanishing files fail a create only in the copy, never in the walks around it.
+        assert!(out.status.success(), "{stderr}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let (code, stderr) = vanished.expect("no create in 50 saw a file vanish");
+    assert_eq!(code, Some(1), "{stderr}");
+    let error = one_error_line(&stderr);
+    assert!(
+        error.contains("rsync failed (exit 24) while copying")
+            && error.contains("the nodes are writing to their data")
+            && error.contains("quiesce = pause or stop in [suite_isolation]"),
+        "{stderr}"
+    );
+}

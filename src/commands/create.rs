@@ -69,9 +69,11 @@ pub fn run(g: &GlobalArgs, args: &CreateArgs) -> Result<Report> {
         lock: &lock,
         mode: mode.as_ref(),
         tools: &tools,
+        allow_interrupted: args.allow_interrupted,
     };
     let started = Instant::now();
     let replaced = store.exists(&name);
+    job.check_data(&name)?;
     let snap = quiesce::around(&cfg, docker.as_ref(), mode.as_ref(), Op::Create, || {
         job.create(&name, args.pin)
     })?;
@@ -211,6 +213,8 @@ pub(super) struct Job<'a> {
     pub lock: &'a Lock,
     pub mode: &'a dyn Mode,
     pub tools: &'a [Found],
+    /// Create even while a restore's journal says the data is in an unknown state.
+    pub allow_interrupted: bool,
 }
 
 impl Job<'_> {
@@ -223,6 +227,48 @@ impl Job<'_> {
         let space = Space::check(self.store, self.mode, &data, name)?;
         self.build(name, pin, data)
             .map_err(|e| space.explain_if_full(e, name))
+    }
+
+    /// Refuses data that cannot be a clean state, before the containers are quiesced, so a
+    /// refusal changes nothing at all: none of the node directories that are a node's state
+    /// (exit 2: restoring such a snapshot would delete every node directory made since), or
+    /// data an interrupted or failed restore left half restored (exit 1: replacing the clean
+    /// snapshot with it would lose the clean state for good).
+    pub fn check_data(&self, name: &str) -> Result<()> {
+        if self.mode.writes_live_data() && self.live.nodes().is_empty() {
+            let paths: Vec<String> = self
+                .live
+                .include
+                .iter()
+                .map(|rel| self.live.path(rel).display().to_string())
+                .collect();
+            return Err(fail(
+                Code::Usage,
+                format!(
+                    "cannot create {name}: no node directories in {}; a snapshot would hold no node state. Start the environment so that its nodes create their directories, or fix include in [suite_isolation]; nothing was changed",
+                    paths.join(", ")
+                ),
+            ));
+        }
+        let Some(journal) = self.store.unfinished_restore(self.lock)? else {
+            return Ok(());
+        };
+        if self.allow_interrupted {
+            tracing::warn!(name = %name, "create_interrupted: {}; --allow-interrupted snapshots it as it is", journal.describe());
+            return Ok(());
+        }
+        let force = if self.store.exists(name) {
+            " --force"
+        } else {
+            ""
+        };
+        Err(fail(
+            Code::Failure,
+            format!(
+                "cannot create {name}: {} first, or snapshot the data as it is with `stagesnap create {name}{force} --allow-interrupted`; nothing was changed",
+                journal.unknown_state(self.cfg.snapshot_name())
+            ),
+        ))
     }
 
     fn build(&self, name: &str, pin: bool, data: Totals) -> Result<Snapshot> {

@@ -1,4 +1,4 @@
-//! `stagesnap delete`: remove snapshots.
+//! `stagesnap delete`: remove snapshots, also damaged ones.
 
 use anyhow::Result;
 use serde::Serialize;
@@ -22,19 +22,29 @@ pub fn run(g: &GlobalArgs, args: &DeleteArgs) -> Result<Report> {
     let store = checked_store(&cfg)?;
     let lock = store.lock(&format!("delete {}", args.names.join(" ")), lock_timeout(g))?;
     store.clean_leftovers(&lock)?;
-    // Every name must exist before anything is removed: a typo changes nothing.
+    // Every name must exist before anything is removed: a typo changes nothing. One that is
+    // not a complete snapshot goes too (that is how a damaged one is cleared), named first.
+    let mut found = Vec::new();
     for name in &args.names {
-        store.require(name)?;
+        let incomplete = store.incomplete(name)?;
+        if !found.iter().any(|(n, _)| n == name) {
+            found.push((name.clone(), incomplete));
+        }
     }
-    let mut deleted = Vec::new();
-    for name in &args.names {
-        if deleted.contains(name) {
-            continue;
+    let mut text = String::new();
+    for (name, incomplete) in &found {
+        if let Some(why) = incomplete {
+            tracing::warn!(name = %name, "snapshot_incomplete: {name} is not a complete snapshot ({why}); deleting it");
         }
         store.delete(name, &lock)?;
         tracing::info!(name = %name, reason = "delete", "snapshot_deleted");
-        deleted.push(name.clone());
+        match incomplete {
+            Some(why) => text.push_str(&format!(
+                "deleted {name}, which was not a complete snapshot ({why})\n"
+            )),
+            None => text.push_str(&format!("deleted {name}\n")),
+        }
     }
-    let text = deleted.iter().map(|n| format!("deleted {n}\n")).collect();
+    let deleted = found.into_iter().map(|(n, _)| n).collect();
     Ok(Report::new("delete", &Deleted { deleted }, text))
 }

@@ -39,9 +39,9 @@ fn diff(g: &GlobalArgs, args: &DiffArgs) -> Result<Report> {
     }
     let (store, lock) = store_to_compare(g, &cfg)?;
     let from = store.get(&args.from)?;
-    let old = from.manifest()?;
+    let old = from.manifest(&cfg)?;
     let new = match &args.to {
-        Some(to) => store.get(to)?.manifest()?,
+        Some(to) => store.get(to)?.manifest(&cfg)?,
         None => {
             let live = Live::from_config(&cfg);
             live.check_present()?;

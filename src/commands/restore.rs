@@ -85,7 +85,9 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
             lock: &lock,
             mode: configured_mode.as_ref(),
             tools: &configured_tools,
+            allow_interrupted: false,
         };
+        job.check_data(&name)?;
         let snap = quiesce::around(
             &cfg,
             docker.as_ref(),
@@ -243,9 +245,13 @@ fn restore_snapshot(
         tools: &tools,
         journal: Some(&journal),
     };
-    // Prove the snapshot usable before the first byte of live data changes.
+    // Prove the snapshot usable before the first byte of live data changes. Its include
+    // decides where everything after this looks, also for a snapshot without a manifest.
+    if mode.writes_live_data() {
+        snap.check_include(cfg)?;
+    }
     mode.verify(&ctx, snap)?;
-    let expected = expected_manifest(snap, mode.as_ref(), guard.verify)?;
+    let expected = expected_manifest(cfg, snap, mode.as_ref(), guard.verify)?;
     let check = guard.verify != "none";
     if mode.writes_live_data()
         && let Some(path) = snap
@@ -285,7 +291,12 @@ fn restore_snapshot(
 
 /// The manifest a restore works from and is checked against, read (and its digest checked)
 /// before anything changes; None when the mode restores no data or the snapshot has none.
-fn expected_manifest(snap: &Snapshot, mode: &dyn Mode, level: &str) -> Result<Option<Manifest>> {
+fn expected_manifest(
+    cfg: &Config,
+    snap: &Snapshot,
+    mode: &dyn Mode,
+    level: &str,
+) -> Result<Option<Manifest>> {
     if !mode.writes_live_data() {
         return Ok(None);
     }
@@ -301,7 +312,7 @@ fn expected_manifest(snap: &Snapshot, mode: &dyn Mode, level: &str) -> Result<Op
         );
         return Ok(None);
     }
-    snap.manifest().map(Some)
+    snap.manifest(cfg).map(Some)
 }
 
 /// Fails (exit 1, listing the first differences) unless the live data now matches the

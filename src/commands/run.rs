@@ -103,6 +103,7 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<Report> {
                     name: Some(kept.clone()),
                     force: false,
                     pin: true,
+                    allow_interrupted: false,
                 },
             );
             match created {

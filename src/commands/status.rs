@@ -45,7 +45,7 @@ fn status(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
     let unfinished = store.unfinished_restore(&lock)?;
     let snap = store.get(&name)?;
     let stale_files = Checker::default().changes(&snap.meta)?;
-    let expected = snap.manifest()?;
+    let expected = snap.manifest(&cfg)?;
     let now = manifest::scan_live(&live.cache_dir, &snap.meta.include, &expected, args.full)?;
     drop(lock);
     let changes = manifest::compare(&expected, &now);
@@ -53,15 +53,7 @@ fn status(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
 
     let mut text = String::new();
     if let Some(j) = &unfinished {
-        let again = if j.snapshot == cfg.snapshot_name() {
-            String::new()
-        } else {
-            format!(" {}", j.snapshot)
-        };
-        text.push_str(&format!(
-            "data is in an unknown state: {}; run `stagesnap restore{again}`\n",
-            j.describe()
-        ));
+        text.push_str(&format!("{}\n", j.unknown_state(cfg.snapshot_name())));
     }
     if !stale_files.is_empty() {
         text.push_str(&format!(
@@ -69,7 +61,14 @@ fn status(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
             stale_files.join(", ")
         ));
     }
-    if changes.is_empty() {
+    if changes.is_empty() && unfinished.is_some() {
+        // Never "identical" beside an unfinished restore: only a restore that succeeds
+        // vouches for the data again.
+        text.push_str(&format!(
+            "no differences from {name} found ({} entries), but that stays unconfirmed until a restore succeeds\n",
+            now.entries.len()
+        ));
+    } else if changes.is_empty() {
         text.push_str(&format!(
             "live data is identical to {name} ({} entries)\n",
             now.entries.len()

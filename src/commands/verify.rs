@@ -156,7 +156,7 @@ fn check(cfg: &crate::config::Config, live: &Live, snap: &Snapshot) -> Result<Ve
             problems: vec![],
         });
     }
-    let manifest = snap.manifest_with_pieces()?;
+    let manifest = snap.manifest_with_pieces(cfg)?;
     let ctx = ModeContext {
         cfg,
         live,

@@ -138,7 +138,9 @@ impl ModeContext<'_> {
     /// To be called by a restore just before its first change to the live data (a restore
     /// that finds nothing to change never calls it, and so writes nothing).
     pub fn changing(&self) -> Result<()> {
-        self.journal.map_or(Ok(()), Journal::begin)
+        self.journal.map_or(Ok(()), Journal::begin)?;
+        crate::testhook::pause("restore_changing");
+        Ok(())
     }
 
     pub fn tool(&self, tool: Tool) -> &Found {

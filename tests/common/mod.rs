@@ -472,6 +472,12 @@ impl Paused {
         }
     }
 
+    /// SIGKILLs the process where it stopped.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Lets the process go on; its exit code, stdout and stderr.
     pub fn finish(self) -> (i32, String, String) {
         std::fs::write(self.dir.path().join(format!("{}.go", self.point)), b"").unwrap();
