@@ -68,9 +68,9 @@ fn entry(path: &str, kind: &str, mode: u32) -> Value {
     json!({"path": path, "type": kind, "mode": mode, "uid": 0, "gid": 0, "mtime_ns": 1_700_000_000_000_000_000i64})
 }
 
-/// `restore` (and `status`, `verify`, `diff`, which read the same manifest) exit 1 naming
-/// the snapshot and every one of `expect`; neither the live data, the store nor `canary`
-/// changes.
+/// `restore` exits 1 (and `status` and `diff`, which read the same manifest, 7: they could
+/// not compare) naming the snapshot and every one of `expect`; `verify` reports it; neither
+/// the live data, the store nor `canary` changes.
 fn refused_everywhere(env: &Env, canary: &Path, expect: &[&str]) {
     let outside = treestate(canary);
     let mut all = vec![
@@ -78,8 +78,12 @@ fn refused_everywhere(env: &Env, canary: &Path, expect: &[&str]) {
         "manifest.jsonl is refused",
     ];
     all.extend(expect);
-    for args in [&["restore"][..], &["status"], &["diff", "clean_state"]] {
-        refused(env, args, 1, &all);
+    for (args, code) in [
+        (&["restore"][..], 1),
+        (&["status"], 7),
+        (&["diff", "clean_state"], 7),
+    ] {
+        refused(env, args, code, &all);
         assert_same_tree(&treestate(canary), &outside);
     }
     // verify reports a damaged snapshot in its table rather than as an error.
