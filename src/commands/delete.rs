@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::{load_config, lock_timeout, prepare_configured, store};
 use crate::cli::{DeleteArgs, GlobalArgs};
+use crate::legacy;
 use crate::output::Report;
 use crate::store::validate_name;
 
@@ -24,14 +25,21 @@ pub fn run(g: &GlobalArgs, args: &DeleteArgs) -> Result<Report> {
     store.clean_leftovers(&lock)?;
     // Every name must exist before anything is removed: a typo changes nothing.
     for name in &args.names {
-        store.get(name)?;
+        if legacy::find(store.dir(), name).is_empty() {
+            store.get(name)?;
+        }
     }
     let mut deleted = Vec::new();
     for name in &args.names {
         if deleted.contains(name) {
             continue;
         }
-        store.delete(name, &lock)?;
+        // Everything of that name: the stagesnap snapshot or the harness's directory, and
+        // the harness's image, metadata and marker beside it.
+        if store.exists(name) {
+            store.delete(name, &lock)?;
+        }
+        legacy::remove_files(store.dir(), name, &lock)?;
         tracing::info!(name = %name, reason = "delete", "snapshot_deleted");
         deleted.push(name.clone());
     }
