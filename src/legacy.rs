@@ -15,7 +15,7 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -132,15 +132,14 @@ pub fn scan(store: &Path) -> Result<Vec<Legacy>> {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => {
-            return Err(e).with_context(|| format!("cannot read snapshots_dir {}", store.display()));
+            return Err(e)
+                .with_context(|| format!("cannot read snapshots_dir {}", store.display()));
         }
     };
     let mut names = std::collections::BTreeSet::new();
     for entry in rd {
         let file = entry?.file_name().to_string_lossy().into_owned();
-        let name = file
-            .strip_suffix(&format!(".{IMAGE_EXT}"))
-            .unwrap_or(&file);
+        let name = file.strip_suffix(&format!(".{IMAGE_EXT}")).unwrap_or(&file);
         if validate_name(name).is_ok() {
             names.insert(name.to_string());
         }
@@ -339,7 +338,9 @@ pub fn nodes_in(
 pub struct Moved {
     legacy: PathBuf,
     staging: PathBuf,
+    /// Those moved so far.
     nodes: Vec<String>,
+    mtime: [i64; 2],
 }
 
 #[derive(Serialize, Deserialize)]
@@ -347,12 +348,17 @@ struct Record {
     /// The staging directory's name in snapshots_dir.
     staging: String,
     nodes: Vec<String>,
+    /// The legacy directory's mtime (seconds, nanoseconds), which the moves change.
+    mtime: [i64; 2],
 }
 
 /// Moves the `nodes` of the legacy directory `legacy` into `staging`'s payload, after
 /// recording durably (in the legacy directory, so the record leaves with it once the adopted
 /// snapshot replaces it) where they go. A failure half way moves back those already moved.
 pub fn move_nodes(legacy: &Path, nodes: &[String], staging: &Staging) -> Result<Moved> {
+    let before = legacy
+        .symlink_metadata()
+        .with_context(|| format!("cannot stat {}", legacy.display()))?;
     let record = Record {
         staging: staging
             .dir()
@@ -360,6 +366,7 @@ pub fn move_nodes(legacy: &Path, nodes: &[String], staging: &Staging) -> Result<
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         nodes: nodes.to_vec(),
+        mtime: [before.mtime(), before.mtime_nsec()],
     };
     let journal = legacy.join(JOURNAL);
     let mut f = File::create_new(&journal)
@@ -374,6 +381,7 @@ pub fn move_nodes(legacy: &Path, nodes: &[String], staging: &Staging) -> Result<
         legacy: legacy.to_path_buf(),
         staging: staging.dir().to_path_buf(),
         nodes: Vec::new(),
+        mtime: record.mtime,
     };
     for node in nodes {
         let (from, to) = (legacy.join(node), into.join(node));
@@ -400,13 +408,13 @@ pub fn move_nodes(legacy: &Path, nodes: &[String], staging: &Staging) -> Result<
 
 impl Moved {
     /// Moves the node directories back where they were and removes the record: the legacy
-    /// snapshot is then as it was.
+    /// snapshot is then as it was (its directory's ctime aside).
     pub fn put_back(&self) -> Result<()> {
-        put_back(&self.legacy, &self.staging, &self.nodes)
+        put_back(&self.legacy, &self.staging, &self.nodes, self.mtime)
     }
 }
 
-fn put_back(legacy: &Path, staging: &Path, nodes: &[String]) -> Result<()> {
+fn put_back(legacy: &Path, staging: &Path, nodes: &[String], mtime: [i64; 2]) -> Result<()> {
     let moved = staging.join(PAYLOAD_DIR).join(DATA_DIR);
     for node in nodes {
         let (from, to) = (moved.join(node), legacy.join(node));
@@ -421,6 +429,16 @@ fn put_back(legacy: &Path, staging: &Path, nodes: &[String]) -> Result<()> {
     sync_dir(legacy)?;
     let journal = legacy.join(JOURNAL);
     fs::remove_file(&journal).with_context(|| format!("cannot remove {}", journal.display()))?;
+    if let (Ok(sec), Ok(nsec)) = (u64::try_from(mtime[0]), u32::try_from(mtime[1])) {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+            .open(legacy)
+            .and_then(|dir| {
+                dir.set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(sec, nsec))
+            })
+            .with_context(|| format!("cannot set the mtime of {} back", legacy.display()))?;
+    }
     sync_dir(legacy)
 }
 
@@ -436,8 +454,7 @@ pub fn recover(store: &Path, _lock: &Lock) -> Result<()> {
         let journal = legacy.join(JOURNAL);
         // Dot directories too: a create on a filesystem without RENAME_EXCHANGE may have
         // parked the legacy directory as `.staging-<name>-<pid>.old` (see `store::exchange`).
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) || journal.symlink_metadata().is_err()
-        {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) || journal.symlink_metadata().is_err() {
             continue;
         }
         let record: Record = read_limited(&journal)
@@ -459,7 +476,12 @@ pub fn recover(store: &Path, _lock: &Lock) -> Result<()> {
                     ),
                 )
             })?;
-        put_back(&legacy, &store.join(&record.staging), &record.nodes)?;
+        put_back(
+            &legacy,
+            &store.join(&record.staging),
+            &record.nodes,
+            record.mtime,
+        )?;
         tracing::warn!(path = %legacy.display(), "adopt_undone: an adopt of this stage-env snapshot was interrupted; its node directories are back");
     }
     Ok(())
@@ -506,7 +528,11 @@ fn field<'a>(repr: &'a str, key: &str) -> Option<&'a str> {
         '[' => rest.find(']').map(|end| &rest[..=end]),
         _ => {
             let end = match rest.find('(') {
-                Some(open) if rest[..open].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_') => {
+                Some(open)
+                    if rest[..open]
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_') =>
+                {
                     rest.find(')')? + 1
                 }
                 _ => rest.find([',', '}']).unwrap_or(rest.len()),
@@ -586,13 +612,23 @@ mod tests {
         );
         assert_eq!(nodes_field(repr), ["node2", "node10"]);
         let epoch = "{\"timestamp\": 1735787045.5, \"nodes\": []}";
-        assert_eq!(created_at(epoch), Some(jiff::Timestamp::from_second(1735787045).unwrap()));
+        assert_eq!(
+            created_at(epoch),
+            Some(jiff::Timestamp::from_second(1735787045).unwrap())
+        );
         assert!(nodes_field(epoch).is_empty());
         let local = "{'created_at': '2025-01-02 03:04:05.123456'}";
         let call = "{'created': datetime.datetime(2025, 1, 2, 3, 4, 5, 123456), 'x': 1}";
         assert!(created_at(local).is_some());
         assert_eq!(created_at(local), created_at(call));
-        for junk in ["", "{", "{'created_at': }", "{'created_at': 'tomorrow'}", "__import__('os')", "{'created_at': '2025"] {
+        for junk in [
+            "",
+            "{",
+            "{'created_at': }",
+            "{'created_at': 'tomorrow'}",
+            "__import__('os')",
+            "{'created_at': '2025",
+        ] {
             assert_eq!(created_at(junk), None, "{junk}");
         }
     }

@@ -162,10 +162,7 @@ impl Adoption<'_> {
     fn live(&self, cache_dir: &Path, nodes: &[String]) -> Live {
         Live {
             cache_dir: cache_dir.to_path_buf(),
-            include: nodes
-                .iter()
-                .map(|n| Path::new(DATA_DIR).join(n))
-                .collect(),
+            include: nodes.iter().map(|n| Path::new(DATA_DIR).join(n)).collect(),
         }
     }
 

@@ -6,8 +6,8 @@ use serde::Serialize;
 use super::{load_config, store};
 use crate::cli::GlobalArgs;
 use crate::fingerprint::Checker;
-use crate::output::{Report, table};
 use crate::legacy::{self, Format};
+use crate::output::{Report, table};
 use crate::store::Unreadable;
 use crate::tree::human_bytes;
 
