@@ -275,18 +275,18 @@ fn node_names(dir: &Path) -> Vec<String> {
 /// The node directories in `dir` (a legacy snapshot directory, or the root of an extracted
 /// legacy image), checked: every entry must be a plain directory, or one of `allowed`.
 /// Fails (exit 1) naming the first entry that is a symlink or anything else, or when there
-/// is no node directory at all. `shown` names a path of `dir` for the messages.
+/// is no node directory at all. `shown` names a path of `dir` for the messages. Checked
+/// before an adopt moves anything.
 pub fn nodes_in(
     dir: &Path,
     allowed: &[&str],
-    name: &str,
     shown: &dyn Fn(&Path) -> String,
 ) -> Result<Vec<String>> {
     let refuse = |path: &Path, why: &str| {
         fail(
             Code::Failure,
             format!(
-                "cannot adopt {name}: {} {why}; a stage-env snapshot holds only node directories{}. Move it out of the snapshot, or delete the snapshot",
+                "{} {why}; a stage-env snapshot holds only node directories{}. Move it out of the snapshot, or delete the snapshot",
                 shown(path),
                 if allowed.is_empty() {
                     String::new()
@@ -324,7 +324,7 @@ pub fn nodes_in(
         return Err(fail(
             Code::Failure,
             format!(
-                "cannot adopt {name}: {} holds no node directory, so there is nothing to adopt; delete the snapshot",
+                "{} holds no node directory, so there is nothing to adopt; delete the snapshot",
                 shown(dir)
             ),
         ));
@@ -394,7 +394,7 @@ pub fn move_nodes(legacy: &Path, nodes: &[String], staging: &Staging) -> Result<
             return Err(match moved.put_back() {
                 Ok(()) => err,
                 Err(back) => err.context(format!(
-                    "and moving the others back failed too ({}); the next stagesnap command that locks the store retries",
+                    "and moving the others back failed too ({})",
                     crate::exit::one_line(&back)
                 )),
             });
@@ -404,6 +404,12 @@ pub fn move_nodes(legacy: &Path, nodes: &[String], staging: &Staging) -> Result<
     sync_dir(&into)?;
     sync_dir(legacy)?;
     Ok(moved)
+}
+
+/// Whether node directories of the legacy directory `legacy` may be elsewhere: an adopt
+/// moved them out and has not (yet) moved them back.
+pub fn moved_out(legacy: &Path) -> bool {
+    legacy.join(JOURNAL).symlink_metadata().is_ok()
 }
 
 impl Moved {

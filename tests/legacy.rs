@@ -431,3 +431,47 @@ fn adopt_refuses_what_it_cannot_take_and_changes_nothing() {
     assert_eq!(adopted["mode"], "squashfs");
     assert!(!env.snapshots().join("taken.sqfs").exists());
 }
+
+#[test]
+fn completion_offers_legacy_names_once() {
+    let env = Env::sample(1, MB);
+    env.run(&["create", "both"], 0);
+    legacy_image(&env, "both");
+    legacy_dir(&env, "old_state");
+    let (names, _) = env.run(&["complete-names"], 0);
+    assert_eq!(names, "both\nold_state\n");
+}
+
+/// When the node directories cannot go back (the legacy directory was made immutable
+/// meanwhile), the staging directory that holds them stays, and the next command that locks
+/// the store moves them back before it clears leftovers.
+#[test]
+fn an_adopt_that_cannot_move_the_nodes_back_keeps_them_for_the_next_command() {
+    let env = Env::sample(2, MB);
+    let legacy = legacy_dir(&env, "old_state");
+    let store = store_state(&env);
+    let mut inodes = file_inodes(&legacy);
+
+    let mut cmd = env.std_cmd();
+    cmd.args(["adopt", "old_state"]);
+    let paused = Paused::start(cmd, "adopt-after-move");
+    sh("chattr", &[Path::new("+i"), &legacy]);
+    // SAFETY: plain kill(2) on our child.
+    assert_eq!(unsafe { libc::kill(paused.pid() as i32, libc::SIGTERM) }, 0);
+    let (code, _, stderr) = paused.finish();
+    sh("chattr", &[Path::new("-i"), &legacy]);
+    assert_eq!(code, 130, "{stderr}");
+    assert!(
+        stderr.contains("moving its node directories back failed too")
+            && stderr.contains("`stagesnap adopt old_state` again) moves them back"),
+        "{stderr}"
+    );
+    assert_eq!(entries(&legacy), [".snapshot_metadata", ".stagesnap-adopt"]);
+
+    env.run(&["prune"], 0);
+    assert_eq!(store_state(&env), store);
+    env.run(&["adopt", "old_state"], 0);
+    inodes.remove(Path::new(".snapshot_metadata"));
+    let snap = env.snapshots().join("old_state/payload/data");
+    assert_eq!(file_inodes(&snap), inodes, "the data was copied or lost");
+}

@@ -55,8 +55,13 @@ pub fn run(g: &GlobalArgs, args: &AdoptArgs) -> Result<Report> {
             return Err(fail(
                 Code::NotFound,
                 format!(
-                    "no stage-env snapshot {name} in {} (neither {name}/ with {DIR_METADATA} nor {name}.sqfs); see `stagesnap list`",
-                    store.dir().display()
+                    "no stage-env snapshot {name} in {} (neither {name}/ with {DIR_METADATA} nor {name}.sqfs){}; see `stagesnap list`",
+                    store.dir().display(),
+                    if store.exists(&name) {
+                        ": it is a stagesnap snapshot already"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }
@@ -96,10 +101,18 @@ pub fn run(g: &GlobalArgs, args: &AdoptArgs) -> Result<Report> {
         legacy: &legacy,
     };
     let snap = match legacy.format {
-        Format::Filesystem => adoption.by_rename(),
+        Format::Filesystem => {
+            // Checked before anything moves.
+            legacy::nodes_in(&legacy.path, &[DIR_METADATA], &|p| p.display().to_string())
+                .and_then(|nodes| adoption.by_rename(&nodes))
+        }
         Format::Squashfs => adoption.by_repack(),
     }
     .map_err(|e| {
+        // Unless moving the node directories back failed, which the error then says.
+        if legacy::moved_out(&legacy.path) {
+            return e;
+        }
         e.context(format!(
             "adopting {name} failed; the stage-env snapshot {} is as it was",
             legacy.path.display()
@@ -205,47 +218,44 @@ impl Adoption<'_> {
     /// (same filesystem, nothing copied), the manifest is computed from them there, and the
     /// new snapshot replaces the legacy directory in one atomic step. A failure before that
     /// moves them back.
-    fn by_rename(&self) -> Result<Snapshot> {
+    fn by_rename(&self, nodes: &[String]) -> Result<Snapshot> {
         let legacy = &self.legacy.path;
-        let nodes = legacy::nodes_in(legacy, &[DIR_METADATA], &self.legacy.name, &|p| {
-            p.display().to_string()
-        })?;
         let mut staging = self.store.begin(&self.legacy.name, self.lock)?;
-        let moved = legacy::move_nodes(legacy, &nodes, &staging)?;
         let payload = staging.payload();
-        let sealed = (|| {
-            crate::testhook::pause("adopt-after-move");
-            crate::signals::check()?;
-            let live = self.live(&payload, &nodes);
-            let ctx = ModeContext {
-                cfg: self.cfg,
-                live: &live,
-                tools: self.tools,
-                journal: None,
-            };
-            self.seal(&mut staging, &ctx, &nodes, serde_json::Value::Null)
-        })();
-        let Err(e) = sealed else {
-            return sealed;
-        };
-        if let Err(back) = moved.put_back() {
-            // The staging directory holds the node directories now, so it must outlive this
-            // process: the record beside them lets the next command that locks the store
+        let adopted = legacy::move_nodes(legacy, nodes, &staging).and_then(|moved| {
+            let sealed = (|| {
+                crate::testhook::pause("adopt-after-move");
+                crate::signals::check()?;
+                let live = self.live(&payload, nodes);
+                let ctx = ModeContext {
+                    cfg: self.cfg,
+                    live: &live,
+                    tools: self.tools,
+                    journal: None,
+                };
+                self.seal(&mut staging, &ctx, nodes, serde_json::Value::Null)
+            })();
+            sealed.or_else(|e| match moved.put_back() {
+                Ok(()) => Err(e),
+                Err(back) => Err(e.context(format!(
+                    "and moving its node directories back failed too ({})",
+                    one_line(&back)
+                ))),
+            })
+        });
+        if adopted.is_err() && legacy::moved_out(legacy) {
+            // The staging directory holds node directories, so it must outlive this process:
+            // the record in the legacy directory lets the next command that locks the store
             // move them back before it clears leftovers.
             std::mem::forget(staging);
-            return Err(fail(
-                Code::Failure,
-                format!(
-                    "adopting {} failed ({}), and moving its node directories back failed too ({}); they are in {}. Run `stagesnap adopt {}` again: it first moves them back",
-                    self.legacy.name,
-                    one_line(&e),
-                    one_line(&back),
-                    payload.join(DATA_DIR).display(),
-                    self.legacy.name
-                ),
+            return adopted.context(format!(
+                "node directories of {} are in {}; the next stagesnap command that locks the store (`stagesnap adopt {}` again) moves them back",
+                legacy.display(),
+                payload.join(DATA_DIR).display(),
+                self.legacy.name
             ));
         }
-        Err(e)
+        adopted
     }
 
     /// A legacy squashfs image: extracted (by unsquashfs) beside the staging snapshot under
@@ -277,7 +287,7 @@ impl Adoption<'_> {
             ),
         )?;
         crate::signals::check()?;
-        let nodes = legacy::nodes_in(&root, &[], &self.legacy.name, &|p| {
+        let nodes = legacy::nodes_in(&root, &[], &|p| {
             let inside = p.strip_prefix(&root).unwrap_or(p);
             format!("/{} in the image {}", inside.display(), image.display())
         })?;
