@@ -235,12 +235,12 @@ impl Adoption<'_> {
                 };
                 self.seal(&mut staging, &ctx, nodes, serde_json::Value::Null)
             })();
-            sealed.or_else(|e| match moved.put_back() {
-                Ok(()) => Err(e),
-                Err(back) => Err(e.context(format!(
+            sealed.map_err(|e| match moved.put_back() {
+                Ok(()) => e,
+                Err(back) => e.context(format!(
                     "and moving its node directories back failed too ({})",
                     one_line(&back)
-                ))),
+                )),
             })
         });
         if adopted.is_err() && legacy::moved_out(legacy) {
