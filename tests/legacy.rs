@@ -475,3 +475,27 @@ fn an_adopt_that_cannot_move_the_nodes_back_keeps_them_for_the_next_command() {
     let snap = env.snapshots().join("old_state/payload/data");
     assert_eq!(file_inodes(&snap), inodes, "the data was copied or lost");
 }
+
+/// A legacy directory another user cannot read is reported, not fatal to `list`.
+#[test]
+fn list_reports_a_legacy_snapshot_it_cannot_read_and_goes_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::sample(1, MB);
+    let dir = legacy_dir(&env, "old_state");
+    legacy_image(&env, "old_image");
+    env.run(&["prune", "--dry-run"], 0); // makes the lock file open_to_others opens up
+    common::open_to_others(&env);
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(dir.join("node1"), fs::Permissions::from_mode(0o700)).unwrap();
+    let out = env
+        .std_cmd_as_nobody()
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snapshot_names(&listing), ["old_image"]);
+    assert_eq!(listing["unreadable"][0]["name"], "old_state");
+    let problem = listing["unreadable"][0]["problem"].as_str().unwrap();
+    assert!(problem.contains("node1"), "{problem}");
+}

@@ -78,12 +78,21 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
             Ok((s.meta.created(), row))
         })
         .collect::<Result<_>>()?;
+    let mut unreadable = unreadable;
     for l in legacy::scan(store.dir())? {
         let summary = match l.summary(store.dir()) {
             Ok(summary) => summary,
             // Deleted since the directory was read: list runs unlocked.
             Err(_) if l.path.symlink_metadata().is_err() => continue,
-            Err(e) => return Err(e),
+            Err(e) => {
+                let problem = crate::exit::one_line(&e);
+                tracing::warn!(name = %l.name, "snapshot_unreadable: {problem}");
+                unreadable.push(Unreadable {
+                    name: l.name.clone(),
+                    problem,
+                });
+                continue;
+            }
         };
         let row = Row {
             name: l.name.clone(),
