@@ -16,6 +16,9 @@ _stagesnap() {
             ",$1")
                 cmd="stagesnap"
                 ;;
+            stagesnap,adopt)
+                cmd="stagesnap__subcmd__adopt"
+                ;;
             stagesnap,config)
                 cmd="stagesnap__subcmd__config"
                 ;;
@@ -56,8 +59,50 @@ _stagesnap() {
 
     case "${cmd}" in
         stagesnap)
-            opts="-c -s -v -q -h -V --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help --version create restore list delete prune doctor config verify status diff run"
+            opts="-c -s -v -q -h -V --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help --version create restore list delete adopt prune doctor config verify status diff run"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --set)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        stagesnap__subcmd__adopt)
+            opts="-c -s -v -q -h --force --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -586,7 +631,7 @@ _stagesnap_names() {
     (( COMP_CWORD > 0 )) && prev="${COMP_WORDS[COMP_CWORD-1]}"
     for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
         case "$w" in
-            create|restore|delete|verify|status|diff) sub="$w"; break ;;
+            create|restore|delete|adopt|verify|status|diff) sub="$w"; break ;;
         esac
     done
     case "$prev" in

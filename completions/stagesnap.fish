@@ -39,6 +39,7 @@ complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "create" -d 'Sna
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "restore" -d 'Bring the live data back to a snapshot, in place'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "list" -d 'List snapshots, newest first'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "delete" -d 'Remove snapshots'
+complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "adopt" -d 'Turn a snapshot the stage-env harness left into a stagesnap snapshot (see `list`)'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "prune" -d 'Remove the oldest unpinned snapshots beyond a count'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "doctor" -d 'Check that the configured mode can run here, and say why not'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "config" -d 'Show every effective setting and where it came from'
@@ -93,6 +94,17 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s v -l verb
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s q -l quiet -d 'Only errors on stderr'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s h -l help -d 'Print help'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand adopt" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand adopt" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand adopt" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand adopt" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand adopt" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand adopt" -l force -d 'Replace a stagesnap snapshot of the same name'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand adopt" -l json -d 'Print one JSON document to stdout instead of text'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand adopt" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand adopt" -s q -l quiet -d 'Only errors on stderr'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand adopt" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand adopt" -s h -l help -d 'Print help'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l keep -d 'How many snapshots to keep [default: keep_snapshot_count from the config]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
@@ -174,5 +186,5 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l no-progress 
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -s h -l help -d 'Print help'
 
 # Snapshot names (added by stagesnap generate-assets).
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand create restore delete verify status diff" -f -a "(stagesnap complete-names 2>/dev/null)"
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand create restore delete adopt verify status diff" -f -a "(stagesnap complete-names 2>/dev/null)"
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l snapshot -x -a "(stagesnap complete-names 2>/dev/null)"

@@ -81,6 +81,10 @@ pub enum Command {
     #[command(after_help = "Example: stagesnap delete old_state other_state")]
     Delete(DeleteArgs),
 
+    /// Turn a snapshot the stage-env harness left into a stagesnap snapshot (see `list`)
+    #[command(after_help = "Example: stagesnap adopt clean_state")]
+    Adopt(AdoptArgs),
+
     /// Remove the oldest unpinned snapshots beyond a count
     #[command(after_help = "Example: stagesnap prune --keep 3 --dry-run")]
     Prune(PruneArgs),
@@ -213,6 +217,16 @@ pub struct DiffArgs {
     /// Hash every live file instead of only those whose size and mtime cannot tell
     #[arg(long)]
     pub full: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// The stage-env snapshot (`NAME/` or `NAME.sqfs` in snapshots_dir) [default: snapshot_name from the config]
+    pub name: Option<String>,
+
+    /// Replace a stagesnap snapshot of the same name
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ pub mod docker;
 pub mod exit;
 pub mod fingerprint;
 pub mod ini;
+pub mod legacy;
 pub mod manifest;
 pub mod modes;
 pub mod output;

@@ -469,6 +469,7 @@ impl Store {
             if name.starts_with('.')
                 || !(kind.is_dir() || kind.is_symlink())
                 || validate_name(&name).is_err()
+                || crate::legacy::is_legacy_dir(&entry.path())
             {
                 continue;
             }
@@ -494,6 +495,7 @@ impl Store {
     /// The snapshot `name`, or exit 4 when there is none, or an error naming what is wrong with it.
     pub fn get(&self, name: &str) -> Result<Snapshot> {
         validate_name(name)?;
+        crate::legacy::refuse(&self.dir, name)?;
         if !self.exists(name) {
             return Err(self.not_found(name));
         }
@@ -670,7 +672,10 @@ impl Store {
     /// when it died. Only safe under the lock, which guarantees no other process is building
     /// or deleting right now. A leftover that cannot be removed is only a warning: it is
     /// hidden and takes nothing but space.
-    pub fn clean_leftovers(&self, _lock: &Lock) -> Result<usize> {
+    pub fn clean_leftovers(&self, lock: &Lock) -> Result<usize> {
+        // First, so that the staging directory of an interrupted adopt is emptied of the
+        // legacy data it holds before it is removed.
+        crate::legacy::recover(&self.dir, lock)?;
         let mut removed = 0;
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return Ok(0);
@@ -771,8 +776,9 @@ impl Staging {
 
     /// Writes the metadata and moves the snapshot into place. An existing snapshot of the
     /// same name is swapped out in one atomic step (`--force`), so at every instant exactly
-    /// one complete snapshot of that name exists.
-    pub fn commit(mut self, meta: &Meta, replace: bool) -> Result<Snapshot> {
+    /// one complete snapshot of that name exists. On failure the staging directory stays
+    /// until dropped, so a caller can first take back what it moved in (`adopt`).
+    pub fn commit(&mut self, meta: &Meta, replace: bool) -> Result<Snapshot> {
         write_json_atomic(&self.dir.join(META_FILE), meta)?;
         sync_dir(&self.dir)?;
         let target = self.store.dir.join(&self.name);
@@ -938,7 +944,7 @@ fn write_error(path: &Path, e: std::io::Error) -> anyhow::Error {
     anyhow::Error::new(e).context(format!("cannot write {}", path.display()))
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("cannot sync {}", dir.display()))

@@ -9,8 +9,19 @@ use crate::output::Report;
 
 pub fn run(g: &GlobalArgs) -> Result<Report> {
     let names: Vec<String> = load_config(g)
-        .and_then(|cfg| store(&cfg).list())
-        .map(|(snapshots, _)| snapshots.into_iter().map(|s| s.meta.name).collect())
+        .and_then(|cfg| {
+            let store = store(&cfg);
+            let (snapshots, _) = store.list()?;
+            // The stage-env harness's too, for `adopt` and `delete`.
+            let legacy = crate::legacy::scan(store.dir())?;
+            let mut names: Vec<String> = snapshots.into_iter().map(|s| s.meta.name).collect();
+            for l in legacy {
+                if !names.contains(&l.name) {
+                    names.push(l.name);
+                }
+            }
+            Ok(names)
+        })
         .unwrap_or_default();
     let text = names.iter().map(|n| format!("{n}\n")).collect();
     Ok(Report::new(

@@ -205,7 +205,22 @@ impl Created {
     }
 }
 
-/// Everything a create needs once the lock is held; restore reuses it for auto-create.
+/// What [`Job::seal`] records about a snapshot besides its payload and manifest.
+pub(super) struct Sealed<'a> {
+    pub name: &'a str,
+    pub created_at: jiff::Timestamp,
+    /// Node directories, relative to cache_dir.
+    pub nodes: Vec<String>,
+    /// The captured data's totals.
+    pub data: Totals,
+    pub pin: bool,
+    /// The mode's details for meta.json.
+    pub payload: serde_json::Value,
+    pub fingerprint: Option<Fingerprint>,
+}
+
+/// Everything a create needs once the lock is held; restore reuses it for auto-create, adopt
+/// to seal what it moved or re-packed.
 pub(super) struct Job<'a> {
     pub cfg: &'a Config,
     pub live: &'a Live,
@@ -273,7 +288,7 @@ impl Job<'_> {
 
     fn build(&self, name: &str, pin: bool, data: Totals) -> Result<Snapshot> {
         let started = Instant::now();
-        let staging = self.store.begin(name, self.lock)?;
+        let mut staging = self.store.begin(name, self.lock)?;
         let _bars = self
             .mode
             .writes_live_data()
@@ -286,14 +301,48 @@ impl Job<'_> {
         };
         let payload = self.mode.create(&ctx, &staging.payload())?;
         crate::signals::check()?;
+        let sealed = Sealed {
+            name,
+            created_at: jiff::Timestamp::now(),
+            nodes: self.live.nodes(),
+            data,
+            pin,
+            payload,
+            // Only data restored from a snapshot can disagree with the files beside it.
+            fingerprint: if self.mode.writes_live_data() {
+                Fingerprint::capture(self.cfg)?
+            } else {
+                None
+            },
+        };
+        let snap = self.seal(&mut staging, &ctx, sealed)?;
+        tracing::info!(name = %name,
+            mode = %self.mode.kind().name(),
+            files = snap.meta.files,
+            bytes = snap.meta.bytes,
+            seconds = crate::output::seconds(started.elapsed()),
+            "snapshot_created"
+        );
+        Ok(snap)
+    }
+
+    /// Completes a snapshot whose payload `staging` holds: the manifest of what the mode
+    /// captured (the tree [`Mode::captured_tree`] names, under `self.live`'s included
+    /// paths), then meta.json, then the atomic move into place. Shared by create and adopt.
+    pub(super) fn seal(
+        &self,
+        staging: &mut Staging,
+        ctx: &ModeContext,
+        sealed: Sealed,
+    ) -> Result<Snapshot> {
         progress::step("writing the manifest");
-        let manifest = self.manifest(&ctx, &staging)?;
+        let manifest = self.manifest(ctx, staging)?;
         let stored = crate::tree::totals(staging.dir())?;
         let meta = Meta {
             schema: SCHEMA,
-            name: name.to_string(),
+            name: sealed.name.to_string(),
             mode: self.mode.kind().name().to_string(),
-            created_at: jiff::Timestamp::now().to_string(),
+            created_at: sealed.created_at.to_string(),
             stagesnap_version: env!("CARGO_PKG_VERSION").to_string(),
             tools: self
                 .tools
@@ -302,29 +351,16 @@ impl Job<'_> {
                 .collect::<Result<_>>()?,
             cache_dir: self.live.cache_dir.clone(),
             include: self.live.include.clone(),
-            nodes: self.live.nodes(),
-            files: data.files,
-            bytes: data.bytes,
+            nodes: sealed.nodes,
+            files: sealed.data.files,
+            bytes: sealed.data.bytes,
             stored_bytes: stored.allocated,
-            pinned: pin,
-            payload,
+            pinned: sealed.pin,
+            payload: sealed.payload,
             manifest,
-            // Only data restored from a snapshot can disagree with the files beside it.
-            fingerprint: if self.mode.writes_live_data() {
-                Fingerprint::capture(self.cfg)?
-            } else {
-                None
-            },
+            fingerprint: sealed.fingerprint,
         };
-        let snap = staging.commit(&meta, true)?;
-        tracing::info!(name = %name,
-            mode = %self.mode.kind().name(),
-            files = meta.files,
-            bytes = meta.bytes,
-            seconds = crate::output::seconds(started.elapsed()),
-            "snapshot_created"
-        );
-        Ok(snap)
+        staging.commit(&meta, true)
     }
 
     /// Stores the manifest of what the mode just captured (while the data is still in the

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::{checked_store, load_config, lock_timeout, prepare_configured};
 use crate::cli::{DeleteArgs, GlobalArgs};
+use crate::legacy;
 use crate::output::Report;
 use crate::store::validate_name;
 
@@ -26,17 +27,28 @@ pub fn run(g: &GlobalArgs, args: &DeleteArgs) -> Result<Report> {
     // not a complete snapshot goes too (that is how a damaged one is cleared), named first.
     let mut found = Vec::new();
     for name in &args.names {
-        let incomplete = store.incomplete(name)?;
-        if !found.iter().any(|(n, _)| n == name) {
-            found.push((name.clone(), incomplete));
+        if found.iter().any(|(n, _)| n == name) {
+            continue;
         }
+        // A harness snapshot is complete in its own way; anything else must be one of ours.
+        let incomplete = if legacy::find(store.dir(), name).is_empty() {
+            store.incomplete(name)?
+        } else {
+            None
+        };
+        found.push((name.clone(), incomplete));
     }
     let mut text = String::new();
     for (name, incomplete) in &found {
         if let Some(why) = incomplete {
             tracing::warn!(name = %name, "snapshot_incomplete: {name} is not a complete snapshot ({why}); deleting it");
         }
-        store.delete(name, &lock)?;
+        // Everything of that name: the stagesnap snapshot or the harness's directory, and
+        // the harness's image, metadata and marker beside it.
+        if store.exists(name) {
+            store.delete(name, &lock)?;
+        }
+        legacy::remove_files(store.dir(), name, &lock)?;
         tracing::info!(name = %name, reason = "delete", "snapshot_deleted");
         match incomplete {
             Some(why) => text.push_str(&format!(

@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::{load_config, store};
 use crate::cli::GlobalArgs;
 use crate::fingerprint::Checker;
+use crate::legacy::{self, Format};
 use crate::output::{Report, table};
 use crate::store::Unreadable;
 use crate::tree::human_bytes;
@@ -15,17 +16,30 @@ struct Row {
     name: String,
     mode: String,
     created_at: String,
-    bytes: u64,
+    /// None for a legacy squashfs image, whose content is not read to list it.
+    bytes: Option<u64>,
     stored_bytes: u64,
-    /// stored_bytes / bytes (compression shows below 1); None when the data is empty.
+    /// stored_bytes / bytes (compression shows below 1); None when the data is empty or unknown.
     ratio: Option<f64>,
-    files: u64,
+    files: Option<u64>,
     pinned: bool,
     nodes: Vec<String>,
     /// Files named by `fingerprint` changed since it was made: restore refuses it.
     stale: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     stale_files: Vec<String>,
+    /// Set for a snapshot the stage-env harness left (mode `legacy`): `stagesnap adopt`
+    /// makes it usable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    legacy: Option<LegacyRow>,
+}
+
+#[derive(Serialize)]
+struct LegacyRow {
+    /// filesystem (`NAME/`) or squashfs (`NAME.sqfs`).
+    format: Format,
+    /// The harness's files of the snapshot, relative to snapshots_dir.
+    paths: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -43,38 +57,79 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
         tracing::warn!(name = %u.name, "snapshot_unreadable: {}", u.problem);
     }
     let mut fingerprints = Checker::default();
-    let rows: Vec<Row> = snapshots
+    let mut rows: Vec<(jiff::Timestamp, Row)> = snapshots
         .iter()
         .map(|s| {
             let stale_files = fingerprints.changes(&s.meta)?;
-            Ok(Row {
+            let row = Row {
                 name: s.meta.name.clone(),
                 mode: s.meta.mode.clone(),
                 created_at: s.meta.created_at.clone(),
-                bytes: s.meta.bytes,
+                bytes: Some(s.meta.bytes),
                 stored_bytes: s.meta.stored_bytes,
-                ratio: (s.meta.bytes > 0).then(|| {
-                    (s.meta.stored_bytes as f64 / s.meta.bytes as f64 * 1000.0).round() / 1000.0
-                }),
-                files: s.meta.files,
+                ratio: ratio(s.meta.stored_bytes, Some(s.meta.bytes)),
+                files: Some(s.meta.files),
                 pinned: s.meta.pinned,
                 nodes: s.meta.nodes.clone(),
                 stale: !stale_files.is_empty(),
                 stale_files,
-            })
+                legacy: None,
+            };
+            Ok((s.meta.created(), row))
         })
         .collect::<Result<_>>()?;
+    let mut unreadable = unreadable;
+    for l in legacy::scan(store.dir())? {
+        let summary = match l.summary(store.dir()) {
+            Ok(summary) => summary,
+            // Deleted since the directory was read: list runs unlocked.
+            Err(_) if l.path.symlink_metadata().is_err() => continue,
+            Err(e) => {
+                let problem = crate::exit::one_line(&e);
+                tracing::warn!(name = %l.name, "snapshot_unreadable: {problem}");
+                unreadable.push(Unreadable {
+                    name: l.name.clone(),
+                    problem,
+                });
+                continue;
+            }
+        };
+        let row = Row {
+            name: l.name.clone(),
+            mode: LEGACY.into(),
+            created_at: summary.created.to_string(),
+            bytes: summary.bytes,
+            stored_bytes: summary.stored_bytes,
+            ratio: ratio(summary.stored_bytes, summary.bytes),
+            files: summary.files,
+            pinned: false,
+            nodes: summary.nodes,
+            stale: false,
+            stale_files: vec![],
+            legacy: Some(LegacyRow {
+                format: l.format,
+                paths: summary.paths,
+            }),
+        };
+        rows.push((summary.created, row));
+    }
+    // Newest first, as Store::list orders its own.
+    rows.sort_by(|(a, ra), (b, rb)| b.cmp(a).then(ra.name.cmp(&rb.name)));
+    let rows: Vec<Row> = rows.into_iter().map(|(_, row)| row).collect();
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             vec![
                 r.name.clone(),
-                r.mode.clone(),
+                match &r.legacy {
+                    Some(l) => format!("{LEGACY} ({})", l.format.name()),
+                    None => r.mode.clone(),
+                },
                 short_time(&r.created_at),
-                human_bytes(r.bytes),
+                r.bytes.map_or("-".into(), human_bytes),
                 human_bytes(r.stored_bytes),
                 r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
-                r.files.to_string(),
+                r.files.map_or("-".into(), |n| n.to_string()),
                 if r.pinned {
                     "yes".into()
                 } else {
@@ -84,7 +139,7 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
             ]
         })
         .collect();
-    let text = if rows.is_empty() {
+    let mut text = if rows.is_empty() {
         format!("no snapshots in {}\n", store.dir().display())
     } else {
         table(
@@ -102,12 +157,27 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
             &cells,
         )
     };
+    if let Some(r) = rows.iter().find(|r| r.legacy.is_some()) {
+        text.push_str(&format!(
+            "{LEGACY}: made by the stage-env harness; `stagesnap adopt {}` makes one usable\n",
+            r.name
+        ));
+    }
     let listing = Listing {
         snapshots_dir: store.dir().display().to_string(),
         snapshots: rows,
         unreadable,
     };
     Ok(Report::new("list", &listing, text))
+}
+
+/// The mode `list` shows for a snapshot the stage-env harness left.
+const LEGACY: &str = "legacy";
+
+/// stored / bytes, to three decimals; None when the data is empty or its size unknown.
+fn ratio(stored: u64, bytes: Option<u64>) -> Option<f64> {
+    let bytes = bytes.filter(|&b| b > 0)?;
+    Some((stored as f64 / bytes as f64 * 1000.0).round() / 1000.0)
 }
 
 /// `2026-11-26 13:05:09` from an RFC 3339 timestamp.

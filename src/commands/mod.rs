@@ -15,6 +15,7 @@ use crate::store::{Lock, Store, validate_name};
 use crate::tools::Found;
 use crate::tree::Live;
 
+mod adopt;
 mod complete_names;
 mod config;
 mod create;
@@ -37,6 +38,7 @@ pub fn run(cli: &Cli) -> Result<Report> {
         Command::Restore(args) => restore::run(g, args),
         Command::List => list::run(g),
         Command::Delete(args) => delete::run(g, args),
+        Command::Adopt(args) => adopt::run(g, args),
         Command::Prune(args) => prune::run(g, args),
         Command::Doctor => doctor::run(g),
         Command::Config => config::run(g),
@@ -56,6 +58,7 @@ pub fn name(command: &Command) -> &'static str {
         Command::Restore(_) => "restore",
         Command::List => "list",
         Command::Delete(_) => "delete",
+        Command::Adopt(_) => "adopt",
         Command::Prune(_) => "prune",
         Command::Doctor => "doctor",
         Command::Config => "config",

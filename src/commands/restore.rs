@@ -66,6 +66,9 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
     };
     let configured = configured_mode.kind();
     let started = Instant::now();
+    // Before the auto-create below could make a snapshot of that name beside it, and the
+    // fallback turn the refusal into a recreate.
+    crate::legacy::refuse(store.dir(), &name)?;
 
     if !store.exists(&name) {
         if !cfg.flag("auto_create_on_startup") {

@@ -478,6 +478,11 @@ impl Paused {
         self.child.wait().unwrap();
     }
 
+    /// The paused process's id, for a test that signals it.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Lets the process go on; its exit code, stdout and stderr.
     pub fn finish(self) -> (i32, String, String) {
         std::fs::write(self.dir.path().join(format!("{}.go", self.point)), b"").unwrap();
