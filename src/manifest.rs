@@ -396,7 +396,7 @@ impl Manifest {
                 v.join(" ")
             };
             return Err(format!(
-                "its include ({}) is not the configured include ({})",
+                "its include ({}) is not the include its meta.json vouches for ({})",
                 show(&self.header.include),
                 show(&include)
             ));

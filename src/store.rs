@@ -159,7 +159,8 @@ impl Snapshot {
         let manifest = Manifest::from_bytes(&bytes)
             .map_err(|e| self.damaged(MANIFEST_FILE, &format!("is not a valid manifest ({e})")))?;
         let allowed = Allowed {
-            include: cfg.include(),
+            // Checked to lie within the configured include above.
+            include: &self.meta.include,
             devices: cfg.flag("restore_devices"),
         };
         manifest
@@ -168,10 +169,23 @@ impl Snapshot {
         Ok(manifest)
     }
 
-    /// Fails unless the snapshot was made of the included paths `cfg` names: its include
-    /// decides what a restore walks and deletes, so it must not come from the store alone.
+    /// Fails unless the snapshot was made of the included paths `cfg` names, or of paths
+    /// below them (an adopted harness snapshot covers `data/nodeN`): its include decides what
+    /// a restore walks and deletes, so it must not come from the store alone.
     pub fn check_include(&self, cfg: &Config) -> Result<()> {
-        if self.meta.include == cfg.include() {
+        let within = |p: &PathBuf| {
+            p.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+                && cfg.include().iter().any(|root| p.starts_with(root))
+        };
+        let include = &self.meta.include;
+        let nested = include.iter().enumerate().any(|(i, a)| {
+            include
+                .iter()
+                .skip(i + 1)
+                .any(|b| a.starts_with(b) || b.starts_with(a))
+        });
+        if !include.is_empty() && !nested && include.iter().all(within) {
             return Ok(());
         }
         let show = |paths: &[PathBuf]| {
@@ -182,7 +196,7 @@ impl Snapshot {
         Err(fail(
             Code::Failure,
             format!(
-                "snapshot {name} was made with include = {}, but the configuration has include = {}; nothing was changed. Set include back, or create it again with `stagesnap create {name} --force`",
+                "snapshot {name} was made with include = {}, which is not within the configuration's include = {}; nothing was changed. Set include back, or create it again with `stagesnap create {name} --force`",
                 show(&self.meta.include),
                 show(cfg.include())
             ),

@@ -124,7 +124,7 @@ fn an_include_outside_cache_dir_is_refused() {
         &env,
         canary.path(),
         &[&format!(
-            "its include (data {outside}) is not the configured include (data)"
+            "its include (data {outside}) is not the include its meta.json vouches for (data)"
         )],
     );
     // meta.json's include is not trusted either.
@@ -137,10 +137,35 @@ fn an_include_outside_cache_dir_is_refused() {
         &["restore"],
         1,
         &[&format!(
-            "snapshot clean_state was made with include = data {outside}, but the configuration has include = data"
+            "snapshot clean_state was made with include = data {outside}, which is not within the configuration's include = data"
         )],
     );
     assert!(canary.path().join("keep").exists());
+    // Nor included paths inside each other, which a restore would walk twice.
+    meta["include"] = json!(["data", "data/node1"]);
+    fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
+    refused(
+        &env,
+        &["restore"],
+        1,
+        &["include = data data/node1, which is not within"],
+    );
+}
+
+#[test]
+fn an_include_inside_the_configured_one_is_accepted_only_as_vouched_for() {
+    let (env, canary) = setup();
+    // A snapshot of one node (as an adopted harness snapshot is) restores that node only.
+    let meta_path = snapshot(&env).join("meta.json");
+    let mut meta: Value = serde_json::from_slice(&fs::read(&meta_path).unwrap()).unwrap();
+    meta["include"] = json!(["data/node1"]);
+    fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
+    // The manifest still says data: it must say what meta.json vouches for.
+    refused_everywhere(
+        &env,
+        canary.path(),
+        &["its include (data) is not the include its meta.json vouches for (data/node1)"],
+    );
 }
 
 #[test]
