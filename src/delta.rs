@@ -630,13 +630,13 @@ impl Delta<'_> {
     }
 }
 
-/// A directory on the way to `full` became a symlink or a file (or `full` another kind of
-/// entry) after the walk: a process is writing in the tree.
+/// A directory on the way to `full` became a symlink or a file, or `full` another kind of
+/// entry or a new one, after the walk: a process is writing in the tree.
 fn changed(full: &Path) -> anyhow::Error {
     fail(
         Code::Failure,
         format!(
-            "{}: the tree changed during the restore (a directory or file was replaced, by a symlink perhaps); nothing outside it was touched: stop what writes there and run restore again",
+            "{}: the tree changed during the restore (an entry was replaced or added meanwhile, a symlink perhaps); nothing outside it was touched; stop what writes there and run restore again",
             full.display()
         ),
     )

@@ -253,12 +253,13 @@ fn invalid(name: &[u8]) -> io::Error {
     )
 }
 
-/// Whether an error from [`DirFd::dir`] or a `*at` call means the tree changed under us (or,
-/// for a snapshot, is damaged): a symlink or a non-directory where a directory was.
+/// Whether an error from [`DirFd::dir`] or a `*at` call means the tree is not what its walk
+/// (or manifest) said: a symlink or a non-directory where a directory was (ELOOP, ENOTDIR,
+/// EXDEV), a directory where a file was (EISDIR), an entry where there was none (EEXIST).
 pub fn swapped(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV)
+        Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV | libc::EISDIR | libc::EEXIST)
     )
 }
 

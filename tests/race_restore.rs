@@ -209,3 +209,62 @@ fn the_snapshot_is_never_read_through_a_symlink() {
         );
     }
 }
+
+/// A bounded real race besides the deterministic ones: a thread exchanges node 1's `lib` and
+/// a symlink to an outside copy of it, back and forth without pause, during a series of
+/// restores that each have removals, creations and repairs there. Whatever each restore
+/// ends with, the outside copy never changes.
+#[test]
+fn a_racing_exchange_never_reaches_outside() {
+    let (env, _) = snapshotted();
+    let lib = env.data().join("node1/lib");
+    let all = files(&lib);
+    let outside = env.root.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    cp_a(&lib, &outside.join("lib"));
+    std::fs::write(outside.join("lib/extra.tmp"), b"made by a suite").unwrap();
+    let before = treestate(&outside);
+    let link = env.root.join("swap");
+    std::os::unix::fs::symlink(outside.join("lib"), &link).unwrap();
+    for round in 0..12 {
+        // Back to `lib` a directory and `link` the symlink, whatever the last round left (a
+        // restore may have replaced either), then dirty `lib`.
+        if lib.symlink_metadata().unwrap().is_symlink() {
+            exchange(&lib, &link);
+        }
+        if !link.symlink_metadata().unwrap().is_symlink() {
+            std::fs::remove_dir_all(&link).unwrap();
+            std::os::unix::fs::symlink(outside.join("lib"), &link).unwrap();
+        }
+        std::fs::write(lib.join("extra.tmp"), b"made by a suite").unwrap();
+        let _ = std::fs::remove_file(&all[0]);
+        let _ = std::fs::write(&all[1], format!("round {round}"));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // SAFETY: valid C strings; failures (a name gone meanwhile) are part of
+                    // the race.
+                    unsafe {
+                        libc::renameat2(
+                            libc::AT_FDCWD,
+                            common::cstr(&lib).as_ptr(),
+                            libc::AT_FDCWD,
+                            common::cstr(&link).as_ptr(),
+                            libc::RENAME_EXCHANGE,
+                        )
+                    };
+                }
+            });
+            let out = env.cmd().args(["restore", "base"]).output().unwrap();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let code = out.status.code();
+            assert!(
+                code == Some(0) || code == Some(1),
+                "{code:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        });
+        assert_same_tree(&treestate(&outside), &before);
+    }
+}
