@@ -17,26 +17,33 @@
 //! 3. hardlinks, then directories' metadata (deepest first, as creating and removing entries
 //!    moves their mtimes).
 //!
+//! Every change goes through a descriptor of the directory it is in, opened beneath the root
+//! without following a symlink in any component (`crate::sys`): a container that swaps a
+//! directory for a symlink meanwhile makes the operation fail, never act elsewhere. Sources are
+//! read the same way beneath their own root.
+//!
 //! Directories that exist in the manifest are never removed, renamed or replaced, so the
 //! included paths and the node directories keep their inodes (containers' bind mounts). The
 //! source supplies only file content; every attribute comes from the manifest, so a source
 //! that cannot hold them (a squashfs image's whole-second mtimes) restores exactly too.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::ffi::{CString, OsStr};
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::ffi::OsStr;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
+use rustix::fs::{FallocateFlags, FileType, OFlags, SeekFrom};
+use rustix::io::Errno;
 
 use crate::exit::{Code, fail};
 use crate::manifest::pieces::{self, PIECE};
 use crate::manifest::{self, ChangeCode, Entry, Kind, Manifest, Name, Xattr, walk};
 use crate::modes::RestoreStats;
+use crate::sys::{self, DirFd};
 use crate::{progress, signals};
 use blake3::hazmat::ChainingValue;
 
@@ -80,11 +87,11 @@ impl SourceFile for File {
     }
 
     fn next_data(&self, pos: u64) -> std::io::Result<Option<u64>> {
-        seek(self, pos, libc::SEEK_DATA)
+        seek(self, SeekFrom::Data(pos))
     }
 
     fn next_hole(&self, pos: u64) -> std::io::Result<Option<u64>> {
-        seek(self, pos, libc::SEEK_HOLE)
+        seek(self, SeekFrom::Hole(pos))
     }
 
     fn file(&self) -> Option<&File> {
@@ -93,23 +100,75 @@ impl SourceFile for File {
 }
 
 /// A directory holding the target's files at the target's paths: a snapshot's copy or
-/// clones, a mounted image, the live data itself (reflink's create).
-pub struct Dir<'a>(pub &'a Path);
+/// clones, a mounted image, the live data itself (reflink's create). Files are opened beneath
+/// it without following a symlink anywhere on their path: the tree is untrusted input.
+pub struct Dir<'a> {
+    root: &'a Path,
+    fd: DirFd,
+    /// What a file that is not where the manifest says means, for messages.
+    broken: &'static str,
+}
+
+impl<'a> Dir<'a> {
+    /// A snapshot's tree, store input.
+    pub fn snapshot(root: &'a Path) -> Result<Dir<'a>> {
+        Self::open(root, "the snapshot is damaged")
+    }
+
+    /// The live data (reflink's create), which containers may change meanwhile.
+    pub fn live(root: &'a Path) -> Result<Dir<'a>> {
+        Self::open(
+            root,
+            "the live data changed during the snapshot (stop the network first)",
+        )
+    }
+
+    fn open(root: &'a Path, broken: &'static str) -> Result<Dir<'a>> {
+        let fd = DirFd::open(root).map_err(|e| {
+            fail(
+                Code::Failure,
+                format!("cannot read {}: {e}", root.display()),
+            )
+        })?;
+        Ok(Dir { root, fd, broken })
+    }
+}
 
 impl Source for Dir<'_> {
     fn open(&self, want: &Entry) -> Result<Box<dyn SourceFile + '_>> {
-        let path = self.0.join(OsStr::from_bytes(&want.path.0));
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
-            .map_err(|e| {
-                fail(
+        let path = self.root.join(OsStr::from_bytes(&want.path.0));
+        let (dir, name) = sys::split(&want.path.0);
+        let opened = self
+            .fd
+            .dir(dir)
+            .and_then(|d| d.open_file(name, OFlags::RDONLY | OFlags::NONBLOCK, 0));
+        let file = match opened {
+            Err(e) if sys::swapped(&e) => {
+                return Err(fail(
                     Code::Failure,
-                    format!("cannot read {} from the snapshot: {e}", path.display()),
-                )
-            })?;
-        check_size(&path.display().to_string(), file.metadata()?.len(), want)?;
+                    format!(
+                        "{}: {} is reached through a symlink or a non-directory ({e})",
+                        self.broken,
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(fail(
+                    Code::Failure,
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+            }
+            Ok(file) => file,
+        };
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(fail(
+                Code::Failure,
+                format!("{}: {} is not a regular file", self.broken, path.display()),
+            ));
+        }
+        check_size(&path.display().to_string(), meta.len(), want)?;
         Ok(Box::new(file))
     }
 }
@@ -164,12 +223,20 @@ impl Delta<'_> {
             .iter()
             .map(|n| PathBuf::from(OsStr::from_bytes(&n.0)))
             .collect();
+        let top = DirFd::open(self.root).map_err(|e| {
+            fail(
+                Code::Failure,
+                format!("cannot open {}: {e}", self.root.display()),
+            )
+        })?;
         let (entries, inodes) = walk::finish(walk::scan(self.root, &include)?);
         let live = Manifest {
             header: self.target.header.clone(),
             entries,
         };
         let changes = manifest::compare(self.target, &live);
+        // Tests swap directories for symlinks here, between the walk and the first change.
+        crate::testhook::pause("delta-after-walk");
         if !changes.is_empty() {
             // A superset of what `bring` reads: every changed entry that is a regular file.
             let read: Vec<&Entry> = changes
@@ -197,14 +264,14 @@ impl Delta<'_> {
         for done_by_one in crate::parallel::each(
             units.into_iter().collect(),
             Work::default,
-            |work, (node, jobs)| self.unit(&node, &jobs, work, &done, total),
+            |work, (node, jobs)| self.unit(&top, &node, &jobs, work, &done, total),
         )? {
             work.merge(done_by_one);
         }
-        self.links(&changes, &live, &mut work)?;
-        self.directories(&live, &mut work)?;
+        self.links(&top, &changes, &live, &mut work)?;
+        self.directories(&top, &live, &mut work)?;
         drop(changes);
-        let tree = self.observe(live, inodes, &work)?;
+        let tree = self.observe(&top, live, inodes, &work)?;
         Ok(Outcome {
             stats: work.stats,
             tree,
@@ -215,9 +282,28 @@ impl Delta<'_> {
         self.root.join(OsStr::from_bytes(&path.0))
     }
 
+    /// The directory holding `path`, opened beneath the root, and `path`'s last component.
+    fn at<'p>(&self, top: &DirFd, path: &'p Name) -> Result<(DirFd, &'p [u8])> {
+        let (dir, name) = sys::split(&path.0);
+        let fd = top.dir(dir).map_err(|e| self.failed(e, path, "reach"))?;
+        Ok((fd, name))
+    }
+
+    /// The error for `path`: the tree changed under the restore when a directory on the way
+    /// turned into a symlink or a file, else `cannot <verb> <path>`.
+    fn failed(&self, e: std::io::Error, path: &Name, verb: &str) -> anyhow::Error {
+        let full = self.full(path);
+        if sys::swapped(&e) {
+            changed(&full)
+        } else {
+            anyhow::Error::new(e).context(format!("cannot {verb} {}", full.display()))
+        }
+    }
+
     /// One node's removals (deepest first), then its creations and repairs.
     fn unit(
         &self,
+        top: &DirFd,
         node: &str,
         jobs: &[Job],
         work: &mut Work,
@@ -229,7 +315,9 @@ impl Delta<'_> {
                 && (job.code == ChangeCode::Added || job.code == ChangeCode::Type)
             {
                 signals::check()?;
-                remove(&self.full(&have.path), have.kind)?;
+                let (dir, name) = self.at(top, &have.path)?;
+                dir.remove(name, have.kind == Kind::Dir)
+                    .map_err(|e| self.failed(e, &have.path, "remove"))?;
                 work.stats.entries_deleted += 1;
                 work.gone(&have.path);
             }
@@ -237,7 +325,7 @@ impl Delta<'_> {
         for job in jobs {
             signals::check()?;
             if let Some(want) = job.want {
-                let (files, bytes) = self.bring(want, job, work)?;
+                let (files, bytes) = self.bring(top, want, job, work)?;
                 work.stats.files_rewritten += files;
                 work.stats.bytes_rewritten += bytes;
                 if files > 0 {
@@ -250,8 +338,7 @@ impl Delta<'_> {
     }
 
     /// Brings one entry of the target into place; returns the files and bytes it wrote.
-    fn bring(&self, want: &Entry, job: &Job, work: &mut Work) -> Result<(u64, u64)> {
-        let full = self.full(&want.path);
+    fn bring(&self, top: &DirFd, want: &Entry, job: &Job, work: &mut Work) -> Result<(u64, u64)> {
         let member = want.link.as_ref().is_some_and(|l| *l != want.path);
         if member {
             // Linked to its group's first path once every node is done (see `links`).
@@ -262,13 +349,14 @@ impl Delta<'_> {
             // Its attributes go back in `directories`, after its entries changed.
             return Ok((0, 0));
         }
+        let (dir, name) = self.at(top, &want.path)?;
         let Some(have) = have else {
-            let written = self.create(want, &full)?;
+            let written = self.create(want, &dir, name)?;
             work.created(&want.path);
             if want.link.is_some() {
                 work.relink.insert(want.path.clone());
             }
-            self.settle(want, &full, work)?;
+            self.settle(want, &dir, work)?;
             return Ok(((want.kind == Kind::File) as u64, written));
         };
         let content = job.fields.iter().any(|f| {
@@ -278,7 +366,7 @@ impl Delta<'_> {
             ) || (*f == "mtime" && want.kind == Kind::File)
         });
         if !content {
-            fix_meta(&full, want, have)?;
+            self.fix_meta(&dir, want, have)?;
             work.touched.push(want.path.clone());
             return Ok((0, 0));
         }
@@ -289,19 +377,19 @@ impl Delta<'_> {
             // A dense file that became sparse gets its holes filled by a fresh copy.
             && (want.sparse || !have.sparse);
         let written = if in_place {
-            self.repair(want, &full)?
+            self.repair(want, &dir, name)?
         } else {
-            let tmp = temp_beside(&full);
+            let tmp = temp_name();
             let written = self
-                .create(want, &tmp)
+                .create(want, &dir, &tmp)
                 .and_then(|written| {
-                    std::fs::rename(&tmp, &full)
-                        .with_context(|| format!("cannot move {} into place", full.display()))?;
+                    dir.rename(&tmp, &dir, name)
+                        .map_err(|e| self.failed(e, &want.path, "move into place"))?;
                     Ok(written)
                 })
                 // Interrupted or failed, the half-built replacement goes with it.
                 .inspect_err(|_| {
-                    let _ = std::fs::remove_file(&tmp);
+                    let _ = dir.remove(&tmp, false);
                 })?;
             work.dirty(&want.path);
             if want.link.is_some() {
@@ -309,42 +397,32 @@ impl Delta<'_> {
             }
             written
         };
-        self.settle(want, &full, work)?;
+        self.settle(want, &dir, work)?;
         Ok(((want.kind == Kind::File) as u64, written))
     }
 
-    /// Sets the metadata of an entry just written, from a fresh look at it.
-    fn settle(&self, want: &Entry, full: &Path, work: &mut Work) -> Result<()> {
+    /// Sets the metadata of an entry just written (in `dir`), from a fresh look at it.
+    fn settle(&self, want: &Entry, dir: &DirFd, work: &mut Work) -> Result<()> {
         if want.kind != Kind::Dir {
-            let (have, _) = walk::entry(self.root, &want.path)?
-                .ok_or_else(|| fail(Code::Failure, format!("{} vanished", full.display())))?;
-            fix_meta(full, want, &have)?;
+            let (have, _) = walk::entry_in(dir, self.root, &want.path)?
+                .ok_or_else(|| changed(&self.full(&want.path)))?;
+            self.fix_meta(dir, want, &have)?;
         }
         work.touched.push(want.path.clone());
         Ok(())
     }
 
-    /// Creates `want` at `at`, which does not exist; returns the bytes written or cloned.
-    fn create(&self, want: &Entry, at: &Path) -> Result<u64> {
-        let c = cstring(at)?;
-        let made = |rc: libc::c_int| {
-            if rc == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("cannot create {}", at.display()))
-            }
-        };
+    /// Creates `want` as `name` in `dir` (its own name or a temporary one), which does not
+    /// exist there; returns the bytes written or cloned.
+    fn create(&self, want: &Entry, dir: &DirFd, name: &[u8]) -> Result<u64> {
+        let made = |r: std::io::Result<()>| r.map_err(|e| self.failed(e, &want.path, "create"));
         match want.kind {
-            Kind::File => return self.copy(want, at),
+            Kind::File => return self.copy(want, dir, name),
             // Owner-only until `directories` gives it its own mode, last.
-            // SAFETY: valid C string.
-            Kind::Dir => made(unsafe { libc::mkdir(c.as_ptr(), 0o700) })?,
+            Kind::Dir => made(dir.mkdir(name, 0o700))?,
             Kind::Symlink => {
                 let target = want.target.as_ref().map_or(&[][..], |t| &t.0[..]);
-                let t = CString::new(target).context("symlink target contains NUL")?;
-                // SAFETY: valid C strings.
-                made(unsafe { libc::symlink(t.as_ptr(), c.as_ptr()) })?;
+                made(dir.symlink(target, name))?;
             }
             Kind::Fifo | Kind::Socket | Kind::Char | Kind::Block => {
                 let kind = match want.kind {
@@ -354,26 +432,20 @@ impl Delta<'_> {
                     _ => libc::S_IFBLK,
                 };
                 let [major, minor] = want.rdev.unwrap_or([0, 0]);
-                // SAFETY: valid C string.
-                made(unsafe {
-                    libc::mknod(c.as_ptr(), kind | 0o600, libc::makedev(major, minor))
-                })?;
+                made(dir.mknod(name, kind, 0o600, libc::makedev(major, minor)))?;
             }
         }
         Ok(0)
     }
 
-    /// A new regular file at `at` with the source's content.
-    fn copy(&self, want: &Entry, at: &Path) -> Result<u64> {
+    /// A new regular file `name` in `dir` with the source's content.
+    fn copy(&self, want: &Entry, dir: &DirFd, name: &[u8]) -> Result<u64> {
         let src = self.source.open(want)?;
-        let dst = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(at)
-            .with_context(|| format!("cannot create {}", at.display()))?;
-        let what = || format!("cannot write {}", at.display());
+        let dst = dir
+            .open_file(name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o600)
+            .map_err(|e| self.failed(e, &want.path, "create"))?;
+        let full = self.full(&want.path);
+        let what = || format!("cannot write {}", full.display());
         match self.content {
             Content::Clone => {
                 clone(cloneable(&*src)?, &dst).with_context(what)?;
@@ -392,14 +464,16 @@ impl Delta<'_> {
     }
 
     /// Brings an existing regular file's content back in place (its inode stays).
-    fn repair(&self, want: &Entry, full: &Path) -> Result<u64> {
+    fn repair(&self, want: &Entry, dir: &DirFd, name: &[u8]) -> Result<u64> {
         let src = self.source.open(want)?;
-        let dst = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(full)
-            .with_context(|| format!("cannot open {}", full.display()))?;
+        let dst = dir
+            .open_file(name, OFlags::RDWR | OFlags::NONBLOCK, 0)
+            .map_err(|e| self.failed(e, &want.path, "open"))?;
+        if !dst.metadata().is_ok_and(|m| m.is_file()) {
+            // A fifo or device swapped in: never read or written as if it were the file.
+            return Err(changed(&self.full(&want.path)));
+        }
+        let full = self.full(&want.path);
         let what = || format!("cannot repair {}", full.display());
         match self.content {
             Content::Clone => {
@@ -422,7 +496,13 @@ impl Delta<'_> {
 
     /// Hardlinks: every member of a group whose first path was (re)created, or that differs
     /// itself, becomes a new name of that first path. After all nodes, as groups may span them.
-    fn links(&self, changes: &[manifest::Change], live: &Manifest, work: &mut Work) -> Result<()> {
+    fn links(
+        &self,
+        top: &DirFd,
+        changes: &[manifest::Change],
+        live: &Manifest,
+        work: &mut Work,
+    ) -> Result<()> {
         let changed: HashSet<&Name> = changes.iter().map(|c| &c.path).collect();
         for want in &self.target.entries {
             let Some(first) = want.link.as_ref().filter(|l| **l != want.path) else {
@@ -432,20 +512,25 @@ impl Delta<'_> {
                 continue;
             }
             signals::check()?;
-            let full = self.full(&want.path);
+            let (dir, name) = self.at(top, &want.path)?;
             let have = find(&live.entries, &want.path).filter(|_| !work.removed(&want.path));
             if let Some(have) = have
                 && have.link == want.link
                 && !work.relink.contains(first)
                 && have.kind == want.kind
             {
-                fix_meta(&full, want, have)?;
+                self.fix_meta(&dir, want, have)?;
             } else {
-                let tmp = temp_beside(&full);
-                std::fs::hard_link(self.full(first), &tmp)
-                    .with_context(|| format!("cannot link {}", full.display()))?;
-                std::fs::rename(&tmp, &full)
-                    .with_context(|| format!("cannot move {} into place", full.display()))?;
+                let tmp = temp_name();
+                let (first_dir, first_name) = self.at(top, first)?;
+                first_dir
+                    .link(first_name, &dir, &tmp)
+                    .map_err(|e| self.failed(e, &want.path, "link"))?;
+                dir.rename(&tmp, &dir, name)
+                    .inspect_err(|_| {
+                        let _ = dir.remove(&tmp, false);
+                    })
+                    .map_err(|e| self.failed(e, &want.path, "move into place"))?;
                 work.dirty(&want.path);
             }
             work.touched.push(want.path.clone());
@@ -456,7 +541,7 @@ impl Delta<'_> {
 
     /// Directories' metadata, deepest first: those that differ, were created, or had entries
     /// created or removed in them.
-    fn directories(&self, live: &Manifest, work: &mut Work) -> Result<()> {
+    fn directories(&self, top: &DirFd, live: &Manifest, work: &mut Work) -> Result<()> {
         let dirty: BTreeSet<Name> = work.dirty_dirs.iter().cloned().collect();
         let mut todo: BTreeSet<&Name> = dirty.iter().collect();
         for want in &self.target.entries {
@@ -471,17 +556,23 @@ impl Delta<'_> {
             else {
                 continue;
             };
-            let full = self.full(path);
-            let (have, _) = walk::entry(self.root, path)?
-                .ok_or_else(|| fail(Code::Failure, format!("{} vanished", full.display())))?;
-            fix_meta(&full, want, &have)?;
+            let (dir, _) = self.at(top, path)?;
+            let (have, _) =
+                walk::entry_in(&dir, self.root, path)?.ok_or_else(|| changed(&self.full(path)))?;
+            self.fix_meta(&dir, want, &have)?;
             work.touched.push(path.clone());
         }
         Ok(())
     }
 
     /// The walk's entries with the removed ones dropped and the touched ones read again.
-    fn observe(&self, live: Manifest, inodes: Vec<walk::Inode>, work: &Work) -> Result<Manifest> {
+    fn observe(
+        &self,
+        top: &DirFd,
+        live: Manifest,
+        inodes: Vec<walk::Inode>,
+        work: &Work,
+    ) -> Result<Manifest> {
         if work.touched.is_empty() && work.deleted.is_empty() {
             return Ok(live);
         }
@@ -493,7 +584,8 @@ impl Delta<'_> {
             .filter(|(e, _)| !touched.contains(&e.path) && !work.removed(&e.path))
             .collect();
         for path in touched {
-            if let Some(found) = walk::entry(self.root, path)? {
+            let (dir, _) = self.at(top, path)?;
+            if let Some(found) = walk::entry_in(&dir, self.root, path)? {
                 entries.push(found);
             }
         }
@@ -501,6 +593,64 @@ impl Delta<'_> {
             header: live.header,
             entries: walk::finish(entries).0,
         })
+    }
+
+    /// Gives the entry `want` names in `dir` (whose attributes are `have`) the owner, xattrs,
+    /// mode and mtime of `want`: owner first (chown clears setuid bits and capabilities), mode
+    /// after the xattrs (an ACL sets mode bits), mtime last. All on the inode pinned once, so
+    /// a name swapped meanwhile for a symlink is never followed.
+    fn fix_meta(&self, dir: &DirFd, want: &Entry, have: &Entry) -> Result<()> {
+        let (_, name) = sys::split(&want.path.0);
+        let full = self.full(&want.path);
+        let pinned = dir
+            .pin(name)
+            .map_err(|e| self.failed(e, &want.path, "open"))?;
+        if pinned.kind != file_type(want.kind) {
+            return Err(changed(&full));
+        }
+        let set = |r: std::io::Result<()>, what: &str| -> Result<()> {
+            r.with_context(|| format!("cannot set the {what} of {}", full.display()))
+        };
+        let mut mode_at_risk = false;
+        if (want.uid, want.gid) != (have.uid, have.gid) {
+            set(pinned.chown(want.uid, want.gid), "owner")?;
+            mode_at_risk = true;
+        }
+        if want.xattrs != have.xattrs {
+            set_xattrs(&pinned, &full, &want.xattrs, &have.xattrs)?;
+            mode_at_risk = true;
+        }
+        if want.kind != Kind::Symlink && (want.mode != have.mode || mode_at_risk) {
+            set(pinned.chmod(want.mode), "mode")?;
+        }
+        if want.mtime_ns != have.mtime_ns {
+            set(pinned.set_mtime(want.mtime_ns), "mtime")?;
+        }
+        Ok(())
+    }
+}
+
+/// A directory on the way to `full` became a symlink or a file, or `full` another kind of
+/// entry or a new one, after the walk: a process is writing in the tree.
+fn changed(full: &Path) -> anyhow::Error {
+    fail(
+        Code::Failure,
+        format!(
+            "{}: the tree changed during the restore (an entry was replaced or added meanwhile, a symlink perhaps); nothing outside it was touched; stop what writes there and run restore again",
+            full.display()
+        ),
+    )
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::Fifo,
+        Kind::Socket => FileType::Socket,
+        Kind::Char => FileType::CharacterDevice,
+        Kind::Block => FileType::BlockDevice,
     }
 }
 
@@ -569,132 +719,42 @@ fn differ(want: &Entry, have: &Entry) -> bool {
         || want.xattrs != have.xattrs
 }
 
-fn cstring(path: &Path) -> Result<CString> {
-    crate::tree::cstring(path)
-}
-
 static TEMP: AtomicU64 = AtomicU64::new(0);
 
-/// A name beside `path` for building its replacement; one a crash leaves behind is an extra
-/// that the next restore removes.
-fn temp_beside(path: &Path) -> PathBuf {
+/// A name for building a replacement beside the entry it replaces; one a crash leaves behind
+/// is an extra that the next restore removes.
+fn temp_name() -> Vec<u8> {
     let n = TEMP.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".stagesnap-{}-{n}.tmp", std::process::id()))
+    format!(".stagesnap-{}-{n}.tmp", std::process::id()).into_bytes()
 }
 
-fn remove(full: &Path, kind: Kind) -> Result<()> {
-    if kind == Kind::Dir {
-        std::fs::remove_dir(full)
-    } else {
-        std::fs::remove_file(full)
-    }
-    .with_context(|| format!("cannot remove {}", full.display()))
-}
-
-/// Gives `full` (whose attributes are `have`) the owner, xattrs, mode and mtime of `want`:
-/// owner first (chown clears setuid bits and capabilities), mode after the xattrs (an ACL
-/// sets mode bits), mtime last.
-pub fn fix_meta(full: &Path, want: &Entry, have: &Entry) -> Result<()> {
-    let c = cstring(full)?;
-    let fail_on = |rc: libc::c_int, what: &str| -> Result<()> {
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-                .with_context(|| format!("cannot set the {what} of {}", full.display()))
-        }
-    };
-    let mut mode_at_risk = false;
-    if (want.uid, want.gid) != (have.uid, have.gid) {
-        // SAFETY: valid C string.
-        fail_on(
-            unsafe { libc::lchown(c.as_ptr(), want.uid, want.gid) },
-            "owner",
-        )?;
-        mode_at_risk = true;
-    }
-    if want.xattrs != have.xattrs {
-        set_xattrs(&c, full, &want.xattrs, &have.xattrs)?;
-        mode_at_risk = true;
-    }
-    if want.kind != Kind::Symlink && (want.mode != have.mode || mode_at_risk) {
-        // SAFETY: valid C string; not a symlink, so following is moot.
-        fail_on(
-            unsafe { libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), want.mode, 0) },
-            "mode",
-        )?;
-    }
-    if want.mtime_ns != have.mtime_ns {
-        let times = [
-            libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT,
-            },
-            libc::timespec {
-                tv_sec: want.mtime_ns.div_euclid(1_000_000_000),
-                tv_nsec: want.mtime_ns.rem_euclid(1_000_000_000),
-            },
-        ];
-        // SAFETY: valid C string and two timespecs.
-        fail_on(
-            unsafe {
-                libc::utimensat(
-                    libc::AT_FDCWD,
-                    c.as_ptr(),
-                    times.as_ptr(),
-                    libc::AT_SYMLINK_NOFOLLOW,
-                )
-            },
-            "mtime",
-        )?;
-    }
-    Ok(())
-}
-
-fn set_xattrs(c: &CString, full: &Path, want: &[Xattr], have: &[Xattr]) -> Result<()> {
+fn set_xattrs(pinned: &sys::Pinned, full: &Path, want: &[Xattr], have: &[Xattr]) -> Result<()> {
     for old in have
         .iter()
         .filter(|h| !want.iter().any(|w| w.name == h.name))
     {
-        let name = CString::new(old.name.0.clone()).context("xattr name contains NUL")?;
-        // SAFETY: valid C strings.
-        if unsafe { libc::lremovexattr(c.as_ptr(), name.as_ptr()) } != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| {
-                format!(
-                    "cannot remove xattr {} of {}",
-                    old.name.display(),
-                    full.display()
-                )
-            });
-        }
+        pinned.remove_xattr(&old.name.0).with_context(|| {
+            format!(
+                "cannot remove xattr {} of {}",
+                old.name.display(),
+                full.display()
+            )
+        })?;
     }
     for new in want.iter().filter(|w| !have.contains(w)) {
-        let name = CString::new(new.name.0.clone()).context("xattr name contains NUL")?;
         let value = manifest::unhex(&new.value).ok_or_else(|| {
             fail(
                 Code::Failure,
                 format!("invalid xattr value {:?}", new.value),
             )
         })?;
-        // SAFETY: valid C strings and a buffer of the given length.
-        let rc = unsafe {
-            libc::lsetxattr(
-                c.as_ptr(),
-                name.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
+        pinned.set_xattr(&new.name.0, &value).with_context(|| {
+            format!(
+                "cannot set xattr {} of {}",
+                new.name.display(),
+                full.display()
             )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| {
-                format!(
-                    "cannot set xattr {} of {}",
-                    new.name.display(),
-                    full.display()
-                )
-            });
-        }
+        })?;
     }
     Ok(())
 }
@@ -711,12 +771,7 @@ fn cloneable(src: &dyn SourceFile) -> Result<&File> {
 
 /// Makes `dst` share `src`'s blocks (FICLONE).
 pub fn clone(src: &File, dst: &File) -> std::io::Result<()> {
-    // SAFETY: two open descriptors; FICLONE takes the source descriptor as its argument.
-    if unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    Ok(rustix::fs::ioctl_ficlone(dst, src)?)
 }
 
 /// A clone does not carry preallocated (unwritten) extents over: XFS maps them as holes. A
@@ -727,13 +782,13 @@ fn allocate(dst: &File, want: &Entry) -> std::io::Result<()> {
     if want.sparse || dst.metadata()?.blocks() * 512 >= want.size {
         return Ok(());
     }
-    // SAFETY: fallocate on an open descriptor; mode 0 only allocates where there are holes.
-    let rc = unsafe { libc::fallocate(dst.as_raw_fd(), 0, 0, want.size as libc::off_t) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    // No flags: only allocates where there are holes.
+    Ok(rustix::fs::fallocate(
+        dst,
+        FallocateFlags::empty(),
+        0,
+        want.size,
+    )?)
 }
 
 /// Copies `len` bytes in the kernel (copy_file_range: no trip through user memory, and a
@@ -744,34 +799,26 @@ fn copy_range(src: &dyn SourceFile, dst: &File, len: u64) -> std::io::Result<u64
     };
     let mut done = 0u64;
     while done < len {
-        let (mut off_in, mut off_out) = (done as i64, done as i64);
-        // SAFETY: open descriptors and valid offsets.
-        let n = unsafe {
-            libc::copy_file_range(
-                file.as_raw_fd(),
-                &mut off_in,
-                dst.as_raw_fd(),
-                &mut off_out,
-                // Pieces of 64 MiB, so that Ctrl-C stops a large copy soon.
-                (len - done).min(64 << 20) as usize,
-                0,
-            )
-        };
-        if n > 0 {
-            done += n as u64;
-            signals::check_io()?;
-            continue;
-        }
-        if n == 0 {
-            break;
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => {
+        let (mut off_in, mut off_out) = (done, done);
+        let copied = rustix::fs::copy_file_range(
+            file,
+            Some(&mut off_in),
+            dst,
+            Some(&mut off_out),
+            // Pieces of 64 MiB, so that Ctrl-C stops a large copy soon.
+            (len - done).min(64 << 20) as usize,
+        );
+        match copied {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n as u64;
+                signals::check_io()?;
+            }
+            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) => {
                 return Ok(done + write_range(src, dst, done, len, false)?);
             }
-            Some(libc::EINTR) => {}
-            _ => return Err(e),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(done)
@@ -824,17 +871,11 @@ fn runs(buf: &[u8], keep: impl Fn(&[u8], usize) -> bool) -> Vec<(usize, usize)> 
 
 /// `lseek` SEEK_DATA/SEEK_HOLE; None past the end. Filesystems without hole support report
 /// the whole file as data.
-fn seek(file: &File, offset: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
-    // SAFETY: plain lseek on an open descriptor.
-    let pos = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
-    if pos >= 0 {
-        return Ok(Some(pos as u64));
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::ENXIO) {
-        Ok(None)
-    } else {
-        Err(e)
+fn seek(file: &File, to: SeekFrom) -> std::io::Result<Option<u64>> {
+    match rustix::fs::seek(file, to) {
+        Ok(pos) => Ok(Some(pos)),
+        Err(Errno::NXIO) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -932,25 +973,14 @@ fn compare_write(src: &dyn SourceFile, dst: &File, from: u64, to: u64) -> std::i
 /// Makes `[from, to)` of `dst` a hole if it holds any data (zeros where the filesystem cannot
 /// punch holes).
 fn punch(dst: &File, from: u64, to: u64) -> std::io::Result<()> {
-    if to <= from || seek(dst, from, libc::SEEK_DATA)?.is_none_or(|d| d >= to) {
+    if to <= from || seek(dst, SeekFrom::Data(from))?.is_none_or(|d| d >= to) {
         return Ok(());
     }
-    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-    // SAFETY: fallocate on an open descriptor with an in-file range.
-    let rc = unsafe {
-        libc::fallocate(
-            dst.as_raw_fd(),
-            mode,
-            from as libc::off_t,
-            (to - from) as libc::off_t,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-        return Err(e);
+    let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    match rustix::fs::fallocate(dst, mode, from, to - from) {
+        Ok(()) => return Ok(()),
+        Err(Errno::OPNOTSUPP) => {}
+        Err(e) => return Err(e.into()),
     }
     let zeros = vec![0u8; CHUNK];
     let mut pos = from;
@@ -965,6 +995,7 @@ fn punch(dst: &File, from: u64, to: u64) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn file_with(dir: &Path, name: &str, content: &[u8]) -> File {
         let path = dir.join(name);

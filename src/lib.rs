@@ -21,6 +21,7 @@ pub mod quiesce;
 pub mod sample;
 pub mod signals;
 pub mod store;
+pub mod sys;
 pub mod testhook;
 pub mod tools;
 pub mod tree;

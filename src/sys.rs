@@ -1,3 +1,275 @@
+//! The system calls that keep every change beneath a root: a tree that containers write into
+//! (or a snapshot's payload, store input) can swap any directory for a symlink at any moment,
+//! so nothing here resolves a path by name from `/`. Directories are opened beneath a root
+//! descriptor without following a symlink in any component, and each operation acts on the
+//! last component through its directory's descriptor (`*at` calls that never follow it).
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::fs::{self as rfs, AtFlags, CWD, FileType, Mode, OFlags, ResolveFlags, Timestamps};
+use rustix::io::Errno;
+
+/// An open directory that the operations below act in.
+pub struct DirFd(OwnedFd);
+
+/// Set once the kernel answered ENOSYS to openat2 (before Linux 5.6).
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+impl DirFd {
+    /// The root of a tree (a configured path, trusted: symlinks in it are followed).
+    pub fn open(path: &Path) -> io::Result<DirFd> {
+        let fd = rfs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(DirFd(fd))
+    }
+
+    /// The directory `rel` (a manifest path, `/`-separated, empty for this one) beneath this
+    /// one. A symlink or a non-directory in any component fails (ELOOP or ENOTDIR), as does a
+    /// `.`, `..` or empty component (EINVAL): manifests never name those, so a path that does
+    /// comes from a damaged one.
+    pub fn dir(&self, rel: &[u8]) -> io::Result<DirFd> {
+        if rel.is_empty() {
+            return Ok(DirFd(rustix::io::fcntl_dupfd_cloexec(&self.0, 0)?));
+        }
+        let parts: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
+        if let Some(bad) = parts.iter().find(|p| !plain(p)) {
+            return Err(invalid(bad));
+        }
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        if !NO_OPENAT2.load(Ordering::Relaxed) {
+            let how =
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+            match rfs::openat2(&self.0, rel, flags, Mode::empty(), how) {
+                Err(Errno::NOSYS) => NO_OPENAT2.store(true, Ordering::Relaxed),
+                // Racing renames make the kernel give up rather than risk a wrong answer.
+                Err(Errno::AGAIN) => {}
+                done => return Ok(DirFd(done?)),
+            }
+        }
+        // One component at a time, none followed: with `.` and `..` excluded above, each step
+        // goes one level down from a descriptor already beneath the root.
+        let mut at = rfs::openat(&self.0, parts[0], flags, Mode::empty())?;
+        for part in &parts[1..] {
+            at = rfs::openat(&at, *part, flags, Mode::empty())?;
+        }
+        Ok(DirFd(at))
+    }
+
+    /// Opens the file `name` in this directory, never following a symlink there (ELOOP).
+    pub fn open_file(&self, name: &[u8], flags: OFlags, mode: u32) -> io::Result<File> {
+        let fd = rfs::openat(
+            &self.0,
+            checked(name)?,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_bits_truncate(mode),
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Pins the entry `name` (a symlink itself, not its target) for metadata changes: they act
+    /// on this inode whatever happens to the name afterwards.
+    pub fn pin(&self, name: &[u8]) -> io::Result<Pinned> {
+        let fd = rfs::openat(
+            &self.0,
+            checked(name)?,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let kind = FileType::from_raw_mode(rfs::fstat(&fd)?.st_mode);
+        Ok(Pinned { fd, kind })
+    }
+
+    /// Removes `name` (an empty directory with `dir`); a symlink is removed, not followed.
+    pub fn remove(&self, name: &[u8], dir: bool) -> io::Result<()> {
+        let flags = if dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        Ok(rfs::unlinkat(&self.0, checked(name)?, flags)?)
+    }
+
+    pub fn mkdir(&self, name: &[u8], mode: u32) -> io::Result<()> {
+        Ok(rfs::mkdirat(
+            &self.0,
+            checked(name)?,
+            Mode::from_bits_truncate(mode),
+        )?)
+    }
+
+    pub fn symlink(&self, target: &[u8], name: &[u8]) -> io::Result<()> {
+        let target = CString::new(target).map_err(|_| invalid(target))?;
+        Ok(rfs::symlinkat(&*target, &self.0, checked(name)?)?)
+    }
+
+    /// A fifo, socket or device node; `kind` is its `S_IF*` bits.
+    pub fn mknod(&self, name: &[u8], kind: u32, mode: u32, dev: u64) -> io::Result<()> {
+        Ok(rfs::mknodat(
+            &self.0,
+            checked(name)?,
+            FileType::from_raw_mode(kind),
+            Mode::from_bits_truncate(mode),
+            dev,
+        )?)
+    }
+
+    /// Renames `from` here to `to` in `dir`, replacing what `to` names (a symlink there is
+    /// replaced, not followed).
+    pub fn rename(&self, from: &[u8], dir: &DirFd, to: &[u8]) -> io::Result<()> {
+        Ok(rfs::renameat(
+            &self.0,
+            checked(from)?,
+            &dir.0,
+            checked(to)?,
+        )?)
+    }
+
+    /// A new name `to` in `dir` for the inode `from` here (a symlink is linked, not followed).
+    pub fn link(&self, from: &[u8], dir: &DirFd, to: &[u8]) -> io::Result<()> {
+        Ok(rfs::linkat(
+            &self.0,
+            checked(from)?,
+            &dir.0,
+            checked(to)?,
+            AtFlags::empty(),
+        )?)
+    }
+
+    pub fn as_raw_fd(&self) -> i32 {
+        self.0.as_raw_fd()
+    }
+}
+
+impl AsFd for DirFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// An entry opened with `O_PATH | O_NOFOLLOW`, so a symlink is the link itself.
+pub struct Pinned {
+    fd: OwnedFd,
+    pub kind: FileType,
+}
+
+impl Pinned {
+    pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        let (uid, gid) = (
+            rfs::Uid::from_raw_unchecked(uid),
+            rfs::Gid::from_raw_unchecked(gid),
+        );
+        // The empty path with AT_EMPTY_PATH: the pinned inode itself.
+        Ok(rfs::chownat(
+            &self.fd,
+            c"",
+            Some(uid),
+            Some(gid),
+            AtFlags::EMPTY_PATH,
+        )?)
+    }
+
+    /// fchmod refuses `O_PATH` descriptors; `/proc/self/fd/N` is a magic link to this very
+    /// inode (no name in the tree is looked up), and a symlink's mode cannot be set (EOPNOTSUPP).
+    pub fn chmod(&self, mode: u32) -> io::Result<()> {
+        Ok(rfs::chmodat(
+            CWD,
+            &*self.proc(),
+            Mode::from_bits_truncate(mode),
+            AtFlags::empty(),
+        )?)
+    }
+
+    /// Sets the mtime, leaving the atime alone.
+    pub fn set_mtime(&self, ns: i64) -> io::Result<()> {
+        let times = Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rfs::UTIME_OMIT,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: ns.div_euclid(1_000_000_000),
+                tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+            },
+        };
+        Ok(rfs::utimensat(
+            CWD,
+            &*self.proc(),
+            &times,
+            AtFlags::empty(),
+        )?)
+    }
+
+    /// Xattrs go through `/proc/self/fd/N` too: f*xattr refuse `O_PATH` descriptors and the
+    /// dirfd-relative `setxattrat` is Linux 6.13's; following the magic link reaches this
+    /// inode, a symlink itself included (which carries only trusted. and security. xattrs).
+    pub fn set_xattr(&self, name: &[u8], value: &[u8]) -> io::Result<()> {
+        let name = CString::new(name).map_err(|_| invalid(name))?;
+        Ok(rfs::setxattr(
+            &*self.proc(),
+            &*name,
+            value,
+            rfs::XattrFlags::empty(),
+        )?)
+    }
+
+    pub fn remove_xattr(&self, name: &[u8]) -> io::Result<()> {
+        let name = CString::new(name).map_err(|_| invalid(name))?;
+        Ok(rfs::removexattr(&*self.proc(), &*name)?)
+    }
+
+    fn proc(&self) -> CString {
+        // Digits only: never fails.
+        CString::new(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).unwrap_or_default()
+    }
+}
+
+/// A single name: not empty, `.` or `..`, no `/`.
+fn plain(name: &[u8]) -> bool {
+    !matches!(name, b"" | b"." | b"..") && !name.contains(&b'/')
+}
+
+fn checked(name: &[u8]) -> io::Result<CString> {
+    if !plain(name) {
+        return Err(invalid(name));
+    }
+    CString::new(name).map_err(|_| invalid(name))
+}
+
+fn invalid(name: &[u8]) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{:?} is not a plain file name",
+            String::from_utf8_lossy(name)
+        ),
+    )
+}
+
+/// Whether an error from [`DirFd::dir`] or a `*at` call means the tree is not what its walk
+/// (or manifest) said: a symlink or a non-directory where a directory was (ELOOP, ENOTDIR,
+/// EXDEV), a directory where a file was (EISDIR), an entry where there was none (EEXIST).
+pub fn swapped(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV | libc::EISDIR | libc::EEXIST)
+    )
+}
+
+/// A manifest path's directory (empty at the top) and last component.
+pub fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use super::{Entry, Kind, Name, Xattr, hex};
 use crate::exit::{Code, fail};
 use crate::signals;
+use crate::sys::{self, DirFd};
 
 /// (st_dev, st_ino) of a non-directory with more than one name, for hardlink groups.
 pub type Inode = Option<(u64, u64)>;
@@ -311,45 +312,17 @@ fn walk(dir: &Dir, out: &mut Vec<(Entry, Inode)>) -> Result<()> {
     Ok(())
 }
 
-/// One entry of `root`, by its manifest path; None when it does not exist.
-pub fn entry(root: &Path, path: &Name) -> Result<Option<(Entry, Inode)>> {
+/// The entry `path` (a manifest path beneath `root`) in `dir`, the directory holding it;
+/// None when it does not exist.
+pub fn entry_in(dir: &DirFd, root: &Path, path: &Name) -> Result<Option<(Entry, Inode)>> {
     let full = root.join(OsStr::from_bytes(&path.0));
-    let (parent, name) = match (full.parent(), full.file_name()) {
-        (Some(p), Some(n)) => (p, n),
-        _ => {
-            return Err(fail(
-                Code::Failure,
-                format!("{} has no parent", full.display()),
-            ));
-        }
-    };
-    let pc = cstring(parent.as_os_str().as_bytes())?;
-    // SAFETY: valid C string; the descriptor is owned below.
-    let fd = unsafe {
-        libc::open(
-            pc.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(None);
-        }
-        return Err(fail(
-            Code::Failure,
-            format!("cannot read {}: {e}", parent.display()),
-        ));
-    }
-    // SAFETY: fd was just opened.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let cname = cstring(name.as_bytes())?;
+    let cname = cstring(sys::split(&path.0).1)?;
     // SAFETY: zeroed stat is a valid out-parameter.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: valid descriptor, C string and out-parameter.
     if unsafe {
         libc::fstatat(
-            fd.as_raw_fd(),
+            dir.as_raw_fd(),
             cname.as_ptr(),
             &mut st,
             libc::AT_SYMLINK_NOFOLLOW,
@@ -358,7 +331,7 @@ pub fn entry(root: &Path, path: &Name) -> Result<Option<(Entry, Inode)>> {
     {
         return Ok(None);
     }
-    entry_at(fd.as_raw_fd(), &cname, &full, path.clone()).map(Some)
+    entry_at(dir.as_raw_fd(), &cname, &full, path.clone()).map(Some)
 }
 
 /// Every entry of `root/<include>…` (none for a missing one), unsorted, with the inodes of multiply linked ones; the
@@ -366,10 +339,29 @@ pub fn entry(root: &Path, path: &Name) -> Result<Option<(Entry, Inode)>> {
 pub fn scan(root: &Path, include: &[PathBuf]) -> Result<Vec<(Entry, Inode)>> {
     let mut out = Vec::new();
     let mut units: Vec<Dir> = Vec::new();
+    let at_root = DirFd::open(root).map_err(|e| {
+        fail(
+            Code::Failure,
+            format!("cannot read {}: {e}", root.display()),
+        )
+    })?;
     for rel in include {
         let full = root.join(rel);
-        // A missing included path has no entries (the commands check the live ones first).
-        let Some((entry, inode)) = self::entry(root, &Name::from_path(rel))? else {
+        let path = Name::from_path(rel);
+        let (parent, name) = sys::split(&path.0);
+        // Beneath the root without following symlinks, as the engine acts on what this finds.
+        let parent = match at_root.dir(parent) {
+            Ok(dir) => dir,
+            // A missing included path has no entries (the commands check the live ones first).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => {
+                return Err(fail(
+                    Code::Failure,
+                    format!("cannot read {}: {e}", full.display()),
+                ));
+            }
+        };
+        let Some((entry, inode)) = entry_in(&parent, root, &path)? else {
             continue;
         };
         let is_dir = entry.kind == Kind::Dir;
@@ -378,11 +370,7 @@ pub fn scan(root: &Path, include: &[PathBuf]) -> Result<Vec<(Entry, Inode)>> {
             continue;
         }
         let top = Dir {
-            fd: open_dir(
-                libc::AT_FDCWD,
-                &cstring(full.as_os_str().as_bytes())?,
-                &full,
-            )?,
+            fd: open_dir(parent.as_raw_fd(), &cstring(name)?, &full)?,
             full: full.clone(),
             rel: rel.as_os_str().as_bytes().to_vec(),
         };

@@ -121,7 +121,13 @@ fn payload_restore(
 ) -> Result<Restoration> {
     let payload = snapshot.payload();
     let target = target(snapshot, manifest, &payload)?;
-    delta_restore(ctx, &target, &Dir(&payload), content, &|_| Ok(()))
+    delta_restore(
+        ctx,
+        &target,
+        &Dir::snapshot(&payload)?,
+        content,
+        &|_| Ok(()),
+    )
 }
 
 /// What a mode gets to work with.

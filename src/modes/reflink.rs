@@ -77,7 +77,7 @@ impl Mode for Reflink {
         }
         let done = Delta {
             target: &target,
-            source: &crate::delta::Dir(&live.cache_dir),
+            source: &crate::delta::Dir::live(&live.cache_dir)?,
             root: payload,
             content: Content::Clone,
             before_change: &|_| Ok(()),

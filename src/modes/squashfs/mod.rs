@@ -698,7 +698,13 @@ fn extract_whole(
         checked.and(extracted)
     })?;
     let target = super::target(snapshot, None, &work.dir)?;
-    super::delta_restore(ctx, &target, &Dir(&work.dir), Content::Copy, &|_| Ok(()))
+    super::delta_restore(
+        ctx,
+        &target,
+        &Dir::snapshot(&work.dir)?,
+        Content::Copy,
+        &|_| Ok(()),
+    )
 }
 
 /// Runs unsquashfs for the included paths into `dest`.
@@ -799,7 +805,7 @@ fn by_mount(
         "cannot loop-mount the snapshot's image, nothing was changed (squashfs_restore = extract restores without mounting)",
     )?;
     let target = super::target(snapshot, with_pieces.as_ref(), &mounted.dir)?;
-    let source = Dir(&mounted.dir);
+    let source = Dir::snapshot(&mounted.dir)?;
     super::delta_restore(ctx, &target, &source, Content::CopyByPieces, &|_| Ok(()))
 }
 
