@@ -386,7 +386,10 @@ impl Delta<'_> {
                 Ok(n)
             }
             Content::Copy | Content::CopyByPieces => {
-                copy_range(&*src, &dst, want.size).with_context(what)
+                let n = copy_range(&*src, &dst, want.size).with_context(what)?;
+                // copy_file_range clones where it can, holes included.
+                allocate(&dst, want).with_context(what)?;
+                Ok(n)
             }
         }
     }
@@ -839,8 +842,8 @@ fn seek(file: &File, offset: u64, whence: libc::c_int) -> std::io::Result<Option
 }
 
 /// Makes `dst` equal to `src` (`len` bytes) in place: the source's data is compared chunk by
-/// chunk and only differing pages are written; where the source has holes, data in `dst` is
-/// punched out. With the target's piece digests, a piece of `dst` that hashes to its digest
+/// chunk and only differing pages are written; where the source has holes, data in a sparse
+/// `dst` is punched out. With the target's piece digests, a piece of `dst` that hashes to its digest
 /// is left alone without reading the source. Returns the bytes written.
 fn patch(
     src: &dyn SourceFile,
@@ -885,6 +888,14 @@ fn patch_range(
     common: u64,
     sparse: bool,
 ) -> std::io::Result<u64> {
+    if !sparse {
+        // A dense file keeps its blocks: the source's holes (rsync -S makes them in a copy of
+        // runs of zeros) are zeros to compare with, not holes to punch.
+        let old_end = common.clamp(from, to);
+        return Ok(
+            compare_write(src, dst, from, old_end)? + write_range(src, dst, old_end, to, false)?
+        );
+    }
     let mut written = 0;
     let mut pos = from;
     while pos < to {

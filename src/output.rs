@@ -117,7 +117,10 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
             } else {
                 // Padded by hand: `format!("{:<w$}")` panics on widths past u16::MAX.
                 s.push_str(cell);
-                s.extend(std::iter::repeat_n(' ', w.saturating_sub(cell.chars().count()) + 2));
+                s.extend(std::iter::repeat_n(
+                    ' ',
+                    w.saturating_sub(cell.chars().count()) + 2,
+                ));
             }
         }
         s.trim_end().to_string() + "\n"

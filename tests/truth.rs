@@ -3,9 +3,14 @@
 
 mod common;
 
-use common::Env;
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+use common::{Env, LoopMount};
 use stagesnap::ini::Ini;
 use stagesnap::output::table;
+use stagesnap::sample::GenerateOptions;
 
 /// A small seeded generator (xorshift64*): the same cases on every run, no extra crate.
 struct Gen(u64);
@@ -119,4 +124,102 @@ fn config_shows_a_value_of_70000_characters() {
         .unwrap();
     // Shown as an absolute path; no assert_eq!, whose message would print it.
     assert!(fingerprint["value"].as_str().unwrap().ends_with(&long));
+}
+
+const KB: u64 = 1 << 10;
+
+fn allocated(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// 256 KiB written in full, 64 KiB of it zeros (an mdbx file's free pages): dense.
+fn write_dense(path: &Path) -> Vec<u8> {
+    let mut bytes = vec![0x5a; 256 * KB as usize];
+    bytes[64 * KB as usize..128 * KB as usize].fill(0);
+    fs::write(path, &bytes).unwrap();
+    assert!(
+        allocated(path) >= 256 * KB,
+        "the test's dense file is dense"
+    );
+    bytes
+}
+
+/// 1 MiB with data only in its first and sixth 64 KiB: sparse.
+fn write_sparse(path: &Path) -> Vec<u8> {
+    let f = fs::File::create(path).unwrap();
+    f.set_len(1 << 20).unwrap();
+    let mut bytes = vec![0u8; 1 << 20];
+    for at in [0, 320 * KB] {
+        f.write_all_at(&[0xa5; 64 * KB as usize], at).unwrap();
+        bytes[at as usize..(at + 64 * KB) as usize].fill(0xa5);
+    }
+    assert!(
+        allocated(path) < 1 << 20,
+        "the test's sparse file is sparse"
+    );
+    bytes
+}
+
+#[test]
+fn filesystem_snapshots_keep_dense_files_dense_and_sparse_files_sparse() {
+    sparseness_round_trips(&Env::sample(2, 256 << 10));
+}
+
+/// On XFS, copy_file_range clones, and a clone of the copy has the copy's holes.
+#[test]
+fn filesystem_snapshots_keep_dense_files_dense_on_xfs() {
+    let xfs = LoopMount::new("xfs");
+    sparseness_round_trips(&Env::with_options_in(
+        &xfs.mnt,
+        GenerateOptions {
+            nodes: 2,
+            size: 256 << 10,
+            ..Default::default()
+        },
+    ));
+}
+
+fn sparseness_round_trips(env: &Env) {
+    env.set("mode", "filesystem");
+    let (dense, sparse) = (
+        env.data().join("node1/dense.db"),
+        env.data().join("node1/sparse.db"),
+    );
+    let dense_bytes = write_dense(&dense);
+    let sparse_bytes = write_sparse(&sparse);
+    env.run(&["create", "base"], 0);
+
+    // The copy's holes are rsync -S's, not the data's: nothing differs and nothing is written.
+    assert_eq!(env.json(&["status", "base"], 0)["identical"], true);
+    let restored = env.json(&["restore", "base"], 0);
+    assert_eq!(restored["files_rewritten"], 0, "{restored}");
+    assert_eq!(restored["bytes_rewritten"], 0, "{restored}");
+
+    // A suite rewrites a page of each, then the restore repairs them in place.
+    for path in [&dense, &sparse] {
+        let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(&[0xee; 4096], 4096).unwrap();
+    }
+    env.run(&["restore", "base"], 0);
+    assert!(fs::read(&dense).unwrap() == dense_bytes && fs::read(&sparse).unwrap() == sparse_bytes);
+    assert!(allocated(&dense) >= 256 * KB, "the dense file stayed dense");
+    assert!(
+        allocated(&sparse) < 1 << 20,
+        "the sparse file stayed sparse"
+    );
+
+    // Deleted, both come back as they were: the dense one written in full.
+    fs::remove_file(&dense).unwrap();
+    fs::remove_file(&sparse).unwrap();
+    env.run(&["restore", "base"], 0);
+    assert!(fs::read(&dense).unwrap() == dense_bytes && fs::read(&sparse).unwrap() == sparse_bytes);
+    assert!(
+        allocated(&dense) >= 256 * KB,
+        "the dense file came back dense"
+    );
+    assert!(
+        allocated(&sparse) < 1 << 20,
+        "the sparse file came back sparse"
+    );
+    assert_eq!(env.json(&["status", "base"], 0)["identical"], true);
 }

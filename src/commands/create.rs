@@ -289,11 +289,12 @@ impl Job<'_> {
         }
         let started = Instant::now();
         let tree = self.mode.captured_tree(ctx, &staging.payload());
-        let manifest = if self.mode.hashes_content() {
+        let mut manifest = if self.mode.hashes_content() {
             Manifest::capture(&tree, &self.live.include)?
         } else {
             Manifest::scan(&tree, &self.live.include)?
         };
+        self.mode.describe_captured(ctx, &mut manifest)?;
         let stored = staging.write_manifest(&manifest)?;
         let (files, bytes) = manifest.totals();
         tracing::info!(

@@ -279,6 +279,12 @@ pub trait Mode {
         ctx.live.cache_dir.clone()
     }
 
+    /// Corrects the manifest of [`Mode::captured_tree`] where the capture changed an attribute
+    /// that the live data had (`filesystem`: rsync -S's holes); the default changes nothing.
+    fn describe_captured(&self, _ctx: &ModeContext, _manifest: &mut Manifest) -> Result<()> {
+        Ok(())
+    }
+
     /// `stagesnap verify`: reads the stored data back and checks it against the manifest
     /// (or whatever integrity record the mode keeps), after [`Mode::verify`] passed.
     fn verify_stored(
