@@ -137,6 +137,9 @@ pub struct Delta<'a> {
     /// The tree brought to `target`.
     pub root: &'a Path,
     pub content: Content,
+    /// Live files of the target's size are hashed and compared with the target's hashes too,
+    /// so that bytes changed under an unchanged size and mtime are repaired.
+    pub by_content: bool,
     /// Called once before the first change, when there is one, with the target's regular files
     /// whose content may be read from `source`: a source that must be made ready first (a
     /// squashfs extract) fetches them then.
@@ -165,10 +168,16 @@ impl Delta<'_> {
             .map(|n| PathBuf::from(OsStr::from_bytes(&n.0)))
             .collect();
         let (entries, inodes) = walk::finish(walk::scan(self.root, &include)?);
-        let live = Manifest {
+        let mut live = Manifest {
             header: self.target.header.clone(),
             entries,
         };
+        if self.by_content {
+            live.hash(self.root, |e| {
+                find(&self.target.entries, &e.path)
+                    .is_some_and(|t| t.size == e.size && t.blake3.is_some())
+            })?;
+        }
         let changes = manifest::compare(self.target, &live);
         if !changes.is_empty() {
             // A superset of what `bring` reads: every changed entry that is a regular file.

@@ -289,7 +289,7 @@ impl Manifest {
 
     /// Hashes the files whose content cannot be judged from size and mtime alone against
     /// `reference`: same size, different mtime (rsync's quick check, made exact). With `all`,
-    /// every file.
+    /// every file. Files hashed already (by a restore by content) are not read again.
     pub fn hash_against(
         &mut self,
         root: &Path,
@@ -312,7 +312,7 @@ impl Manifest {
                 suspects.insert(e.path.clone());
             }
         }
-        self.hash(root, |e| suspects.contains(&e.path))
+        self.hash(root, |e| e.blake3.is_none() && suspects.contains(&e.path))
     }
 
     /// The manifest as stored: JSON lines.

@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{Env, LoopMount};
 use stagesnap::ini::Ini;
@@ -222,4 +222,94 @@ fn sparseness_round_trips(env: &Env) {
         "the sparse file came back sparse"
     );
     assert_eq!(env.json(&["status", "base"], 0)["identical"], true);
+}
+
+/// The largest regular file below node1 and its bytes.
+fn some_file(env: &Env) -> (PathBuf, Vec<u8>) {
+    let path = walkdir::WalkDir::new(env.data().join("node1"))
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .into_path();
+    let bytes = fs::read(&path).unwrap();
+    assert!(bytes.len() > 4096);
+    (path, bytes)
+}
+
+/// Flips a byte in the middle of `path`, keeping its size and mtime to the nanosecond.
+fn change_bytes_quietly(path: &Path) {
+    let st = fs::metadata(path).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let at = st.len() / 2;
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[!b[0]], at).unwrap();
+    drop(f);
+    common::set_mtime(path, st.mtime(), st.mtime_nsec());
+}
+
+/// A check by content finds bytes changed under the same size and mtime, and a restore by
+/// content repairs them: `restore --verify full` succeeds, and so does `run` with
+/// `restore_verify = full`, which otherwise refused every time.
+fn full_verify_repairs(env: &Env) {
+    env.run(&["create", "base"], 0);
+    let (path, bytes) = some_file(env);
+
+    change_bytes_quietly(&path);
+    assert_eq!(
+        env.json(&["status", "base"], 0)["identical"],
+        true,
+        "metadata cannot tell"
+    );
+    let status = env.json(&["status", "base", "--full"], 1);
+    assert_eq!(status["differences"], 1, "{status}");
+    let restored = env.json(&["restore", "base", "--verify", "full"], 0);
+    assert_eq!(restored["files_rewritten"], 1, "{restored}");
+    assert!(fs::read(&path).unwrap() == bytes, "repaired");
+    assert_eq!(
+        env.json(&["status", "base", "--full"], 0)["identical"],
+        true
+    );
+
+    change_bytes_quietly(&path);
+    env.set("restore_verify", "full");
+    env.run(&["run", "--snapshot", "base", "--", "true"], 0);
+    assert!(fs::read(&path).unwrap() == bytes, "repaired by run");
+}
+
+#[test]
+fn filesystem_full_verify_repairs_what_it_finds() {
+    let env = Env::sample(2, 256 << 10);
+    env.set("mode", "filesystem");
+    full_verify_repairs(&env);
+}
+
+#[test]
+fn squashfs_full_verify_repairs_what_it_finds() {
+    let env = Env::sample(2, 256 << 10);
+    env.set("mode", "squashfs");
+    full_verify_repairs(&env);
+}
+
+/// reflink's manifest holds no hashes: a check by content hashes the snapshot's clones, so
+/// `status --full` does not say identical without having compared the bytes.
+#[test]
+fn reflink_full_checks_compare_content() {
+    let xfs = LoopMount::new("xfs");
+    let env = Env::with_options_in(
+        &xfs.mnt,
+        GenerateOptions {
+            nodes: 2,
+            size: 256 << 10,
+            ..Default::default()
+        },
+    );
+    env.set("mode", "reflink");
+    full_verify_repairs(&env);
 }

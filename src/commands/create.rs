@@ -237,6 +237,7 @@ impl Job<'_> {
             live: self.live,
             tools: self.tools,
             journal: None,
+            by_content: false,
         };
         let payload = self.mode.create(&ctx, &staging.payload())?;
         crate::signals::check()?;

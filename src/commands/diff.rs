@@ -36,7 +36,11 @@ pub fn run(g: &GlobalArgs, args: &DiffArgs) -> Result<Report> {
     let store = store(&cfg);
     let lock = store.lock(&format!("diff {}", args.from), lock_timeout(g))?;
     let from = store.get(&args.from)?;
-    let old = from.manifest()?;
+    let old = if args.full {
+        crate::modes::manifest_with_hashes(&from)?
+    } else {
+        from.manifest()?
+    };
     let new = match &args.to {
         Some(to) => store.get(to)?.manifest()?,
         None => {

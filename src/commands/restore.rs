@@ -242,6 +242,7 @@ fn restore_snapshot(
         live,
         tools: &tools,
         journal: Some(&journal),
+        by_content: guard.verify == "full",
     };
     // Prove the snapshot usable before the first byte of live data changes.
     mode.verify(&ctx, snap)?;
@@ -301,7 +302,11 @@ fn expected_manifest(snap: &Snapshot, mode: &dyn Mode, level: &str) -> Result<Op
         );
         return Ok(None);
     }
-    snap.manifest().map(Some)
+    if level == "full" {
+        crate::modes::manifest_with_hashes(snap).map(Some)
+    } else {
+        snap.manifest().map(Some)
+    }
 }
 
 /// Fails (exit 1, listing the first differences) unless the live data now matches the
