@@ -313,3 +313,85 @@ fn reflink_full_checks_compare_content() {
     env.set("mode", "reflink");
     full_verify_repairs(&env);
 }
+
+/// A sample whose `fingerprint` setting is `pattern` (`{certs}` standing for its certs
+/// folder), with `files` files in certs/ and a symlink there back to certs/ itself.
+fn fingerprinted(files: usize, pattern: &str) -> Env {
+    let env = Env::sample(1, 64 << 10);
+    let certs = env.cache().join("certs");
+    fs::create_dir_all(&certs).unwrap();
+    for i in 0..files {
+        fs::write(certs.join(format!("{i}.pem")), i.to_string()).unwrap();
+    }
+    std::os::unix::fs::symlink(".", certs.join("loop")).unwrap();
+    env.set(
+        "fingerprint",
+        &pattern.replace("{certs}", &certs.display().to_string()),
+    );
+    env
+}
+
+fn fingerprinted_files(env: &Env, name: &str) -> usize {
+    let meta: serde_json::Value =
+        serde_json::from_slice(&fs::read(env.snapshots().join(name).join("meta.json")).unwrap())
+            .unwrap();
+    meta["fingerprint"]["files"].as_object().unwrap().len()
+}
+
+#[test]
+fn fingerprint_patterns_do_not_follow_symlinked_directories() {
+    let env = fingerprinted(50, "{certs}/** {certs}/*.pem {certs}");
+    let files = walkdir::WalkDir::new(env.cache().join("certs"))
+        .into_iter()
+        .filter(|e| e.as_ref().unwrap().file_type().is_file())
+        .count();
+    assert!(files >= 50);
+    env.run(&["create", "base"], 0);
+    assert_eq!(fingerprinted_files(&env, "base"), files);
+}
+
+#[test]
+fn a_fingerprint_pattern_past_10000_files_is_refused_by_name() {
+    let env = fingerprinted(10_001, "{certs}/*.pem");
+    let (_, stderr) = env.run(&["create", "base"], 2);
+    let pattern = format!("{}/*.pem", env.cache().join("certs").display());
+    assert!(
+        stderr.contains(&format!(
+            "fingerprint pattern {pattern} names more than 10000 files"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !env.snapshots().join("base").exists(),
+        "nothing was created"
+    );
+}
+
+#[test]
+fn sigterm_stops_a_fingerprint_expansion() {
+    let env = fingerprinted(50, "{certs}/**");
+    let mut cmd = env.std_cmd();
+    cmd.args(["create", "base"]);
+    let paused = common::Paused::start(cmd, "fingerprint_walk");
+    // SAFETY: plain kill(2) on a child of this test.
+    assert_eq!(unsafe { libc::kill(paused.pid() as i32, libc::SIGTERM) }, 0);
+    let (code, _, stderr) = paused.finish();
+    assert_eq!(code, 130, "{stderr}");
+    assert!(
+        !env.snapshots().join("base").exists(),
+        "nothing was created"
+    );
+}
+
+#[test]
+fn timeout_stops_a_fingerprint_expansion() {
+    let env = fingerprinted(50, "{certs}/**");
+    let mut cmd = env.std_cmd();
+    cmd.args(["--timeout", "1", "create", "base"]);
+    let paused = common::Paused::start(cmd, "fingerprint_walk");
+    // Past the deadline while the walk is held, so the walk's next step is past it.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (code, _, stderr) = paused.finish();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("timed out after 1 s"), "{stderr}");
+}

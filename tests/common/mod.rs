@@ -472,6 +472,11 @@ impl Paused {
         }
     }
 
+    /// The paused process's id, to signal it.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Lets the process go on; its exit code, stdout and stderr.
     pub fn finish(self) -> (i32, String, String) {
         std::fs::write(self.dir.path().join(format!("{}.go", self.point)), b"").unwrap();
