@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, Value};
 use walkdir::WalkDir;
 
+use crate::config::{Config, Value};
 use crate::exit::{Code, fail};
 use crate::signals;
 use crate::store::{Meta, Snapshot};

@@ -239,6 +239,13 @@ impl Job<'_> {
             journal: None,
             by_content: false,
         };
+        // Before the copy: a pattern refused (past fingerprint::MAX_FILES) fails fast.
+        // Only data restored from a snapshot can disagree with the files beside it.
+        let fingerprint = if self.mode.writes_live_data() {
+            Fingerprint::capture(self.cfg)?
+        } else {
+            None
+        };
         let payload = self.mode.create(&ctx, &staging.payload())?;
         crate::signals::check()?;
         progress::step("writing the manifest");
@@ -264,12 +271,7 @@ impl Job<'_> {
             pinned: pin,
             payload,
             manifest,
-            // Only data restored from a snapshot can disagree with the files beside it.
-            fingerprint: if self.mode.writes_live_data() {
-                Fingerprint::capture(self.cfg)?
-            } else {
-                None
-            },
+            fingerprint,
         };
         let snap = staging.commit(&meta, true)?;
         tracing::info!(name = %name,
