@@ -138,7 +138,10 @@ fn write_dense(path: &Path) -> Vec<u8> {
     let mut bytes = vec![0x5a; 512 * KB as usize];
     bytes[128 * KB as usize..384 * KB as usize].fill(0);
     fs::write(path, &bytes).unwrap();
-    assert!(allocated(path) >= 512 * KB, "the test's dense file is dense");
+    assert!(
+        allocated(path) >= 512 * KB,
+        "the test's dense file is dense"
+    );
     bytes
 }
 
