@@ -196,6 +196,9 @@ pub struct Delta<'a> {
     /// The tree brought to `target`.
     pub root: &'a Path,
     pub content: Content,
+    /// Live files of the target's size are hashed and compared with the target's hashes too,
+    /// so that bytes changed under an unchanged size and mtime are repaired.
+    pub by_content: bool,
     /// Called once before the first change, when there is one, with the target's regular files
     /// whose content may be read from `source`: a source that must be made ready first (a
     /// squashfs extract) fetches them then.
@@ -230,10 +233,16 @@ impl Delta<'_> {
             )
         })?;
         let (entries, inodes) = walk::finish(walk::scan(self.root, &include)?);
-        let live = Manifest {
+        let mut live = Manifest {
             header: self.target.header.clone(),
             entries,
         };
+        if self.by_content {
+            live.hash(self.root, |e| {
+                find(&self.target.entries, &e.path)
+                    .is_some_and(|t| t.size == e.size && t.blake3.is_some())
+            })?;
+        }
         let changes = manifest::compare(self.target, &live);
         // Tests swap directories for symlinks here, between the walk and the first change.
         crate::testhook::pause("delta-after-walk");
@@ -458,7 +467,10 @@ impl Delta<'_> {
                 Ok(n)
             }
             Content::Copy | Content::CopyByPieces => {
-                copy_range(&*src, &dst, want.size).with_context(what)
+                let n = copy_range(&*src, &dst, want.size).with_context(what)?;
+                // copy_file_range clones where it can, holes included.
+                allocate(&dst, want).with_context(what)?;
+                Ok(n)
             }
         }
     }
@@ -880,8 +892,8 @@ fn seek(file: &File, to: SeekFrom) -> std::io::Result<Option<u64>> {
 }
 
 /// Makes `dst` equal to `src` (`len` bytes) in place: the source's data is compared chunk by
-/// chunk and only differing pages are written; where the source has holes, data in `dst` is
-/// punched out. With the target's piece digests, a piece of `dst` that hashes to its digest
+/// chunk and only differing pages are written; where the source has holes, data in a sparse
+/// `dst` is punched out. With the target's piece digests, a piece of `dst` that hashes to its digest
 /// is left alone without reading the source. Returns the bytes written.
 fn patch(
     src: &dyn SourceFile,
@@ -926,6 +938,14 @@ fn patch_range(
     common: u64,
     sparse: bool,
 ) -> std::io::Result<u64> {
+    if !sparse {
+        // A dense file keeps its blocks: the source's holes (rsync -S makes them in a copy of
+        // runs of zeros) are zeros to compare with, not holes to punch.
+        let old_end = common.clamp(from, to);
+        return Ok(
+            compare_write(src, dst, from, old_end)? + write_range(src, dst, old_end, to, false)?
+        );
+    }
     let mut written = 0;
     let mut pos = from;
     while pos < to {

@@ -4,14 +4,17 @@
 //! every file the `fingerprint` setting names; `restore` refuses a snapshot whose files changed
 //! since (exit 1, naming them) unless `--allow-stale`; `list` and `status` show it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use walkdir::WalkDir;
+
 use crate::config::{Config, Value};
 use crate::exit::{Code, fail};
+use crate::signals;
 use crate::store::{Meta, Snapshot};
 
 /// What a snapshot's fingerprinted files looked like when it was made.
@@ -128,21 +131,111 @@ fn listed(changes: &[String]) -> String {
 fn digests(patterns: &[String]) -> Result<BTreeMap<PathBuf, String>> {
     let mut out = BTreeMap::new();
     for pattern in patterns {
-        let matches = glob::glob(pattern).map_err(|e| {
-            fail(
-                Code::Usage,
-                format!("fingerprint pattern {pattern} is not a valid glob: {e}"),
-            )
-        })?;
-        for found in matches.flatten() {
-            for entry in walkdir::WalkDir::new(&found).into_iter().flatten() {
-                if entry.file_type().is_file() {
-                    out.insert(entry.path().to_path_buf(), digest(entry.path()));
+        for path in expand(pattern)? {
+            signals::check()?;
+            let digest = digest(&path);
+            out.insert(path, digest);
+        }
+    }
+    Ok(out)
+}
+
+/// More files than a pattern of certificates and configs can mean: past this, the pattern is
+/// a mistake (`/usr/**`) and is refused rather than hashed for minutes.
+pub const MAX_FILES: usize = 10_000;
+
+/// The regular files `pattern` names: those it matches, and those below directories it
+/// matches. The walk starts at the pattern's literal leading components (resolved as the
+/// system does, symlinks included), but never follows a symlinked directory that it meets
+/// itself: a link back up (`data -> .`) would repeat the tree without end. It stops past
+/// [`MAX_FILES`] and heeds signals and `--timeout` at every entry.
+fn expand(pattern: &str) -> Result<BTreeSet<PathBuf>> {
+    let trimmed = match pattern.trim_end_matches('/') {
+        "" => "/",
+        t => t,
+    };
+    let matcher = glob::Pattern::new(trimmed).map_err(|e| {
+        fail(
+            Code::Usage,
+            format!("fingerprint pattern {pattern} is not a valid glob: {e}"),
+        )
+    })?;
+    let options = glob::MatchOptions {
+        require_literal_separator: true,
+        ..glob::MatchOptions::new()
+    };
+    let (base, depth) = walk_bounds(trimmed);
+    let dirs_only = trimmed.ends_with("/**");
+    let too_many = || {
+        fail(
+            Code::Usage,
+            format!(
+                "fingerprint pattern {pattern} names more than {MAX_FILES} files; the fingerprint setting is for the certificate and config files beside the data: name those"
+            ),
+        )
+    };
+    let mut files = BTreeSet::new();
+    let mut add = |path: PathBuf| {
+        files.insert(path);
+        if files.len() > MAX_FILES {
+            Err(too_many())
+        } else {
+            Ok(())
+        }
+    };
+    let mut walk = WalkDir::new(base).max_depth(depth).into_iter();
+    while let Some(entry) = walk.next() {
+        signals::check()?;
+        crate::testhook::pause("fingerprint_walk");
+        let Ok(entry) = entry else { continue };
+        // A relative pattern's walk starts at `.`, which the pattern does not spell.
+        let path = entry.path().strip_prefix("./").unwrap_or(entry.path());
+        if !matcher.matches_path_with(path, options) {
+            continue;
+        }
+        let kind = entry.file_type();
+        // As with glob, a trailing `**` matches directories only: the files a snapshot
+        // recorded then are the files it is checked against now.
+        let file = kind.is_file() || kind.is_symlink() && entry.path().is_file();
+        if file && !dirs_only {
+            add(entry.into_path())?;
+        } else if kind.is_dir() {
+            // Everything below is named: walked here, not again by the outer walk.
+            walk.skip_current_dir();
+            for below in WalkDir::new(entry.path()).min_depth(1) {
+                signals::check()?;
+                let Ok(below) = below else { continue };
+                if below.file_type().is_file() {
+                    add(below.into_path())?;
                 }
             }
         }
     }
-    Ok(out)
+    Ok(files)
+}
+
+/// Where the walk for `pattern` starts (its literal leading components) and how deep it goes
+/// (its remaining components; no limit with `**`).
+fn walk_bounds(pattern: &str) -> (&str, usize) {
+    let wild = |c: &str| c.contains(['*', '?', '[']);
+    let components: Vec<&str> = pattern.split('/').collect();
+    let literal = components.iter().take_while(|c| !wild(c)).count();
+    if literal == components.len() {
+        return (pattern, 0);
+    }
+    let base_len: usize = components[..literal].iter().map(|c| c.len() + 1).sum();
+    let base = match &pattern[..base_len.saturating_sub(1)] {
+        "" if pattern.starts_with('/') => "/",
+        "" => ".",
+        b => b,
+    };
+    let rest = &components[literal..];
+    let depth = if rest.iter().any(|c| c.contains("**")) {
+        usize::MAX
+    } else {
+        rest.len()
+    };
+    (base, depth)
 }
 
 /// A file's blake3, or its size and mtime when it cannot be read (certificates are often
@@ -172,4 +265,53 @@ fn digest(path: &Path) -> String {
             Err(e) => format!("unreadable: {e}"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without symlinks, the walk names what `glob` and a walk below its matches named.
+    #[test]
+    fn expansion_names_what_glob_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for file in [
+            "a/x.pem",
+            "a/b/x.pem",
+            "a/b/c/y.key",
+            "d/x.pem",
+            ".hidden/x.pem",
+            "top",
+        ] {
+            let path = root.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, file).unwrap();
+        }
+        let r = root.display();
+        for pattern in [
+            format!("{r}"),
+            format!("{r}/"),
+            format!("{r}/a"),
+            format!("{r}/*"),
+            format!("{r}/*/x.pem"),
+            format!("{r}/**"),
+            format!("{r}/**/x.pem"),
+            format!("{r}/a/**/x.pem"),
+            format!("{r}/a/**/*.key"),
+            format!("{r}/[ad]/b"),
+            format!("{r}/?op"),
+            format!("{r}/none/**"),
+        ] {
+            let mut globbed = BTreeSet::new();
+            for found in glob::glob(&pattern).unwrap().flatten() {
+                for e in WalkDir::new(&found).into_iter().flatten() {
+                    if e.file_type().is_file() {
+                        globbed.insert(e.into_path());
+                    }
+                }
+            }
+            assert_eq!(expand(&pattern).unwrap(), globbed, "{pattern}");
+        }
+    }
 }

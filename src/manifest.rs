@@ -7,9 +7,8 @@
 //! bytes. Paths are relative to cache_dir (`data/node1/lib/ca/node.dcert`); names that are
 //! not UTF-8 are stored as `{"hex": "…"}`, so every name round-trips exactly.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -271,11 +270,8 @@ impl Manifest {
             .filter(|&i| self.entries[i].kind == Kind::File && which(&self.entries[i]))
             .collect();
         todo.sort_by_key(|&i| std::cmp::Reverse(self.entries[i].size));
-        let paths: Vec<PathBuf> = todo
-            .iter()
-            .map(|&i| root.join(self.entries[i].path.as_path()))
-            .collect();
-        let hashes = hash_files(&paths)?;
+        let paths: Vec<&Name> = todo.iter().map(|&i| &self.entries[i].path).collect();
+        let hashes = hash_files(root, &paths)?;
         let mut stats = HashStats::default();
         for (i, digest) in todo.into_iter().zip(hashes) {
             stats.files += 1;
@@ -289,7 +285,7 @@ impl Manifest {
 
     /// Hashes the files whose content cannot be judged from size and mtime alone against
     /// `reference`: same size, different mtime (rsync's quick check, made exact). With `all`,
-    /// every file.
+    /// every file. Files hashed already (by a restore by content) are not read again.
     pub fn hash_against(
         &mut self,
         root: &Path,
@@ -312,7 +308,7 @@ impl Manifest {
                 suspects.insert(e.path.clone());
             }
         }
-        self.hash(root, |e| suspects.contains(&e.path))
+        self.hash(root, |e| e.blake3.is_none() && suspects.contains(&e.path))
     }
 
     /// The manifest as stored: JSON lines.
@@ -485,8 +481,14 @@ fn plain_relative(path: &[u8]) -> bool {
         .all(|c| !c.is_empty() && c != b"." && c != b".." && !c.contains(&0))
 }
 
-/// blake3 of each file, in order, on up to one thread per core.
-fn hash_files(paths: &[PathBuf]) -> Result<Vec<pieces::Digest>> {
+/// blake3 of each file below `root`, in order, on up to one thread per core.
+fn hash_files(root: &Path, paths: &[&Name]) -> Result<Vec<pieces::Digest>> {
+    let top = crate::sys::DirFd::open(root).map_err(|e| {
+        fail(
+            Code::Failure,
+            format!("cannot open {}: {e}", root.display()),
+        )
+    })?;
     // Taken from the end of the queue: reversed, the files go in order.
     let jobs: Vec<usize> = (0..paths.len()).rev().collect();
     let per_thread = crate::parallel::each(
@@ -494,7 +496,7 @@ fn hash_files(paths: &[PathBuf]) -> Result<Vec<pieces::Digest>> {
         || (vec![0u8; pieces::PIECE], Vec::new()),
         |(buf, hashed), i| {
             signals::check()?;
-            hashed.push((i, hash_file(&paths[i], buf)?));
+            hashed.push((i, hash_file(&top, root, paths[i], buf)?));
             Ok(())
         },
     )?;
@@ -504,19 +506,31 @@ fn hash_files(paths: &[PathBuf]) -> Result<Vec<pieces::Digest>> {
     Ok(hashed.into_iter().map(|(_, h)| h).collect())
 }
 
-fn hash_file(path: &Path, buf: &mut [u8]) -> Result<pieces::Digest> {
-    // O_NOFOLLOW and O_NONBLOCK: a file swapped for a symlink or fifo since the scan fails
-    // instead of following it or blocking.
+/// Reads `path` beneath `top` (the tree at `root`) without following a symlink in any
+/// component, so a directory swapped for a symlink since the scan fails instead of leading
+/// the read outside; O_NONBLOCK, so a file swapped for a fifo fails instead of blocking.
+fn hash_file(
+    top: &crate::sys::DirFd,
+    root: &Path,
+    path: &Name,
+    buf: &mut [u8],
+) -> Result<pieces::Digest> {
     let unreadable = |e: std::io::Error| {
         fail(
             Code::Failure,
-            format!("cannot read {}: {e}", path.display()),
+            format!("cannot read {}: {e}", root.join(path.as_path()).display()),
         )
     };
-    let f: File = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
+    let (dir, name) = crate::sys::split(&path.0);
+    let f: File = top
+        .dir(dir)
+        .and_then(|d| {
+            d.open_file(
+                name,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK,
+                0,
+            )
+        })
         .map_err(unreadable)?;
     pieces::digest(f, buf).map_err(unreadable)
 }

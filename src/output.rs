@@ -103,7 +103,7 @@ pub fn seconds(elapsed: std::time::Duration) -> f64 {
 
 /// A plain text table with left-aligned columns.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -115,7 +115,12 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
             if i + 1 == cells.len() {
                 s.push_str(cell);
             } else {
-                s.push_str(&format!("{cell:<w$}  "));
+                // Padded by hand: `format!("{:<w$}")` panics on widths past u16::MAX.
+                s.push_str(cell);
+                s.extend(std::iter::repeat_n(
+                    ' ',
+                    w.saturating_sub(cell.chars().count()) + 2,
+                ));
             }
         }
         s.trim_end().to_string() + "\n"

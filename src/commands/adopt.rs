@@ -234,6 +234,7 @@ impl Adoption<'_> {
                     live: &live,
                     tools: self.tools,
                     journal: None,
+                    by_content: false,
                 };
                 self.seal(&mut staging, &ctx, nodes, serde_json::Value::Null)
             })();
@@ -299,6 +300,7 @@ impl Adoption<'_> {
             live: &live,
             tools: self.tools,
             journal: None,
+            by_content: false,
         };
         let payload = self.mode.create(&ctx, &staging.payload())?;
         crate::signals::check()?;

@@ -298,6 +298,14 @@ impl Job<'_> {
             live: self.live,
             tools: self.tools,
             journal: None,
+            by_content: false,
+        };
+        // Before the copy: a pattern refused (past fingerprint::MAX_FILES) fails fast.
+        // Only data restored from a snapshot can disagree with the files beside it.
+        let fingerprint = if self.mode.writes_live_data() {
+            Fingerprint::capture(self.cfg)?
+        } else {
+            None
         };
         let payload = self.mode.create(&ctx, &staging.payload())?;
         crate::signals::check()?;
@@ -308,12 +316,7 @@ impl Job<'_> {
             data,
             pin,
             payload,
-            // Only data restored from a snapshot can disagree with the files beside it.
-            fingerprint: if self.mode.writes_live_data() {
-                Fingerprint::capture(self.cfg)?
-            } else {
-                None
-            },
+            fingerprint,
         };
         let snap = self.seal(&mut staging, &ctx, sealed)?;
         tracing::info!(name = %name,
@@ -371,11 +374,12 @@ impl Job<'_> {
         }
         let started = Instant::now();
         let tree = self.mode.captured_tree(ctx, &staging.payload());
-        let manifest = if self.mode.hashes_content() {
+        let mut manifest = if self.mode.hashes_content() {
             Manifest::capture(&tree, &self.live.include)?
         } else {
             Manifest::scan(&tree, &self.live.include)?
         };
+        self.mode.describe_captured(ctx, &mut manifest)?;
         let stored = staging.write_manifest(&manifest)?;
         let (files, bytes) = manifest.totals();
         tracing::info!(

@@ -143,6 +143,7 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
             live: &live,
             tools: &found,
             journal: None,
+            by_content: false,
         };
         for f in mode.doctor(&ctx) {
             checks.add(&f.check, f.status, f.detail, f.hint);

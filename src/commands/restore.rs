@@ -247,6 +247,7 @@ fn restore_snapshot(
         live,
         tools: &tools,
         journal: Some(&journal),
+        by_content: guard.verify == "full",
     };
     // Prove the snapshot usable before the first byte of live data changes. Its include
     // decides where everything after this looks, also for a snapshot without a manifest.
@@ -315,7 +316,11 @@ fn expected_manifest(
         );
         return Ok(None);
     }
-    snap.manifest(cfg).map(Some)
+    if level == "full" {
+        crate::modes::manifest_with_hashes(snap, cfg).map(Some)
+    } else {
+        snap.manifest(cfg).map(Some)
+    }
 }
 
 /// Fails (exit 1, listing the first differences) unless the live data now matches the

@@ -45,7 +45,11 @@ fn status(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
     let unfinished = store.unfinished_restore(&lock)?;
     let snap = store.get(&name)?;
     let stale_files = Checker::default().changes(&snap.meta)?;
-    let expected = snap.manifest(&cfg)?;
+    let expected = if args.full {
+        crate::modes::manifest_with_hashes(&snap, &cfg)?
+    } else {
+        snap.manifest(&cfg)?
+    };
     let now = manifest::scan_live(&live.cache_dir, &snap.meta.include, &expected, args.full)?;
     drop(lock);
     let changes = manifest::compare(&expected, &now);

@@ -162,6 +162,7 @@ fn check(cfg: &crate::config::Config, live: &Live, snap: &Snapshot) -> Result<Ve
         live,
         tools: &tools,
         journal: None,
+        by_content: false,
     };
     mode.verify(&ctx, snap)?;
     mode.verify_stored(&ctx, snap, &manifest)

@@ -3,7 +3,9 @@
 //! differs and never replaces the included or node directories themselves (containers' bind
 //! mounts stay valid).
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -71,6 +73,23 @@ impl Mode for Filesystem {
     /// if the live data changed after the copy (an unquiesced create).
     fn captured_tree(&self, _: &ModeContext, payload: &Path) -> PathBuf {
         payload.to_path_buf()
+    }
+
+    /// rsync -S turns every run of zeros into holes (mdbx files hold such runs), so the copy can
+    /// be sparse where the live file was dense. Such a file is described as dense, as it was
+    /// captured: `status` right after `create` finds no difference, and a restore keeps it
+    /// dense. Only the copy's sparse files are looked at (one lstat each); the copy keeps its
+    /// holes, which `verify` accepts (holes appearing is no difference).
+    fn describe_captured(&self, ctx: &ModeContext, manifest: &mut Manifest) -> Result<()> {
+        for entry in manifest.entries.iter_mut().filter(|e| e.sparse) {
+            let live = ctx.live.cache_dir.join(OsStr::from_bytes(&entry.path.0));
+            if std::fs::symlink_metadata(&live)
+                .is_ok_and(|st| st.is_file() && st.blocks().saturating_mul(512) >= st.len())
+            {
+                entry.sparse = false;
+            }
+        }
+        Ok(())
     }
 
     fn verify_stored(

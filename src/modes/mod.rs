@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::delta::{Content, Delta, Dir, Source};
-use crate::manifest::{Entry, Manifest};
+use crate::manifest::{Entry, Kind, Manifest};
 use crate::store::{Journal, Snapshot};
 use crate::tools::{Found, Tool};
 use crate::tree::{Live, Totals};
@@ -86,6 +86,7 @@ fn delta_restore(
         source,
         root: &ctx.live.cache_dir,
         content,
+        by_content: ctx.by_content,
         before_change: &|read| {
             fetch(read)?;
             ctx.changing()
@@ -96,6 +97,21 @@ fn delta_restore(
         stats: outcome.stats,
         seen: Some(outcome.tree),
     })
+}
+
+/// The snapshot's manifest for a check by content (`status --full`, `diff --full`, `restore
+/// --verify full`). A manifest without file hashes (`reflink`'s create clones and never reads
+/// the data) gets them from the payload, the tree of files its restore copies from.
+pub fn manifest_with_hashes(snapshot: &Snapshot, cfg: &Config) -> Result<Manifest> {
+    let mut manifest = snapshot.manifest(cfg)?;
+    if manifest
+        .entries
+        .iter()
+        .any(|e| e.kind == Kind::File && e.blake3.is_none())
+    {
+        manifest.hash(&snapshot.payload(), |e| e.blake3.is_none())?;
+    }
+    Ok(manifest)
 }
 
 /// What a restore brings the live data to: the snapshot's manifest or, for a snapshot made
@@ -138,6 +154,9 @@ pub struct ModeContext<'a> {
     pub tools: &'a [Found],
     /// A restore's journal, which [`ModeContext::changing`] writes.
     pub journal: Option<&'a Journal>,
+    /// A restore that selects files by content (`restore --verify full`), so that it repairs
+    /// bytes changed under an unchanged size and mtime, which its check would find.
+    pub by_content: bool,
 }
 
 impl ModeContext<'_> {
@@ -285,6 +304,12 @@ pub trait Mode {
     /// quiesced create has not let change since.
     fn captured_tree(&self, ctx: &ModeContext, _payload: &Path) -> PathBuf {
         ctx.live.cache_dir.clone()
+    }
+
+    /// Corrects the manifest of [`Mode::captured_tree`] where the capture changed an attribute
+    /// that the live data had (`filesystem`: rsync -S's holes); the default changes nothing.
+    fn describe_captured(&self, _ctx: &ModeContext, _manifest: &mut Manifest) -> Result<()> {
+        Ok(())
     }
 
     /// `stagesnap verify`: reads the stored data back and checks it against the manifest

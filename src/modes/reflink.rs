@@ -80,6 +80,7 @@ impl Mode for Reflink {
             source: &crate::delta::Dir::live(&live.cache_dir)?,
             root: payload,
             content: Content::Clone,
+            by_content: false,
             before_change: &|_| Ok(()),
         }
         .apply()?;
