@@ -277,7 +277,7 @@ fn snapshots_without_a_manifest_still_restore_and_say_what_to_do() {
         "{stderr}"
     );
     assert_same_tree(&treestate(&env.data()), &clean);
-    let (_, stderr) = env.run(&["status"], 1);
+    let (_, stderr) = env.run(&["status"], 7);
     assert!(
         stderr.contains("snapshot clean_state has no manifest"),
         "{stderr}"
