@@ -6,11 +6,12 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{Begun, Session, begin};
+use crate::capture;
 use crate::cli::{CreateArgs, GlobalArgs};
 use crate::config::Config;
 use crate::exit::{Code, fail, one_line};
 use crate::fingerprint::Fingerprint;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, Name};
 use crate::modes::{Mode, ModeContext, ModeKind};
 use crate::output::Report;
 use crate::progress;
@@ -238,10 +239,22 @@ impl Job<'_> {
             tools: self.tools,
             journal: None,
         };
+        // Before the copy, so that a swap during it shows (see crate::capture).
+        let watch = self
+            .mode
+            .writes_live_data()
+            .then(|| capture::Watch::start(self.live))
+            .transpose()?;
+        crate::testhook::pause("create-before-copy");
         let payload = self.mode.create(&ctx, &staging.payload())?;
+        crate::testhook::pause("create-after-copy");
+        let suspects = match watch {
+            Some(w) => w.suspects(self.live)?,
+            None => vec![],
+        };
         crate::signals::check()?;
         progress::step("writing the manifest");
-        let manifest = self.manifest(&ctx, &staging)?;
+        let manifest = self.manifest(&ctx, &staging, &suspects)?;
         let stored = crate::tree::totals(staging.dir())?;
         let meta = Meta {
             schema: SCHEMA,
@@ -282,8 +295,14 @@ impl Job<'_> {
     }
 
     /// Stores the manifest of what the mode just captured (while the data is still in the
-    /// page cache); None for modes that capture no data.
-    fn manifest(&self, ctx: &ModeContext, staging: &Staging) -> Result<Option<ManifestRef>> {
+    /// page cache), once what it holds beneath the directories that changed during the copy
+    /// (`suspects`) proved to come from the live data; None for modes that capture no data.
+    fn manifest(
+        &self,
+        ctx: &ModeContext,
+        staging: &Staging,
+        suspects: &[Name],
+    ) -> Result<Option<ManifestRef>> {
         if !self.mode.writes_live_data() {
             return Ok(None);
         }
@@ -294,6 +313,13 @@ impl Job<'_> {
         } else {
             Manifest::scan(&tree, &self.live.include)?
         };
+        if !suspects.is_empty() {
+            let held = self
+                .mode
+                .held_beneath(ctx, &staging.payload(), &manifest, suspects)?;
+            let tool = self.mode.tools().first().map_or("the copy", |t| t.program);
+            capture::check(self.live, suspects, &held, tool)?;
+        }
         let stored = staging.write_manifest(&manifest)?;
         let (files, bytes) = manifest.totals();
         tracing::info!(

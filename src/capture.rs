@@ -1,0 +1,326 @@
+//! create's proof that a snapshot holds nothing from outside the live data.
+//!
+//! rsync and mksquashfs resolve paths: a container that swaps a directory for a symlink
+//! (`renameat2(RENAME_EXCHANGE)`) between the copier's lstat and its open makes it read the
+//! symlink's target, anywhere on the host. The copiers cannot be told not to, so the create
+//! checks afterwards, before the snapshot becomes visible:
+//!
+//! 1. [`Watch::start`] records every live entry's kind, inode and ctime, then waits until
+//!    the clock has moved past the newest directory ctime, so that any later rename, create or
+//!    unlink in a directory gives it a ctime it did not have.
+//! 2. [`Watch::suspects`] records them again after the copy. A swap during the copy needs a
+//!    change in the swapped entry's directory, and a swap back (or the symlink left in place)
+//!    another: that directory's ctime differs, or a path changed kind. The ctime is the
+//!    kernel's clock, which a container (no CAP_SYS_TIME) cannot set.
+//! 3. Beneath each such directory [`check`] compares what the snapshot holds with the live
+//!    data, read without following any symlink: every regular file held must be the start of
+//!    the live file at its path (an honest append only adds to the end), every other entry
+//!    must exist live with its kind (and symlink target). Content read from outside can only
+//!    pass by being bytes the container already has.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+
+use crate::exit::{Code, fail};
+use crate::manifest::walk::{self, Stamp};
+use crate::manifest::{Kind, Name};
+use crate::tree::Live;
+
+/// How far past a directory's ctime the clock must be before the copy starts: more than a
+/// coarse clock tick (ctimes come from the tick-granular clock, 10 ms at HZ=100), or more than
+/// a second on a filesystem that stores whole seconds.
+const FINE_MARGIN: Duration = Duration::from_millis(20);
+const WHOLE_SECOND_MARGIN: Duration = Duration::from_millis(2020);
+
+/// One live entry as a walk saw it.
+struct Seen {
+    kind: Kind,
+    target: Option<Name>,
+    stamp: Stamp,
+}
+
+type Walk = HashMap<Name, Seen>;
+
+fn walk(live: &Live) -> Result<Walk> {
+    Ok(walk::scan_stamped(&live.cache_dir, &live.include)?
+        .into_iter()
+        .map(|(e, _, stamp)| {
+            let seen = Seen {
+                kind: e.kind,
+                target: e.target,
+                stamp,
+            };
+            (e.path, seen)
+        })
+        .collect())
+}
+
+/// The live data as it was before the copy.
+pub struct Watch {
+    before: Walk,
+}
+
+impl Watch {
+    /// Records the live entries and waits (at most a tick, unless a directory changed in the
+    /// last moments) until a change to any directory would show in its ctime.
+    pub fn start(live: &Live) -> Result<Watch> {
+        let before = walk(live)?;
+        let ctimes: Vec<i64> = before
+            .values()
+            .filter(|s| s.kind == Kind::Dir)
+            .map(|s| s.stamp.1)
+            .collect();
+        let margin = if ctimes.iter().all(|c| c % 1_000_000_000 == 0) {
+            WHOLE_SECOND_MARGIN
+        } else {
+            FINE_MARGIN
+        };
+        if let Some(&newest) = ctimes.iter().max() {
+            let due = UNIX_EPOCH + Duration::from_nanos(newest.max(0) as u64) + margin;
+            // Bounded by the margin: a ctime ahead of the clock means the clock was set back.
+            if let Ok(wait) = due.duration_since(SystemTime::now()) {
+                std::thread::sleep(wait.min(margin));
+            }
+        }
+        Ok(Watch { before })
+    }
+
+    /// The directories whose entries may have been swapped during the copy, outermost only:
+    /// those whose inode or ctime changed, that appeared or went, or that hold a path that
+    /// changed kind.
+    pub fn suspects(self, live: &Live) -> Result<Vec<Name>> {
+        let after = walk(live)?;
+        let mut out: Vec<Name> = Vec::new();
+        for (path, seen) in self.before.iter().chain(after.iter()) {
+            let (b, a) = (self.before.get(path), after.get(path));
+            let same =
+                matches!((b, a), (Some(b), Some(a)) if b.kind == a.kind && b.stamp == a.stamp);
+            if same || (seen.kind != Kind::Dir && b.map(|b| b.kind) == a.map(|a| a.kind)) {
+                continue;
+            }
+            out.push(if seen.kind == Kind::Dir {
+                path.clone()
+            } else {
+                parent(path)
+            });
+        }
+        out.sort();
+        out.dedup();
+        let mut outer: Vec<Name> = Vec::new();
+        for dir in out {
+            if !outer.last().is_some_and(|o| beneath(&dir, o)) {
+                outer.push(dir);
+            }
+        }
+        if !outer.is_empty() {
+            tracing::debug!(directories = outer.len(), first = %outer[0].display(), "capture_changed_during_copy");
+        }
+        Ok(outer)
+    }
+}
+
+fn parent(path: &Name) -> Name {
+    let cut = path.0.iter().rposition(|&b| b == b'/').unwrap_or(0);
+    Name(path.0[..cut].to_vec())
+}
+
+/// Whether `path` lies strictly beneath the directory `dir`.
+pub fn beneath(path: &Name, dir: &Name) -> bool {
+    path.0.len() > dir.0.len() && path.0.starts_with(&dir.0) && path.0[dir.0.len()] == b'/'
+}
+
+/// An entry as the snapshot holds it.
+pub struct Held {
+    pub path: Name,
+    pub kind: Kind,
+    pub target: Option<Name>,
+    /// Regular files: the BLAKE3 (hex) of the content held, and its length.
+    pub content: Option<(String, u64)>,
+}
+
+/// Fails (exit 1, nothing made visible) unless every entry held beneath a suspect directory
+/// matches the live data there (see the module docs). `tool` is the copier, for the message.
+pub fn check(live: &Live, suspects: &[Name], held: &[Held], tool: &str) -> Result<()> {
+    if suspects.is_empty() {
+        return Ok(());
+    }
+    let now = walk(live)?;
+    let root = sys::open_dir(&live.cache_dir)?;
+    for h in held {
+        let Some(dir) = suspects.iter().find(|d| beneath(&h.path, d)) else {
+            continue;
+        };
+        let seen = now.get(&h.path);
+        let matches = match &h.content {
+            Some((blake3, len)) => live_prefix(&root, &h.path, *len)?.as_deref() == Some(blake3),
+            None => seen.is_some_and(|s| s.kind == h.kind && s.target == h.target),
+        };
+        if !matches {
+            // The directory entry through which it was read: `data/node1/lib` for
+            // `data/node1/lib/x` when data/node1 changed.
+            let rest = &h.path.0[dir.0.len() + 1..];
+            let first = rest.split(|&b| b == b'/').next().unwrap_or(rest);
+            let mut named = dir.0.clone();
+            named.push(b'/');
+            named.extend_from_slice(first);
+            return Err(fail(
+                Code::Failure,
+                format!(
+                    "{} changed during the copy (entries renamed or replaced while {tool} read them; {} as copied is not in the live data); nothing was stored. Quiesce the nodes (quiesce = pause) and create again",
+                    Name(named).display(),
+                    h.path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The BLAKE3 (hex) of the first `len` bytes of the live regular file `path`, reached
+/// without following a symlink; None when there is no such file or it is shorter.
+fn live_prefix(root: &OwnedFd, path: &Name, len: u64) -> Result<Option<String>> {
+    let Some(file) = sys::open_beneath(root, &path.0)? else {
+        return Ok(None);
+    };
+    if !file.metadata()?.is_file() {
+        return Ok(None);
+    }
+    let mut hasher = blake3::Hasher::new();
+    let read = std::io::copy(&mut (&file).take(len), &mut hasher)?;
+    Ok((read == len).then(|| hasher.finalize().to_hex().to_string()))
+}
+
+/// The system calls of this module (openat2), in one place.
+mod sys {
+    use super::*;
+
+    pub fn open_dir(path: &Path) -> Result<OwnedFd> {
+        let c = crate::tree::cstring(path)?;
+        // SAFETY: a valid C string; the descriptor is owned below.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(fail(
+                Code::Failure,
+                format!("cannot read {}: {e}", path.display()),
+            ));
+        }
+        // SAFETY: just opened, owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// `rel` below `root`, opened for reading only if no component is a symlink (or `..`);
+    /// None when that is not possible.
+    pub fn open_beneath(root: &OwnedFd, rel: &[u8]) -> Result<Option<File>> {
+        let c = std::ffi::CString::new(rel)?;
+        // SAFETY: open_how is plain data; zero is "no flags".
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
+        how.resolve =
+            libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: valid descriptor, C string and open_how of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOSYS) {
+                return Err(fail(
+                    Code::Failure,
+                    format!(
+                        "cannot check {} safely: this kernel has no openat2 (Linux 5.6+); nothing was stored. Quiesce the nodes (quiesce = pause) and create again",
+                        Name(rel.to_vec()).display()
+                    ),
+                ));
+            }
+            return Ok(None);
+        }
+        // SAFETY: just opened, owned by nobody else.
+        Ok(Some(File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> (tempfile::TempDir, Live) {
+        let tmp = tempfile::tempdir().unwrap();
+        let node = tmp.path().join("data/node1");
+        std::fs::create_dir_all(node.join("lib/sub")).unwrap();
+        std::fs::write(node.join("lib/sub/x"), b"x").unwrap();
+        std::fs::write(node.join("log"), b"line\n").unwrap();
+        let live = Live {
+            cache_dir: tmp.path().to_path_buf(),
+            include: vec!["data".into()],
+        };
+        (tmp, live)
+    }
+
+    fn names(dirs: &[Name]) -> Vec<String> {
+        dirs.iter().map(Name::display).collect()
+    }
+
+    /// An append changes no directory: nothing to compare.
+    #[test]
+    fn appending_leaves_no_suspects() {
+        let (tmp, live) = tree();
+        let watch = Watch::start(&live).unwrap();
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(tmp.path().join("data/node1/log"))
+            .unwrap();
+        std::io::Write::write_all(&mut log, b"more\n").unwrap();
+        assert!(watch.suspects(&live).unwrap().is_empty());
+    }
+
+    /// A directory swapped for a symlink and back leaves every name and inode as it was; the
+    /// directory holding it is still caught, by its ctime, and only the outermost is named.
+    #[test]
+    fn a_swap_and_back_is_caught_by_the_ctime() {
+        let (tmp, live) = tree();
+        let node = tmp.path().join("data/node1");
+        let watch = Watch::start(&live).unwrap();
+        std::fs::rename(node.join("lib"), tmp.path().join("stash")).unwrap();
+        std::os::unix::fs::symlink("/etc", node.join("lib")).unwrap();
+        std::fs::remove_file(node.join("lib")).unwrap();
+        std::fs::rename(tmp.path().join("stash"), node.join("lib")).unwrap();
+        assert_eq!(names(&watch.suspects(&live).unwrap()), ["data/node1"]);
+    }
+
+    /// A symlink left where a directory was is a change of kind.
+    #[test]
+    fn a_swap_left_in_place_is_caught() {
+        let (tmp, live) = tree();
+        let sub = tmp.path().join("data/node1/lib/sub");
+        let watch = Watch::start(&live).unwrap();
+        std::fs::rename(&sub, tmp.path().join("stash")).unwrap();
+        std::os::unix::fs::symlink("/etc", &sub).unwrap();
+        assert_eq!(names(&watch.suspects(&live).unwrap()), ["data/node1/lib"]);
+    }
+
+    #[test]
+    fn beneath_is_strict_and_by_component() {
+        let n = |s: &str| Name(s.as_bytes().to_vec());
+        assert!(beneath(&n("data/node1/lib"), &n("data/node1")));
+        assert!(!beneath(&n("data/node1"), &n("data/node1")));
+        assert!(!beneath(&n("data/node10/lib"), &n("data/node1")));
+    }
+}
