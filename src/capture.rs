@@ -8,7 +8,7 @@
 //! 1. [`Watch::start`] records every live entry's kind, inode and ctime, then waits until
 //!    the clock has moved past the newest directory ctime, so that any later rename, create or
 //!    unlink in a directory gives it a ctime it did not have.
-//! 2. [`Watch::suspects`] records them again after the copy. A swap during the copy needs a
+//! 2. [`Watch::changes`] records them again after the copy. A swap during the copy needs a
 //!    change in the swapped entry's directory, and a swap back (or the symlink left in place)
 //!    another: that directory's ctime differs, or a path changed kind. The ctime is the
 //!    kernel's clock, which a container (no CAP_SYS_TIME) cannot set.
@@ -91,12 +91,12 @@ impl Watch {
         Ok(Watch { before })
     }
 
-    /// The directories whose entries may have been swapped during the copy, outermost only:
-    /// those whose inode or ctime changed, that appeared or went, or that hold a path that
-    /// changed kind.
-    pub fn suspects(self, live: &Live) -> Result<Vec<Name>> {
+    /// Walks the live data again, after the copy. A directory is suspect (its entries may
+    /// have been swapped during the copy) when its inode or ctime changed, it appeared or
+    /// went, or it holds a path that changed kind.
+    pub fn changes(self, live: &Live) -> Result<Changes> {
         let after = walk(live)?;
-        let mut out: Vec<Name> = Vec::new();
+        let mut dirs: Vec<Name> = Vec::new();
         for (path, seen) in self.before.iter().chain(after.iter()) {
             let (b, a) = (self.before.get(path), after.get(path));
             let same =
@@ -104,25 +104,36 @@ impl Watch {
             if same || (seen.kind != Kind::Dir && b.map(|b| b.kind) == a.map(|a| a.kind)) {
                 continue;
             }
-            out.push(if seen.kind == Kind::Dir {
+            dirs.push(if seen.kind == Kind::Dir {
                 path.clone()
             } else {
                 parent(path)
             });
         }
-        out.sort();
-        out.dedup();
+        dirs.sort();
+        dirs.dedup();
         let mut outer: Vec<Name> = Vec::new();
-        for dir in out {
+        for dir in dirs {
             if !outer.last().is_some_and(|o| beneath(&dir, o)) {
                 outer.push(dir);
             }
         }
-        if !outer.is_empty() {
-            tracing::debug!(directories = outer.len(), first = %outer[0].display(), "capture_changed_during_copy");
+        if let Some(first) = outer.first() {
+            tracing::debug!(directories = outer.len(), first = %first.display(), "capture_changed_during_copy");
         }
-        Ok(outer)
+        Ok(Changes {
+            suspects: outer,
+            after,
+        })
     }
+}
+
+/// What changed in the live data while it was copied.
+pub struct Changes {
+    /// The suspect directories, outermost only, sorted.
+    pub suspects: Vec<Name>,
+    /// The live entries as the walk after the copy saw them.
+    after: Walk,
 }
 
 fn parent(path: &Name) -> Name {
@@ -146,19 +157,19 @@ pub struct Held {
 
 /// Fails (exit 1, nothing made visible) unless every entry held beneath a suspect directory
 /// matches the live data there (see the module docs). `tool` is the copier, for the message.
-pub fn check(live: &Live, suspects: &[Name], held: &[Held], tool: &str) -> Result<()> {
-    if suspects.is_empty() {
-        return Ok(());
-    }
-    let now = walk(live)?;
+pub fn check(live: &Live, changes: &Changes, held: &[Held], tool: &str) -> Result<()> {
     let root = sys::open_dir(&live.cache_dir)?;
     for h in held {
-        let Some(dir) = suspects.iter().find(|d| beneath(&h.path, d)) else {
+        let Some(dir) = changes.suspects.iter().find(|d| beneath(&h.path, d)) else {
             continue;
         };
-        let seen = now.get(&h.path);
+        let seen = changes.after.get(&h.path);
         let matches = match &h.content {
-            Some((blake3, len)) => live_prefix(&root, &h.path, *len)?.as_deref() == Some(blake3),
+            // Only a regular file is opened: opening a device node can act on the device.
+            Some((blake3, len)) => {
+                seen.is_some_and(|s| s.kind == Kind::File)
+                    && live_prefix(&root, &h.path, *len)?.as_deref() == Some(blake3)
+            }
             None => seen.is_some_and(|s| s.kind == h.kind && s.target == h.target),
         };
         if !matches {
@@ -288,7 +299,7 @@ mod tests {
             .open(tmp.path().join("data/node1/log"))
             .unwrap();
         std::io::Write::write_all(&mut log, b"more\n").unwrap();
-        assert!(watch.suspects(&live).unwrap().is_empty());
+        assert!(watch.changes(&live).unwrap().suspects.is_empty());
     }
 
     /// A directory swapped for a symlink and back leaves every name and inode as it was; the
@@ -302,7 +313,10 @@ mod tests {
         std::os::unix::fs::symlink("/etc", node.join("lib")).unwrap();
         std::fs::remove_file(node.join("lib")).unwrap();
         std::fs::rename(tmp.path().join("stash"), node.join("lib")).unwrap();
-        assert_eq!(names(&watch.suspects(&live).unwrap()), ["data/node1"]);
+        assert_eq!(
+            names(&watch.changes(&live).unwrap().suspects),
+            ["data/node1"]
+        );
     }
 
     /// A symlink left where a directory was is a change of kind.
@@ -313,7 +327,10 @@ mod tests {
         let watch = Watch::start(&live).unwrap();
         std::fs::rename(&sub, tmp.path().join("stash")).unwrap();
         std::os::unix::fs::symlink("/etc", &sub).unwrap();
-        assert_eq!(names(&watch.suspects(&live).unwrap()), ["data/node1/lib"]);
+        assert_eq!(
+            names(&watch.changes(&live).unwrap().suspects),
+            ["data/node1/lib"]
+        );
     }
 
     #[test]

@@ -202,3 +202,68 @@ fn filesystem_unquiesced_create_with_an_append_succeeds() {
 fn squashfs_unquiesced_create_with_an_append_succeeds() {
     honest_append_succeeds("squashfs", false);
 }
+
+/// A swap that comes before the copier looks at `lib` is no race: the copy holds the symlink
+/// itself, never what it points to, and the create succeeds.
+#[test]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
+fn a_symlink_swapped_in_before_the_copy_is_stored_as_a_symlink() {
+    let env = Env::sample(2, 1 << 20);
+    env.set("mode", "filesystem");
+    let lib = env.data().join("node1/lib");
+    let secret_dir = outside(&env);
+    let mut cmd = env.std_cmd();
+    cmd.args(["create", "swapped"]);
+    let paused = Paused::start(cmd, "create-before-copy");
+    fs::rename(&lib, env.root.join("stash")).unwrap();
+    std::os::unix::fs::symlink(&secret_dir, &lib).unwrap();
+    let (code, _, stderr) = paused.finish();
+    assert_eq!(code, 0, "{stderr}");
+    let held = env.snapshots().join("swapped/payload/data/node1/lib");
+    assert_eq!(fs::read_link(&held).unwrap(), secret_dir);
+    assert_secret_not_stored(&env);
+}
+
+/// The real race, unforced: a thread exchanges `lib` with a symlink to the outside directory
+/// (`renameat2(RENAME_EXCHANGE)`) as fast as it can while creates run. Each create either
+/// succeeds or is refused, and no visible snapshot ever holds the secret.
+#[test]
+fn creates_during_an_exchange_loop_never_store_the_secret() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::sample(2, 1 << 20);
+    env.set("mode", "filesystem");
+    let node = env.data().join("node1");
+    std::os::unix::fs::symlink(outside(&env), node.join("lnk")).unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let (a, b) = (
+                common::cstr(&node.join("lib")),
+                common::cstr(&node.join("lnk")),
+            );
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: valid C strings.
+                unsafe {
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        a.as_ptr(),
+                        libc::AT_FDCWD,
+                        b.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+            }
+        });
+        for i in 0..8 {
+            let out = env
+                .cmd()
+                .args(["create", &format!("race{i}")])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(matches!(out.status.code(), Some(0 | 1)), "{stderr}");
+            assert_secret_not_stored(&env);
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+}

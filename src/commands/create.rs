@@ -11,7 +11,7 @@ use crate::cli::{CreateArgs, GlobalArgs};
 use crate::config::Config;
 use crate::exit::{Code, fail, one_line};
 use crate::fingerprint::Fingerprint;
-use crate::manifest::{Manifest, Name};
+use crate::manifest::Manifest;
 use crate::modes::{Mode, ModeContext, ModeKind};
 use crate::output::Report;
 use crate::progress;
@@ -248,13 +248,10 @@ impl Job<'_> {
         crate::testhook::pause("create-before-copy");
         let payload = self.mode.create(&ctx, &staging.payload())?;
         crate::testhook::pause("create-after-copy");
-        let suspects = match watch {
-            Some(w) => w.suspects(self.live)?,
-            None => vec![],
-        };
+        let changes = watch.map(|w| w.changes(self.live)).transpose()?;
         crate::signals::check()?;
         progress::step("writing the manifest");
-        let manifest = self.manifest(&ctx, &staging, &suspects)?;
+        let manifest = self.manifest(&ctx, &staging, changes.as_ref())?;
         let stored = crate::tree::totals(staging.dir())?;
         let meta = Meta {
             schema: SCHEMA,
@@ -296,12 +293,13 @@ impl Job<'_> {
 
     /// Stores the manifest of what the mode just captured (while the data is still in the
     /// page cache), once what it holds beneath the directories that changed during the copy
-    /// (`suspects`) proved to come from the live data; None for modes that capture no data.
+    /// (see [`capture`]) proved to come from the live data; None for modes that capture no
+    /// data.
     fn manifest(
         &self,
         ctx: &ModeContext,
         staging: &Staging,
-        suspects: &[Name],
+        changes: Option<&capture::Changes>,
     ) -> Result<Option<ManifestRef>> {
         if !self.mode.writes_live_data() {
             return Ok(None);
@@ -313,12 +311,12 @@ impl Job<'_> {
         } else {
             Manifest::scan(&tree, &self.live.include)?
         };
-        if !suspects.is_empty() {
-            let held = self
-                .mode
-                .held_beneath(ctx, &staging.payload(), &manifest, suspects)?;
+        if let Some(changes) = changes.filter(|c| !c.suspects.is_empty()) {
+            let held =
+                self.mode
+                    .held_beneath(ctx, &staging.payload(), &manifest, &changes.suspects)?;
             let tool = self.mode.tools().first().map_or("the copy", |t| t.program);
-            capture::check(self.live, suspects, &held, tool)?;
+            capture::check(self.live, changes, &held, tool)?;
         }
         let stored = staging.write_manifest(&manifest)?;
         let (files, bytes) = manifest.totals();
