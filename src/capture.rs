@@ -48,7 +48,8 @@ struct Seen {
 type Walk = HashMap<Name, Seen>;
 
 fn walk(live: &Live) -> Result<Walk> {
-    Ok(walk::scan_stamped(&live.cache_dir, &live.include)?
+    let started = std::time::Instant::now();
+    let seen: Walk = walk::scan_stamped(&live.cache_dir, &live.include)?
         .into_iter()
         .map(|(e, _, stamp)| {
             let seen = Seen {
@@ -58,7 +59,13 @@ fn walk(live: &Live) -> Result<Walk> {
             };
             (e.path, seen)
         })
-        .collect())
+        .collect();
+    tracing::debug!(
+        entries = seen.len(),
+        seconds = crate::output::seconds(started.elapsed()),
+        "capture_walked"
+    );
+    Ok(seen)
 }
 
 /// The live data as it was before the copy.
