@@ -121,7 +121,7 @@ impl Watch {
         dirs.dedup();
         let mut outer: Vec<Name> = Vec::new();
         for dir in dirs {
-            if !outer.last().is_some_and(|o| beneath(&dir, o)) {
+            if !outer.iter().any(|o| beneath(&dir, o)) {
                 outer.push(dir);
             }
         }
