@@ -3,6 +3,7 @@
 //! The binary in `main.rs` only parses arguments and maps errors to exit codes;
 //! everything else lives here so integration tests and the sample generator can reuse it.
 
+pub mod capture;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -212,6 +212,8 @@ impl Adoption<'_> {
             payload,
             // The harness recorded no digests of the files beside the data.
             fingerprint: None,
+            // Nothing is copied from the live data.
+            changes: None,
         };
         job.seal(staging, ctx, sealed)
     }

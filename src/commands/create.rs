@@ -6,6 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{Begun, Session, begin};
+use crate::capture;
 use crate::cli::{CreateArgs, GlobalArgs};
 use crate::config::Config;
 use crate::exit::{Code, fail, one_line};
@@ -217,6 +218,9 @@ pub(super) struct Sealed<'a> {
     /// The mode's details for meta.json.
     pub payload: serde_json::Value,
     pub fingerprint: Option<Fingerprint>,
+    /// What changed in the live data during the copy, for the capture check; None when
+    /// nothing was copied from it (adopt).
+    pub changes: Option<capture::Changes>,
 }
 
 /// Everything a create needs once the lock is held; restore reuses it for auto-create, adopt
@@ -307,7 +311,16 @@ impl Job<'_> {
         } else {
             None
         };
+        // Before the copy, so that a swap during it shows (see crate::capture).
+        let watch = self
+            .mode
+            .writes_live_data()
+            .then(|| capture::Watch::start(self.live))
+            .transpose()?;
+        crate::testhook::pause("create-before-copy");
         let payload = self.mode.create(&ctx, &staging.payload())?;
+        crate::testhook::pause("create-after-copy");
+        let changes = watch.map(|w| w.changes(self.live)).transpose()?;
         crate::signals::check()?;
         let sealed = Sealed {
             name,
@@ -317,6 +330,7 @@ impl Job<'_> {
             pin,
             payload,
             fingerprint,
+            changes,
         };
         let snap = self.seal(&mut staging, &ctx, sealed)?;
         tracing::info!(name = %name,
@@ -339,7 +353,7 @@ impl Job<'_> {
         sealed: Sealed,
     ) -> Result<Snapshot> {
         progress::step("writing the manifest");
-        let manifest = self.manifest(ctx, staging)?;
+        let manifest = self.manifest(ctx, staging, sealed.changes.as_ref())?;
         let stored = crate::tree::totals(staging.dir())?;
         let meta = Meta {
             schema: SCHEMA,
@@ -367,8 +381,15 @@ impl Job<'_> {
     }
 
     /// Stores the manifest of what the mode just captured (while the data is still in the
-    /// page cache); None for modes that capture no data.
-    fn manifest(&self, ctx: &ModeContext, staging: &Staging) -> Result<Option<ManifestRef>> {
+    /// page cache), once what it holds beneath the directories that changed during the copy
+    /// (see [`capture`]) proved to come from the live data; None for modes that capture no
+    /// data.
+    fn manifest(
+        &self,
+        ctx: &ModeContext,
+        staging: &Staging,
+        changes: Option<&capture::Changes>,
+    ) -> Result<Option<ManifestRef>> {
         if !self.mode.writes_live_data() {
             return Ok(None);
         }
@@ -379,6 +400,13 @@ impl Job<'_> {
         } else {
             Manifest::scan(&tree, &self.live.include)?
         };
+        if let Some(changes) = changes.filter(|c| !c.suspects.is_empty()) {
+            let held =
+                self.mode
+                    .held_beneath(ctx, &staging.payload(), &manifest, &changes.suspects)?;
+            let tool = self.mode.tools().first().map_or("the copy", |t| t.program);
+            capture::check(self.live, changes, &held, tool)?;
+        }
         self.mode.describe_captured(ctx, &mut manifest)?;
         let stored = staging.write_manifest(&manifest)?;
         let (files, bytes) = manifest.totals();

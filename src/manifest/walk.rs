@@ -21,6 +21,13 @@ use crate::sys::{self, DirFd};
 /// (st_dev, st_ino) of a non-directory with more than one name, for hardlink groups.
 pub type Inode = Option<(u64, u64)>;
 
+/// (st_ino, st_ctime in ns) of any entry: which inode sits at a path, and when it last
+/// changed. A rename, create or unlink in a directory sets its ctime to the clock, which a
+/// container cannot set (create's capture check, [`crate::capture`]).
+pub type Stamp = (u64, i64);
+
+type Found = (Entry, Inode, Stamp);
+
 /// An open directory and where it is.
 struct Dir {
     fd: OwnedFd,
@@ -132,7 +139,7 @@ fn kind_of(mode: libc::mode_t) -> Kind {
 
 /// The entry `name` in the directory `at` (whose path is `full`'s parent), named `path` in
 /// the manifest.
-fn entry_at(at: RawFd, name: &CStr, full: &Path, path: Name) -> Result<(Entry, Inode)> {
+fn entry_at(at: RawFd, name: &CStr, full: &Path, path: Name) -> Result<Found> {
     let st = stat_at(at, name, full)?;
     let kind = kind_of(st.st_mode);
     let target = if kind == Kind::Symlink {
@@ -172,7 +179,13 @@ fn entry_at(at: RawFd, name: &CStr, full: &Path, path: Name) -> Result<(Entry, I
         xattrs: xattrs_at(at, name, full)?,
         link: None,
     };
-    Ok((entry, inode))
+    let stamp = (
+        st.st_ino,
+        st.st_ctime
+            .saturating_mul(1_000_000_000)
+            .saturating_add(st.st_ctime_nsec),
+    );
+    Ok((entry, inode, stamp))
 }
 
 /// `readlinkat` and the like: calls `f(buf, len)` with a growing buffer until the result
@@ -296,14 +309,14 @@ fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 /// Every entry below `dir` (not `dir` itself), depth first.
-fn walk(dir: &Dir, out: &mut Vec<(Entry, Inode)>) -> Result<()> {
+fn walk(dir: &Dir, out: &mut Vec<Found>) -> Result<()> {
     signals::check()?;
     for name in names(dir)? {
         let rel = join(&dir.rel, name.to_bytes());
         let full = dir.full.join(OsStr::from_bytes(name.to_bytes()));
-        let (entry, inode) = entry_at(dir.fd.as_raw_fd(), &name, &full, Name(rel.clone()))?;
-        let is_dir = entry.kind == Kind::Dir;
-        out.push((entry, inode));
+        let found = entry_at(dir.fd.as_raw_fd(), &name, &full, Name(rel.clone()))?;
+        let is_dir = found.0.kind == Kind::Dir;
+        out.push(found);
         if is_dir {
             let fd = open_dir(dir.fd.as_raw_fd(), &name, &full)?;
             walk(&Dir { fd, full, rel }, out)?;
@@ -315,6 +328,10 @@ fn walk(dir: &Dir, out: &mut Vec<(Entry, Inode)>) -> Result<()> {
 /// The entry `path` (a manifest path beneath `root`) in `dir`, the directory holding it;
 /// None when it does not exist.
 pub fn entry_in(dir: &DirFd, root: &Path, path: &Name) -> Result<Option<(Entry, Inode)>> {
+    Ok(stamped_entry_in(dir, root, path)?.map(|(e, i, _)| (e, i)))
+}
+
+fn stamped_entry_in(dir: &DirFd, root: &Path, path: &Name) -> Result<Option<Found>> {
     let full = root.join(OsStr::from_bytes(&path.0));
     let cname = cstring(sys::split(&path.0).1)?;
     // SAFETY: zeroed stat is a valid out-parameter.
@@ -337,6 +354,14 @@ pub fn entry_in(dir: &DirFd, root: &Path, path: &Name) -> Result<Option<(Entry, 
 /// Every entry of `root/<include>…` (none for a missing one), unsorted, with the inodes of multiply linked ones; the
 /// nodes (directories directly in an included directory) are walked in parallel.
 pub fn scan(root: &Path, include: &[PathBuf]) -> Result<Vec<(Entry, Inode)>> {
+    Ok(scan_stamped(root, include)?
+        .into_iter()
+        .map(|(e, i, _)| (e, i))
+        .collect())
+}
+
+/// [`scan`] with every entry's [`Stamp`].
+pub fn scan_stamped(root: &Path, include: &[PathBuf]) -> Result<Vec<Found>> {
     let mut out = Vec::new();
     let mut units: Vec<Dir> = Vec::new();
     let at_root = DirFd::open(root).map_err(|e| {
@@ -361,11 +386,11 @@ pub fn scan(root: &Path, include: &[PathBuf]) -> Result<Vec<(Entry, Inode)>> {
                 ));
             }
         };
-        let Some((entry, inode)) = entry_in(&parent, root, &path)? else {
+        let Some(found) = stamped_entry_in(&parent, root, &path)? else {
             continue;
         };
-        let is_dir = entry.kind == Kind::Dir;
-        out.push((entry, inode));
+        let is_dir = found.0.kind == Kind::Dir;
+        out.push(found);
         if !is_dir {
             continue;
         }
@@ -377,12 +402,12 @@ pub fn scan(root: &Path, include: &[PathBuf]) -> Result<Vec<(Entry, Inode)>> {
         for name in names(&top)? {
             let rel = join(&top.rel, name.to_bytes());
             let full = full.join(OsStr::from_bytes(name.to_bytes()));
-            let (entry, inode) = entry_at(top.fd.as_raw_fd(), &name, &full, Name(rel.clone()))?;
-            if entry.kind == Kind::Dir {
+            let found = entry_at(top.fd.as_raw_fd(), &name, &full, Name(rel.clone()))?;
+            if found.0.kind == Kind::Dir {
                 let fd = open_dir(top.fd.as_raw_fd(), &name, &full)?;
                 units.push(Dir { fd, full, rel });
             }
-            out.push((entry, inode));
+            out.push(found);
         }
     }
     for mine in crate::parallel::each(units, Vec::new, |mine, dir| walk(&dir, mine))? {

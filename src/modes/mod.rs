@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::capture::{self, Held};
 use crate::config::Config;
 use crate::delta::{Content, Delta, Dir, Source};
-use crate::manifest::{Entry, Kind, Manifest};
+use crate::manifest::{Entry, Kind, Manifest, Name};
 use crate::store::{Journal, Snapshot};
 use crate::tools::{Found, Tool};
 use crate::tree::{Live, Totals};
@@ -310,6 +311,39 @@ pub trait Mode {
     /// that the live data had (`filesystem`: rsync -S's holes); the default changes nothing.
     fn describe_captured(&self, _ctx: &ModeContext, _manifest: &mut Manifest) -> Result<()> {
         Ok(())
+    }
+
+    /// What the snapshot just built in `payload` holds strictly beneath the directories
+    /// `dirs`, for create's capture check ([`crate::capture`]). The default takes it from
+    /// `manifest`, the scan of [`Mode::captured_tree`] (right for modes whose payload is that
+    /// tree), hashing the files it has no hash for.
+    fn held_beneath(
+        &self,
+        ctx: &ModeContext,
+        payload: &Path,
+        manifest: &Manifest,
+        dirs: &[Name],
+    ) -> Result<Vec<Held>> {
+        let mut held = Manifest {
+            header: manifest.header.clone(),
+            entries: manifest
+                .entries
+                .iter()
+                .filter(|e| dirs.iter().any(|d| capture::beneath(&e.path, d)))
+                .cloned()
+                .collect(),
+        };
+        held.hash(&self.captured_tree(ctx, payload), |e| e.blake3.is_none())?;
+        Ok(held
+            .entries
+            .into_iter()
+            .map(|e| Held {
+                content: e.blake3.map(|b| (b, e.size)),
+                path: e.path,
+                kind: e.kind,
+                target: e.target,
+            })
+            .collect())
     }
 
     /// `stagesnap verify`: reads the stored data back and checks it against the manifest

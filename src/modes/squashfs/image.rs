@@ -134,6 +134,11 @@ impl Image {
             .with_context(|| format!("{} is damaged", path.display()))
     }
 
+    /// The paths of every regular file, in no order.
+    pub fn paths(&self) -> impl Iterator<Item = &[u8]> {
+        self.files.keys().map(|k| &**k)
+    }
+
     /// The regular file at `path`, or None.
     pub fn file(&self, path: &[u8]) -> Option<ImageFile<'_>> {
         let (path, inode) = self.files.get_key_value(path)?;

@@ -23,10 +23,11 @@ use serde::{Deserialize, Serialize};
 use self::fixups::{Fixups, Time};
 use self::image::{Image, ImageFile};
 use super::{Finding, Mode, ModeContext, ModeKind, Restoration, Status, Verified};
+use crate::capture::{self, Held};
 use crate::config::Config;
 use crate::delta::{self, Content, Dir, Source, SourceFile};
 use crate::exit::{Code, code_of, fail, one_line};
-use crate::manifest::{Entry, Manifest};
+use crate::manifest::{Entry, Kind, Manifest, Name};
 use crate::output::seconds;
 use crate::store::Snapshot;
 use crate::tools::{Found, MKSQUASHFS, MOUNT, Tool, UMOUNT, UNSQUASHFS};
@@ -474,6 +475,43 @@ impl Mode for Squashfs {
             "squashfs_image_built"
         );
         Ok(serde_json::to_value(stored)?)
+    }
+
+    /// The image's regular files (the only entries it indexes), read back and hashed.
+    fn held_beneath(
+        &self,
+        _: &ModeContext,
+        payload: &Path,
+        _: &Manifest,
+        dirs: &[Name],
+    ) -> Result<Vec<Held>> {
+        let image = Image::open(&payload.join(IMAGE))?;
+        let mut held = Vec::new();
+        for path in image.paths() {
+            let name = Name(path.to_vec());
+            let Some(file) = image
+                .file(path)
+                .filter(|_| dirs.iter().any(|d| capture::beneath(&name, d)))
+            else {
+                continue;
+            };
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut pos = 0;
+            while pos < file.len() {
+                let n = (file.len() - pos).min(buf.len() as u64) as usize;
+                file.read_exact_at(&mut buf[..n], pos)?;
+                hasher.update(&buf[..n]);
+                pos += n as u64;
+            }
+            held.push(Held {
+                path: name,
+                kind: Kind::File,
+                target: None,
+                content: Some((hasher.finalize().to_hex().to_string(), file.len())),
+            });
+        }
+        Ok(held)
     }
 
     fn verify(&self, ctx: &ModeContext, snapshot: &Snapshot) -> Result<()> {
