@@ -220,6 +220,19 @@ impl Pinned {
         )?)
     }
 
+    /// The value of xattr `name` (through `/proc/self/fd/N`, as [`Pinned::set_xattr`]).
+    pub fn xattr(&self, name: &[u8]) -> io::Result<Vec<u8>> {
+        let name = CString::new(name).map_err(|_| invalid(name))?;
+        let path = self.proc();
+        sized(|buf| rfs::getxattr(&*path, &*name, buf))
+    }
+
+    /// The names of the xattrs, NUL-separated.
+    pub fn xattr_names(&self) -> io::Result<Vec<u8>> {
+        let path = self.proc();
+        sized(|buf| rfs::listxattr(&*path, buf))
+    }
+
     pub fn remove_xattr(&self, name: &[u8]) -> io::Result<()> {
         let name = CString::new(name).map_err(|_| invalid(name))?;
         Ok(rfs::removexattr(&*self.proc(), &*name)?)
@@ -228,6 +241,35 @@ impl Pinned {
     fn proc(&self) -> CString {
         // Digits only: never fails.
         CString::new(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).unwrap_or_default()
+    }
+}
+
+/// Pins the entry `name` of the directory `at` (a walk's descriptor), as [`DirFd::pin`].
+pub fn pin_at(at: BorrowedFd<'_>, name: &[u8]) -> io::Result<Pinned> {
+    let fd = rfs::openat(
+        at,
+        checked(name)?,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let kind = FileType::from_raw_mode(rfs::fstat(&fd)?.st_mode);
+    Ok(Pinned { fd, kind })
+}
+
+/// Calls a read into a buffer that grows while the kernel says it is too small (ERANGE);
+/// xattr values and lists are at most 64 KiB (XATTR_SIZE_MAX, XATTR_LIST_MAX).
+fn sized(f: impl Fn(&mut [u8]) -> rustix::io::Result<usize>) -> io::Result<Vec<u8>> {
+    let mut len = 256;
+    loop {
+        let mut buf = vec![0u8; len];
+        match f(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) if len < 1 << 20 => len *= 4,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

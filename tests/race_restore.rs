@@ -268,3 +268,41 @@ fn a_racing_exchange_never_reaches_outside() {
         assert_same_tree(&treestate(&outside), &before);
     }
 }
+
+/// The walk reads an entry's xattrs through the entry itself, not by its full path: swapped
+/// between the listing and the values, the outside copy's (different) values are never read,
+/// so `diff` (one walk, no change) never reports `tagged`'s xattrs as differing.
+#[test]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
+fn xattrs_are_never_read_through_a_swapped_directory() {
+    let env = Env::sample(1, MB / 2);
+    let lib = env.data().join("node1/lib");
+    let file = lib.join("tagged");
+    std::fs::write(&file, b"x").unwrap();
+    common::set_xattr(&file, "user.origin", b"the data");
+    env.run(&["create", "base"], 0);
+    let outside = tempfile::tempdir().unwrap();
+    let copy = outside.path().join("lib");
+    cp_a(&lib, &copy);
+    common::set_xattr(&copy.join("tagged"), "user.origin", b"outside");
+    // Nothing else in the sample carries xattrs, so the walk's one pause is at `tagged`.
+    let link = outside.path().join("link");
+    std::os::unix::fs::symlink(&copy, &link).unwrap();
+
+    let mut cmd = env.std_cmd();
+    cmd.args(["diff", "base"]);
+    let paused = Paused::start(cmd, "walk-xattrs-listed");
+    // lib becomes the symlink to the copy (the real lib waits outside, as `link`).
+    exchange(&lib, &link);
+    let (_, stdout, stderr) = paused.finish();
+    exchange(&lib, &link);
+    assert!(
+        !stdout.contains("tagged") && !stderr.contains("tagged"),
+        "{stdout}{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"x",
+        "the data's file is as it was"
+    );
+}

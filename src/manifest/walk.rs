@@ -210,54 +210,70 @@ fn sized(f: impl Fn(*mut u8, usize) -> isize) -> std::io::Result<Vec<u8>> {
 const SYS_LISTXATTRAT: libc::c_long = 465;
 static NO_LISTXATTRAT: AtomicBool = AtomicBool::new(false);
 
-/// The entry's own xattrs, sorted by name.
+/// The entry's own xattrs, sorted by name. Listed relative to its directory where the kernel
+/// can (listxattrat, Linux 6.13); values, and lists on older kernels, through the entry
+/// pinned without following it: never by a full path, which a swapped directory could lead
+/// outside the tree.
 fn xattrs_at(at: RawFd, name: &CStr, full: &Path) -> Result<Vec<Xattr>> {
-    let c = cstring(full.as_os_str().as_bytes())?;
-    let list = |buf: *mut u8, len: usize| -> isize {
-        if cfg!(target_arch = "x86_64") && !NO_LISTXATTRAT.load(Ordering::Relaxed) {
-            // SAFETY: valid descriptor, C string and buffer of `len` bytes.
-            let n = unsafe {
-                libc::syscall(
-                    SYS_LISTXATTRAT,
-                    at,
-                    name.as_ptr(),
-                    libc::AT_SYMLINK_NOFOLLOW,
-                    buf,
-                    len,
-                )
-            };
-            if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
-                return n as isize;
-            }
-            NO_LISTXATTRAT.store(true, Ordering::Relaxed);
+    let pinned = std::cell::OnceCell::new();
+    let pin = || -> std::io::Result<&sys::Pinned> {
+        if let Some(p) = pinned.get() {
+            return Ok(p);
         }
-        // SAFETY: valid C string and buffer of `len` bytes.
-        unsafe { libc::llistxattr(c.as_ptr(), buf.cast(), len) }
+        // SAFETY: `at` is the walk's open directory descriptor for this call.
+        let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(at) };
+        let p = sys::pin_at(dir, name.to_bytes())?;
+        Ok(pinned.get_or_init(|| p))
     };
-    let mut small = [0u8; 256];
-    let first = list(small.as_mut_ptr(), small.len());
-    let names = if first >= 0 {
-        small[..first as usize].to_vec()
-    } else {
+    // One call with a small buffer: most entries have no xattrs, and the walk is the whole
+    // cost of a restore that finds nothing to do.
+    let list_at = |buf: *mut u8, len: usize| -> isize {
+        // SAFETY: valid descriptor, C string and buffer of `len` bytes.
+        unsafe {
+            libc::syscall(
+                SYS_LISTXATTRAT,
+                at,
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                buf,
+                len,
+            ) as isize
+        }
+    };
+    let listed = if cfg!(target_arch = "x86_64") && !NO_LISTXATTRAT.load(Ordering::Relaxed) {
+        let mut small = [0u8; 256];
+        let n = list_at(small.as_mut_ptr(), small.len());
         let e = std::io::Error::last_os_error();
         match e.raw_os_error() {
-            Some(libc::ENOTSUP) => return Ok(vec![]),
-            Some(libc::ERANGE) => {
-                probe(list).with_context(|| format!("cannot list xattrs of {}", full.display()))?
+            _ if n >= 0 => Some(Ok(small[..n as usize].to_vec())),
+            Some(libc::ENOSYS) => {
+                NO_LISTXATTRAT.store(true, Ordering::Relaxed);
+                None
             }
-            _ => {
-                return Err(e).with_context(|| format!("cannot list xattrs of {}", full.display()));
-            }
+            Some(libc::ERANGE) => Some(probe(list_at)),
+            _ => Some(Err(e)),
+        }
+    } else {
+        None
+    };
+    let names = match listed {
+        Some(names) => names,
+        None => pin().and_then(|p| p.xattr_names()),
+    };
+    let names = match names {
+        Ok(names) => names,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(vec![]),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot list xattrs of {}", full.display()));
         }
     };
+    // Tests swap the entry's directory for a symlink here, between the list and the values.
+    if !names.is_empty() {
+        crate::testhook::pause("walk-xattrs-listed");
+    }
     let mut out = Vec::new();
     for xname in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let cname = cstring(xname)?;
-        let value = probe(|buf, len| {
-            // SAFETY: valid C strings and a buffer of the given length.
-            unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), buf.cast(), len) }
-        });
-        match value {
+        match pin().and_then(|p| p.xattr(xname)) {
             Ok(v) => out.push(Xattr {
                 name: Name(xname.to_vec()),
                 value: hex(&v),
