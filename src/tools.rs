@@ -25,7 +25,9 @@ pub struct Tool {
     pub version_args: &'static [&'static str],
     /// What an exit code of the tool means for stagesnap and what to do, where its own
     /// message does not say.
-    pub exit_hints: &'static [(i32, &'static str)],
+    /// What to tell people when the tool exits with a code (and its stderr holds a text; ""
+    /// for any): (code, text, hint).
+    pub exit_hints: &'static [(i32, &'static str, &'static str)],
 }
 
 pub const RSYNC: Tool = Tool {
@@ -33,12 +35,12 @@ pub const RSYNC: Tool = Tool {
     package: "rsync",
     product: "rsync",
     version_args: &["--version"],
-    // stagesnap runs rsync only to copy live data into a snapshot.
-    exit_hints: &[(
-        24,
-        "files vanished while rsync copied them, so the nodes are writing to their data: quiesce them during create (quiesce = pause or stop in [suite_isolation]) and create again",
-    )],
+    // stagesnap runs rsync only to copy live data into a snapshot. A file that vanishes while
+    // rsync reads its xattrs or ACLs makes it exit 23 instead of 24.
+    exit_hints: &[(24, "", VANISHED), (23, "vanished", VANISHED)],
 };
+
+const VANISHED: &str = "files vanished while rsync copied them, so the nodes are writing to their data: quiesce them during create (quiesce = pause or stop in [suite_isolation]) and create again";
 
 pub const DOCKER: Tool = Tool {
     program: "docker",
@@ -293,8 +295,8 @@ impl Found {
             .tool
             .exit_hints
             .iter()
-            .find(|(code, _)| output.status.code() == Some(*code))
-            .map_or(String::new(), |(_, hint)| format!("; {hint}"));
+            .find(|(code, text, _)| output.status.code() == Some(*code) && stderr.contains(text))
+            .map_or(String::new(), |(_, _, hint)| format!("; {hint}"));
         fail(
             Code::Failure,
             format!(
