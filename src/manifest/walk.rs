@@ -51,11 +51,8 @@ fn open_dir(at: RawFd, name: &CStr, full: &Path) -> Result<OwnedFd> {
         )
     };
     if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(fail(
-            Code::Failure,
-            format!("cannot read {}: {e}", full.display()),
-        ));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot read {}", full.display()));
     }
     // SAFETY: fd was just opened and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -116,11 +113,8 @@ fn stat_at(at: RawFd, name: &CStr, full: &Path) -> Result<libc::stat> {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and out-parameter.
     if unsafe { libc::fstatat(at, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(fail(
-            Code::Failure,
-            format!("cannot stat {}: {e}", full.display()),
-        ));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot stat {}", full.display()));
     }
     Ok(st)
 }
@@ -139,7 +133,24 @@ fn kind_of(mode: libc::mode_t) -> Kind {
 
 /// The entry `name` in the directory `at` (whose path is `full`'s parent), named `path` in
 /// the manifest.
-fn entry_at(at: RawFd, name: &CStr, full: &Path, path: Name) -> Result<Found> {
+/// None when it is gone by the time it is looked at: a walk of live data that nodes write
+/// to describes it as it is, and an entry removed meanwhile is not part of that.
+fn entry_at(at: RawFd, name: &CStr, full: &Path, path: Name) -> Result<Option<Found>> {
+    match entry_at_or_gone(at, name, full, path) {
+        Err(e) if gone(&e) => Ok(None),
+        found => found.map(Some),
+    }
+}
+
+/// Whether an error is ENOENT: the entry was removed after its directory was read.
+fn gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOENT))
+    })
+}
+
+fn entry_at_or_gone(at: RawFd, name: &CStr, full: &Path, path: Name) -> Result<Found> {
     let st = stat_at(at, name, full)?;
     let kind = kind_of(st.st_mode);
     let target = if kind == Kind::Symlink {
@@ -330,12 +341,18 @@ fn walk(dir: &Dir, out: &mut Vec<Found>) -> Result<()> {
     for name in names(dir)? {
         let rel = join(&dir.rel, name.to_bytes());
         let full = dir.full.join(OsStr::from_bytes(name.to_bytes()));
-        let found = entry_at(dir.fd.as_raw_fd(), &name, &full, Name(rel.clone()))?;
+        let Some(found) = entry_at(dir.fd.as_raw_fd(), &name, &full, Name(rel.clone()))? else {
+            continue;
+        };
         let is_dir = found.0.kind == Kind::Dir;
         out.push(found);
         if is_dir {
-            let fd = open_dir(dir.fd.as_raw_fd(), &name, &full)?;
-            walk(&Dir { fd, full, rel }, out)?;
+            match open_dir(dir.fd.as_raw_fd(), &name, &full) {
+                Ok(fd) => walk(&Dir { fd, full, rel }, out)?,
+                // Removed since its stat: it is empty as far as this walk can tell.
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(())
@@ -364,7 +381,7 @@ fn stamped_entry_in(dir: &DirFd, root: &Path, path: &Name) -> Result<Option<Foun
     {
         return Ok(None);
     }
-    entry_at(dir.as_raw_fd(), &cname, &full, path.clone()).map(Some)
+    entry_at(dir.as_raw_fd(), &cname, &full, path.clone())
 }
 
 /// Every entry of `root/<include>…` (none for a missing one), unsorted, with the inodes of multiply linked ones; the
@@ -418,10 +435,15 @@ pub fn scan_stamped(root: &Path, include: &[PathBuf]) -> Result<Vec<Found>> {
         for name in names(&top)? {
             let rel = join(&top.rel, name.to_bytes());
             let full = full.join(OsStr::from_bytes(name.to_bytes()));
-            let found = entry_at(top.fd.as_raw_fd(), &name, &full, Name(rel.clone()))?;
+            let Some(found) = entry_at(top.fd.as_raw_fd(), &name, &full, Name(rel.clone()))? else {
+                continue;
+            };
             if found.0.kind == Kind::Dir {
-                let fd = open_dir(top.fd.as_raw_fd(), &name, &full)?;
-                units.push(Dir { fd, full, rel });
+                match open_dir(top.fd.as_raw_fd(), &name, &full) {
+                    Ok(fd) => units.push(Dir { fd, full, rel }),
+                    Err(e) if gone(&e) => {}
+                    Err(e) => return Err(e),
+                }
             }
             out.push(found);
         }
