@@ -1,7 +1,7 @@
 //! stagesnap: snapshot and restore the on-disk state of multi-node test networks.
 //!
 //! The binary in `main.rs` only parses arguments and maps errors to exit codes;
-//! everything else lives here so integration tests and the sample generator can reuse it.
+//! everything else lives here so integration tests can reuse it.
 
 pub mod capture;
 pub mod cli;
@@ -19,7 +19,6 @@ pub mod output;
 pub mod parallel;
 pub mod progress;
 pub mod quiesce;
-pub mod sample;
 pub mod signals;
 pub mod store;
 pub mod sys;
