@@ -13,10 +13,11 @@ bench_need() {
   done
 }
 
-# Builds the release binaries; sets BIN (their folder), SNAP (stagesnap) and SAMPLE (stage-sample).
+# Builds the release binaries of stagesnap and of the dev tool stage-sample (crates/stage-sample);
+# sets BIN (their folder), SNAP (stagesnap) and SAMPLE (stage-sample).
 bench_build() {
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-  cargo build --release --quiet --bin stagesnap --bin stage-sample
+  cargo build --release --quiet -p stagesnap -p stage-sample
   BIN=$(cd "$CARGO_TARGET_DIR/release" && pwd)
   SNAP=$BIN/stagesnap
   SAMPLE=$BIN/stage-sample

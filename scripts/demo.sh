@@ -17,7 +17,7 @@ while [ $# -gt 0 ]; do
 done
 
 scripts/setup.sh
-cargo build --release --locked --quiet
+cargo build --release --locked --quiet -p stagesnap -p stage-sample
 bin=$PWD/target/release
 root=$(mktemp -d /tmp/stagesnap-demo.XXXXXX)
 [ "$keep" = 1 ] || trap 'rm -rf "$root"' EXIT

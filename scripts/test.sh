@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo fmt --check
-cargo clippy --all-targets --all-features --locked -- -D warnings
-cargo test --locked --all-targets --features test-hooks
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+# Every crate of the workspace; the product's race tests need its test-hooks feature.
+cargo test --locked --workspace --all-targets --features stagesnap/test-hooks

@@ -1,28 +1,28 @@
 //! stagesnap: snapshot and restore the on-disk state of multi-node test networks.
 //!
-//! The binary in `main.rs` only parses arguments and maps errors to exit codes;
-//! everything else lives here so integration tests and the sample generator can reuse it.
+//! The binary in `main.rs` only parses arguments and maps errors to exit codes; everything
+//! else lives here. Modules are `pub` only where `main.rs` or an integration test uses them,
+//! so the compiler finds what nothing calls.
 
-pub mod capture;
+pub(crate) mod capture;
 pub mod cli;
 pub mod commands;
-pub mod config;
-pub mod delta;
-pub mod docker;
+pub(crate) mod config;
+pub(crate) mod delta;
+pub(crate) mod docker;
 pub mod exit;
-pub mod fingerprint;
+pub(crate) mod fingerprint;
 pub mod ini;
-pub mod legacy;
-pub mod manifest;
-pub mod modes;
+pub(crate) mod legacy;
+pub(crate) mod manifest;
+pub(crate) mod modes;
 pub mod output;
-pub mod parallel;
+pub(crate) mod parallel;
 pub mod progress;
-pub mod quiesce;
-pub mod sample;
+pub(crate) mod quiesce;
 pub mod signals;
-pub mod store;
-pub mod sys;
-pub mod testhook;
-pub mod tools;
-pub mod tree;
+pub(crate) mod store;
+pub(crate) mod sys;
+pub(crate) mod testhook;
+pub(crate) mod tools;
+pub(crate) mod tree;

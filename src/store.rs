@@ -643,11 +643,6 @@ impl Store {
         }
     }
 
-    /// Rewrites a snapshot's metadata atomically.
-    pub fn write_meta(&self, snapshot: &Snapshot, _lock: &Lock) -> Result<()> {
-        write_json_atomic(&snapshot.dir.join(META_FILE), &snapshot.meta)
-    }
-
     /// The journal of a restore of `snapshot` starting now; see [`Journal::begin`].
     pub fn restore_journal(&self, snapshot: &str, _lock: &Lock) -> Journal {
         let record = JournalRecord {

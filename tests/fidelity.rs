@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{Env, LoopMount, assert_same_tree, cstr, is_root, set_mtime, set_xattr, treestate};
-use stagesnap::sample::GenerateOptions;
+use stage_sample::GenerateOptions;
 
 const MB: u64 = 1 << 20;
 

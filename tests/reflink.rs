@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{Env, LoopMount, assert_same_tree, dir_inodes, treestate};
-use stagesnap::sample::GenerateOptions;
+use stage_sample::GenerateOptions;
 
 const MB: u64 = 1 << 20;
 

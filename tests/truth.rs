@@ -8,9 +8,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use common::{Env, LoopMount};
+use stage_sample::GenerateOptions;
 use stagesnap::ini::Ini;
 use stagesnap::output::table;
-use stagesnap::sample::GenerateOptions;
 
 /// A small seeded generator (xorshift64*): the same cases on every run, no extra crate.
 struct Gen(u64);

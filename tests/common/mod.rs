@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use stagesnap::sample::{self, GenerateOptions, SuiteOptions};
+use stage_sample::{self as sample, GenerateOptions, SuiteOptions};
 use tempfile::TempDir;
 
 pub struct Env {

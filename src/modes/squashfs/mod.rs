@@ -3,12 +3,11 @@
 //! metadata squashfs cannot hold. A restore first proves both intact (sizes, BLAKE3 digests,
 //! `unsquashfs -s`); then the delta engine brings the live data to the manifest, rewriting
 //! only what differs and reading those pieces either straight from the image (`extract`,
-//! [`image`]) or through a loop mount of it (`mount`). Every attribute comes from the
-//! manifest; the fixups go back only after a restore without one (snapshots made before
-//! manifests, extracted whole by unsquashfs).
+//! through the [`sqfs_read`] crate) or through a loop mount of it (`mount`). Every attribute
+//! comes from the manifest; the fixups go back only after a restore without one (snapshots
+//! made before manifests, extracted whole by unsquashfs).
 
 mod fixups;
-mod image;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -19,9 +18,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use sqfs_read::{Image, ImageFile};
 
 use self::fixups::{Fixups, Time};
-use self::image::{Image, ImageFile};
 use super::{Finding, Mode, ModeContext, ModeKind, Restoration, Status, Verified};
 use crate::capture::{self, Held};
 use crate::config::Config;

@@ -1,12 +1,12 @@
 //! `stage-sample`: make and dirty sample stage environments for testing stagesnap.
-//! All logic lives in `stagesnap::sample`; this only parses arguments and maps errors to exit
+//! All logic lives in the `stage_sample` library; this only parses arguments and maps errors to exit
 //! codes (2 for refused requests, like clap's usage errors; 1 for failures).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use stagesnap::sample::{self, GenerateOptions, Refusal, Shape, SuiteOptions};
+use stage_sample::{self as sample, GenerateOptions, Refusal, Shape, SuiteOptions};
 
 #[derive(Parser)]
 #[command(

@@ -1,6 +1,11 @@
 //! Reads regular files' content straight from a squashfs image, without mounting it or running
 //! unsquashfs, so a restore can fetch just the pieces of files that changed.
 //!
+//! [`Image::open`] indexes an image's regular files by path; [`Image::file`] gives one of them,
+//! an [`ImageFile`] that reads bytes at any offset ([`ImageFile::read_exact_at`]) and finds its
+//! holes ([`ImageFile::data_from`], [`ImageFile::hole_from`]). An image is shared between threads;
+//! each thread reads through its own `ImageFile`.
+//!
 //! Supports what mksquashfs 4.x writes: squashfs 4.0, little-endian, every compressor (gzip,
 //! lzma, lzo, xz, lz4, zstd) and uncompressed metadata, data and fragments (`-noI -noD -noF`),
 //! block sizes from 4 KiB to 1 MiB, tail fragments, sparse blocks, and basic and extended file
@@ -9,16 +14,77 @@
 //! skipped. A damaged image gives an error, never a panic, and allocations stay bounded by what
 //! the image actually holds.
 
+#![warn(missing_docs)]
+
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fs::File;
+use std::fmt;
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::num::TryFromIntError;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use anyhow::{Context, Result, bail};
+/// Why an image cannot be opened: the file is unreadable, is not a squashfs 4.0 image, or is
+/// damaged. The message names the image, then where the problem lies, outermost first.
+#[derive(Debug)]
+pub struct Error(String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Error {
+        Error(e.to_string())
+    }
+}
+
+impl From<TryFromIntError> for Error {
+    fn from(e: TryFromIntError) -> Error {
+        Error(e.to_string())
+    }
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Says where an error happened, in front of it: "outer: inner".
+trait Context<T> {
+    fn context(self, outer: impl fmt::Display) -> Result<T>;
+    fn with_context<D: fmt::Display>(self, outer: impl FnOnce() -> D) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> Context<T> for Result<T, E> {
+    fn context(self, outer: impl fmt::Display) -> Result<T> {
+        self.with_context(|| outer)
+    }
+
+    fn with_context<D: fmt::Display>(self, outer: impl FnOnce() -> D) -> Result<T> {
+        self.map_err(|e| Error(format!("{}: {}", outer(), e.into().0)))
+    }
+}
+
+impl<T> Context<T> for Option<T> {
+    fn context(self, outer: impl fmt::Display) -> Result<T> {
+        self.with_context(|| outer)
+    }
+
+    fn with_context<D: fmt::Display>(self, outer: impl FnOnce() -> D) -> Result<T> {
+        self.ok_or_else(|| Error(outer().to_string()))
+    }
+}
+
+macro_rules! bail {
+    ($($message:tt)*) => {
+        return Err(Error(format!($($message)*)))
+    };
+}
 
 const MAGIC: u32 = 0x7371_7368;
 const SUPERBLOCK_LEN: usize = 96;
@@ -124,9 +190,13 @@ impl Reader {
 
 impl Image {
     /// Reads the superblock, the fragment table, and indexes every regular file by its path:
-    /// bytes relative to the image root, components joined by b'/', no leading slash.
+    /// bytes relative to the image root, components joined by b'/', no leading slash. A
+    /// symlink at `path` is refused, not followed.
     pub fn open(path: &Path) -> Result<Image> {
-        let file = crate::store::open_nofollow(path)
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
             .with_context(|| format!("cannot open squashfs image {}", path.display()))?;
         let superblock = Superblock::read(&file)
             .with_context(|| format!("{} is not a squashfs 4.0 image", path.display()))?;
@@ -509,6 +579,11 @@ impl Image {
 }
 
 impl ImageFile<'_> {
+    /// The file's length in bytes.
+    #[expect(
+        clippy::len_without_is_empty,
+        reason = "a file's length is checked against a size, never for emptiness"
+    )]
     pub fn len(&self) -> u64 {
         self.inode.len
     }
@@ -710,8 +785,8 @@ impl Superblock {
         let mut bytes = [0; SUPERBLOCK_LEN];
         file.read_exact_at(&mut bytes, 0)
             .map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => anyhow::anyhow!("it is shorter than a superblock"),
-                _ => anyhow::Error::new(e).context("cannot read its superblock"),
+                io::ErrorKind::UnexpectedEof => Error("it is shorter than a superblock".into()),
+                _ => Error(format!("cannot read its superblock: {e}")),
             })?;
         let mut fields = Cursor { bytes: &bytes };
         let magic = fields.u32()?;
@@ -836,9 +911,7 @@ fn unpack_metadata_block(stored: &[u8], decoder: &mut Decoder, out: &mut Vec<u8>
     } else {
         let start = out.len();
         out.resize(start + METADATA_BLOCK_LEN, 0);
-        let len = decoder
-            .decompress(body, &mut out[start..])
-            .map_err(anyhow::Error::msg)?;
+        let len = decoder.decompress(body, &mut out[start..]).map_err(Error)?;
         out.truncate(start + len);
     }
     Ok(2 + stored_len)
@@ -1413,6 +1486,32 @@ mod tests {
         let image = dir.path().join("image.sqfs");
         make_image(&source, &image, options);
         check_image(&source, &image, block_size);
+    }
+
+    /// unsquashfs, the reference reader, as the oracle: what it extracts from an image of every
+    /// listed compressor is what this reader reads, file for file and byte for byte.
+    #[test]
+    fn agrees_with_unsquashfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        make_tree(&source, 100);
+        for compressor in listed_compressors() {
+            let image = dir.path().join(format!("{compressor}.sqfs"));
+            make_image(&source, &image, &["-comp", &compressor]);
+            let extracted = dir.path().join(&compressor);
+            let unsquashed = Command::new("/usr/bin/unsquashfs")
+                .args(["-quiet", "-no-progress", "-d"])
+                .arg(&extracted)
+                .arg(&image)
+                .output()
+                .unwrap();
+            assert!(
+                unsquashed.status.success(),
+                "unsquashfs {compressor}: {}",
+                String::from_utf8_lossy(&unsquashed.stderr)
+            );
+            check_image(&extracted, &image, 128 << 10);
+        }
     }
 
     const UNCOMPRESSED: [&str; 5] = ["-noI", "-noId", "-noD", "-noF", "-noX"];

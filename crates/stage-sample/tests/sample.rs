@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use stagesnap::sample::{
-    self, ChangeKind, GenerateOptions, Refusal, Shape, SuiteOptions, SuiteSummary, cache_dir,
-    config_path, generate, run_suite,
+use stage_sample::{
+    self as sample, ChangeKind, GenerateOptions, Refusal, Shape, SuiteOptions, SuiteSummary,
+    cache_dir, config_path, generate, run_suite,
 };
 use tempfile::TempDir;
 
@@ -31,7 +31,8 @@ fn opts(nodes: u32, size: &str) -> GenerateOptions {
 }
 
 fn treestate(dir: &Path, content: bool) -> Manifest {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/treestate.py");
+    // The oracle is shared with the stagesnap tests, at the workspace root.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/tools/treestate.py");
     let mut cmd = Command::new("python3");
     cmd.arg(script).arg(dir);
     if !content {
