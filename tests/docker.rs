@@ -484,7 +484,7 @@ fn an_unreachable_daemon_is_exit_3_naming_the_socket() {
     }
 }
 
-/// The quiet probe behind the containers_running warning (quiesce = none) gives up at once
+/// The quiet probe behind quiesce = auto (and the warning of quiesce = none) gives up at once
 /// when nothing listens at the daemon's unix socket: starting the docker CLI, which could not
 /// reach a daemon either, cost ~25 ms of every create and restore.
 #[test]
@@ -535,6 +535,7 @@ fn disabled_mode_does_nothing_and_needs_no_docker() {
 fn running_containers_without_quiescing_are_warned_about_once() {
     let net = Net::start(2);
     let env = &net.env;
+    env.set("quiesce", "none");
     // The nodes keep logging through the unquiesced restore, which its check would rightly catch.
     env.set("restore_verify", "none");
     for command in ["create", "restore"] {
