@@ -406,11 +406,16 @@ impl Docker {
         struct Refusal {
             message: String,
         }
-        let why = serde_json::from_slice::<Refusal>(&body)
-            .map_or_else(|_| String::from_utf8_lossy(&body).into_owned(), |r| r.message);
+        let why = serde_json::from_slice::<Refusal>(&body).map_or_else(
+            |_| String::from_utf8_lossy(&body).into_owned(),
+            |r| r.message,
+        );
         Err(fail(
             Code::Failure,
-            format!("the docker daemon refused (HTTP {status}) while {what}: {}", why.trim()),
+            format!(
+                "the docker daemon refused (HTTP {status}) while {what}: {}",
+                why.trim()
+            ),
         ))
     }
 }
@@ -489,16 +494,14 @@ impl Listed {
 fn states_among(known: &[Listed], names: &[String]) -> Vec<State> {
     names
         .iter()
-        .map(
-            |name| match known.iter().find(|c| c.names.contains(name)) {
-                None => State::Missing,
-                Some(c) => match c.state.as_str() {
-                    "running" => State::Running,
-                    "paused" => State::Paused,
-                    other => State::Other(other.to_string()),
-                },
+        .map(|name| match known.iter().find(|c| c.names.contains(name)) {
+            None => State::Missing,
+            Some(c) => match c.state.as_str() {
+                "running" => State::Running,
+                "paused" => State::Paused,
+                other => State::Other(other.to_string()),
             },
-        )
+        })
         .collect()
 }
 
