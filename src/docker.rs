@@ -267,20 +267,26 @@ impl Docker {
     }
 
     pub fn pause(&self, names: &[String]) -> Result<()> {
-        joined(self.each("pause", "container_paused", names, false))
+        joined(self.each("pause", "container_paused", names, false, &|_| {}))
     }
 
     /// Uninterruptible: it undoes a pause.
     pub fn unpause(&self, names: &[String]) -> Result<()> {
-        joined(self.each("unpause", "container_unpaused", names, true))
+        joined(self.each("unpause", "container_unpaused", names, true, &|_| {}))
     }
 
     /// Stops the containers: gracefully (`docker stop`: SIGTERM, SIGKILL after docker's
     /// grace period) or, with `kill`, at once (SIGKILL). Either way docker answers once the
-    /// container has stopped, so its processes have let go of the data.
-    pub fn stop(&self, names: &[String], kill: bool) -> Result<()> {
+    /// container has stopped, so its processes have let go of the data: `on_stopped` is told
+    /// of each then.
+    pub fn stop(
+        &self,
+        names: &[String],
+        kill: bool,
+        on_stopped: &(dyn Fn(&str) + Sync),
+    ) -> Result<()> {
         let verb = if kill { "kill" } else { "stop" };
-        joined(self.each(verb, "container_stopped", names, false))
+        joined(self.each(verb, "container_stopped", names, false, on_stopped))
     }
 
     /// Starts the containers all at once, then waits until each runs and, with
@@ -291,9 +297,10 @@ impl Docker {
         let started = Instant::now();
         let mut failed = Vec::new();
         let mut pending = Vec::new();
-        for (name, result) in names
-            .iter()
-            .zip(self.each("start", "container_started", names, true))
+        for (name, result) in
+            names
+                .iter()
+                .zip(self.each("start", "container_started", names, true, &|_| {}))
         {
             match result {
                 Ok(()) => pending.push(name.clone()),
@@ -358,13 +365,22 @@ impl Docker {
     }
 
     /// `docker VERB name` for every container at once (the CLI itself would start or pause
-    /// several one after another), logging `event` for each; `to_end` ignores Ctrl-C.
-    fn each(&self, verb: &str, event: &str, names: &[String], to_end: bool) -> Vec<Result<()>> {
+    /// several one after another), logging `event` for each and telling `on_done`;
+    /// `to_end` ignores Ctrl-C.
+    fn each(
+        &self,
+        verb: &str,
+        event: &str,
+        names: &[String],
+        to_end: bool,
+        on_done: &(dyn Fn(&str) + Sync),
+    ) -> Vec<Result<()>> {
         concurrently(names, |name| {
             let started = Instant::now();
             self.act(verb, name, to_end)?;
             let seconds = format!("{:.3}", started.elapsed().as_secs_f64());
             tracing::info!(name = %name, verb, %seconds, "{event}");
+            on_done(name);
             Ok(())
         })
     }

@@ -4,12 +4,13 @@
 //! unpaused or started again on every way out: success, failure, panic and Ctrl-C.
 
 use std::fmt;
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
 use crate::config::Config;
-use crate::docker::{self, Docker, SocketAnswer, State, Wait, node_containers};
+use crate::docker::{self, Docker, NodeContainer, SocketAnswer, State, Wait, node_containers};
 use crate::exit::{Code, code_of, fail, one_line};
 use crate::modes::Mode;
 
@@ -61,11 +62,11 @@ pub fn around<T>(
     let installed;
     let (docker, running) = if how == "auto" {
         // Quiesces only what runs on a daemon that answers; without one nothing runs.
-        let Some((names, states)) = probe(cfg, docker) else {
+        let Some((nodes, states)) = probe(cfg, docker) else {
             tracing::info!("quiesce_auto: no docker daemon answers, so no node container runs");
             return f();
         };
-        let running: Vec<String> = names
+        let running: Vec<NodeContainer> = nodes
             .into_iter()
             .zip(states)
             .filter(|(_, s)| *s == State::Running)
@@ -83,7 +84,7 @@ pub fn around<T>(
                         Code::MissingDependency,
                         format!(
                             "node containers {} run and quiesce = auto needs the docker CLI to quiesce them; install it (sudo apt install docker.io) or set quiesce = none",
-                            running.join(" ")
+                            containers(&running).join(" ")
                         ),
                     )
                 })?;
@@ -96,32 +97,39 @@ pub fn around<T>(
         let running = running_nodes(cfg, docker)?;
         (docker, running)
     };
+    let wait = Wait::from_config(cfg);
     let clock = Instant::now();
-    let held = match (how, op) {
-        ("pause", Op::Restore) => {
-            tracing::warn!(
-                "quiesce_pause_restore: paused node processes keep the files they had open and go on with them after the restore; quiesce = auto or stop restarts them and is the safe choice"
-            );
-            Held::pause(docker, running)?
+    let (result, held, quiesced) = match (how, op) {
+        ("pause", _) | ("auto", Op::Create) => {
+            if op == Op::Restore {
+                tracing::warn!(
+                    "quiesce_pause_restore: paused node processes keep the files they had open and go on with them after the restore; quiesce = auto or stop restarts them and is the safe choice"
+                );
+            }
+            let held = Held::pause(docker, containers(&running))?;
+            let quiesced = clock.elapsed();
+            (f(), held, quiesced)
         }
-        ("pause", _) | ("auto", Op::Create) => Held::pause(docker, running)?,
-        (_, Op::Create) => Held::stop(docker, running, false, Wait::from_config(cfg))?,
-        (_, Op::Restore) => Held::stop(
+        (_, Op::Create) => {
+            let held = Held::stop(docker, containers(&running), false, wait)?;
+            let quiesced = clock.elapsed();
+            (f(), held, quiesced)
+        }
+        (_, Op::Restore) => overlapped(
             docker,
-            running,
+            &running,
             cfg.text("restore_stop") == "kill",
-            Wait::from_config(cfg),
-        )?,
+            wait,
+            f,
+        ),
     };
-    let quiesced = clock.elapsed();
-    let result = f();
-    let worked = clock.elapsed() - quiesced;
+    let worked = clock.elapsed();
     let ended = held.end();
     tracing::debug!(
         %op,
         quiesce = crate::output::seconds(quiesced),
-        work = crate::output::seconds(worked),
-        resume = crate::output::seconds(clock.elapsed() - quiesced - worked),
+        work = crate::output::seconds(worked - quiesced),
+        resume = crate::output::seconds(clock.elapsed() - worked),
         "quiesce_phases"
     );
     match (result, ended) {
@@ -140,6 +148,117 @@ pub fn around<T>(
             tracing::error!(error = %one_line(&undo), "quiesce_undo_failed");
             Err(e)
         }
+    }
+}
+
+fn containers(nodes: &[NodeContainer]) -> Vec<String> {
+    nodes.iter().map(|n| n.container.clone()).collect()
+}
+
+/// A restore's stop of the running node containers, run beside the restore itself: the
+/// restore begins with each node as soon as its container has stopped ([`next_stopped`])
+/// while the others still stop, and reads nothing else before every one has ([`all_stopped`]);
+/// no container starts before the whole restore is done. Returns the restore's result (or
+/// the stop's error, the cause), the containers to start again and how long stopping took.
+fn overlapped<'a, T>(
+    docker: &'a Docker,
+    running: &[NodeContainer],
+    kill: bool,
+    wait: Wait,
+    f: impl FnOnce() -> Result<T>,
+) -> (Result<T>, Held<'a>, Duration) {
+    let held = Held::hold(docker, containers(running), Some(wait));
+    let stopping = Arc::new(Stopping {
+        progress: Mutex::new(Progress {
+            stopped: Vec::new(),
+            left: running.len(),
+            failed: false,
+        }),
+        changed: Condvar::new(),
+    });
+    *lock(&STOPPING) = Some(stopping.clone());
+    let started = Instant::now();
+    let (stopped, result) = std::thread::scope(|s| {
+        let stopper = s.spawn(|| {
+            let on_stopped = |container: &str| {
+                let node = running.iter().find(|n| n.container == container);
+                let mut p = lock(&stopping.progress);
+                p.stopped.extend(node.map(|n| n.node.clone()));
+                p.left -= 1;
+                stopping.changed.notify_all();
+            };
+            let stopped = docker.stop(&held.names, kill, &on_stopped);
+            if stopped.is_err() {
+                lock(&stopping.progress).failed = true;
+                stopping.changed.notify_all();
+            }
+            (stopped, started.elapsed())
+        });
+        let result = f();
+        (stopper.join().expect("the stop does not panic"), result)
+    });
+    *lock(&STOPPING) = None;
+    let (stopped, took) = stopped;
+    (stopped.and(result), held, took)
+}
+
+/// The containers a quiesced restore is stopping, while it runs (one restore at a time).
+static STOPPING: Mutex<Option<Arc<Stopping>>> = Mutex::new(None);
+
+struct Stopping {
+    progress: Mutex<Progress>,
+    changed: Condvar,
+}
+
+struct Progress {
+    /// Node directories (`data/node1`) whose containers stopped, not yet handed out.
+    stopped: Vec<String>,
+    /// Containers still stopping.
+    left: usize,
+    failed: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// For a restore: the node directories whose quiesced containers stopped since the last
+/// call, waiting for at least one; None once every one has (at once without quiescing).
+/// Those may be restored at once: no node process holds them any more.
+pub fn next_stopped() -> Result<Option<Vec<String>>> {
+    wait_stopped(|p| (!p.stopped.is_empty()).then(|| std::mem::take(&mut p.stopped)))
+}
+
+/// For a restore: waits until every quiesced container has stopped. Nothing of the live data
+/// may be read or written before: a running node would change it behind the restore's back.
+pub fn all_stopped() -> Result<()> {
+    wait_stopped(|_| None::<()>).map(drop)
+}
+
+/// Waits until `take` has something, or no container is left stopping (None).
+fn wait_stopped<T>(take: impl Fn(&mut Progress) -> Option<T>) -> Result<Option<T>> {
+    let Some(stopping) = lock(&STOPPING).clone() else {
+        return Ok(None);
+    };
+    let mut p = lock(&stopping.progress);
+    loop {
+        if p.failed {
+            // The stop's own error is what the restore reports (see `overlapped`).
+            return Err(fail(
+                Code::Failure,
+                "the node containers could not all be stopped",
+            ));
+        }
+        if let Some(taken) = take(&mut p) {
+            return Ok(Some(taken));
+        }
+        if p.left == 0 {
+            return Ok(None);
+        }
+        p = stopping
+            .changed
+            .wait(p)
+            .unwrap_or_else(PoisonError::into_inner);
     }
 }
 
@@ -169,7 +288,7 @@ impl<'a> Held<'a> {
         wait: Wait,
     ) -> Result<Held<'a>> {
         let held = Self::hold(docker, names, Some(wait));
-        docker.stop(&held.names, kill)?;
+        docker.stop(&held.names, kill, &|_| {})?;
         Ok(held)
     }
 
@@ -227,14 +346,14 @@ impl Drop for Held<'_> {
 }
 
 /// The node containers running now; the others are left as they are.
-fn running_nodes(cfg: &Config, docker: &Docker) -> Result<Vec<String>> {
+fn running_nodes(cfg: &Config, docker: &Docker) -> Result<Vec<NodeContainer>> {
     let nodes = node_containers(cfg)?;
     let names: Vec<String> = nodes.iter().map(|n| n.container.clone()).collect();
     let states = docker.states(&names)?;
     let mut running = Vec::new();
     for (node, state) in nodes.iter().zip(states) {
         match state {
-            State::Running => running.push(node.container.clone()),
+            State::Running => running.push(node.clone()),
             State::Missing => tracing::warn!(
                 name = %node.container,
                 node = %node.node,
@@ -252,12 +371,9 @@ fn running_nodes(cfg: &Config, docker: &Docker) -> Result<Vec<String>> {
 
 /// The node containers and their states, asked quietly: None when no docker answers (or
 /// the containers cannot be named). Plain filesystem use must not depend on docker.
-fn probe(cfg: &Config, docker: Option<&Docker>) -> Option<(Vec<String>, Vec<State>)> {
-    let names: Vec<String> = node_containers(cfg)
-        .ok()?
-        .into_iter()
-        .map(|n| n.container)
-        .collect();
+fn probe(cfg: &Config, docker: Option<&Docker>) -> Option<(Vec<NodeContainer>, Vec<State>)> {
+    let nodes = node_containers(cfg).ok()?;
+    let names = containers(&nodes);
     let asked = match docker {
         Some(d) => d.states(&names),
         None => match docker::states_via_socket(&names) {
@@ -267,7 +383,7 @@ fn probe(cfg: &Config, docker: Option<&Docker>) -> Option<(Vec<String>, Vec<Stat
         },
     };
     match asked {
-        Ok(states) => Some((names, states)),
+        Ok(states) => Some((nodes, states)),
         Err(e) => {
             tracing::debug!(error = %one_line(&e), "docker_unavailable");
             None
@@ -277,14 +393,14 @@ fn probe(cfg: &Config, docker: Option<&Docker>) -> Option<(Vec<String>, Vec<Stat
 
 /// Without quiescing, one warning when node containers run during the operation.
 fn warn_running(cfg: &Config, docker: Option<&Docker>, op: Op) {
-    let Some((names, states)) = probe(cfg, docker) else {
+    let Some((nodes, states)) = probe(cfg, docker) else {
         return;
     };
-    let running: Vec<&str> = names
+    let running: Vec<&str> = nodes
         .iter()
         .zip(states)
         .filter(|(_, s)| *s == State::Running)
-        .map(|(n, _)| n.as_str())
+        .map(|(n, _)| n.container.as_str())
         .collect();
     if !running.is_empty() {
         let risk = match op {

@@ -625,6 +625,61 @@ fn doctor_reports_docker_and_every_container() {
     assert!(c["detail"].as_str().unwrap().contains("exited"), "{c}");
 }
 
+/// The seconds since the epoch of a docker timestamp (`StartedAt`, `FinishedAt`).
+fn docker_time(name: &str, field: &str) -> f64 {
+    let at = docker(&[
+        "inspect",
+        "--format",
+        &format!("{{{{.State.{field}}}}}"),
+        name,
+    ]);
+    sh(&format!("date -d '{}' +%s.%N", at.trim()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn ctime(path: &Path) -> f64 {
+    sh(&format!("stat -c %.9Z '{}'", path.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A restore begins with the nodes whose containers have stopped while another one still
+/// stops (here one whose stop signal the node ignores, so `docker stop` waits out its 3 s
+/// timeout), and starts no container before that last node is restored too.
+#[test]
+fn restore_begins_with_the_stopped_nodes_and_starts_none_before_all_are_restored() {
+    let net = Net::start(2);
+    let env = &net.env;
+    net.run(1, &["--stop-signal", "SIGWINCH", "--stop-timeout", "3"]);
+    env.set("restore_stop", "stop");
+    env.run(&["create"], 0);
+    let changed: Vec<_> = (1..=2)
+        .map(|n| env.data().join(format!("node{n}/lib/global_db/mdbx.dat")))
+        .collect();
+    for file in &changed {
+        std::fs::write(file, b"changed by the suite").unwrap();
+    }
+    let (_, log) = env.run(&["restore"], 0);
+    let slow_stopped = docker_time(&net.names[1], "FinishedAt");
+    assert!(
+        ctime(&changed[0]) < slow_stopped,
+        "node1 was not restored while {} still stopped: {log}",
+        net.names[1]
+    );
+    let last_change = ctime(&changed[1]);
+    assert!(last_change > slow_stopped, "{log}");
+    for name in &net.names {
+        assert!(
+            docker_time(name, "StartedAt") > last_change,
+            "{name}: {log}"
+        );
+    }
+    assert_eq!(net.states(), ["running"; 2]);
+}
+
 /// A node container that cannot start again after the restore (a second bind mount whose
 /// source is gone) fails it with exit 1 naming that container, once the data is restored and
 /// the other containers run again.

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::delta::{Content, Delta, Dir, Source};
-use crate::manifest::{Entry, Manifest};
+use crate::manifest::{Entry, Manifest, Name};
 use crate::store::{Journal, Snapshot};
 use crate::tools::{Found, Tool};
 use crate::tree::{Live, Totals};
@@ -73,8 +73,21 @@ type Fetch<'a> = &'a (dyn Fn(&[&Entry]) -> Result<()> + Sync);
 
 /// The restore of the modes whose snapshot holds a tree of files (`source`): the delta engine
 /// brings the live data to `target`, rewriting only what differs. `fetch` readies what it
-/// will read, before the first change.
+/// will read, before the first change. Every restore of live data goes through here, after
+/// the quiesced node containers have all stopped.
 fn delta_restore(
+    ctx: &ModeContext,
+    target: &Manifest,
+    source: &dyn Source,
+    content: Content,
+    fetch: Fetch,
+) -> Result<Restoration> {
+    crate::quiesce::all_stopped()?;
+    delta(ctx, target, source, content, fetch)
+}
+
+/// [`delta_restore`] of data no running node holds.
+fn delta(
     ctx: &ModeContext,
     target: &Manifest,
     source: &dyn Source,
@@ -112,7 +125,9 @@ fn target<'a>(
 }
 
 /// [`delta_restore`] from the snapshot's own payload tree, which needs no fetching
-/// (`filesystem`'s copy, `reflink`'s clones).
+/// (`filesystem`'s copy, `reflink`'s clones). Each node whose container a quiesced restore
+/// has stopped is restored at once, while the others still stop; the pass over everything
+/// then finds those done.
 fn payload_restore(
     ctx: &ModeContext,
     snapshot: &Snapshot,
@@ -121,7 +136,41 @@ fn payload_restore(
 ) -> Result<Restoration> {
     let payload = snapshot.payload();
     let target = target(snapshot, manifest, &payload)?;
-    delta_restore(ctx, &target, &Dir(&payload), content, &|_| Ok(()))
+    let source = Dir(&payload);
+    let mut early = RestoreStats::default();
+    while let Some(nodes) = crate::quiesce::next_stopped()? {
+        for part in nodes.iter().filter_map(|node| node_part(&target, node)) {
+            early.add(delta(ctx, &part, &source, content, &|_| Ok(()))?.stats);
+        }
+    }
+    let mut done = delta_restore(ctx, &target, &source, content, &|_| Ok(()))?;
+    done.stats.add(early);
+    Ok(done)
+}
+
+/// The part of `target` in node directory `node` (`data/node1`), as a manifest of its own;
+/// None when a hardlink ties it to a file elsewhere, which only the whole pass restores.
+fn node_part(target: &Manifest, node: &str) -> Option<Manifest> {
+    let inside = |path: &Name| {
+        path.0
+            .strip_prefix(node.as_bytes())
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
+    };
+    let entries: Vec<Entry> = target
+        .entries
+        .iter()
+        .filter(|e| inside(&e.path))
+        .cloned()
+        .collect();
+    if entries
+        .iter()
+        .any(|e| e.link.as_ref().is_some_and(|l| !inside(l)))
+    {
+        return None;
+    }
+    let mut header = target.header.clone();
+    header.include = vec![Name(node.as_bytes().to_vec())];
+    Some(Manifest { header, entries })
 }
 
 /// What a mode gets to work with.
