@@ -618,6 +618,27 @@ mod tests {
     }
 
     #[test]
+    fn health_from_the_listed_status() {
+        let listed = |status: &str| Listed {
+            names: vec!["n".into()],
+            state: "running".into(),
+            status: status.into(),
+        };
+        assert_eq!(
+            listed("Up 3 seconds (health: starting)").health(),
+            Some("starting")
+        );
+        assert_eq!(listed("Up 2 minutes (healthy)").health(), Some("healthy"));
+        assert_eq!(
+            listed("Up 2 minutes (unhealthy)").health(),
+            Some("unhealthy")
+        );
+        assert_eq!(listed("Up 2 minutes").health(), None);
+        assert_eq!(listed("Exited (137) 2 seconds ago").health(), None);
+        assert_eq!(listed("Up 5 seconds (Paused)").health(), None);
+    }
+
+    #[test]
     fn docker_name_rule() {
         for ok in ["a", "cellframe-stage-node-1", "A_b.c-9"] {
             assert!(valid_name(ok), "{ok}");

@@ -180,6 +180,7 @@ fn overlapped<'a, T>(
     let started = Instant::now();
     let (stopped, result) = std::thread::scope(|s| {
         let stopper = s.spawn(|| {
+            let _woken = Ended(&stopping);
             let on_stopped = |container: &str| {
                 let node = running.iter().find(|n| n.container == container);
                 let mut p = lock(&stopping.progress);
@@ -188,10 +189,6 @@ fn overlapped<'a, T>(
                 stopping.changed.notify_all();
             };
             let stopped = docker.stop(&held.names, kill, &on_stopped);
-            if stopped.is_err() {
-                lock(&stopping.progress).failed = true;
-                stopping.changed.notify_all();
-            }
             (stopped, started.elapsed())
         });
         let result = f();
@@ -218,15 +215,30 @@ struct Progress {
     failed: bool,
 }
 
+/// Ends a stop for those waiting on it, however it ends (a panic too): with containers left
+/// stopping, as failed.
+struct Ended<'a>(&'a Stopping);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        let mut p = lock(&self.0.progress);
+        if p.left > 0 {
+            p.failed = true;
+        }
+        self.0.changed.notify_all();
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// For a restore: the node directories whose quiesced containers stopped since the last
-/// call, waiting for at least one; None once every one has (at once without quiescing).
-/// Those may be restored at once: no node process holds them any more.
-pub fn next_stopped() -> Result<Option<Vec<String>>> {
-    wait_stopped(|p| (!p.stopped.is_empty()).then(|| std::mem::take(&mut p.stopped)))
+/// For a restore: a node directory whose quiesced container has stopped and that no caller
+/// had yet, waiting for one; None once every container has stopped and every such node was
+/// handed out (at once without quiescing). It may be restored at once: no node process holds
+/// it any more.
+pub fn next_stopped() -> Result<Option<String>> {
+    wait_stopped(|p| (!p.stopped.is_empty()).then(|| p.stopped.remove(0)))
 }
 
 /// For a restore: waits until every quiesced container has stopped. Nothing of the live data
