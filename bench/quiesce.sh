@@ -76,13 +76,21 @@ hyperfine --runs "$RUNS" --style basic --export-json "$WORK/quiesce.json" \
   -p "$suite; sync" -n "bare parallel kill + start (API socket, curl)" "bash $WORK/kill-start-api.sh" \
   -p "$suite; sync" -n "harness: docker stop all, restore (quiesce = none), docker start all" "$harness" >&2
 
-# Phases, each run after a suite: stagesnap's own (its quiesce_phases debug event), and the
-# harness's, timed around each of its steps.
+# The same three ways again, interleaved round by round (this machine is shared, and its load
+# drifts over the minutes hyperfine spends on one command), each after a suite, with phases:
+# stagesnap's own (its quiesce_phases debug event) and the harness's, timed around its steps.
 now() { date +%s.%N; }
 for i in $(seq "$RUNS"); do
   $suite >/dev/null; sync
-  $SNAP -v -c "$env/stage-env/stage-env.cfg" -s auto_cleanup=false -s "container_name=$PREFIX-{n}" restore q 2>&1 >/dev/null |
-    grep -o 'quiesce_phases .*' | sed 's/^/auto /'
+  t0=$(now)
+  $SNAP -v -c "$env/stage-env/stage-env.cfg" -s auto_cleanup=false -s "container_name=$PREFIX-{n}" restore q 2>"$WORK/log" >/dev/null
+  t1=$(now)
+  echo "auto total=$(echo "$t1 - $t0" | bc) $(grep -o 'quiesce_phases .*' "$WORK/log")"
+  $suite >/dev/null; sync
+  t0=$(now)
+  bash "$WORK/kill-start-cli.sh"
+  t1=$(now)
+  echo "floor total=$(echo "$t1 - $t0" | bc)"
   $suite >/dev/null; sync
   t0=$(now)
   # shellcheck disable=SC2086
@@ -93,7 +101,7 @@ for i in $(seq "$RUNS"); do
   # shellcheck disable=SC2086
   docker start $NAMES >/dev/null
   t3=$(now)
-  echo "harness op=restore quiesce=$(echo "$t1 - $t0" | bc) work=$(echo "$t2 - $t1" | bc) resume=$(echo "$t3 - $t2" | bc)"
+  echo "harness total=$(echo "$t3 - $t0" | bc) quiesce=$(echo "$t1 - $t0" | bc) work=$(echo "$t2 - $t1" | bc) resume=$(echo "$t3 - $t2" | bc)"
 done >"$WORK/phases.txt"
 
 python3 - "$WORK/quiesce.json" "$WORK/phases.txt" >"$OUT" <<EOF
@@ -104,7 +112,7 @@ rows = [(r["command"], m, min(r["times"]), max(r["times"])) for r, m in zip(resu
 phases = {}
 for line in open(sys.argv[2]):
     who = line.split()[0]
-    for k, v in re.findall(r"(quiesce|work|resume)=([0-9.]+)", line):
+    for k, v in re.findall(r"(total|quiesce|work|resume)=([0-9.]+)", line):
         phases.setdefault(who, {}).setdefault(k, []).append(float(v))
 print("# Quiesce: a restore under running node containers")
 print()
@@ -125,15 +133,21 @@ print(f"- stagesnap restore ÷ bare parallel kill + start (API socket): {med[0] 
 print(f"- stagesnap restore ÷ the harness's way: **{med[0] / med[4]:.2f}×** (target ≤ 0.6)")
 print(f"- stagesnap restore with nothing to restore ÷ bare parallel docker kill + start (CLI): {med[1] / med[2]:.2f}× (what stagesnap adds to the floor besides restoring)")
 print()
-print("Phases, medians of $RUNS more runs (seconds): stagesnap's from its \`quiesce_phases\` debug event")
-print("(quiesce = kill all and wait until stopped; work = the restore with its check; resume = start")
-print("all and wait until each runs); the harness's timed around its three commands.")
+print("The same, interleaved: $RUNS rounds of (suite, stagesnap restore, suite, bare kill + start,")
+print("suite, harness), so that the machine's drifting load falls on all three alike. Medians")
+print("(seconds); stagesnap's phases from its \`quiesce_phases\` debug event (stop = kill all until")
+print("each has stopped, nodes being restored meanwhile; restore = what is left of the restore and")
+print("its check once all have stopped; start = start all and wait until each runs), the harness's")
+print("timed around its three commands.")
 print()
-print("| way | stop | restore | start |")
-print("|---|---|---|---|")
-for who, label in (("auto", "stagesnap restore (quiesce = auto)"), ("harness", "harness")):
+print("| way | total | stop | restore | start |")
+print("|---|---|---|---|---|")
+cell = lambda p, k: f"{statistics.median(p[k]):.3f}" if k in p else "–"
+for who, label in (("auto", "stagesnap restore (quiesce = auto)"), ("floor", "bare parallel docker kill + docker start (CLI)"), ("harness", "harness")):
     p = phases.get(who, {})
-    cells = [f"{statistics.median(p[k]):.3f}" if k in p else "–" for k in ("quiesce", "work", "resume")]
-    print(f"| {label} | " + " | ".join(cells) + " |")
+    print(f"| {label} | " + " | ".join(cell(p, k) for k in ("total", "quiesce", "work", "resume")) + " |")
+t = {who: statistics.median(p["total"]) for who, p in phases.items()}
+print()
+print(f"- interleaved: stagesnap restore ÷ bare kill + start: **{t['auto'] / t['floor']:.2f}×**; ÷ the harness's way: **{t['auto'] / t['harness']:.2f}×**")
 EOF
 cat "$OUT"

@@ -111,7 +111,7 @@ pub fn around<T>(
             (f(), held, quiesced)
         }
         (_, Op::Create) => {
-            let held = Held::stop(docker, containers(&running), false, wait)?;
+            let held = Held::stop(docker, containers(&running), wait)?;
             let quiesced = clock.elapsed();
             (f(), held, quiesced)
         }
@@ -291,16 +291,10 @@ impl<'a> Held<'a> {
         Ok(held)
     }
 
-    /// Stopped gracefully or, with `kill`, killed; [`Held::end`] starts them and waits as
-    /// `wait` says.
-    pub fn stop(
-        docker: &'a Docker,
-        names: Vec<String>,
-        kill: bool,
-        wait: Wait,
-    ) -> Result<Held<'a>> {
+    /// Stopped gracefully (`docker stop`); [`Held::end`] starts them and waits as `wait` says.
+    pub fn stop(docker: &'a Docker, names: Vec<String>, wait: Wait) -> Result<Held<'a>> {
         let held = Self::hold(docker, names, Some(wait));
-        docker.stop(&held.names, kill, &|_| {})?;
+        docker.stop(&held.names, false, &|_| {})?;
         Ok(held)
     }
 

@@ -177,7 +177,7 @@ pub fn clean(docker: &Docker, cfg: &Config) -> Result<u64> {
     }
     if cfg.flag("recreate_restart") {
         // Stopped in parallel, then started and waited for; started again on any way out.
-        Held::stop(docker, names, false, Wait::from_config(cfg))?.end()?;
+        Held::stop(docker, names, Wait::from_config(cfg))?.end()?;
     }
     Ok(removed)
 }
