@@ -166,18 +166,20 @@ fn node_part(target: &Manifest, node: &str) -> Option<Manifest> {
             .strip_prefix(node.as_bytes())
             .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
     };
+    // A group's link names its first path, which may be this node's or another's.
+    if target.entries.iter().any(|e| {
+        e.link
+            .as_ref()
+            .is_some_and(|l| inside(l) != inside(&e.path))
+    }) {
+        return None;
+    }
     let entries: Vec<Entry> = target
         .entries
         .iter()
         .filter(|e| inside(&e.path))
         .cloned()
         .collect();
-    if entries
-        .iter()
-        .any(|e| e.link.as_ref().is_some_and(|l| !inside(l)))
-    {
-        return None;
-    }
     let mut header = target.header.clone();
     header.include = vec![Name(node.as_bytes().to_vec())];
     Some(Manifest { header, entries })
