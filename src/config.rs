@@ -175,9 +175,30 @@ pub const SPECS: &[Spec] = &[
     Spec {
         key: "quiesce",
         section: SECTION,
-        default: "none",
-        kind: Kind::Choice(&["none", "pause", "stop"]),
-        help: "what happens to running node containers around create and restore",
+        default: "auto",
+        kind: Kind::Choice(&["auto", "none", "pause", "stop"]),
+        help: "what happens to running node containers around create and restore: auto pauses them for create and stops them for restore when docker answers",
+    },
+    Spec {
+        key: "restore_stop",
+        section: SECTION,
+        default: "kill",
+        kind: Kind::Choice(&["kill", "stop"]),
+        help: "how a restore stops running node containers (quiesce = auto or stop): kill (SIGKILL; the data is overwritten anyway) or stop (graceful)",
+    },
+    Spec {
+        key: "wait_healthy",
+        section: SECTION,
+        default: "false",
+        kind: Kind::Bool,
+        help: "after starting stopped node containers, also wait until those with a HEALTHCHECK report healthy",
+    },
+    Spec {
+        key: "start_timeout",
+        section: SECTION,
+        default: "60",
+        kind: Kind::Count,
+        help: "seconds to wait for stopped node containers to run again (and be healthy, with wait_healthy) before exit 1",
     },
     Spec {
         key: "restore_fallback",

@@ -1,8 +1,12 @@
 //! A small docker client on top of the docker CLI (run through [`crate::tools`]): the daemon
-//! check, container states and mounts, pause/unpause, stop/start, exec; and the mapping from
-//! node directories to the containers that mount them.
+//! check, container states and mounts, pause/unpause, stop/kill/start, exec; and the mapping
+//! from node directories to the containers that mount them. Pause, stop, kill, start and the
+//! wait for running again go straight to the daemon's unix socket when the CLI would use one:
+//! one HTTP request costs about a millisecond, one CLI process per container ~40 ms of CPU.
 
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -14,9 +18,6 @@ use crate::exit::{Code, code_of, fail, one_line};
 use crate::modes::Mode;
 use crate::tools::{DOCKER, Found};
 use crate::tree::Live;
-
-/// How long a started container may take to be reported running.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Docker's rule for container names (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`).
 pub fn valid_name(name: &str) -> bool {
@@ -45,7 +46,7 @@ pub fn render(template: &str, node: &str) -> Result<String, String> {
 pub fn needed_by(cfg: &Config, mode: &dyn Mode, restore: bool) -> Option<String> {
     if mode.tools().contains(&DOCKER) {
         Some(format!("{} mode selected", mode.kind().name()))
-    } else if cfg.text("quiesce") != "none" {
+    } else if !matches!(cfg.text("quiesce"), "none" | "auto") {
         Some(format!("quiesce = {} is set", cfg.text("quiesce")))
     } else if restore && cfg.text("restore_fallback") != "none" {
         Some(format!(
@@ -130,11 +131,34 @@ struct Mount {
 /// The docker CLI, once located; [`Docker::connect`] also proves the daemon answers.
 pub struct Docker {
     cli: Found,
+    /// The daemon's unix socket, when the CLI would talk to one.
+    api: Option<PathBuf>,
+}
+
+/// What a restore waits for once it has started the node containers again.
+#[derive(Debug, Clone, Copy)]
+pub struct Wait {
+    /// Also until each container that defines a HEALTHCHECK reports healthy.
+    pub healthy: bool,
+    pub timeout: Duration,
+}
+
+impl Wait {
+    /// `wait_healthy` and `start_timeout`.
+    pub fn from_config(cfg: &Config) -> Wait {
+        Wait {
+            healthy: cfg.flag("wait_healthy"),
+            timeout: Duration::from_secs(cfg.count("start_timeout").into()),
+        }
+    }
 }
 
 impl Docker {
     pub fn new(cli: Found) -> Docker {
-        Docker { cli }
+        Docker {
+            cli,
+            api: unix_socket(),
+        }
     }
 
     /// Locates the CLI (exit 3 with the install hint) and checks the daemon answers (exit 3
@@ -175,27 +199,44 @@ impl Docker {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
-    /// The state of each named container, in order (one `docker ps` for all). Finishes even
+    /// The state of each named container, in order (one listing for all). Finishes even
     /// after Ctrl-C, as bringing containers back relies on it.
     pub fn states(&self, names: &[String]) -> Result<Vec<State>> {
+        Ok(states_among(&self.listing()?, names))
+    }
+
+    /// Every container, as `docker ps --all` lists it.
+    fn listing(&self) -> Result<Vec<Listed>> {
+        if let Some(socket) = &self.api {
+            return list_via(socket, REQUEST_TIMEOUT).map_err(|e| {
+                fail(
+                    Code::Failure,
+                    format!("cannot list the containers at {}: {e}", socket.display()),
+                )
+            });
+        }
         let out = self.cli.run_to_end(
             [
                 "ps",
                 "--all",
                 "--no-trunc",
                 "--format",
-                "{{.Names}}\t{{.State}}",
+                "{{.Names}}\t{{.State}}\t{{.Status}}",
             ],
             "listing containers",
         )?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let known: Vec<(&str, &str)> = text
+        Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|l| l.split_once('\t'))
-            // A container linked under several names lists them comma-separated.
-            .flat_map(|(names, state)| names.split(',').map(move |n| (n, state)))
-            .collect();
-        Ok(states_among(&known, names))
+            .filter_map(|l| {
+                let mut fields = l.splitn(3, '\t');
+                Some(Listed {
+                    // A container linked under several names lists them comma-separated.
+                    names: fields.next()?.split(',').map(str::to_string).collect(),
+                    state: fields.next()?.to_string(),
+                    status: fields.next().unwrap_or_default().to_string(),
+                })
+            })
+            .collect())
     }
 
     /// For each (existing) container, the host directory it mounts at `destination`, or None
@@ -226,49 +267,95 @@ impl Docker {
     }
 
     pub fn pause(&self, names: &[String]) -> Result<()> {
-        self.each("pause", "container_paused", names, false)
+        joined(self.each("pause", "container_paused", names, false, &|_| {}))
     }
 
     /// Uninterruptible: it undoes a pause.
     pub fn unpause(&self, names: &[String]) -> Result<()> {
-        self.each("unpause", "container_unpaused", names, true)
+        joined(self.each("unpause", "container_unpaused", names, true, &|_| {}))
     }
 
-    pub fn stop(&self, names: &[String]) -> Result<()> {
-        self.each("stop", "container_stopped", names, false)
+    /// Stops the containers: gracefully (`docker stop`: SIGTERM, SIGKILL after docker's
+    /// grace period) or, with `kill`, at once (SIGKILL). Either way docker answers once the
+    /// container has stopped, so its processes have let go of the data: `on_stopped` is told
+    /// of each then.
+    pub fn stop(
+        &self,
+        names: &[String],
+        kill: bool,
+        on_stopped: &(dyn Fn(&str) + Sync),
+    ) -> Result<()> {
+        let verb = if kill { "kill" } else { "stop" };
+        joined(self.each(verb, "container_stopped", names, false, on_stopped))
     }
 
-    /// Starts the containers and waits until each runs; uninterruptible, as it undoes a stop.
-    /// A container seen stopped again (a stop still finishing when it was started) is started
-    /// again until it stays up or the timeout passes.
-    pub fn start_running(&self, names: &[String]) -> Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut pending = names.to_vec();
-        loop {
-            self.each("start", "container_started", &pending, true)?;
-            let states = self.states(&pending)?;
-            let down: Vec<(String, State)> = pending
+    /// Starts the containers all at once, then waits until each runs and, with
+    /// `wait.healthy`, until each that has a HEALTHCHECK is healthy; uninterruptible, as it
+    /// undoes a stop. One that cannot start, stops again or is not up within `wait.timeout`
+    /// fails it (exit 1, naming it), once the others run.
+    pub fn start_running(&self, names: &[String], wait: Wait) -> Result<()> {
+        let started = Instant::now();
+        let mut failed = Vec::new();
+        let mut pending = Vec::new();
+        for (name, result) in
+            names
                 .iter()
-                .cloned()
-                .zip(states)
-                .filter(|(_, s)| *s != State::Running)
-                .collect();
-            if down.is_empty() {
-                return Ok(());
+                .zip(self.each("start", "container_started", names, true, &|_| {}))
+        {
+            match result {
+                Ok(()) => pending.push(name.clone()),
+                Err(e) => failed.push(format!(
+                    "container {name} did not start again ({})",
+                    one_line(&e)
+                )),
             }
-            if Instant::now() >= deadline {
-                let (name, state) = &down[0];
-                return Err(fail(
-                    Code::Failure,
-                    format!(
-                        "container {name} did not stay running after docker start ({}); see `docker logs {name}`",
-                        state.describe()
-                    ),
-                ));
-            }
-            pending = down.into_iter().map(|(n, _)| n).collect();
-            std::thread::sleep(Duration::from_millis(200));
         }
+        while !pending.is_empty() {
+            let listing = self.listing()?;
+            let late = started.elapsed() >= wait.timeout;
+            let mut waiting = Vec::new();
+            for name in pending {
+                let Some(now) = listing.iter().find(|c| c.names.contains(&name)) else {
+                    failed.push(format!("container {name} no longer exists"));
+                    continue;
+                };
+                let health = now.health();
+                let up = now.state == "running"
+                    && (!wait.healthy || matches!(health, None | Some("healthy")));
+                if up {
+                    let seconds = format!("{:.3}", started.elapsed().as_secs_f64());
+                    tracing::info!(name = %name, health = health.unwrap_or("none"), %seconds, "container_running");
+                } else if matches!(now.state.as_str(), "exited" | "dead") {
+                    failed.push(format!(
+                        "container {name} stopped again right after docker start ({}); see `docker logs {name}`",
+                        now.status
+                    ));
+                } else if late {
+                    failed.push(format!(
+                        "container {name} is not {} {} s after docker start ({}); see `docker logs {name}`, or raise start_timeout",
+                        if wait.healthy { "running and healthy" } else { "running" },
+                        wait.timeout.as_secs(),
+                        now.status
+                    ));
+                } else {
+                    waiting.push(name);
+                }
+            }
+            pending = waiting;
+            if !pending.is_empty() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(fail(
+            Code::Failure,
+            format!(
+                "{}; the other node containers run. Fix it, then `docker start` it",
+                failed.join("; ")
+            ),
+        ))
     }
 
     /// `docker exec container args…`, without a shell on the host: arguments reach the
@@ -278,32 +365,91 @@ impl Docker {
     }
 
     /// `docker VERB name` for every container at once (the CLI itself would start or pause
-    /// several one after another), logging `event` for each; `to_end` ignores Ctrl-C.
-    fn each(&self, verb: &str, event: &str, names: &[String], to_end: bool) -> Result<()> {
-        let results = concurrently(names, |name| {
+    /// several one after another), logging `event` for each and telling `on_done`;
+    /// `to_end` ignores Ctrl-C.
+    fn each(
+        &self,
+        verb: &str,
+        event: &str,
+        names: &[String],
+        to_end: bool,
+        on_done: &(dyn Fn(&str) + Sync),
+    ) -> Vec<Result<()>> {
+        concurrently(names, |name| {
             let started = Instant::now();
-            let what = format!("running docker {verb} {name}");
+            self.act(verb, name, to_end)?;
+            let seconds = format!("{:.3}", started.elapsed().as_secs_f64());
+            tracing::info!(name = %name, verb, %seconds, "{event}");
+            on_done(name);
+            Ok(())
+        })
+    }
+
+    /// `docker VERB name`, as one request to the daemon's socket when there is one.
+    fn act(&self, verb: &str, name: &str, to_end: bool) -> Result<()> {
+        let what = format!("running docker {verb} {name}");
+        let Some(socket) = &self.api else {
             if to_end {
                 self.cli.run_to_end([verb, name], &what)?;
             } else {
                 self.cli.run([verb, name], &what)?;
             }
-            let seconds = format!("{:.3}", started.elapsed().as_secs_f64());
-            tracing::info!(name = %name, %seconds, "{event}");
-            Ok(())
-        });
-        let mut failed: Vec<anyhow::Error> = results.into_iter().filter_map(Result::err).collect();
-        match failed.len() {
-            0 => Ok(()),
-            1 => Err(failed.remove(0)),
-            _ => match failed.iter().position(|e| code_of(e) == Code::Interrupted) {
-                Some(i) => Err(failed.remove(i)),
-                None => Err(fail(
-                    Code::Failure,
-                    failed.iter().map(one_line).collect::<Vec<_>>().join("; "),
-                )),
-            },
+            return Ok(());
+        };
+        let (status, body) = http(
+            socket,
+            "POST",
+            &format!("/containers/{name}/{verb}"),
+            REQUEST_TIMEOUT,
+        )
+        .map_err(|e| {
+            fail(
+                Code::Failure,
+                format!(
+                    "cannot reach the docker daemon at {} while {what}: {e}",
+                    socket.display()
+                ),
+            )
+        })?;
+        if !to_end {
+            crate::signals::check()?;
         }
+        // 304: already so (started, stopped).
+        if (200..300).contains(&status) || status == 304 {
+            return Ok(());
+        }
+        #[derive(Deserialize)]
+        struct Refusal {
+            message: String,
+        }
+        let why = serde_json::from_slice::<Refusal>(&body).map_or_else(
+            |_| String::from_utf8_lossy(&body).into_owned(),
+            |r| r.message,
+        );
+        Err(fail(
+            Code::Failure,
+            format!(
+                "the docker daemon refused (HTTP {status}) while {what}: {}",
+                why.trim()
+            ),
+        ))
+    }
+}
+
+/// One error for the results of [`Docker::each`]: the interruption if there was one, else
+/// every failure.
+fn joined(results: Vec<Result<()>>) -> Result<()> {
+    let mut failed: Vec<anyhow::Error> = results.into_iter().filter_map(Result::err).collect();
+    match failed.len() {
+        0 => Ok(()),
+        1 => Err(failed.remove(0)),
+        _ => match failed.iter().position(|e| code_of(e) == Code::Interrupted) {
+            Some(i) => Err(failed.remove(i)),
+            None => Err(fail(
+                Code::Failure,
+                failed.iter().map(one_line).collect::<Vec<_>>().join("; "),
+            )),
+        },
     }
 }
 
@@ -334,19 +480,54 @@ pub fn socket() -> String {
     }
 }
 
-/// The state of each of `names` among the `(name, state)` pairs docker listed.
-fn states_among(known: &[(&str, &str)], names: &[String]) -> Vec<State> {
+/// How long a request to the daemon may take: a stop waits up to docker's 10 s grace period.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One container as `docker ps --all` (or `GET /containers/json?all=1`) lists it.
+#[derive(Deserialize)]
+struct Listed {
+    #[serde(rename = "Names")]
+    names: Vec<String>,
+    /// running, paused, exited…
+    #[serde(rename = "State")]
+    state: String,
+    /// `Up 3 seconds (health: starting)`, `Exited (137) 2 seconds ago`…
+    #[serde(rename = "Status")]
+    status: String,
+}
+
+impl Listed {
+    /// healthy, unhealthy or starting; None without a HEALTHCHECK.
+    fn health(&self) -> Option<&str> {
+        let (_, health) = self.status.rsplit_once('(')?;
+        let health = health.strip_suffix(')')?;
+        Some(health.strip_prefix("health: ").unwrap_or(health))
+            .filter(|h| matches!(*h, "healthy" | "unhealthy" | "starting"))
+    }
+}
+
+/// The state of each of `names` among the containers docker listed.
+fn states_among(known: &[Listed], names: &[String]) -> Vec<State> {
     names
         .iter()
-        .map(
-            |name| match known.iter().find(|(n, _)| n == name).map(|(_, s)| *s) {
-                None => State::Missing,
-                Some("running") => State::Running,
-                Some("paused") => State::Paused,
-                Some(other) => State::Other(other.to_string()),
+        .map(|name| match known.iter().find(|c| c.names.contains(name)) {
+            None => State::Missing,
+            Some(c) => match c.state.as_str() {
+                "running" => State::Running,
+                "paused" => State::Paused,
+                other => State::Other(other.to_string()),
             },
-        )
+        })
         .collect()
+}
+
+/// The daemon's unix socket as the CLI would find it; None when `DOCKER_HOST` names
+/// something else (tcp://, ssh://), which only the CLI speaks.
+fn unix_socket() -> Option<PathBuf> {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) if !host.is_empty() => host.strip_prefix("unix://").map(PathBuf::from),
+        _ => Some(PathBuf::from("/var/run/docker.sock")),
+    }
 }
 
 /// What the daemon's socket says of the node containers, for quiet probes.
@@ -358,62 +539,67 @@ pub enum SocketAnswer {
     AskCli,
 }
 
-/// [`Docker::states`] asked of the daemon's own socket (`GET /containers/json`): about a
-/// millisecond, where starting the CLI twice costs ~0.1 s of every restore.
+/// [`Docker::states`] asked of the daemon's own socket: about a millisecond, where starting
+/// the CLI twice costs ~0.1 s of every restore.
 pub fn states_via_socket(names: &[String]) -> SocketAnswer {
-    let socket = match std::env::var("DOCKER_HOST") {
-        Ok(host) => match host.strip_prefix("unix://") {
-            Some(path) => path.to_string(),
-            None => return SocketAnswer::AskCli,
-        },
-        Err(_) => "/var/run/docker.sock".to_string(),
+    let Some(socket) = unix_socket() else {
+        return SocketAnswer::AskCli;
     };
-    let stream = match std::os::unix::net::UnixStream::connect(socket) {
-        Ok(stream) => stream,
+    match list_via(&socket, Duration::from_secs(5)) {
+        Ok(listing) => SocketAnswer::States(states_among(&listing, names)),
         Err(e)
             if matches!(
                 e.raw_os_error(),
                 Some(libc::ENOENT | libc::ECONNREFUSED | libc::ENOTDIR)
             ) =>
         {
-            return SocketAnswer::NoDaemon;
+            SocketAnswer::NoDaemon
         }
-        Err(_) => return SocketAnswer::AskCli,
-    };
-    ask(stream, names).map_or(SocketAnswer::AskCli, SocketAnswer::States)
+        Err(_) => SocketAnswer::AskCli,
+    }
 }
 
-/// The states the daemon at `stream` lists for `names`; None when its answer is not understood.
-fn ask(mut stream: std::os::unix::net::UnixStream, names: &[String]) -> Option<Vec<State>> {
-    use std::io::{Read, Write};
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+/// `GET /containers/json?all=1`: every container, names without docker's leading `/`.
+fn list_via(socket: &Path, timeout: Duration) -> std::io::Result<Vec<Listed>> {
+    let (status, body) = http(socket, "GET", "/containers/json?all=1", timeout)?;
+    if status != 200 {
+        return Err(std::io::Error::other(format!("HTTP {status}")));
+    }
+    let mut listing: Vec<Listed> = serde_json::from_slice(&body)?;
+    for c in &mut listing {
+        for n in &mut c.names {
+            *n = n.trim_start_matches('/').to_string();
+        }
+    }
+    Ok(listing)
+}
+
+/// One HTTP request without a body to the daemon at `socket`: its status and body.
+fn http(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(timeout))?;
     // HTTP/1.0: the daemon answers with the whole body and closes, never chunked.
-    stream
-        .write_all(b"GET /containers/json?all=1 HTTP/1.0\r\nHost: docker\r\n\r\n")
-        .ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n\r\n"
+    )?;
     let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).ok()?;
-    let split = reply.windows(4).position(|w| w == b"\r\n\r\n")?;
-    if !reply.starts_with(b"HTTP/1.0 200") && !reply.starts_with(b"HTTP/1.1 200") {
-        return None;
-    }
-    #[derive(Deserialize)]
-    struct Listed {
-        #[serde(rename = "Names")]
-        names: Vec<String>,
-        #[serde(rename = "State")]
-        state: String,
-    }
-    let listed: Vec<Listed> = serde_json::from_slice(&reply[split + 4..]).ok()?;
-    let known: Vec<(&str, &str)> = listed
-        .iter()
-        .flat_map(|c| {
-            c.names
-                .iter()
-                .map(move |n| (n.trim_start_matches('/'), c.state.as_str()))
-        })
-        .collect();
-    Some(states_among(&known, names))
+    stream.read_to_end(&mut reply)?;
+    let unexpected = || std::io::Error::other("unexpected answer from the docker daemon");
+    let split = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(unexpected)?;
+    let status = std::str::from_utf8(&reply[..split])
+        .ok()
+        .and_then(|head| head.split(' ').nth(1)?.parse().ok())
+        .ok_or_else(unexpected)?;
+    Ok((status, reply.split_off(split + 4)))
 }
 
 #[cfg(test)]
@@ -429,6 +615,27 @@ mod tests {
         assert_eq!(render("net_{node}", "node3").unwrap(), "net_node3");
         assert!(render("x-{n}", "master").is_err());
         assert_eq!(render("x-{node}", "master").unwrap(), "x-master");
+    }
+
+    #[test]
+    fn health_from_the_listed_status() {
+        let listed = |status: &str| Listed {
+            names: vec!["n".into()],
+            state: "running".into(),
+            status: status.into(),
+        };
+        assert_eq!(
+            listed("Up 3 seconds (health: starting)").health(),
+            Some("starting")
+        );
+        assert_eq!(listed("Up 2 minutes (healthy)").health(), Some("healthy"));
+        assert_eq!(
+            listed("Up 2 minutes (unhealthy)").health(),
+            Some("unhealthy")
+        );
+        assert_eq!(listed("Up 2 minutes").health(), None);
+        assert_eq!(listed("Exited (137) 2 seconds ago").health(), None);
+        assert_eq!(listed("Up 5 seconds (Paused)").health(), None);
     }
 
     #[test]

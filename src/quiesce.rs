@@ -1,15 +1,17 @@
-//! Quiescing the node containers around a create or restore (`quiesce = none | pause | stop`),
-//! so a snapshot never captures a database mid-write and a restore is not overwritten by
-//! the nodes. Containers that were not running are left as they were; the others are
+//! Quiescing the node containers around a create or restore (`quiesce = auto | none | pause |
+//! stop`), so a snapshot never captures a database mid-write and a restore is not overwritten
+//! by the nodes. Containers that were not running are left as they were; the others are
 //! unpaused or started again on every way out: success, failure, panic and Ctrl-C.
 
 use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
 use crate::config::Config;
-use crate::docker::{self, Docker, SocketAnswer, State, node_containers};
-use crate::exit::one_line;
+use crate::docker::{self, Docker, NodeContainer, SocketAnswer, State, Wait, node_containers};
+use crate::exit::{Code, code_of, fail, one_line};
 use crate::modes::Mode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,21 +59,89 @@ pub fn around<T>(
             f()
         });
     }
-    let docker = docker.expect("quiesce needs docker, connected before any work");
-    let running = running_nodes(cfg, docker)?;
-    let held = if how == "pause" {
-        if op == Op::Restore {
-            tracing::warn!(
-                "quiesce_pause_restore: paused node processes keep the files they had open and go on with them after the restore; quiesce = stop restarts them and is the safe choice"
-            );
+    let installed;
+    let (docker, running) = if how == "auto" {
+        // Quiesces only what runs on a daemon that answers; without one nothing runs.
+        let Some((nodes, states)) = probe(cfg, docker) else {
+            tracing::info!("quiesce_auto: no docker daemon answers, so no node container runs");
+            return f();
+        };
+        let running: Vec<NodeContainer> = nodes
+            .into_iter()
+            .zip(states)
+            .filter(|(_, s)| *s == State::Running)
+            .map(|(n, _)| n)
+            .collect();
+        if running.is_empty() {
+            tracing::info!("quiesce_auto: no node container runs");
+            return f();
         }
-        Held::pause(docker, running)?
+        let docker = match docker {
+            Some(d) => d,
+            None => {
+                installed = Docker::installed().ok_or_else(|| {
+                    fail(
+                        Code::MissingDependency,
+                        format!(
+                            "node containers {} run and quiesce = auto needs the docker CLI to quiesce them; install it (sudo apt install docker.io) or set quiesce = none",
+                            containers(&running).join(" ")
+                        ),
+                    )
+                })?;
+                &installed
+            }
+        };
+        (docker, running)
     } else {
-        Held::stop(docker, running)?
+        let docker = docker.expect("quiesce needs docker, connected before any work");
+        let running = running_nodes(cfg, docker)?;
+        (docker, running)
     };
-    let result = f();
-    match (result, held.end()) {
+    let wait = Wait::from_config(cfg);
+    let clock = Instant::now();
+    let (result, held, quiesced) = match (how, op) {
+        ("pause", _) | ("auto", Op::Create) => {
+            if op == Op::Restore {
+                tracing::warn!(
+                    "quiesce_pause_restore: paused node processes keep the files they had open and go on with them after the restore; quiesce = auto or stop restarts them and is the safe choice"
+                );
+            }
+            let held = Held::pause(docker, containers(&running))?;
+            let quiesced = clock.elapsed();
+            (f(), held, quiesced)
+        }
+        (_, Op::Create) => {
+            let held = Held::stop(docker, containers(&running), wait)?;
+            let quiesced = clock.elapsed();
+            (f(), held, quiesced)
+        }
+        (_, Op::Restore) => overlapped(
+            docker,
+            &running,
+            cfg.text("restore_stop") == "kill",
+            wait,
+            f,
+        ),
+    };
+    let worked = clock.elapsed();
+    let ended = held.end();
+    tracing::debug!(
+        %op,
+        quiesce = crate::output::seconds(quiesced),
+        work = crate::output::seconds(worked - quiesced),
+        resume = crate::output::seconds(clock.elapsed() - worked),
+        "quiesce_phases"
+    );
+    match (result, ended) {
         (Ok(value), Ok(())) => Ok(value),
+        // What was done stays done: the message says so.
+        (Ok(_), Err(undo)) if code_of(&undo) != Code::Interrupted => Err(fail(
+            code_of(&undo),
+            format!(
+                "{op} done, but the node containers did not all come back: {}",
+                one_line(&undo)
+            ),
+        )),
         (Ok(_), Err(undo)) => Err(undo),
         (Err(e), Ok(())) => Err(e),
         (Err(e), Err(undo)) => {
@@ -81,39 +151,162 @@ pub fn around<T>(
     }
 }
 
+fn containers(nodes: &[NodeContainer]) -> Vec<String> {
+    nodes.iter().map(|n| n.container.clone()).collect()
+}
+
+/// A restore's stop of the running node containers, run beside the restore itself: the
+/// restore begins with each node as soon as its container has stopped ([`next_stopped`])
+/// while the others still stop, and reads nothing else before every one has ([`all_stopped`]);
+/// no container starts before the whole restore is done. Returns the restore's result (or
+/// the stop's error, the cause), the containers to start again and how long stopping took.
+fn overlapped<'a, T>(
+    docker: &'a Docker,
+    running: &[NodeContainer],
+    kill: bool,
+    wait: Wait,
+    f: impl FnOnce() -> Result<T>,
+) -> (Result<T>, Held<'a>, Duration) {
+    let held = Held::hold(docker, containers(running), Some(wait));
+    let stopping = Arc::new(Stopping {
+        progress: Mutex::new(Progress {
+            stopped: Vec::new(),
+            left: running.len(),
+            failed: false,
+        }),
+        changed: Condvar::new(),
+    });
+    *lock(&STOPPING) = Some(stopping.clone());
+    let started = Instant::now();
+    let (stopped, result) = std::thread::scope(|s| {
+        let stopper = s.spawn(|| {
+            let _woken = Ended(&stopping);
+            let on_stopped = |container: &str| {
+                let node = running.iter().find(|n| n.container == container);
+                let mut p = lock(&stopping.progress);
+                p.stopped.extend(node.map(|n| n.node.clone()));
+                p.left -= 1;
+                stopping.changed.notify_all();
+            };
+            let stopped = docker.stop(&held.names, kill, &on_stopped);
+            (stopped, started.elapsed())
+        });
+        let result = f();
+        (stopper.join().expect("the stop does not panic"), result)
+    });
+    *lock(&STOPPING) = None;
+    let (stopped, took) = stopped;
+    (stopped.and(result), held, took)
+}
+
+/// The containers a quiesced restore is stopping, while it runs (one restore at a time).
+static STOPPING: Mutex<Option<Arc<Stopping>>> = Mutex::new(None);
+
+struct Stopping {
+    progress: Mutex<Progress>,
+    changed: Condvar,
+}
+
+struct Progress {
+    /// Node directories (`data/node1`) whose containers stopped, not yet handed out.
+    stopped: Vec<String>,
+    /// Containers still stopping.
+    left: usize,
+    failed: bool,
+}
+
+/// Ends a stop for those waiting on it, however it ends (a panic too): with containers left
+/// stopping, as failed.
+struct Ended<'a>(&'a Stopping);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        let mut p = lock(&self.0.progress);
+        if p.left > 0 {
+            p.failed = true;
+        }
+        self.0.changed.notify_all();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// For a restore: a node directory whose quiesced container has stopped and that no caller
+/// had yet, waiting for one; None once every container has stopped and every such node was
+/// handed out (at once without quiescing). It may be restored at once: no node process holds
+/// it any more.
+pub fn next_stopped() -> Result<Option<String>> {
+    wait_stopped(|p| (!p.stopped.is_empty()).then(|| p.stopped.remove(0)))
+}
+
+/// For a restore: waits until every quiesced container has stopped. Nothing of the live data
+/// may be read or written before: a running node would change it behind the restore's back.
+pub fn all_stopped() -> Result<()> {
+    wait_stopped(|_| None::<()>).map(drop)
+}
+
+/// Waits until `take` has something, or no container is left stopping (None).
+fn wait_stopped<T>(take: impl Fn(&mut Progress) -> Option<T>) -> Result<Option<T>> {
+    let Some(stopping) = lock(&STOPPING).clone() else {
+        return Ok(None);
+    };
+    let mut p = lock(&stopping.progress);
+    loop {
+        if p.failed {
+            // The stop's own error is what the restore reports (see `overlapped`).
+            return Err(fail(
+                Code::Failure,
+                "the node containers could not all be stopped",
+            ));
+        }
+        if let Some(taken) = take(&mut p) {
+            return Ok(Some(taken));
+        }
+        if p.left == 0 {
+            return Ok(None);
+        }
+        p = stopping
+            .changed
+            .wait(p)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
 /// Containers this run paused or stopped. [`Held::end`] brings them back and reports
 /// failures; dropped without it (an error or a panic on the way), it brings them back and logs.
 pub struct Held<'a> {
     docker: &'a Docker,
     names: Vec<String>,
-    stopped: bool,
+    /// Stopped (then started and waited for so) rather than paused.
+    stopped: Option<Wait>,
     ended: bool,
 }
 
 impl<'a> Held<'a> {
     pub fn pause(docker: &'a Docker, names: Vec<String>) -> Result<Held<'a>> {
-        Self::hold(docker, names, false)
+        let held = Self::hold(docker, names, None);
+        docker.pause(&held.names)?;
+        Ok(held)
     }
 
-    pub fn stop(docker: &'a Docker, names: Vec<String>) -> Result<Held<'a>> {
-        Self::hold(docker, names, true)
+    /// Stopped gracefully (`docker stop`); [`Held::end`] starts them and waits as `wait` says.
+    pub fn stop(docker: &'a Docker, names: Vec<String>, wait: Wait) -> Result<Held<'a>> {
+        let held = Self::hold(docker, names, Some(wait));
+        docker.stop(&held.names, false, &|_| {})?;
+        Ok(held)
     }
 
     /// Held before docker is asked, so a pause or stop that fails (or is interrupted) half
     /// way is undone as well.
-    fn hold(docker: &'a Docker, names: Vec<String>, stopped: bool) -> Result<Held<'a>> {
-        let held = Held {
+    fn hold(docker: &'a Docker, names: Vec<String>, stopped: Option<Wait>) -> Held<'a> {
+        Held {
             docker,
             names,
             stopped,
             ended: false,
-        };
-        if stopped {
-            docker.stop(&held.names)?;
-        } else {
-            docker.pause(&held.names)?;
         }
-        Ok(held)
     }
 
     pub fn end(mut self) -> Result<()> {
@@ -125,8 +318,8 @@ impl<'a> Held<'a> {
         if self.names.is_empty() {
             return Ok(());
         }
-        if self.stopped {
-            return self.docker.start_running(&self.names);
+        if let Some(wait) = self.stopped {
+            return self.docker.start_running(&self.names, wait);
         }
         // Only those still paused: unpausing a running container is an error.
         let states = self.docker.states(&self.names)?;
@@ -146,11 +339,12 @@ impl Drop for Held<'_> {
         if !self.ended
             && let Err(e) = self.release()
         {
-            let verb = if self.stopped { "start" } else { "unpause" };
+            let stopped = self.stopped.is_some();
+            let verb = if stopped { "start" } else { "unpause" };
             tracing::error!(
                 error = %one_line(&e),
                 "containers_left_{}: run `docker {verb} {}`",
-                if self.stopped { "stopped" } else { "paused" },
+                if stopped { "stopped" } else { "paused" },
                 self.names.join(" ")
             );
         }
@@ -158,14 +352,14 @@ impl Drop for Held<'_> {
 }
 
 /// The node containers running now; the others are left as they are.
-fn running_nodes(cfg: &Config, docker: &Docker) -> Result<Vec<String>> {
+fn running_nodes(cfg: &Config, docker: &Docker) -> Result<Vec<NodeContainer>> {
     let nodes = node_containers(cfg)?;
     let names: Vec<String> = nodes.iter().map(|n| n.container.clone()).collect();
     let states = docker.states(&names)?;
     let mut running = Vec::new();
     for (node, state) in nodes.iter().zip(states) {
         match state {
-            State::Running => running.push(node.container.clone()),
+            State::Running => running.push(node.clone()),
             State::Missing => tracing::warn!(
                 name = %node.container,
                 node = %node.node,
@@ -181,36 +375,38 @@ fn running_nodes(cfg: &Config, docker: &Docker) -> Result<Vec<String>> {
     Ok(running)
 }
 
-/// Without quiescing, one warning when node containers run during the operation. Probes
-/// docker quietly: plain filesystem use must not depend on it.
-fn warn_running(cfg: &Config, docker: Option<&Docker>, op: Op) {
-    let Ok(nodes) = node_containers(cfg) else {
-        return;
-    };
-    let names: Vec<String> = nodes.iter().map(|n| n.container.clone()).collect();
+/// The node containers and their states, asked quietly: None when no docker answers (or
+/// the containers cannot be named). Plain filesystem use must not depend on docker.
+fn probe(cfg: &Config, docker: Option<&Docker>) -> Option<(Vec<NodeContainer>, Vec<State>)> {
+    let nodes = node_containers(cfg).ok()?;
+    let names = containers(&nodes);
     let asked = match docker {
         Some(d) => d.states(&names),
         None => match docker::states_via_socket(&names) {
             SocketAnswer::States(states) => Ok(states),
-            SocketAnswer::NoDaemon => return,
-            SocketAnswer::AskCli => match Docker::installed() {
-                Some(d) => d.states(&names),
-                None => return,
-            },
+            SocketAnswer::NoDaemon => return None,
+            SocketAnswer::AskCli => Docker::installed()?.states(&names),
         },
     };
-    let states = match asked {
-        Ok(states) => states,
+    match asked {
+        Ok(states) => Some((nodes, states)),
         Err(e) => {
             tracing::debug!(error = %one_line(&e), "docker_unavailable");
-            return;
+            None
         }
+    }
+}
+
+/// Without quiescing, one warning when node containers run during the operation.
+fn warn_running(cfg: &Config, docker: Option<&Docker>, op: Op) {
+    let Some((nodes, states)) = probe(cfg, docker) else {
+        return;
     };
-    let running: Vec<&str> = names
+    let running: Vec<&str> = nodes
         .iter()
         .zip(states)
         .filter(|(_, s)| *s == State::Running)
-        .map(|(n, _)| n.as_str())
+        .map(|(n, _)| n.container.as_str())
         .collect();
     if !running.is_empty() {
         let risk = match op {
@@ -219,7 +415,7 @@ fn warn_running(cfg: &Config, docker: Option<&Docker>, op: Op) {
         };
         tracing::warn!(
             containers = %running.join(" "),
-            "containers_running: {} node containers run during {op} and quiesce = none; {risk}. Set quiesce = stop (or pause)",
+            "containers_running: {} node containers run during {op} and quiesce = none; {risk}. Set quiesce = auto",
             running.len()
         );
     }

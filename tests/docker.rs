@@ -46,14 +46,30 @@ fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
 
-/// The end-to-end flow: snapshot the running network with the nodes paused, let a suite
-/// change data inside the containers, restore with the nodes stopped, and check from inside
-/// each container that it sees exactly the snapshot's files.
+/// The end-to-end flow with quiesce = pause for create and quiesce = stop (graceful) for
+/// restore.
 #[test]
 fn containers_see_exactly_the_snapshot_after_pause_create_and_stop_restore() {
+    end_to_end(true);
+}
+
+/// The same with the default configuration (quiesce = auto, restore_stop = kill), which
+/// pauses for create, kills for restore and starts no container before every node is
+/// restored.
+#[test]
+fn by_default_create_pauses_and_restore_kills_restores_then_starts_the_containers() {
+    end_to_end(false);
+}
+
+/// Snapshot the running network with the nodes paused, let a suite change data inside the
+/// containers, restore with the nodes stopped, and check from inside each container that it
+/// sees exactly the snapshot's files. `explicit`: quiesce and restore_stop set, else defaults.
+fn end_to_end(explicit: bool) {
     let net = Net::start(3);
     let env = &net.env;
-    env.set("quiesce", "pause");
+    if explicit {
+        env.set("quiesce", "pause");
+    }
     let (_, log) = env.run(&["create"], 0);
     for name in &net.names {
         assert!(
@@ -99,12 +115,18 @@ fn containers_see_exactly_the_snapshot_after_pause_create_and_stop_restore() {
         );
     }
 
-    env.set("quiesce", "stop");
+    let verb = if explicit {
+        env.set("quiesce", "stop");
+        env.set("restore_stop", "stop");
+        "stop"
+    } else {
+        "kill"
+    };
     let before = net.started_at();
     let (_, log) = env.run(&["restore"], 0);
     for name in &net.names {
         assert!(
-            log.contains(&format!("container_stopped name={name} ")),
+            log.contains(&format!("container_stopped name={name} verb=\"{verb}\" ")),
             "{log}"
         );
         assert!(
@@ -120,6 +142,25 @@ fn containers_see_exactly_the_snapshot_after_pause_create_and_stop_restore() {
     let after = net.started_at();
     for i in 0..3 {
         assert_ne!(before[i], after[i], "{} was not restarted", net.names[i]);
+    }
+    // No node started before the last change of the restore, to any node: the host's clock
+    // stamps both. (The log is left out: the restarted nodes append to it.)
+    let last_change: f64 = sh(&format!(
+        "find '{}' ! -name cellframe-node.log -printf '%C@\\n' | sort -g | tail -1",
+        env.data().display()
+    ))
+    .trim()
+    .parse()
+    .unwrap();
+    for (name, at) in net.names.iter().zip(&after) {
+        let started: f64 = sh(&format!("date -d '{at}' +%s.%N"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            started > last_change,
+            "{name} started at {at}, before the restore's last change ({last_change})"
+        );
     }
 
     // The nodes log again from their restart on, so the log is the snapshot's followed by
@@ -484,7 +525,7 @@ fn an_unreachable_daemon_is_exit_3_naming_the_socket() {
     }
 }
 
-/// The quiet probe behind the containers_running warning (quiesce = none) gives up at once
+/// The quiet probe behind quiesce = auto (and the warning of quiesce = none) gives up at once
 /// when nothing listens at the daemon's unix socket: starting the docker CLI, which could not
 /// reach a daemon either, cost ~25 ms of every create and restore.
 #[test]
@@ -535,6 +576,7 @@ fn disabled_mode_does_nothing_and_needs_no_docker() {
 fn running_containers_without_quiescing_are_warned_about_once() {
     let net = Net::start(2);
     let env = &net.env;
+    env.set("quiesce", "none");
     // The nodes keep logging through the unquiesced restore, which its check would rightly catch.
     env.set("restore_verify", "none");
     for command in ["create", "restore"] {
@@ -581,4 +623,145 @@ fn doctor_reports_docker_and_every_container() {
         .unwrap();
     assert_eq!(c["status"], "fail", "{c}");
     assert!(c["detail"].as_str().unwrap().contains("exited"), "{c}");
+}
+
+/// The seconds since the epoch of a docker timestamp (`StartedAt`, `FinishedAt`).
+fn docker_time(name: &str, field: &str) -> f64 {
+    let at = docker(&[
+        "inspect",
+        "--format",
+        &format!("{{{{.State.{field}}}}}"),
+        name,
+    ]);
+    sh(&format!("date -d '{}' +%s.%N", at.trim()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn ctime(path: &Path) -> f64 {
+    sh(&format!("stat -c %.9Z '{}'", path.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A restore begins with the nodes whose containers have stopped while another one still
+/// stops (here one whose stop signal the node ignores, so `docker stop` waits out its 3 s
+/// timeout), and starts no container before that last node is restored too.
+#[test]
+fn restore_begins_with_the_stopped_nodes_and_starts_none_before_all_are_restored() {
+    let net = Net::start(2);
+    let env = &net.env;
+    net.run(1, &["--stop-signal", "SIGWINCH", "--stop-timeout", "3"]);
+    env.set("restore_stop", "stop");
+    env.run(&["create"], 0);
+    let changed: Vec<_> = (1..=2)
+        .map(|n| env.data().join(format!("node{n}/lib/global_db/mdbx.dat")))
+        .collect();
+    for file in &changed {
+        std::fs::write(file, b"changed by the suite").unwrap();
+    }
+    let (_, log) = env.run(&["restore"], 0);
+    let slow_stopped = docker_time(&net.names[1], "FinishedAt");
+    assert!(
+        ctime(&changed[0]) < slow_stopped,
+        "node1 was not restored while {} still stopped: {log}",
+        net.names[1]
+    );
+    let last_change = ctime(&changed[1]);
+    assert!(last_change > slow_stopped, "{log}");
+    for name in &net.names {
+        assert!(
+            docker_time(name, "StartedAt") > last_change,
+            "{name}: {log}"
+        );
+    }
+    assert_eq!(net.states(), ["running"; 2]);
+}
+
+/// A node container that cannot start again after the restore (a second bind mount whose
+/// source is gone) fails it with exit 1 naming that container, once the data is restored and
+/// the other containers run again.
+#[test]
+fn a_container_that_cannot_start_again_is_named_and_the_others_run() {
+    let net = Net::start(3);
+    let env = &net.env;
+    let extra = tempfile::tempdir().unwrap();
+    let mount = format!("type=bind,src={},dst=/extra", extra.path().display());
+    net.run(1, &["--mount", &mount]);
+    env.run(&["create"], 0);
+    std::fs::write(env.data().join("node2/lib/wallet/suite.dwallet"), b"suite").unwrap();
+    drop(extra);
+    let out = env.cmd().arg("restore").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error = stderr.lines().last().unwrap();
+    assert!(
+        error.contains("restore done, but")
+            && error.contains(&format!("container {} did not start again", net.names[1]))
+            && error.contains("bind source path does not exist"),
+        "{stderr}"
+    );
+    assert!(
+        !error.contains(&net.names[0]) && !error.contains(&net.names[2]),
+        "{stderr}"
+    );
+    assert_eq!(net.states(), ["running", "exited", "running"]);
+    assert!(!env.data().join("node2/lib/wallet/suite.dwallet").exists());
+}
+
+/// wait_healthy = true: the restore returns once every container with a HEALTHCHECK is
+/// healthy (docker 20.10 runs the first probe only after one interval, so an unawaited
+/// container still reports `starting`); one that never gets healthy fails it after
+/// start_timeout, named.
+#[test]
+fn wait_healthy_waits_for_the_healthcheck_within_start_timeout() {
+    let net = Net::start(2);
+    let env = &net.env;
+    env.set("wait_healthy", "true");
+    let probe = |name: &str| {
+        docker(&["inspect", "--format", "{{.State.Health.Status}}", name])
+            .trim()
+            .to_string()
+    };
+    let healthcheck = |cmd: &str| {
+        [
+            "--health-cmd",
+            cmd,
+            "--health-interval",
+            "2s",
+            "--health-retries",
+            "1",
+        ]
+        .map(str::to_string)
+    };
+    let passing = healthcheck("true");
+    net.run(0, &passing.iter().map(String::as_str).collect::<Vec<_>>());
+    env.run(&["create"], 0);
+    let (_, log) = env.run(&["restore"], 0);
+    assert_eq!(probe(&net.names[0]), "healthy", "{log}");
+    assert!(
+        log.contains(&format!(
+            "container_running name={} health=\"healthy\"",
+            net.names[0]
+        )),
+        "{log}"
+    );
+    assert_eq!(net.states(), ["running"; 2]);
+
+    let failing = healthcheck("false");
+    net.run(1, &failing.iter().map(String::as_str).collect::<Vec<_>>());
+    env.set("start_timeout", "5");
+    let out = env.cmd().arg("restore").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "container {} is not running and healthy 5 s after docker start",
+            net.names[1]
+        )) && stderr.contains("raise start_timeout"),
+        "{stderr}"
+    );
+    assert_eq!(net.states(), ["running"; 2]);
 }

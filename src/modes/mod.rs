@@ -74,8 +74,21 @@ type Fetch<'a> = &'a (dyn Fn(&[&Entry]) -> Result<()> + Sync);
 
 /// The restore of the modes whose snapshot holds a tree of files (`source`): the delta engine
 /// brings the live data to `target`, rewriting only what differs. `fetch` readies what it
-/// will read, before the first change.
+/// will read, before the first change. Every restore of live data goes through here, after
+/// the quiesced node containers have all stopped.
 fn delta_restore(
+    ctx: &ModeContext,
+    target: &Manifest,
+    source: &dyn Source,
+    content: Content,
+    fetch: Fetch,
+) -> Result<Restoration> {
+    crate::quiesce::all_stopped()?;
+    delta(ctx, target, source, content, fetch)
+}
+
+/// [`delta_restore`] of data no running node holds.
+fn delta(
     ctx: &ModeContext,
     target: &Manifest,
     source: &dyn Source,
@@ -129,7 +142,9 @@ fn target<'a>(
 }
 
 /// [`delta_restore`] from the snapshot's own payload tree, which needs no fetching
-/// (`filesystem`'s copy, `reflink`'s clones).
+/// (`filesystem`'s copy, `reflink`'s clones). Each node whose container a quiesced restore
+/// has stopped is restored at once, on every core, while the others still stop; the pass
+/// over everything then finds those done.
 fn payload_restore(
     ctx: &ModeContext,
     snapshot: &Snapshot,
@@ -138,13 +153,53 @@ fn payload_restore(
 ) -> Result<Restoration> {
     let payload = snapshot.payload();
     let target = target(snapshot, manifest, &payload)?;
-    delta_restore(
-        ctx,
-        &target,
-        &Dir::snapshot(&payload)?,
-        content,
-        &|_| Ok(()),
-    )
+    let source = Dir::snapshot(&payload)?;
+    let early = crate::parallel::each(
+        (0..crate::parallel::cores()).collect(),
+        RestoreStats::default,
+        |stats, _worker: usize| {
+            while let Some(node) = crate::quiesce::next_stopped()? {
+                let started = std::time::Instant::now();
+                if let Some(part) = node_part(&target, &node) {
+                    stats.add(delta(ctx, &part, &source, content, &|_| Ok(()))?.stats);
+                }
+                tracing::debug!(node = %node, seconds = crate::output::seconds(started.elapsed()), "node_restored_early");
+            }
+            Ok(())
+        },
+    )?;
+    let mut done = delta_restore(ctx, &target, &source, content, &|_| Ok(()))?;
+    for stats in early {
+        done.stats.add(stats);
+    }
+    Ok(done)
+}
+
+/// The part of `target` in node directory `node` (`data/node1`), as a manifest of its own;
+/// None when a hardlink ties it to a file elsewhere, which only the whole pass restores.
+fn node_part(target: &Manifest, node: &str) -> Option<Manifest> {
+    let inside = |path: &Name| {
+        path.0
+            .strip_prefix(node.as_bytes())
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
+    };
+    // A group's link names its first path, which may be this node's or another's.
+    if target.entries.iter().any(|e| {
+        e.link
+            .as_ref()
+            .is_some_and(|l| inside(l) != inside(&e.path))
+    }) {
+        return None;
+    }
+    let entries: Vec<Entry> = target
+        .entries
+        .iter()
+        .filter(|e| inside(&e.path))
+        .cloned()
+        .collect();
+    let mut header = target.header.clone();
+    header.include = vec![Name(node.as_bytes().to_vec())];
+    Some(Manifest { header, entries })
 }
 
 /// What a mode gets to work with.
@@ -164,6 +219,11 @@ impl ModeContext<'_> {
     /// To be called by a restore just before its first change to the live data (a restore
     /// that finds nothing to change never calls it, and so writes nothing).
     pub fn changing(&self) -> Result<()> {
+        // Nodes restored side by side may all change first: the journal is written once.
+        static FIRST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = FIRST
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.journal.map_or(Ok(()), Journal::begin)?;
         crate::testhook::pause("restore_changing");
         Ok(())
@@ -372,4 +432,44 @@ pub trait Mode {
         snapshot: &Snapshot,
         manifest: Option<&Manifest>,
     ) -> Result<Restoration>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_part_holds_that_node_alone_and_none_with_a_hardlink_out() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        for dir in ["node1/lib", "node10", "node2"] {
+            std::fs::create_dir_all(data.join(dir)).unwrap();
+        }
+        std::fs::write(data.join("node1/lib/a"), b"a").unwrap();
+        std::fs::write(data.join("node10/b"), b"b").unwrap();
+        std::fs::write(data.join("node2/c"), b"c").unwrap();
+        std::fs::hard_link(data.join("node2/c"), data.join("node2/d")).unwrap();
+        let scan = || Manifest::scan(root.path(), &[PathBuf::from("data")]).unwrap();
+        let paths = |m: &Manifest| -> Vec<String> {
+            m.entries
+                .iter()
+                .map(|e| String::from_utf8_lossy(&e.path.0).into_owned())
+                .collect()
+        };
+        let whole = scan();
+        let part = node_part(&whole, "data/node1").unwrap();
+        assert_eq!(
+            paths(&part),
+            ["data/node1", "data/node1/lib", "data/node1/lib/a"]
+        );
+        assert_eq!(part.header.include, [Name(b"data/node1".to_vec())]);
+        // A hardlink within the node is the node's own business.
+        assert_eq!(node_part(&whole, "data/node2").unwrap().entries.len(), 3);
+
+        std::fs::hard_link(data.join("node1/lib/a"), data.join("node10/a")).unwrap();
+        let whole = scan();
+        assert!(node_part(&whole, "data/node1").is_none());
+        assert!(node_part(&whole, "data/node10").is_none());
+        assert!(node_part(&whole, "data/node2").is_some());
+    }
 }

@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use super::{Mode, ModeContext, ModeKind, Restoration, RestoreStats};
 use crate::config::Config;
-use crate::docker::{Docker, State, concurrently, node_containers};
+use crate::docker::{Docker, State, Wait, concurrently, node_containers};
 use crate::exit::{Code, code_of, fail, one_line};
 use crate::manifest::Manifest;
 use crate::quiesce::Held;
@@ -177,7 +177,7 @@ pub fn clean(docker: &Docker, cfg: &Config) -> Result<u64> {
     }
     if cfg.flag("recreate_restart") {
         // Stopped in parallel, then started and waited for; started again on any way out.
-        Held::stop(docker, names)?.end()?;
+        Held::stop(docker, names, Wait::from_config(cfg))?.end()?;
     }
     Ok(removed)
 }

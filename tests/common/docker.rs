@@ -49,19 +49,27 @@ impl Net {
             names: Vec::new(),
         };
         for n in 1..=nodes {
-            let name = format!("{prefix}-{n}");
-            net.names.push(name.clone());
-            let mount = format!(
-                "{}:{DATA_PATH}",
-                net.env.data().join(format!("node{n}")).display()
-            );
-            docker(&[
-                "run", "-d", "--init", "--name", &name, "-v", &mount, IMAGE, "sh", "-c", TICKER,
-            ]);
+            net.names.push(format!("{prefix}-{n}"));
+            net.run(n as usize - 1, &[]);
         }
         // Let every node write its first ticks.
         std::thread::sleep(Duration::from_millis(500));
         net
+    }
+
+    /// `docker run`s the container of node `i` (from 0), with `extra` arguments before the
+    /// image, in place of the one there may be.
+    pub fn run(&self, i: usize, extra: &[&str]) {
+        let name = &self.names[i];
+        let _ = Command::new("docker").args(["rm", "-f", name]).output();
+        let mount = format!(
+            "{}:{DATA_PATH}",
+            self.env.data().join(format!("node{}", i + 1)).display()
+        );
+        let mut args = vec!["run", "-d", "--init", "--name", name, "-v", &mount];
+        args.extend(extra);
+        args.extend([IMAGE, "sh", "-c", TICKER]);
+        docker(&args);
     }
 
     pub fn state(&self, name: &str) -> String {
