@@ -77,14 +77,7 @@ impl DirFd {
     /// Pins the entry `name` (a symlink itself, not its target) for metadata changes: they act
     /// on this inode whatever happens to the name afterwards.
     pub fn pin(&self, name: &[u8]) -> io::Result<Pinned> {
-        let fd = rfs::openat(
-            &self.0,
-            checked(name)?,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let kind = FileType::from_raw_mode(rfs::fstat(&fd)?.st_mode);
-        Ok(Pinned { fd, kind })
+        pin_at(self.0.as_fd(), name)
     }
 
     /// Removes `name` (an empty directory with `dir`); a symlink is removed, not followed.
@@ -244,7 +237,7 @@ impl Pinned {
     }
 }
 
-/// Pins the entry `name` of the directory `at` (a walk's descriptor), as [`DirFd::pin`].
+/// Pins the entry `name` of the directory `at` (a [`DirFd`], or a walk's descriptor).
 pub fn pin_at(at: BorrowedFd<'_>, name: &[u8]) -> io::Result<Pinned> {
     let fd = rfs::openat(
         at,

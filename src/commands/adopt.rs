@@ -231,13 +231,7 @@ impl Adoption<'_> {
                 crate::testhook::pause("adopt-after-move");
                 crate::signals::check()?;
                 let live = self.live(&payload, nodes);
-                let ctx = ModeContext {
-                    cfg: self.cfg,
-                    live: &live,
-                    tools: self.tools,
-                    journal: None,
-                    by_content: false,
-                };
+                let ctx = ModeContext::new(self.cfg, &live, self.tools);
                 self.seal(&mut staging, &ctx, nodes, serde_json::Value::Null)
             })();
             sealed.map_err(|e| match moved.put_back() {
@@ -297,13 +291,7 @@ impl Adoption<'_> {
             format!("/{} in the image {}", inside.display(), image.display())
         })?;
         let live = self.live(&tree.0, &nodes);
-        let ctx = ModeContext {
-            cfg: self.cfg,
-            live: &live,
-            tools: self.tools,
-            journal: None,
-            by_content: false,
-        };
+        let ctx = ModeContext::new(self.cfg, &live, self.tools);
         let payload = self.mode.create(&ctx, &staging.payload())?;
         crate::signals::check()?;
         self.seal(&mut staging, &ctx, &nodes, payload)

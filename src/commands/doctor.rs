@@ -138,13 +138,7 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
     check_docker(cfg, mode.as_ref(), checks);
     let live = Live::from_config(cfg);
     if found.len() == mode.tools().len() {
-        let ctx = ModeContext {
-            cfg,
-            live: &live,
-            tools: &found,
-            journal: None,
-            by_content: false,
-        };
+        let ctx = ModeContext::new(cfg, &live, &found);
         for f in mode.doctor(&ctx) {
             checks.add(&f.check, f.status, f.detail, f.hint);
         }

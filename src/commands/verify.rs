@@ -157,13 +157,7 @@ fn check(cfg: &crate::config::Config, live: &Live, snap: &Snapshot) -> Result<Ve
         });
     }
     let manifest = snap.manifest_with_pieces(cfg)?;
-    let ctx = ModeContext {
-        cfg,
-        live,
-        tools: &tools,
-        journal: None,
-        by_content: false,
-    };
+    let ctx = ModeContext::new(cfg, live, &tools);
     mode.verify(&ctx, snap)?;
     mode.verify_stored(&ctx, snap, &manifest)
 }

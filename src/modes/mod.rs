@@ -215,7 +215,18 @@ pub struct ModeContext<'a> {
     pub by_content: bool,
 }
 
-impl ModeContext<'_> {
+impl<'a> ModeContext<'a> {
+    /// The context of anything but a restore: no journal, no selection by content.
+    pub fn new(cfg: &'a Config, live: &'a Live, tools: &'a [Found]) -> ModeContext<'a> {
+        ModeContext {
+            cfg,
+            live,
+            tools,
+            journal: None,
+            by_content: false,
+        }
+    }
+
     /// To be called by a restore just before its first change to the live data (a restore
     /// that finds nothing to change never calls it, and so writes nothing).
     pub fn changing(&self) -> Result<()> {
