@@ -395,13 +395,21 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__prune)
-            opts="-c -s -v -q -h --keep --dry-run --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --keep --keep-within --keep-used-within --dry-run --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --keep)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-within)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-used-within)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -636,7 +644,7 @@ _stagesnap_names() {
     done
     case "$prev" in
         --snapshot) ;;
-        --base-dir|--config|--keep|--lock-timeout|--set|--timeout|--verify|-c|-s) _stagesnap "$@"; return ;;
+        --base-dir|--config|--keep|--keep-used-within|--keep-within|--lock-timeout|--set|--timeout|--verify|-c|-s) _stagesnap "$@"; return ;;
         *) if [[ -z "$sub" || "$cur" == -* ]]; then _stagesnap "$@"; return; fi ;;
     esac
     COMPREPLY=($(compgen -W "$(stagesnap complete-names 2>/dev/null)" -- "$cur"))

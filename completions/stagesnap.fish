@@ -106,12 +106,14 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand adopt" -s q -l quiet
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand adopt" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand adopt" -s h -l help -d 'Print help'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l keep -d 'How many snapshots to keep [default: keep_snapshot_count from the config]' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l keep-within -d 'Also keep snapshots created within DURATION, e.g. 36h, 7d, 2w [default: keep_within from the config]' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l keep-used-within -d 'Also keep snapshots restored within DURATION, e.g. 2d [default: keep_used_within from the config]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l dry-run -d 'Only list what would be removed'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l dry-run -d 'Only say, for every snapshot, which rule keeps or removes it'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s q -l quiet -d 'Only errors on stderr'

@@ -32,6 +32,8 @@ pub enum Kind {
     Count,
     /// `auto` or a whole number >= 1.
     CountOrAuto,
+    /// `none`, or a span such as `36h` or `7d` ([`crate::retention::parse_span`]).
+    DurationOrNone,
     Name,
     Path,
     /// Space-separated relative paths below cache_dir.
@@ -122,6 +124,20 @@ pub const SPECS: &[Spec] = &[
         default: "5",
         kind: Kind::Count,
         help: "snapshots kept by pruning (pinned and snapshot_name are always kept)",
+    },
+    Spec {
+        key: "keep_within",
+        section: SECTION,
+        default: "none",
+        kind: Kind::DurationOrNone,
+        help: "pruning also keeps snapshots created within this span, e.g. 7d (units s m h d w); none = no such rule",
+    },
+    Spec {
+        key: "keep_used_within",
+        section: SECTION,
+        default: "none",
+        kind: Kind::DurationOrNone,
+        help: "pruning also keeps snapshots restored within this span, e.g. 2d; none = no such rule",
     },
     Spec {
         key: "snapshots_dir",
@@ -272,6 +288,7 @@ pub enum Value {
     Text(String),
     Bool(bool),
     Count(u32),
+    Span(crate::retention::Span),
     Path(PathBuf),
     Paths(Vec<PathBuf>),
     List(Vec<String>),
@@ -454,6 +471,15 @@ impl Config {
         }
     }
 
+    /// A [`Kind::DurationOrNone`] setting: None for `none`.
+    pub fn span(&self, key: &str) -> Option<&crate::retention::Span> {
+        match &self.setting(key).value {
+            Value::Span(span) => Some(span),
+            Value::Text(none) if none == "none" => None,
+            other => panic!("setting {key} is not a duration or none: {other:?}"),
+        }
+    }
+
     pub fn path(&self, key: &str) -> &Path {
         match &self.setting(key).value {
             Value::Path(p) => p,
@@ -515,6 +541,7 @@ fn display_value(v: &Value) -> String {
         Value::Text(s) => s.clone(),
         Value::Bool(b) => b.to_string(),
         Value::Count(n) => n.to_string(),
+        Value::Span(span) => span.to_string(),
         Value::Path(p) => p.display().to_string(),
         Value::Paths(ps) => ps
             .iter()
@@ -694,6 +721,12 @@ fn validate(spec: &Spec, raw: &str, base: &Path) -> std::result::Result<Value, S
                 .filter(|&n| n >= 1)
                 .map(Value::Count)
                 .ok_or_else(|| "not auto or a whole number >= 1".into()),
+        },
+        Kind::DurationOrNone => match raw.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(Value::Text("none".into())),
+            text => crate::retention::parse_span(text)
+                .map(Value::Span)
+                .map_err(|why| format!("{why}; or none")),
         },
         Kind::Name => validate_name(raw)
             .map(|()| Value::Text(raw.to_string()))

@@ -20,6 +20,7 @@ pub mod output;
 pub(crate) mod parallel;
 pub mod progress;
 pub(crate) mod quiesce;
+pub(crate) mod retention;
 pub mod signals;
 pub(crate) mod store;
 pub(crate) mod sys;

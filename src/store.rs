@@ -43,6 +43,8 @@ pub const PAYLOAD_DIR: &str = "payload";
 pub const MANIFEST_FILE: &str = "manifest.jsonl";
 /// The manifest's piece digests (see [`Manifest::pieces_to_bytes`]).
 pub const PIECES_FILE: &str = "pieces.jsonl";
+/// When a snapshot was last restored and how often; see [`Usage`].
+pub const USAGE_FILE: &str = "usage.json";
 const LOCK_FILE: &str = ".lock";
 const JOURNAL_FILE: &str = ".restore-journal";
 const STAGING_PREFIX: &str = ".staging-";
@@ -122,6 +124,23 @@ impl Meta {
     }
 }
 
+/// How a snapshot has been used: written by each successful restore, read by `list` and by
+/// prune's keep_used_within. meta.json does not vouch for it, so it is read leniently: a
+/// missing or malformed file is "never restored", never an error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    pub last_restored: jiff::Timestamp,
+    pub restores: u64,
+}
+
+/// [`Usage`] as stored.
+#[derive(Serialize, Deserialize)]
+struct UsageFile {
+    /// RFC 3339, UTC.
+    last_restored: String,
+    restores: u64,
+}
+
 /// A complete snapshot in the store.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -132,6 +151,41 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn payload(&self) -> PathBuf {
         self.dir.join(PAYLOAD_DIR)
+    }
+
+    /// The snapshot's [`Usage`], None when it was never restored or its file is unreadable.
+    pub fn usage(&self) -> Option<Usage> {
+        let bytes = read_nofollow(&self.dir.join(USAGE_FILE)).ok()?;
+        let file: UsageFile = serde_json::from_slice(&bytes).ok()?;
+        Some(Usage {
+            last_restored: file.last_restored.parse().ok()?,
+            restores: file.restores,
+        })
+    }
+
+    /// Counts a successful restore in the usage file. Never fails the restore: a store this
+    /// process cannot write (read-only, or another user's) only skips it, and any other
+    /// error is a warning. Not synced: a crash soon after may lose the count (an empty file
+    /// reads as never restored), which only makes the snapshot look less used, while a sync
+    /// would cost a no-change restore more than its whole stat walk.
+    pub fn record_restore(&self, _lock: &Lock) {
+        let usage = UsageFile {
+            last_restored: jiff::Timestamp::now().to_string(),
+            restores: self.usage().map_or(0, |u| u.restores).saturating_add(1),
+        };
+        let path = self.dir.join(USAGE_FILE);
+        match replace_json(&path, &usage, false) {
+            Ok(()) => {}
+            Err(e)
+                if e.raw_os_error()
+                    .is_some_and(|c| [libc::EROFS, libc::EACCES, libc::EPERM].contains(&c)) =>
+            {
+                tracing::debug!(path = %path.display(), error = %e, "usage_not_recorded");
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "usage_not_recorded: the restore succeeded, but when it happened could not be recorded");
+            }
+        }
     }
 
     /// The snapshot's manifest, checked against the digest in meta.json and, as the store is
@@ -733,18 +787,6 @@ fn damaged(name: &str, path: &Path, e: &serde_json::Error) -> anyhow::Error {
     )
 }
 
-/// Which snapshots a retention pass removes: beyond the `keep` newest unpinned snapshots,
-/// every unpinned one except those in `protect` (the configured snapshot_name and the one
-/// just made). `snapshots` must be newest first, as [`Store::list`] returns them.
-pub fn prune_plan<'a>(snapshots: &'a [Snapshot], keep: u32, protect: &[&str]) -> Vec<&'a Snapshot> {
-    snapshots
-        .iter()
-        .filter(|s| !s.meta.pinned)
-        .skip(keep as usize)
-        .filter(|s| !protect.contains(&s.meta.name.as_str()))
-        .collect()
-}
-
 /// A create in progress. Dropped without [`Staging::commit`], it removes itself.
 pub struct Staging {
     store: Store,
@@ -867,15 +909,36 @@ fn hostname() -> String {
 /// Writes `value` to a new temporary file beside `path`, then renames it over `path`; a
 /// failure leaves nothing behind.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    replace_json(path, value, true).map_err(|e| write_error(path, e))
+}
+
+/// [`write_json_atomic`] with the raw error. Unless `durable`, nothing is synced, so after a
+/// crash the file may be the old one, or empty.
+fn replace_json<T: Serialize>(path: &Path, value: &T, durable: bool) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     let mut bytes = serde_json::to_vec_pretty(value)?;
     bytes.push(b'\n');
     create_new(&tmp)
-        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| fs::rename(&tmp, path))
-        .map_err(|e| {
+        .and_then(|mut f| {
+            f.write_all(&bytes)?;
+            if durable { f.sync_all() } else { Ok(()) }
+        })
+        .and_then(|()| {
+            if durable {
+                return fs::rename(&tmp, path);
+            }
+            // Renaming over a file makes ext4 write the new one's data first (auto_da_alloc),
+            // which costs more than a no-change restore's scan; swapping the two does not.
+            match renameat2(&tmp, path, libc::RENAME_EXCHANGE) {
+                Ok(()) => fs::remove_file(&tmp),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => {
+                    fs::rename(&tmp, path)
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
-            write_error(path, e)
         })
 }
 
@@ -1075,30 +1138,6 @@ mod tests {
         }
     }
 
-    fn snap(name: &str, ts: &str, pinned: bool) -> Snapshot {
-        Snapshot {
-            dir: PathBuf::from(name),
-            meta: Meta {
-                schema: SCHEMA,
-                name: name.into(),
-                mode: "filesystem".into(),
-                created_at: ts.into(),
-                stagesnap_version: "0".into(),
-                tools: BTreeMap::new(),
-                cache_dir: PathBuf::new(),
-                include: vec![],
-                nodes: vec![],
-                files: 0,
-                bytes: 0,
-                stored_bytes: 0,
-                pinned,
-                payload: serde_json::Value::Null,
-                manifest: None,
-                fingerprint: None,
-            },
-        }
-    }
-
     #[test]
     fn a_parked_snapshot_is_put_back_and_other_leftovers_go() {
         let dir = tempfile::tempdir().unwrap();
@@ -1124,24 +1163,5 @@ mod tests {
         names.sort();
         assert_eq!(names, [".lock", "a.b", "d"]);
         assert_eq!(fs::read(dir.path().join("a.b/meta.json")).unwrap(), b"old");
-    }
-
-    #[test]
-    fn prune_keeps_newest_pinned_and_protected() {
-        // Newest first, and names deliberately not in time order.
-        let list = vec![
-            snap("a", "2026-01-05T00:00:00Z", false),
-            snap("z", "2026-01-04T00:00:00Z", true),
-            snap("m", "2026-01-03T00:00:00Z", false),
-            snap("clean_state", "2026-01-02T00:00:00Z", false),
-            snap("b", "2026-01-01T00:00:00Z", false),
-        ];
-        let names = |v: Vec<&Snapshot>| v.iter().map(|s| s.meta.name.clone()).collect::<Vec<_>>();
-        assert_eq!(names(prune_plan(&list, 1, &["clean_state"])), ["m", "b"]);
-        assert_eq!(
-            names(prune_plan(&list, 0, &["clean_state", "a"])),
-            ["m", "b"]
-        );
-        assert!(prune_plan(&list, 5, &[]).is_empty());
     }
 }

@@ -16,7 +16,8 @@ use crate::modes::{Mode, ModeContext, ModeKind};
 use crate::output::Report;
 use crate::progress;
 use crate::quiesce::{self, Op};
-use crate::store::{Lock, ManifestRef, Meta, SCHEMA, Snapshot, Staging, Store, prune_plan};
+use crate::retention::{self, Rules};
+use crate::store::{Lock, ManifestRef, Meta, SCHEMA, Snapshot, Staging, Store};
 use crate::tools::Found;
 use crate::tree::{Live, Totals, free_bytes, human_bytes};
 
@@ -419,14 +420,15 @@ impl Job<'_> {
         if !self.cfg.flag("auto_cleanup") {
             return Ok(vec![]);
         }
-        let (snapshots, _) = self.store.list()?;
-        let keep = self.cfg.count("keep_snapshot_count");
-        let mut removed = Vec::new();
-        for snap in prune_plan(&snapshots, keep, &[just_made, self.cfg.snapshot_name()]) {
-            self.store.delete(&snap.meta.name, self.lock)?;
-            tracing::info!(name = %snap.meta.name, reason = "auto_cleanup", "snapshot_deleted");
-            removed.push(snap.meta.name.clone());
-        }
-        Ok(removed)
+        let rules = Rules {
+            just_made: Some(just_made),
+            ..Rules::configured(self.cfg)
+        };
+        let decisions = retention::prune(self.store, self.lock, &rules, false, "auto_cleanup")?;
+        Ok(decisions
+            .into_iter()
+            .filter(|d| d.remove())
+            .map(|d| d.name)
+            .collect())
     }
 }

@@ -26,6 +26,10 @@ struct Row {
     nodes: Vec<String>,
     /// Files named by `fingerprint` changed since it was made: restore refuses it.
     stale: bool,
+    /// RFC 3339, UTC; None when never restored (or its usage file is unreadable).
+    last_restored: Option<String>,
+    /// Successful restores counted in its usage file.
+    restores: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     stale_files: Vec<String>,
     /// Set for a snapshot the stage-env harness left (mode `legacy`): `stagesnap adopt`
@@ -61,6 +65,7 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
         .iter()
         .map(|s| {
             let stale_files = fingerprints.changes(&s.meta)?;
+            let usage = s.usage();
             let row = Row {
                 name: s.meta.name.clone(),
                 mode: s.meta.mode.clone(),
@@ -73,6 +78,8 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
                 nodes: s.meta.nodes.clone(),
                 stale: !stale_files.is_empty(),
                 stale_files,
+                last_restored: usage.as_ref().map(|u| u.last_restored.to_string()),
+                restores: usage.map_or(0, |u| u.restores),
                 legacy: None,
             };
             Ok((s.meta.created(), row))
@@ -106,6 +113,8 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
             nodes: summary.nodes,
             stale: false,
             stale_files: vec![],
+            last_restored: None,
+            restores: 0,
             legacy: Some(LegacyRow {
                 format: l.format,
                 paths: summary.paths,
@@ -136,6 +145,8 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
                     String::new()
                 },
                 if r.stale { "yes".into() } else { String::new() },
+                r.last_restored.as_deref().map_or("-".into(), short_time),
+                r.restores.to_string(),
             ]
         })
         .collect();
@@ -153,6 +164,8 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
                 "FILES",
                 "PINNED",
                 "STALE",
+                "LAST RESTORED",
+                "RESTORES",
             ],
             &cells,
         )

@@ -1,4 +1,4 @@
-//! `stagesnap prune`: remove the oldest unpinned snapshots beyond a count.
+//! `stagesnap prune`: remove the snapshots that no retention rule keeps.
 
 use anyhow::Result;
 use serde::Serialize;
@@ -6,61 +6,66 @@ use serde::Serialize;
 use super::{checked_store, load_config, lock_timeout, prepare_configured};
 use crate::cli::{GlobalArgs, PruneArgs};
 use crate::output::Report;
-use crate::store::prune_plan;
+use crate::retention::{self, Decision, Rules};
 
 #[derive(Serialize)]
 struct Pruned {
     keep: u32,
+    /// The spans in effect, as written; None when the rule is off.
+    keep_within: Option<String>,
+    keep_used_within: Option<String>,
     dry_run: bool,
     removed: Vec<String>,
     kept: Vec<String>,
+    /// Every snapshot, newest first, with the rules that keep it or why it goes.
+    snapshots: Vec<Decision>,
 }
 
 pub fn run(g: &GlobalArgs, args: &PruneArgs) -> Result<Report> {
     let cfg = load_config(g)?;
     prepare_configured(&cfg)?;
-    let keep = args
-        .keep
-        .unwrap_or_else(|| cfg.count("keep_snapshot_count"));
+    let configured = Rules::configured(&cfg);
+    let rules = Rules {
+        keep_last: args.keep.unwrap_or(configured.keep_last),
+        keep_within: args.keep_within.as_ref().or(configured.keep_within),
+        keep_used_within: args
+            .keep_used_within
+            .as_ref()
+            .or(configured.keep_used_within),
+        ..configured
+    };
     let store = checked_store(&cfg)?;
     let lock = store.lock("prune", lock_timeout(g))?;
     if !args.dry_run {
         store.clean_leftovers(&lock)?;
     }
-    let (snapshots, _) = store.list()?;
-    let plan: Vec<String> = prune_plan(&snapshots, keep, &[cfg.snapshot_name()])
-        .iter()
-        .map(|s| s.meta.name.clone())
-        .collect();
-    if !args.dry_run {
-        for name in &plan {
-            store.delete(name, &lock)?;
-            tracing::info!(name = %name, reason = "prune", "snapshot_deleted");
-        }
-    }
-    let kept: Vec<String> = snapshots
-        .iter()
-        .map(|s| s.meta.name.clone())
-        .filter(|n| !plan.contains(n))
-        .collect();
-    let verb = if args.dry_run {
-        "would remove"
-    } else {
-        "removed"
+    let decisions = retention::prune(&store, &lock, &rules, args.dry_run, "prune")?;
+    let names = |remove: bool| -> Vec<String> {
+        decisions
+            .iter()
+            .filter(|d| d.remove() == remove)
+            .map(|d| d.name.clone())
+            .collect()
     };
-    let text = if plan.is_empty() {
-        format!(
-            "nothing to prune: {} snapshots, keeping {keep}\n",
-            snapshots.len()
-        )
+    let (removed, kept) = (names(true), names(false));
+    let text = if decisions.is_empty() {
+        "nothing to prune: no snapshots\n".to_string()
     } else {
-        plan.iter().map(|n| format!("{verb} {n}\n")).collect()
+        let lines: String = decisions.iter().map(|d| d.line() + "\n").collect();
+        let done = match (args.dry_run, removed.len()) {
+            (true, n) => format!("would remove {n} of {} snapshots\n", decisions.len()),
+            (false, n) => format!("removed {n} of {} snapshots\n", decisions.len()),
+        };
+        lines + &done
     };
     let pruned = Pruned {
-        keep,
+        keep: rules.keep_last,
+        keep_within: rules.keep_within.map(ToString::to_string),
+        keep_used_within: rules.keep_used_within.map(ToString::to_string),
         dry_run: args.dry_run,
-        removed: plan,
+        removed,
         kept,
+        snapshots: decisions,
     };
     Ok(Report::new("prune", &pruned, text))
 }

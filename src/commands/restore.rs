@@ -142,6 +142,7 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
         }
         (Err(e), _) => return Err(e),
     };
+    snap.record_restore(&lock);
     drop(lock);
     let seconds = crate::output::seconds(started.elapsed());
     tracing::info!(
