@@ -63,7 +63,7 @@ pub fn around<T>(
     let (docker, running) = if how == "auto" {
         // Quiesces only what runs on a daemon that answers; without one nothing runs.
         let Some((nodes, states)) = probe(cfg, docker) else {
-            tracing::info!("quiesce_auto: no docker daemon answers, so no node container runs");
+            tracing::debug!("quiesce_auto: no docker daemon answers, so no node container runs");
             return f();
         };
         let running: Vec<NodeContainer> = nodes
@@ -73,7 +73,7 @@ pub fn around<T>(
             .map(|(n, _)| n)
             .collect();
         if running.is_empty() {
-            tracing::info!("quiesce_auto: no node container runs");
+            tracing::debug!("quiesce_auto: no node container runs");
             return f();
         }
         let docker = match docker {
@@ -231,6 +231,12 @@ impl Drop for Ended<'_> {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether node containers are being stopped for a restore right now: only then is there
+/// anything for [`next_stopped`] to hand out.
+pub fn stopping() -> bool {
+    lock(&STOPPING).is_some()
 }
 
 /// For a restore: a node directory whose quiesced container has stopped and that no caller

@@ -154,8 +154,15 @@ fn payload_restore(
     let payload = snapshot.payload();
     let target = target(snapshot, manifest, &payload)?;
     let source = Dir::snapshot(&payload)?;
+    // Workers for nodes whose containers stopped, only while some are being stopped: a
+    // restore that stops none would spawn threads for nothing.
+    let workers = if crate::quiesce::stopping() {
+        crate::parallel::cores()
+    } else {
+        0
+    };
     let early = crate::parallel::each(
-        (0..crate::parallel::cores()).collect(),
+        (0..workers).collect(),
         RestoreStats::default,
         |stats, _worker: usize| {
             while let Some(node) = crate::quiesce::next_stopped()? {
