@@ -147,7 +147,7 @@ pub struct RestoreArgs {
 
     /// Check the restored data against the manifest: metadata (sizes, modes, owners, times,
     /// links, xattrs), full (also every file's hash) or none [default: restore_verify]
-    #[arg(long, value_name = "LEVEL", value_parser = crate::manifest::VERIFY_LEVELS.to_vec())]
+    #[arg(long, value_name = "LEVEL", value_parser = crate::manifest::VerifyLevel::NAMES.to_vec())]
     pub verify: Option<String>,
 
     /// Restore even if files named by `fingerprint` changed since the snapshot was made

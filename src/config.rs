@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::exit::{Code, fail};
 use crate::ini::Ini;
+use crate::manifest::VerifyLevel;
 use crate::modes::ModeKind;
 use crate::store::validate_name;
 
@@ -24,10 +25,123 @@ pub const BASE_DIR_ENV: &str = "STAGESNAP_BASE_DIR";
 /// The stage-env harness keeps its config in `<base>/config/`.
 const CONFIG_FOLDER: &str = "config";
 
+/// A setting whose value is one of a few names: the enums [`choices!`] makes, which also have
+/// these as inherent items so their users need not import the trait.
+pub trait Choice: Sized + Copy + 'static {
+    /// The accepted spellings, in the order the docs and error messages list them.
+    const NAMES: &'static [&'static str];
+    fn from_name(name: &str) -> Option<Self>;
+    fn name(self) -> &'static str;
+}
+
+/// An enum whose variants are a setting's choices, each with its one spelling, so the SPECS
+/// row, validation, its error message and the typed value cannot disagree.
+macro_rules! choices {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $(#[$meta])*
+        $vis enum $name {
+            $($variant),+
+        }
+
+        impl $name {
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+
+            pub fn from_name(name: &str) -> Option<$name> {
+                match name {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl $crate::config::Choice for $name {
+            const NAMES: &'static [&'static str] = $name::NAMES;
+
+            fn from_name(name: &str) -> Option<$name> {
+                $name::from_name(name)
+            }
+
+            fn name(self) -> &'static str {
+                $name::name(self)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+pub(crate) use choices;
+
+choices! {
+    /// `squashfs_compression`: the mksquashfs compressor, or none.
+    pub enum SquashfsCompression {
+        None = "none",
+        Gzip = "gzip",
+        Lzo = "lzo",
+        Xz = "xz",
+        Zstd = "zstd",
+        Lz4 = "lz4",
+    }
+}
+
+choices! {
+    /// `squashfs_restore`: how a squashfs snapshot is read back.
+    pub enum SquashfsRestore {
+        Auto = "auto",
+        Extract = "extract",
+        Mount = "mount",
+    }
+}
+
+choices! {
+    /// `quiesce`: what happens to running node containers around create and restore.
+    pub enum Quiesce {
+        Auto = "auto",
+        None = "none",
+        Pause = "pause",
+        Stop = "stop",
+    }
+}
+
+choices! {
+    /// `restore_stop`: how a restore stops running node containers.
+    pub enum RestoreStop {
+        Kill = "kill",
+        Stop = "stop",
+    }
+}
+
+choices! {
+    /// `restore_fallback`: what a failed restore does next.
+    pub enum RestoreFallback {
+        None = "none",
+        Recreate = "recreate",
+    }
+}
+
+/// The one spelling of a choice `name` (already trimmed and lowercased) stands for.
+fn canonical<T: Choice>(name: &str) -> Option<&'static str> {
+    T::from_name(name).map(T::name)
+}
+
 /// What a setting's value must look like.
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
-    Choice(&'static [&'static str]),
+    /// One of `names`; `canonical` goes through the setting's enum.
+    Choice {
+        names: &'static [&'static str],
+        canonical: fn(&str) -> Option<&'static str>,
+    },
     Bool,
     Count,
     /// `auto` or a whole number >= 1.
@@ -51,6 +165,16 @@ pub enum Kind {
     FilePatterns,
 }
 
+impl Kind {
+    /// The kind of a setting whose typed value is `T`.
+    const fn choice<T: Choice>() -> Kind {
+        Kind::Choice {
+            names: T::NAMES,
+            canonical: canonical::<T>,
+        }
+    }
+}
+
 /// One row of the settings table: adding a setting is adding a row.
 #[derive(Debug)]
 pub struct Spec {
@@ -66,14 +190,14 @@ pub const SPECS: &[Spec] = &[
         key: "mode",
         section: SECTION,
         default: "filesystem",
-        kind: Kind::Choice(ModeKind::NAMES),
+        kind: Kind::choice::<ModeKind>(),
         help: "how snapshots are made and restored",
     },
     Spec {
         key: "squashfs_compression",
         section: SECTION,
         default: "none",
-        kind: Kind::Choice(&["none", "gzip", "lzo", "xz", "zstd", "lz4"]),
+        kind: Kind::choice::<SquashfsCompression>(),
         help: "compressor of squashfs images",
     },
     Spec {
@@ -94,7 +218,7 @@ pub const SPECS: &[Spec] = &[
         key: "squashfs_restore",
         section: SECTION,
         default: "auto",
-        kind: Kind::Choice(&["auto", "extract", "mount"]),
+        kind: Kind::choice::<SquashfsRestore>(),
         help: "how squashfs snapshots are restored: extract reads the image directly, mount through a loop mount (root); auto = extract",
     },
     Spec {
@@ -192,14 +316,14 @@ pub const SPECS: &[Spec] = &[
         key: "quiesce",
         section: SECTION,
         default: "auto",
-        kind: Kind::Choice(&["auto", "none", "pause", "stop"]),
+        kind: Kind::choice::<Quiesce>(),
         help: "what happens to running node containers around create and restore: auto pauses them for create and stops them for restore when docker answers",
     },
     Spec {
         key: "restore_stop",
         section: SECTION,
         default: "kill",
-        kind: Kind::Choice(&["kill", "stop"]),
+        kind: Kind::choice::<RestoreStop>(),
         help: "how a restore stops running node containers (quiesce = auto or stop): kill (SIGKILL; the data is overwritten anyway) or stop (graceful)",
     },
     Spec {
@@ -220,14 +344,14 @@ pub const SPECS: &[Spec] = &[
         key: "restore_fallback",
         section: SECTION,
         default: "none",
-        kind: Kind::Choice(&["none", "recreate"]),
+        kind: Kind::choice::<RestoreFallback>(),
         help: "when a restore fails: recreate runs the recreate cleanup and exits 6",
     },
     Spec {
         key: "restore_verify",
         section: SECTION,
         default: "metadata",
-        kind: Kind::Choice(crate::manifest::VERIFY_LEVELS),
+        kind: Kind::choice::<VerifyLevel>(),
         help: "after a restore, check the live data against the manifest: metadata, full (also every file's hash) or none",
     },
     Spec {
@@ -693,18 +817,15 @@ fn describe_origin(spec: &Spec, raw: &str, source: &Source) -> String {
 
 fn validate(spec: &Spec, raw: &str, base: &Path) -> std::result::Result<Value, String> {
     match spec.kind {
-        Kind::Choice(choices) => {
-            let v = raw.trim().to_ascii_lowercase();
-            if choices.contains(&v.as_str()) {
-                Ok(Value::Text(v))
-            } else {
-                Err(format!(
+        Kind::Choice { names, canonical } => canonical(&raw.trim().to_ascii_lowercase())
+            .map(|name| Value::Text(name.to_string()))
+            .ok_or_else(|| {
+                format!(
                     "not a valid {}; choose one of: {}",
                     spec.key,
-                    choices.join(", ")
-                ))
-            }
-        }
+                    names.join(", ")
+                )
+            }),
         Kind::Bool => crate::ini::parse_bool(raw)
             .map(Value::Bool)
             .ok_or_else(|| "not a boolean; use one of: true, false, yes, no, on, off, 1, 0".into()),
@@ -943,6 +1064,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(crate::exit::one_line(&err).contains("none, gzip, lzo, xz"));
+    }
+
+    #[test]
+    fn choice_rows_round_trip_through_their_enums() {
+        let mut rows = 0;
+        for spec in SPECS {
+            let Kind::Choice { names, canonical } = spec.kind else {
+                continue;
+            };
+            rows += 1;
+            for &name in names.iter().chain([&spec.default]) {
+                assert_eq!(canonical(name), Some(name), "{}", spec.key);
+            }
+            assert_eq!(canonical("no such choice"), None, "{}", spec.key);
+        }
+        assert_eq!(rows, 7);
     }
 
     #[test]

@@ -21,9 +21,15 @@ use crate::signals;
 pub mod pieces;
 pub mod walk;
 
-/// How much of a restored tree `restore` checks against the manifest (`restore_verify`,
-/// `restore --verify`): metadata only, metadata and every file's hash, or nothing.
-pub const VERIFY_LEVELS: &[&str] = &["metadata", "full", "none"];
+crate::config::choices! {
+    /// How much of a restored tree `restore` checks against the manifest (`restore_verify`,
+    /// `restore --verify`): metadata only, metadata and every file's hash, or nothing.
+    pub enum VerifyLevel {
+        Metadata = "metadata",
+        Full = "full",
+        None = "none",
+    }
+}
 
 /// Version of the manifest format (the header's `stagesnap_manifest`). Readers refuse newer ones.
 pub const FORMAT: u32 = 1;

@@ -21,42 +21,20 @@ pub mod recreate;
 mod reflink;
 mod squashfs;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModeKind {
-    Disabled,
-    Recreate,
-    Filesystem,
-    Squashfs,
-    Reflink,
+crate::config::choices! {
+    /// `mode`; the names are in the order the docs list them.
+    #[derive(Serialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum ModeKind {
+        Disabled = "disabled",
+        Recreate = "recreate",
+        Filesystem = "filesystem",
+        Squashfs = "squashfs",
+        Reflink = "reflink",
+    }
 }
 
 impl ModeKind {
-    /// Accepted spellings of `mode`, in the order the docs list them.
-    pub const NAMES: &'static [&'static str] =
-        &["disabled", "recreate", "filesystem", "squashfs", "reflink"];
-
-    pub fn from_name(name: &str) -> Option<ModeKind> {
-        Some(match name {
-            "disabled" => ModeKind::Disabled,
-            "recreate" => ModeKind::Recreate,
-            "filesystem" => ModeKind::Filesystem,
-            "squashfs" => ModeKind::Squashfs,
-            "reflink" => ModeKind::Reflink,
-            _ => return None,
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ModeKind::Disabled => "disabled",
-            ModeKind::Recreate => "recreate",
-            ModeKind::Filesystem => "filesystem",
-            ModeKind::Squashfs => "squashfs",
-            ModeKind::Reflink => "reflink",
-        }
-    }
-
     /// The implementation, or None for a mode this build does not have yet.
     pub fn implementation(self) -> Option<Box<dyn Mode>> {
         match self {
