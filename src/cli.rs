@@ -3,7 +3,10 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
+
+use crate::manifest::VerifyLevel;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -147,12 +150,18 @@ pub struct RestoreArgs {
 
     /// Check the restored data against the manifest: metadata (sizes, modes, owners, times,
     /// links, xattrs), full (also every file's hash) or none [default: restore_verify]
-    #[arg(long, value_name = "LEVEL", value_parser = crate::manifest::VerifyLevel::NAMES.to_vec())]
-    pub verify: Option<String>,
+    #[arg(long, value_name = "LEVEL", value_parser = verify_level())]
+    pub verify: Option<VerifyLevel>,
 
     /// Restore even if files named by `fingerprint` changed since the snapshot was made
     #[arg(long)]
     pub allow_stale: bool,
+}
+
+/// `--verify`'s values are `restore_verify`'s, listed in help as possible values.
+fn verify_level() -> impl TypedValueParser<Value = VerifyLevel> {
+    PossibleValuesParser::new(VerifyLevel::NAMES)
+        .map(|name| VerifyLevel::from_name(&name).expect("one of VerifyLevel::NAMES"))
 }
 
 #[derive(Debug, Args)]

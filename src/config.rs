@@ -15,6 +15,7 @@ use crate::exit::{Code, fail};
 use crate::ini::Ini;
 use crate::manifest::VerifyLevel;
 use crate::modes::ModeKind;
+use crate::retention::Span;
 use crate::store::validate_name;
 
 pub const SECTION: &str = "suite_isolation";
@@ -445,7 +446,148 @@ pub struct Config {
     pub base: PathBuf,
     /// Why `base` is that folder.
     pub base_source: String,
-    settings: BTreeMap<&'static str, Setting>,
+    /// Every value, typed.
+    pub settings: Settings,
+    /// Every value as given, with its source, by key.
+    values: BTreeMap<&'static str, Setting>,
+}
+
+/// `fingerprint`: the files a snapshot must stay consistent with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilePatterns {
+    /// certs/ and configs/ in cache_dir, those that exist.
+    Auto,
+    None,
+    /// Absolute paths or globs.
+    Listed(Vec<String>),
+}
+
+/// Every setting's value, typed: built once when the config loads, so no use can misspell a
+/// key or mistake a value's kind.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mode: ModeKind,
+    pub squashfs_compression: SquashfsCompression,
+    /// None for `auto`.
+    pub squashfs_level: Option<u32>,
+    /// None for `auto`.
+    pub squashfs_processors: Option<u32>,
+    pub squashfs_restore: SquashfsRestore,
+    pub auto_create_on_startup: bool,
+    pub snapshot_name: String,
+    pub auto_cleanup: bool,
+    pub keep_snapshot_count: u32,
+    /// None for `none`.
+    pub keep_within: Option<Span>,
+    /// None for `none`.
+    pub keep_used_within: Option<Span>,
+    pub snapshots_dir: PathBuf,
+    /// Relative to cache_dir.
+    pub include: Vec<PathBuf>,
+    pub container_name: String,
+    /// `node:container` pairs.
+    pub containers: Vec<String>,
+    pub container_data_path: String,
+    pub recreate_paths: Vec<String>,
+    pub recreate_restart: bool,
+    pub quiesce: Quiesce,
+    pub restore_stop: RestoreStop,
+    pub wait_healthy: bool,
+    pub start_timeout: u32,
+    pub restore_fallback: RestoreFallback,
+    pub restore_verify: VerifyLevel,
+    pub restore_devices: bool,
+    pub fingerprint: FilePatterns,
+    pub cache_dir: PathBuf,
+}
+
+impl Settings {
+    /// Types the validated values. A key or kind here that does not match SPECS panics on
+    /// every load, so any test catches it.
+    fn new(values: &BTreeMap<&'static str, Setting>) -> Settings {
+        let value = |key: &str| &setting(values, key).value;
+        let wrong = |key: &str, what: &str| -> ! {
+            panic!("setting {key} is not {what}: {:?}", value(key))
+        };
+        let text = |key| match value(key) {
+            Value::Text(s) => s.clone(),
+            _ => wrong(key, "text"),
+        };
+        let flag = |key| match value(key) {
+            Value::Bool(b) => *b,
+            _ => wrong(key, "a boolean"),
+        };
+        let count = |key| match value(key) {
+            Value::Count(n) => *n,
+            _ => wrong(key, "a count"),
+        };
+        let count_or_auto = |key| match value(key) {
+            Value::Count(n) => Some(*n),
+            Value::Text(auto) if auto == "auto" => None,
+            _ => wrong(key, "a count or auto"),
+        };
+        let span = |key| match value(key) {
+            Value::Span(span) => Some(span.clone()),
+            Value::Text(none) if none == "none" => None,
+            _ => wrong(key, "a span or none"),
+        };
+        let path = |key| match value(key) {
+            Value::Path(p) => p.clone(),
+            _ => wrong(key, "a path"),
+        };
+        let list = |key| match value(key) {
+            Value::List(items) => items.clone(),
+            _ => wrong(key, "a list"),
+        };
+        Settings {
+            mode: parse(&text("mode")),
+            squashfs_compression: parse(&text("squashfs_compression")),
+            squashfs_level: count_or_auto("squashfs_level"),
+            squashfs_processors: count_or_auto("squashfs_processors"),
+            squashfs_restore: parse(&text("squashfs_restore")),
+            auto_create_on_startup: flag("auto_create_on_startup"),
+            snapshot_name: text("snapshot_name"),
+            auto_cleanup: flag("auto_cleanup"),
+            keep_snapshot_count: count("keep_snapshot_count"),
+            keep_within: span("keep_within"),
+            keep_used_within: span("keep_used_within"),
+            snapshots_dir: path("snapshots_dir"),
+            include: match value("include") {
+                Value::Paths(p) => p.clone(),
+                _ => wrong("include", "a path list"),
+            },
+            container_name: text("container_name"),
+            containers: list("containers"),
+            container_data_path: text("container_data_path"),
+            recreate_paths: list("recreate_paths"),
+            recreate_restart: flag("recreate_restart"),
+            quiesce: parse(&text("quiesce")),
+            restore_stop: parse(&text("restore_stop")),
+            wait_healthy: flag("wait_healthy"),
+            start_timeout: count("start_timeout"),
+            restore_fallback: parse(&text("restore_fallback")),
+            restore_verify: parse(&text("restore_verify")),
+            restore_devices: flag("restore_devices"),
+            fingerprint: match value("fingerprint") {
+                Value::List(patterns) => FilePatterns::Listed(patterns.clone()),
+                Value::Text(auto) if auto == "auto" => FilePatterns::Auto,
+                Value::Text(none) if none == "none" => FilePatterns::None,
+                _ => wrong("fingerprint", "file patterns"),
+            },
+            cache_dir: path("cache_dir"),
+        }
+    }
+}
+
+/// A choice validated by [`Kind::choice`], typed.
+fn parse<T: Choice>(name: &str) -> T {
+    T::from_name(name).unwrap_or_else(|| panic!("{name:?} was validated against {:?}", T::NAMES))
+}
+
+fn setting<'a>(values: &'a BTreeMap<&'static str, Setting>, key: &str) -> &'a Setting {
+    values
+        .get(key)
+        .unwrap_or_else(|| panic!("setting {key} is not in SPECS"))
 }
 
 /// Command-line inputs that influence configuration.
@@ -498,7 +640,7 @@ impl Config {
         let flags = parse_set_flags(&overrides.set)?;
         warn_unknown_keys(&ini, &file);
 
-        let mut settings = BTreeMap::new();
+        let mut values = BTreeMap::new();
         for spec in SPECS {
             let (raw, source) = if let Some(v) = flags.get(spec.key) {
                 (v.clone(), Source::Flag)
@@ -540,7 +682,7 @@ impl Config {
                     format!("{}: {why}", describe_origin(spec, &raw, &source)),
                 )
             })?;
-            settings.insert(
+            values.insert(
                 spec.key,
                 Setting {
                     spec,
@@ -555,92 +697,14 @@ impl Config {
             file_source,
             base,
             base_source,
-            settings,
+            settings: Settings::new(&values),
+            values,
         })
     }
 
+    /// A setting's raw value and source, for messages that name where a value came from.
     pub fn setting(&self, key: &str) -> &Setting {
-        self.settings
-            .get(key)
-            .unwrap_or_else(|| panic!("setting {key} is not in SPECS"))
-    }
-
-    pub fn text(&self, key: &str) -> &str {
-        match &self.setting(key).value {
-            Value::Text(s) => s,
-            other => panic!("setting {key} is not text: {other:?}"),
-        }
-    }
-
-    pub fn flag(&self, key: &str) -> bool {
-        match self.setting(key).value {
-            Value::Bool(b) => b,
-            ref other => panic!("setting {key} is not a boolean: {other:?}"),
-        }
-    }
-
-    pub fn count(&self, key: &str) -> u32 {
-        match self.setting(key).value {
-            Value::Count(n) => n,
-            ref other => panic!("setting {key} is not a count: {other:?}"),
-        }
-    }
-
-    /// A [`Kind::CountOrAuto`] setting: None for `auto`.
-    pub fn count_or_auto(&self, key: &str) -> Option<u32> {
-        match &self.setting(key).value {
-            Value::Count(n) => Some(*n),
-            Value::Text(auto) if auto == "auto" => None,
-            other => panic!("setting {key} is not a count or auto: {other:?}"),
-        }
-    }
-
-    /// A [`Kind::DurationOrNone`] setting: None for `none`.
-    pub fn span(&self, key: &str) -> Option<&crate::retention::Span> {
-        match &self.setting(key).value {
-            Value::Span(span) => Some(span),
-            Value::Text(none) if none == "none" => None,
-            other => panic!("setting {key} is not a duration or none: {other:?}"),
-        }
-    }
-
-    pub fn path(&self, key: &str) -> &Path {
-        match &self.setting(key).value {
-            Value::Path(p) => p,
-            other => panic!("setting {key} is not a path: {other:?}"),
-        }
-    }
-
-    pub fn mode(&self) -> ModeKind {
-        ModeKind::from_name(self.text("mode")).expect("validated against ModeKind::NAMES")
-    }
-
-    pub fn snapshot_name(&self) -> &str {
-        self.text("snapshot_name")
-    }
-
-    pub fn cache_dir(&self) -> &Path {
-        self.path("cache_dir")
-    }
-
-    pub fn snapshots_dir(&self) -> &Path {
-        self.path("snapshots_dir")
-    }
-
-    /// The items of a list setting (`containers`, `recreate_paths`).
-    pub fn list(&self, key: &str) -> &[String] {
-        match &self.setting(key).value {
-            Value::List(items) => items,
-            other => panic!("setting {key} is not a list: {other:?}"),
-        }
-    }
-
-    /// Included paths, relative to cache_dir.
-    pub fn include(&self) -> &[PathBuf] {
-        match &self.setting("include").value {
-            Value::Paths(p) => p,
-            other => panic!("include is not a path list: {other:?}"),
-        }
+        setting(&self.values, key)
     }
 
     /// Every setting in table order, for `stagesnap config`.
@@ -1007,12 +1071,12 @@ mod tests {
     #[test]
     fn defaults_apply_without_section() {
         let cfg = load("[network]\nurl = http://x:1/%z\n", &[], &[]).unwrap();
-        assert_eq!(cfg.mode(), ModeKind::Filesystem);
-        assert_eq!(cfg.snapshot_name(), "clean_state");
-        assert_eq!(cfg.count("keep_snapshot_count"), 5);
-        assert!(cfg.snapshots_dir().ends_with("testing/snapshots"));
-        assert!(!cfg.snapshots_dir().to_string_lossy().contains(".."));
-        assert_eq!(cfg.include(), &[PathBuf::from("data")]);
+        assert_eq!(cfg.settings.mode, ModeKind::Filesystem);
+        assert_eq!(cfg.settings.snapshot_name, "clean_state");
+        assert_eq!(cfg.settings.keep_snapshot_count, 5);
+        assert!(cfg.settings.snapshots_dir.ends_with("testing/snapshots"));
+        assert!(!cfg.settings.snapshots_dir.to_string_lossy().contains(".."));
+        assert_eq!(cfg.settings.include, &[PathBuf::from("data")]);
         assert_eq!(cfg.setting("mode").source, Source::Default);
     }
 
@@ -1029,14 +1093,14 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(cfg.mode(), ModeKind::Disabled);
+        assert_eq!(cfg.settings.mode, ModeKind::Disabled);
         assert_eq!(cfg.setting("mode").source, Source::Flag);
-        assert_eq!(cfg.count("keep_snapshot_count"), 9);
+        assert_eq!(cfg.settings.keep_snapshot_count, 9);
         assert!(matches!(
             cfg.setting("keep_snapshot_count").source,
             Source::Env(_)
         ));
-        assert!(!cfg.flag("auto_cleanup"));
+        assert!(!cfg.settings.auto_cleanup);
         assert!(matches!(
             cfg.setting("auto_cleanup").source,
             Source::File { line: 4, .. }
@@ -1083,6 +1147,23 @@ mod tests {
     }
 
     #[test]
+    fn settings_are_typed_from_their_own_keys() {
+        let text = "[suite_isolation]\nquiesce = Stop\nrestore_stop = stop\nrestore_fallback = recreate\nrestore_verify = full\nsquashfs_restore = mount\nsquashfs_compression = zstd\nsquashfs_level = 7\nkeep_within = 7d\nfingerprint = none\n";
+        let cfg = load(text, &[], &[]).unwrap();
+        let s = &cfg.settings;
+        assert_eq!(s.quiesce, Quiesce::Stop);
+        assert_eq!(cfg.setting("quiesce").raw, "Stop");
+        assert_eq!(s.restore_stop, RestoreStop::Stop);
+        assert_eq!(s.restore_fallback, RestoreFallback::Recreate);
+        assert_eq!(s.restore_verify, VerifyLevel::Full);
+        assert_eq!(s.squashfs_restore, SquashfsRestore::Mount);
+        assert_eq!(s.squashfs_compression, SquashfsCompression::Zstd);
+        assert_eq!((s.squashfs_level, s.squashfs_processors), (Some(7), None));
+        assert!(s.keep_within.is_some() && s.keep_used_within.is_none());
+        assert_eq!(s.fingerprint, FilePatterns::None);
+    }
+
+    #[test]
     fn include_must_stay_below_cache_dir() {
         for bad in ["../x", "/abs", "data data/node1", ""] {
             let text = format!("[suite_isolation]\ninclude = {bad}\n");
@@ -1094,7 +1175,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(cfg.include().len(), 3);
+        assert_eq!(cfg.settings.include.len(), 3);
     }
 
     #[test]
@@ -1111,9 +1192,9 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(cfg.list("containers"), ["node1:a", "node2:b-2"]);
-        assert_eq!(cfg.list("recreate_paths").len(), 4);
-        assert_eq!(cfg.text("container_data_path"), "/opt/cellframe-node/var");
+        assert_eq!(cfg.settings.containers, ["node1:a", "node2:b-2"]);
+        assert_eq!(cfg.settings.recreate_paths.len(), 4);
+        assert_eq!(cfg.settings.container_data_path, "/opt/cellframe-node/var");
         for bad in [
             "container_name = fixed-name",
             "container_name = node-{id}",
@@ -1178,8 +1259,8 @@ mod tests {
                 cfg.base_source
             );
             // The harness's defaults and its relative paths: against the base folder.
-            assert_eq!(cfg.cache_dir(), root.join("stage-env/cache"));
-            assert_eq!(cfg.snapshots_dir(), root.join("testing/snapshots"));
+            assert_eq!(cfg.settings.cache_dir, root.join("stage-env/cache"));
+            assert_eq!(cfg.settings.snapshots_dir, root.join("testing/snapshots"));
         }
         let cfg = load_in(&root.join("own"), None, &[]).unwrap();
         assert_eq!(cfg.file, root.join("own/stage-env.cfg"));
@@ -1195,7 +1276,7 @@ mod tests {
         let cfg = load_in(&root.join("a"), None, &env).unwrap();
         assert_eq!(cfg.base, root.join("elsewhere"));
         assert_eq!(cfg.base_source, BASE_DIR_ENV);
-        assert_eq!(cfg.cache_dir(), root.join("elsewhere/cache"));
+        assert_eq!(cfg.settings.cache_dir, root.join("elsewhere/cache"));
         let cfg = load_in(&root.join("a"), Some(root.to_str().unwrap()), &env).unwrap();
         assert_eq!(
             (cfg.base.as_path(), cfg.base_source.as_str()),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::config::Config;
+use crate::config::{Config, Quiesce, RestoreFallback};
 use crate::exit::{Code, code_of, fail, one_line};
 use crate::modes::Mode;
 use crate::tools::{DOCKER, Found};
@@ -46,12 +46,12 @@ pub fn render(template: &str, node: &str) -> Result<String, String> {
 pub fn needed_by(cfg: &Config, mode: &dyn Mode, restore: bool) -> Option<String> {
     if mode.tools().contains(&DOCKER) {
         Some(format!("{} mode selected", mode.kind().name()))
-    } else if !matches!(cfg.text("quiesce"), "none" | "auto") {
-        Some(format!("quiesce = {} is set", cfg.text("quiesce")))
-    } else if restore && cfg.text("restore_fallback") != "none" {
+    } else if matches!(cfg.settings.quiesce, Quiesce::Pause | Quiesce::Stop) {
+        Some(format!("quiesce = {} is set", cfg.settings.quiesce.name()))
+    } else if restore && cfg.settings.restore_fallback != RestoreFallback::None {
         Some(format!(
             "restore_fallback = {} is set",
-            cfg.text("restore_fallback")
+            cfg.settings.restore_fallback.name()
         ))
     } else {
         None
@@ -71,7 +71,8 @@ pub fn node_containers(cfg: &Config) -> Result<Vec<NodeContainer>> {
     let mut data = Live::from_config(cfg);
     data.include = vec![PathBuf::from("data")];
     let listed: Vec<(&str, &str)> = cfg
-        .list("containers")
+        .settings
+        .containers
         .iter()
         .map(|item| item.split_once(':').expect("validated as node:container"))
         .collect();
@@ -80,7 +81,7 @@ pub fn node_containers(cfg: &Config) -> Result<Vec<NodeContainer>> {
         .map(|node| {
             let dir_name = node.rsplit('/').next().unwrap_or(&node);
             let container = if listed.is_empty() {
-                render(cfg.text("container_name"), dir_name)
+                render(&cfg.settings.container_name, dir_name)
                     .map_err(|why| fail(Code::Usage, format!("container_name: {why}")))?
             } else {
                 let (_, name) = listed.iter().find(|(n, _)| *n == dir_name).ok_or_else(|| {
@@ -88,7 +89,7 @@ pub fn node_containers(cfg: &Config) -> Result<Vec<NodeContainer>> {
                         Code::Usage,
                         format!(
                             "node directory {node} is not in containers = {}; add {dir_name}:CONTAINER",
-                            cfg.list("containers").join(" ")
+                            cfg.settings.containers.join(" ")
                         ),
                     )
                 })?;
@@ -147,8 +148,8 @@ impl Wait {
     /// `wait_healthy` and `start_timeout`.
     pub fn from_config(cfg: &Config) -> Wait {
         Wait {
-            healthy: cfg.flag("wait_healthy"),
-            timeout: Duration::from_secs(cfg.count("start_timeout").into()),
+            healthy: cfg.settings.wait_healthy,
+            timeout: Duration::from_secs(cfg.settings.start_timeout.into()),
         }
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use walkdir::WalkDir;
 
-use crate::config::{Config, Value};
+use crate::config::{Config, FilePatterns};
 use crate::exit::{Code, fail};
 use crate::signals;
 use crate::store::{Meta, Snapshot};
@@ -43,15 +43,15 @@ impl Fingerprint {
 
 /// The patterns the `fingerprint` setting stands for.
 fn patterns(cfg: &Config) -> Vec<String> {
-    match &cfg.setting("fingerprint").value {
-        Value::List(patterns) => patterns.clone(),
-        Value::Text(auto) if auto == "auto" => ["certs", "configs"]
+    match &cfg.settings.fingerprint {
+        FilePatterns::Listed(patterns) => patterns.clone(),
+        FilePatterns::Auto => ["certs", "configs"]
             .iter()
-            .map(|d| cfg.cache_dir().join(d))
+            .map(|d| cfg.settings.cache_dir.join(d))
             .filter(|p| p.is_dir())
             .map(|p| glob::Pattern::escape(&p.to_string_lossy()))
             .collect(),
-        _ => Vec::new(),
+        FilePatterns::None => Vec::new(),
     }
 }
 

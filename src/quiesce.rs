@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::config::Config;
+use crate::config::{Config, Quiesce, RestoreStop};
 use crate::docker::{self, Docker, NodeContainer, SocketAnswer, State, Wait, node_containers};
 use crate::exit::{Code, code_of, fail, one_line};
 use crate::modes::Mode;
@@ -39,19 +39,19 @@ pub fn around<T>(
     op: Op,
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
-    let how = cfg.text("quiesce");
+    let how = cfg.settings.quiesce;
     if !mode.writes_live_data() {
-        if how != "none" {
+        if how != Quiesce::None {
             tracing::info!(
                 mode = mode.kind().name(),
-                quiesce = how,
+                quiesce = how.name(),
                 "quiesce_skipped: {} works inside running containers",
                 mode.kind().name()
             );
         }
         return f();
     }
-    if how == "none" {
+    if how == Quiesce::None {
         // The probe behind the warning asks the docker daemon, which takes longer than a
         // restore with nothing to do: it runs beside the work.
         return std::thread::scope(|s| {
@@ -60,7 +60,7 @@ pub fn around<T>(
         });
     }
     let installed;
-    let (docker, running) = if how == "auto" {
+    let (docker, running) = if how == Quiesce::Auto {
         // Quiesces only what runs on a daemon that answers; without one nothing runs.
         let Some((nodes, states)) = probe(cfg, docker) else {
             tracing::debug!("quiesce_auto: no docker daemon answers, so no node container runs");
@@ -100,7 +100,7 @@ pub fn around<T>(
     let wait = Wait::from_config(cfg);
     let clock = Instant::now();
     let (result, held, quiesced) = match (how, op) {
-        ("pause", _) | ("auto", Op::Create) => {
+        (Quiesce::Pause, _) | (Quiesce::Auto, Op::Create) => {
             if op == Op::Restore {
                 tracing::warn!(
                     "quiesce_pause_restore: paused node processes keep the files they had open and go on with them after the restore; quiesce = auto or stop restarts them and is the safe choice"
@@ -118,7 +118,7 @@ pub fn around<T>(
         (_, Op::Restore) => overlapped(
             docker,
             &running,
-            cfg.text("restore_stop") == "kill",
+            cfg.settings.restore_stop == RestoreStop::Kill,
             wait,
             f,
         ),

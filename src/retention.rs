@@ -140,10 +140,10 @@ impl<'a> Rules<'a> {
     /// The rules the configuration sets, for a prune of no snapshot just made.
     pub fn configured(cfg: &'a Config) -> Rules<'a> {
         Rules {
-            keep_last: cfg.count("keep_snapshot_count"),
-            keep_within: cfg.span("keep_within"),
-            keep_used_within: cfg.span("keep_used_within"),
-            snapshot_name: cfg.snapshot_name(),
+            keep_last: cfg.settings.keep_snapshot_count,
+            keep_within: cfg.settings.keep_within.as_ref(),
+            keep_used_within: cfg.settings.keep_used_within.as_ref(),
+            snapshot_name: &cfg.settings.snapshot_name,
             just_made: None,
         }
     }

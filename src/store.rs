@@ -215,7 +215,7 @@ impl Snapshot {
         let allowed = Allowed {
             // Checked to lie within the configured include above.
             include: &self.meta.include,
-            devices: cfg.flag("restore_devices"),
+            devices: cfg.settings.restore_devices,
         };
         manifest
             .check(&allowed)
@@ -230,7 +230,7 @@ impl Snapshot {
         let within = |p: &PathBuf| {
             p.components()
                 .all(|c| matches!(c, std::path::Component::Normal(_)))
-                && cfg.include().iter().any(|root| p.starts_with(root))
+                && cfg.settings.include.iter().any(|root| p.starts_with(root))
         };
         let include = &self.meta.include;
         let nested = include.iter().enumerate().any(|(i, a)| {
@@ -252,7 +252,7 @@ impl Snapshot {
             format!(
                 "snapshot {name} was made with include = {}, which is not within the configuration's include = {}; nothing was changed. Set include back, or create it again with `stagesnap create {name} --force`",
                 show(&self.meta.include),
-                show(cfg.include())
+                show(&cfg.settings.include)
             ),
         ))
     }

@@ -78,8 +78,8 @@ pub const WORK_PREFIX: &str = ".stagesnap-extract-";
 impl Live {
     pub fn from_config(cfg: &Config) -> Live {
         Live {
-            cache_dir: cfg.cache_dir().to_path_buf(),
-            include: cfg.include().to_vec(),
+            cache_dir: cfg.settings.cache_dir.clone(),
+            include: cfg.settings.include.clone(),
         }
     }
 

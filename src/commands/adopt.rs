@@ -44,7 +44,7 @@ pub fn run(g: &GlobalArgs, args: &AdoptArgs) -> Result<Report> {
     let name = args
         .name
         .clone()
-        .unwrap_or_else(|| cfg.snapshot_name().to_string());
+        .unwrap_or_else(|| cfg.settings.snapshot_name.clone());
     validate_name(&name)?;
     let store = store(&cfg);
     let lock = store.lock(&format!("adopt {name}"), lock_timeout(g))?;
@@ -188,7 +188,7 @@ impl Adoption<'_> {
         nodes: &[String],
         payload: serde_json::Value,
     ) -> Result<Snapshot> {
-        let live = self.live(self.cfg.cache_dir(), nodes);
+        let live = self.live(&self.cfg.settings.cache_dir, nodes);
         let job = Job {
             cfg: self.cfg,
             live: &live,

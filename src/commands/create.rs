@@ -286,7 +286,7 @@ impl Job<'_> {
             Code::Failure,
             format!(
                 "cannot create {name}: {} first, or snapshot the data as it is with `stagesnap create {name}{force} --allow-interrupted`; nothing was changed",
-                journal.unknown_state(self.cfg.snapshot_name())
+                journal.unknown_state(&self.cfg.settings.snapshot_name)
             ),
         ))
     }
@@ -417,7 +417,7 @@ impl Job<'_> {
 
     /// Retention after a create: never removes the new snapshot, snapshot_name or a pinned one.
     pub fn auto_cleanup(&self, just_made: &str) -> Result<Vec<String>> {
-        if !self.cfg.flag("auto_cleanup") {
+        if !self.cfg.settings.auto_cleanup {
             return Ok(vec![]);
         }
         let rules = Rules {

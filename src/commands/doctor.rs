@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::{load_config, store};
 use crate::cli::GlobalArgs;
-use crate::config::Config;
+use crate::config::{Config, RestoreFallback};
 use crate::docker::{self, Docker, State};
 use crate::exit::{Code, code_of, one_line};
 use crate::modes::{Mode, ModeContext, Status};
@@ -103,7 +103,7 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
 }
 
 fn check_environment(cfg: &Config, checks: &mut Checks) {
-    let kind = cfg.mode();
+    let kind = cfg.settings.mode;
     let Some(mode) = kind.implementation() else {
         checks.add(
             "mode",
@@ -199,7 +199,7 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
             ),
         }
     }
-    let dir = cfg.snapshots_dir();
+    let dir: &std::path::Path = &cfg.settings.snapshots_dir;
     match live.check_store_outside(dir) {
         Err(e) => checks.add(
             "snapshots_dir",
@@ -341,13 +341,14 @@ fn check_docker(cfg: &Config, mode: &dyn Mode, checks: &mut Checks) {
     };
     // The recreate cleanup, as mode or as fallback, runs inside the containers; quiescing
     // only passes over a container that is missing or mounts elsewhere.
-    let need_running = mode.tools().contains(&DOCKER) || cfg.text("restore_fallback") == "recreate";
+    let need_running = mode.tools().contains(&DOCKER)
+        || cfg.settings.restore_fallback == RestoreFallback::Recreate;
     let bad_container = if need_running {
         Status::Fail
     } else {
         Status::Warn
     };
-    let data_path = cfg.text("container_data_path");
+    let data_path = &cfg.settings.container_data_path;
     let existing: Vec<String> = names
         .iter()
         .zip(&states)
@@ -371,7 +372,7 @@ fn check_docker(cfg: &Config, mode: &dyn Mode, checks: &mut Checks) {
             State::Missing => None,
             _ => mounts.next(),
         };
-        let live = cfg.cache_dir().join(&node.node);
+        let live = cfg.settings.cache_dir.join(&node.node);
         let (status, mounts) = match mount {
             None => (status, String::new()),
             Some(Ok(Some(src))) if crate::tree::resolve(&src) == crate::tree::resolve(&live) => {

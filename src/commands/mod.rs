@@ -80,13 +80,13 @@ fn load_config(g: &GlobalArgs) -> Result<Config> {
 }
 
 fn store(cfg: &Config) -> Store {
-    Store::new(cfg.snapshots_dir())
+    Store::new(&cfg.settings.snapshots_dir)
 }
 
 /// The configured store, refused (exit 2) when it overlaps the live data: every command
 /// that locks the store checks this first, before it creates or locks anything.
 fn checked_store(cfg: &Config) -> Result<Store> {
-    Live::from_config(cfg).check_store_outside(cfg.snapshots_dir())?;
+    Live::from_config(cfg).check_store_outside(&cfg.settings.snapshots_dir)?;
     Ok(store(cfg))
 }
 
@@ -166,7 +166,7 @@ enum Begun {
 /// locked, and cleared of what crashed runs left there and beside the live data.
 fn begin(g: &GlobalArgs, name: Option<&str>, op: Op) -> Result<Begun> {
     let cfg = load_config(g)?;
-    let name = name.unwrap_or_else(|| cfg.snapshot_name()).to_string();
+    let name = name.unwrap_or(&cfg.settings.snapshot_name).to_string();
     validate_name(&name)?;
     let (mode, tools) = prepare_configured(&cfg)?;
     if !mode.active() {
@@ -207,7 +207,7 @@ fn docker_for(cfg: &Config, mode: &dyn Mode, restore: bool) -> Result<Option<Doc
 /// [`prepare`] for the configured mode, whose settings are then checked against this
 /// machine too (exit 2), still before anything is touched.
 fn prepare_configured(cfg: &Config) -> Result<(Box<dyn Mode>, Vec<Found>)> {
-    let (mode, tools) = prepare(cfg.mode())?;
+    let (mode, tools) = prepare(cfg.settings.mode)?;
     mode.preflight(cfg, &tools)?;
     Ok((mode, tools))
 }

@@ -8,10 +8,10 @@ use serde::Serialize;
 use super::create::Job;
 use super::{Begun, Session, begin, docker_for, prepare};
 use crate::cli::{GlobalArgs, RestoreArgs};
-use crate::config::Config;
+use crate::config::{Config, RestoreFallback};
 use crate::docker::Docker;
 use crate::exit::{Code, code_of, fail, one_line};
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, Manifest, VerifyLevel};
 use crate::modes::{Mode, ModeContext, ModeKind, RestoreStats, recreate};
 use crate::output::{Report, summary};
 use crate::progress;
@@ -71,7 +71,7 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
     crate::legacy::refuse(store.dir(), &name)?;
 
     if !store.exists(&name) {
-        if !cfg.flag("auto_create_on_startup") {
+        if !cfg.settings.auto_create_on_startup {
             return Err(fail(
                 Code::NotFound,
                 format!(
@@ -121,10 +121,7 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
     let guard = Guard {
         store: &store,
         lock: &lock,
-        verify: args
-            .verify
-            .as_deref()
-            .unwrap_or_else(|| cfg.text("restore_verify")),
+        verify: args.verify.unwrap_or(cfg.settings.restore_verify),
     };
     // A snapshot that exists but cannot be read is a failed restore too, for the fallback.
     let restored = found.and_then(|snap| {
@@ -136,7 +133,8 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
     let (snap, kind, stats) = match (restored, docker.as_ref()) {
         (Ok(done), _) => done,
         (Err(e), Some(docker))
-            if cfg.text("restore_fallback") == "recreate" && code_of(&e) != Code::Interrupted =>
+            if cfg.settings.restore_fallback == RestoreFallback::Recreate
+                && code_of(&e) != Code::Interrupted =>
         {
             return fall_back(&cfg, docker, &name, &e, started);
         }
@@ -198,7 +196,7 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
 struct Guard<'a> {
     store: &'a Store,
     lock: &'a Lock,
-    verify: &'a str,
+    verify: VerifyLevel,
 }
 
 /// Restores `snap` with the mode it was made with, whatever the config says now: the
@@ -248,7 +246,7 @@ fn restore_snapshot(
         live,
         tools: &tools,
         journal: Some(&journal),
-        by_content: guard.verify == "full",
+        by_content: guard.verify == VerifyLevel::Full,
     };
     // Prove the snapshot usable before the first byte of live data changes. Its include
     // decides where everything after this looks, also for a snapshot without a manifest.
@@ -257,7 +255,7 @@ fn restore_snapshot(
     }
     mode.verify(&ctx, snap)?;
     let expected = expected_manifest(cfg, snap, mode.as_ref(), guard.verify)?;
-    let check = guard.verify != "none";
+    let check = guard.verify != VerifyLevel::None;
     if mode.writes_live_data()
         && let Some(path) = snap
             .meta
@@ -283,7 +281,13 @@ fn restore_snapshot(
             .and_then(|done| {
                 if let Some(expected) = expected.as_ref().filter(|_| check) {
                     progress::step("checking the result");
-                    check_restored(live, snap, expected, guard.verify == "full", done.seen)?;
+                    check_restored(
+                        live,
+                        snap,
+                        expected,
+                        guard.verify == VerifyLevel::Full,
+                        done.seen,
+                    )?;
                 }
                 Ok(done.stats)
             });
@@ -300,13 +304,13 @@ fn expected_manifest(
     cfg: &Config,
     snap: &Snapshot,
     mode: &dyn Mode,
-    level: &str,
+    level: VerifyLevel,
 ) -> Result<Option<Manifest>> {
     if !mode.writes_live_data() {
         return Ok(None);
     }
     if snap.meta.manifest.is_none() {
-        if level == "none" {
+        if level == VerifyLevel::None {
             return Ok(None);
         }
         tracing::warn!(
@@ -317,7 +321,7 @@ fn expected_manifest(
         );
         return Ok(None);
     }
-    if level == "full" {
+    if level == VerifyLevel::Full {
         crate::modes::manifest_with_hashes(snap, cfg).map(Some)
     } else {
         snap.manifest(cfg).map(Some)
@@ -423,7 +427,7 @@ fn fall_back(
 }
 
 fn restarted(cfg: &Config) -> &'static str {
-    if cfg.flag("recreate_restart") {
+    if cfg.settings.recreate_restart {
         " and restarted them"
     } else {
         ""

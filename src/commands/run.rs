@@ -36,7 +36,7 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<Report> {
     let name = args
         .snapshot
         .clone()
-        .unwrap_or_else(|| cfg.snapshot_name().to_string());
+        .unwrap_or_else(|| cfg.settings.snapshot_name.clone());
     validate_name(&name)?;
     if args.keep_failed && validate_name(&kept_name(&name, jiff::Timestamp::UNIX_EPOCH)).is_err() {
         // Said now: once the suite has failed it is too late.

@@ -37,7 +37,7 @@ fn status(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
     let name = args
         .name
         .clone()
-        .unwrap_or_else(|| cfg.snapshot_name().to_string());
+        .unwrap_or_else(|| cfg.settings.snapshot_name.clone());
     validate_name(&name)?;
     let live = Live::from_config(&cfg);
     live.check_present()?;
@@ -57,7 +57,10 @@ fn status(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
 
     let mut text = String::new();
     if let Some(j) = &unfinished {
-        text.push_str(&format!("{}\n", j.unknown_state(cfg.snapshot_name())));
+        text.push_str(&format!(
+            "{}\n",
+            j.unknown_state(&cfg.settings.snapshot_name)
+        ));
     }
     if !stale_files.is_empty() {
         text.push_str(&format!(

@@ -32,7 +32,7 @@ pub fn run(g: &GlobalArgs, args: &VerifyArgs) -> Result<Report> {
     let names = if args.all {
         vec![]
     } else if args.names.is_empty() {
-        vec![cfg.snapshot_name().to_string()]
+        vec![cfg.settings.snapshot_name.clone()]
     } else {
         args.names.clone()
     };

@@ -82,7 +82,7 @@ pub fn clean(docker: &Docker, cfg: &Config) -> Result<u64> {
             Code::Failure,
             format!(
                 "recreate found no node directories in {}; nothing was cleaned",
-                cfg.cache_dir().join("data").display()
+                cfg.settings.cache_dir.join("data").display()
             ),
         ));
     }
@@ -113,10 +113,10 @@ pub fn clean(docker: &Docker, cfg: &Config) -> Result<u64> {
             ),
         ));
     }
-    let data_path = cfg.text("container_data_path");
+    let data_path = &cfg.settings.container_data_path;
     let sources = docker.mount_sources(&names, data_path)?;
     for (node, source) in nodes.iter().zip(sources) {
-        let live = cfg.cache_dir().join(&node.node);
+        let live = cfg.settings.cache_dir.join(&node.node);
         match source {
             None => {
                 return Err(fail(
@@ -141,7 +141,7 @@ pub fn clean(docker: &Docker, cfg: &Config) -> Result<u64> {
     }
 
     let mut args = vec!["sh", "-c", CLEANUP, "sh", data_path];
-    args.extend(cfg.list("recreate_paths").iter().map(String::as_str));
+    args.extend(cfg.settings.recreate_paths.iter().map(String::as_str));
     let results = concurrently(&nodes, |node| {
         let out = docker.exec(
             &node.container,
@@ -175,7 +175,7 @@ pub fn clean(docker: &Docker, cfg: &Config) -> Result<u64> {
             ),
         ));
     }
-    if cfg.flag("recreate_restart") {
+    if cfg.settings.recreate_restart {
         // Stopped in parallel, then started and waited for; started again on any way out.
         Held::stop(docker, names, Wait::from_config(cfg))?.end()?;
     }

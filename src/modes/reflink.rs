@@ -37,13 +37,13 @@ impl Mode for Reflink {
     }
 
     fn preflight(&self, cfg: &Config, _: &[Found]) -> Result<()> {
-        probe(cfg.snapshots_dir(), &Live::from_config(cfg))
+        probe(&cfg.settings.snapshots_dir, &Live::from_config(cfg))
             .map(drop)
             .map_err(|why| fail(Code::Usage, why))
     }
 
     fn doctor(&self, ctx: &ModeContext) -> Vec<Finding> {
-        vec![match probe(ctx.cfg.snapshots_dir(), ctx.live) {
+        vec![match probe(&ctx.cfg.settings.snapshots_dir, ctx.live) {
             Ok(detail) => Finding::new("reflink", Status::Ok, detail, ""),
             Err(why) => Finding::new(
                 "reflink",

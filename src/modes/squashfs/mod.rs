@@ -23,7 +23,7 @@ use sqfs_read::{Image, ImageFile};
 use self::fixups::{Fixups, Time};
 use super::{Finding, Mode, ModeContext, ModeKind, Restoration, Status, Verified};
 use crate::capture::{self, Held};
-use crate::config::Config;
+use crate::config::{Config, SquashfsCompression, SquashfsRestore};
 use crate::delta::{self, Content, Dir, Source, SourceFile};
 use crate::exit::{Code, code_of, fail, one_line};
 use crate::manifest::{Entry, Kind, Manifest, Name};
@@ -159,32 +159,32 @@ impl Payload {
 }
 
 /// The compression settings, as mksquashfs arguments.
-struct Compression<'a> {
-    name: &'a str,
+struct Compression {
+    name: SquashfsCompression,
     level: Option<u32>,
 }
 
-impl<'a> Compression<'a> {
-    fn from_config(cfg: &'a Config) -> Compression<'a> {
-        let name = cfg.text("squashfs_compression");
+impl Compression {
+    fn from_config(cfg: &Config) -> Compression {
+        let name = cfg.settings.squashfs_compression;
         // Defaults chosen for create time: zstd's own default (15) is ~20x slower than 3 for
         // the same ratio on this data, gzip 9 barely beats 6.
         let default = match name {
-            "gzip" => Some(6),
-            "zstd" => Some(3),
+            SquashfsCompression::Gzip => Some(6),
+            SquashfsCompression::Zstd => Some(3),
             _ => None,
         };
         Compression {
             name,
-            level: cfg.count_or_auto("squashfs_level").or(default),
+            level: cfg.settings.squashfs_level.or(default),
         }
     }
 
     /// The levels a compressor accepts; None when it has none.
-    fn levels(name: &str) -> Option<std::ops::RangeInclusive<u32>> {
+    fn levels(name: SquashfsCompression) -> Option<std::ops::RangeInclusive<u32>> {
         match name {
-            "gzip" | "lzo" => Some(1..=9),
-            "zstd" => Some(1..=22),
+            SquashfsCompression::Gzip | SquashfsCompression::Lzo => Some(1..=9),
+            SquashfsCompression::Zstd => Some(1..=22),
             _ => None,
         }
     }
@@ -192,10 +192,12 @@ impl<'a> Compression<'a> {
     fn args(&self) -> Vec<String> {
         let mut args: Vec<String> = match self.name {
             // Really uncompressed: mksquashfs has no `-comp none`.
-            "none" => return ["-noI", "-noD", "-noF", "-noX"].map(String::from).to_vec(),
-            name => vec!["-comp".into(), name.into()],
+            SquashfsCompression::None => {
+                return ["-noI", "-noD", "-noF", "-noX"].map(String::from).to_vec();
+            }
+            name => vec!["-comp".into(), name.name().into()],
         };
-        if self.name == "lzo" {
+        if self.name == SquashfsCompression::Lzo {
             // lzo1x_999 (mksquashfs's default, the only one with levels) builds ~30x slower
             // than lzo1x_1 for 4% smaller images; it is used only when a level is asked for.
             let algorithm = if self.level.is_some() {
@@ -244,7 +246,9 @@ fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
     if supported.is_empty() {
         // A help text of an unknown shape: mksquashfs itself will refuse a missing compressor.
         tracing::warn!(mksquashfs = %mksquashfs.path.display(), "squashfs_compressors_unknown: mksquashfs -help lists no compressors, so squashfs_compression is not checked");
-    } else if comp.name != "none" && !supported.iter().any(|c| c == comp.name) {
+    } else if comp.name != SquashfsCompression::None
+        && !supported.iter().any(|c| c == comp.name.name())
+    {
         return Err(fail(
             Code::Usage,
             format!(
@@ -257,7 +261,7 @@ fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
             ),
         ));
     }
-    if let Some(level) = cfg.count_or_auto("squashfs_level") {
+    if let Some(level) = cfg.settings.squashfs_level {
         match Compression::levels(comp.name) {
             None => {
                 return Err(fail(
@@ -284,7 +288,7 @@ fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
             Some(_) => {}
         }
     }
-    if cfg.text("squashfs_restore") == "mount"
+    if cfg.settings.squashfs_restore == SquashfsRestore::Mount
         && let Some(why) = mount_blocker()
     {
         return Err(fail(
@@ -350,12 +354,12 @@ fn mount_blocker() -> Option<String> {
 
 /// The strategy `squashfs_restore` selects here, and why.
 fn strategy(cfg: &Config) -> (Strategy, String) {
-    match cfg.text("squashfs_restore") {
-        "extract" => (Strategy::Extract, "squashfs_restore = extract".into()),
-        "mount" => (Strategy::Mount, "squashfs_restore = mount".into()),
+    match cfg.settings.squashfs_restore {
+        SquashfsRestore::Extract => (Strategy::Extract, "squashfs_restore = extract".into()),
+        SquashfsRestore::Mount => (Strategy::Mount, "squashfs_restore = mount".into()),
         // Reading the image directly is faster than through a loop mount (bench/), and
         // needs no root.
-        _ => (
+        SquashfsRestore::Auto => (
             Strategy::Extract,
             "auto: reads the image directly, faster than through a loop mount".into(),
         ),
@@ -437,7 +441,7 @@ impl Mode for Squashfs {
             ]
             .map(OsString::from),
         );
-        if let Some(n) = ctx.cfg.count_or_auto("squashfs_processors") {
+        if let Some(n) = ctx.cfg.settings.squashfs_processors {
             args.extend(["-processors".into(), n.to_string().into()]);
         }
         args.extend(comp.args().into_iter().map(OsString::from));
@@ -459,14 +463,14 @@ impl Mode for Squashfs {
         let stored = Payload {
             image: Stored::of(payload, IMAGE)?,
             fixups: Stored::of(payload, FIXUPS)?,
-            compression: comp.name.to_string(),
+            compression: comp.name.name().to_string(),
             level: comp.level,
             mksquashfs_version: mksquashfs.version()?.to_string(),
             fixup_entries: fixups.entries(),
             sparse_files: fixups.sparse_files(),
         };
         tracing::info!(
-            compression = %comp.name,
+            compression = %comp.name.name(),
             level = %comp.level.map_or("-".into(), |l| l.to_string()),
             image_bytes = stored.image.bytes,
             mksquashfs_seconds = seconds(built),
@@ -752,7 +756,7 @@ fn unsquash(ctx: &ModeContext, snapshot: &Snapshot, image: &Path, dest: &Path) -
     if !progress::active() {
         args.push("-no-progress".into());
     }
-    if let Some(n) = ctx.cfg.count_or_auto("squashfs_processors") {
+    if let Some(n) = ctx.cfg.settings.squashfs_processors {
         args.extend(["-processors".into(), n.to_string().into()]);
     }
     args.extend(["-dest".into(), dest.into(), image.into()]);
@@ -972,7 +976,10 @@ mod tests {
 
     #[test]
     fn compression_arguments() {
-        let args = |name, level| Compression { name, level }.args().join(" ");
+        let args = |name, level| {
+            let name = SquashfsCompression::from_name(name).unwrap();
+            Compression { name, level }.args().join(" ")
+        };
         assert_eq!(args("none", None), "-noI -noD -noF -noX");
         assert_eq!(args("zstd", Some(3)), "-comp zstd -Xcompression-level 3");
         assert_eq!(args("lzo", None), "-comp lzo -Xalgorithm lzo1x_1");
