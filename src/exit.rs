@@ -1,9 +1,10 @@
 //! Exit codes and the error type that carries one to `main`.
 //!
-//! Inside the program errors are `anyhow::Error` with context; a [`Failure`] anywhere in
-//! the chain decides the exit code. Anything without one is a plain failure (1).
+//! Inside the program errors are `anyhow::Error` with context; an [`Error`] or a [`Failure`]
+//! anywhere in the chain decides the exit code. Anything without one is a plain failure (1).
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// The documented exit codes (README, man page). Later features reuse them; never renumber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +70,64 @@ pub fn help_text() -> String {
     format!("Exit codes: {}.\n{EXCEPTIONS}", codes.join(", "))
 }
 
-/// An error whose exit code is known. The message is complete on its own
-/// (what failed, on which file/path/name, and what to do).
+/// The failures that several places report: each kind's message (what failed, on which
+/// snapshot/path, and what to do) is written here once, and its exit code is [`Error::code`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A stored snapshot that cannot be used as it is. `refused`: a check before a restore
+    /// found it, so the live data is untouched.
+    #[error(
+        "snapshot {snapshot} is damaged: {what}; {}delete it with `stagesnap delete {snapshot}` and create it again",
+        if *.refused { "nothing was restored; " } else { "" }
+    )]
+    Damaged {
+        snapshot: String,
+        what: String,
+        refused: bool,
+    },
+    /// `also`: a further way out that only the caller knows, appended to the hint.
+    #[error(
+        "snapshot {snapshot} not found in {}; see `stagesnap list` or make it with `stagesnap create {snapshot}`{also}",
+        .store.display()
+    )]
+    NotFound {
+        snapshot: String,
+        store: PathBuf,
+        also: &'static str,
+    },
+    #[error(
+        "snapshot store {} is locked by {holder}; waited {waited_secs} s. Try again later or raise --lock-timeout",
+        .store.display()
+    )]
+    Locked {
+        store: PathBuf,
+        holder: String,
+        waited_secs: u64,
+    },
+    #[error(
+        "{needed_by} but {program} is not installed.\nInstall {product}: sudo apt install {package}"
+    )]
+    MissingTool {
+        needed_by: String,
+        program: &'static str,
+        product: &'static str,
+        package: &'static str,
+    },
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Damaged { .. } => Code::Failure,
+            Error::NotFound { .. } => Code::NotFound,
+            Error::Locked { .. } => Code::Locked,
+            Error::MissingTool { .. } => Code::MissingDependency,
+        }
+    }
+}
+
+/// An error whose exit code is known, for the kinds that [`Error`] does not (yet) name. The
+/// message is complete on its own (what failed, on which file/path/name, and what to do).
 #[derive(Debug)]
 pub struct Failure {
     pub code: Code,
@@ -93,18 +150,17 @@ pub fn fail(code: Code, message: impl Into<String>) -> anyhow::Error {
     })
 }
 
-/// The exit code of an error: the first [`Failure`] in its chain, also one carried inside an
-/// `io::Error` (whose `source` skips what it carries), else 1.
+/// The exit code of an error: that of the first [`Error`] or [`Failure`] in its chain, also
+/// one carried inside an `io::Error` (whose `source` skips what it carries), else 1.
 pub fn code_of(err: &anyhow::Error) -> Code {
+    fn known(e: &(dyn std::error::Error + 'static)) -> Option<Code> {
+        e.downcast_ref::<Error>()
+            .map(Error::code)
+            .or_else(|| e.downcast_ref::<Failure>().map(|f| f.code))
+    }
     err.chain()
-        .find_map(|e| {
-            e.downcast_ref::<Failure>().or_else(|| {
-                e.downcast_ref::<std::io::Error>()?
-                    .get_ref()?
-                    .downcast_ref::<Failure>()
-            })
-        })
-        .map_or(Code::Failure, |f| f.code)
+        .find_map(|e| known(e).or_else(|| known(e.downcast_ref::<std::io::Error>()?.get_ref()?)))
+        .unwrap_or(Code::Failure)
 }
 
 /// `err` with exit code `to` where it would have exited with `from`; its message unchanged.
@@ -120,4 +176,23 @@ pub fn recode(err: anyhow::Error, from: Code, to: Code) -> anyhow::Error {
 pub fn one_line(err: &anyhow::Error) -> String {
     let parts: Vec<String> = err.chain().map(|e| e.to_string()).collect();
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_code_of_an_error_kind_is_found_in_context_and_inside_an_io_error() {
+        let locked = || Error::Locked {
+            store: PathBuf::from("/store"),
+            holder: "pid 7".into(),
+            waited_secs: 3,
+        };
+        let plain = anyhow::Error::new(locked()).context("restore");
+        assert_eq!(code_of(&plain), Code::Locked);
+        let carried = anyhow::Error::new(std::io::Error::other(locked())).context("restore");
+        assert_eq!(code_of(&carried), Code::Locked);
+        assert_eq!(code_of(&anyhow::anyhow!("plain")), Code::Failure);
+    }
 }

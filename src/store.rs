@@ -31,7 +31,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::exit::{Code, fail};
+use crate::exit::{Code, Error, fail};
 use crate::fingerprint::Fingerprint;
 use crate::manifest::{Allowed, Manifest};
 use crate::signals;
@@ -291,13 +291,9 @@ impl Snapshot {
     }
 
     fn damaged(&self, file: &str, why: &str) -> anyhow::Error {
-        let name = &self.meta.name;
-        fail(
-            Code::Failure,
-            format!(
-                "snapshot {name} is damaged: {} {why}; delete it with `stagesnap delete {name}` and create it again",
-                self.dir.join(file).display()
-            ),
+        damaged(
+            &self.meta.name,
+            format!("{} {why}", self.dir.join(file).display()),
         )
     }
 }
@@ -497,14 +493,12 @@ impl Store {
             }
             let holder = read_holder(path);
             if start.elapsed() >= timeout {
-                return Err(fail(
-                    Code::Locked,
-                    format!(
-                        "snapshot store {} is locked by {holder}; waited {} s. Try again later or raise --lock-timeout",
-                        self.dir.display(),
-                        timeout.as_secs()
-                    ),
-                ));
+                return Err(Error::Locked {
+                    store: self.dir.clone(),
+                    holder,
+                    waited_secs: timeout.as_secs(),
+                }
+                .into());
             }
             if !announced {
                 tracing::info!(holder = %holder, "lock_wait");
@@ -571,13 +565,17 @@ impl Store {
     }
 
     fn not_found(&self, name: &str) -> anyhow::Error {
-        fail(
-            Code::NotFound,
-            format!(
-                "snapshot {name} not found in {}; see `stagesnap list` or make it with `stagesnap create {name}`",
-                self.dir.display()
-            ),
-        )
+        self.not_found_or(name, "")
+    }
+
+    /// Exit 4 for snapshot `name`; `also` is a further way out the caller knows of.
+    pub fn not_found_or(&self, name: &str, also: &'static str) -> anyhow::Error {
+        Error::NotFound {
+            snapshot: name.to_string(),
+            store: self.dir.clone(),
+            also,
+        }
+        .into()
     }
 
     /// Why the store's entry `name` is not a complete snapshot (damaged, or not a directory
@@ -615,20 +613,14 @@ impl Store {
             ));
         }
         let path = dir.join(META_FILE);
-        let text = read_nofollow(&path).map_err(|e| {
-            fail(
-                Code::Failure,
-                format!(
-                    "snapshot {name} is damaged: cannot read {}: {e}; delete it with `stagesnap delete {name}` and create it again",
-                    path.display()
-                ),
-            )
-        })?;
+        let text = read_nofollow(&path)
+            .map_err(|e| damaged(name, format!("cannot read {}: {e}", path.display())))?;
         #[derive(Deserialize)]
         struct Probe {
             schema: u32,
         }
-        let probe: Probe = serde_json::from_slice(&text).map_err(|e| damaged(name, &path, &e))?;
+        let probe: Probe =
+            serde_json::from_slice(&text).map_err(|e| not_metadata(name, &path, &e))?;
         if probe.schema > SCHEMA {
             return Err(fail(
                 Code::Failure,
@@ -639,15 +631,12 @@ impl Store {
                 ),
             ));
         }
-        let meta: Meta = serde_json::from_slice(&text).map_err(|e| damaged(name, &path, &e))?;
+        let meta: Meta =
+            serde_json::from_slice(&text).map_err(|e| not_metadata(name, &path, &e))?;
         if meta.name != name {
-            return Err(fail(
-                Code::Failure,
-                format!(
-                    "snapshot {name} is damaged: {} names it {:?}; delete it and create it again",
-                    path.display(),
-                    meta.name
-                ),
+            return Err(damaged(
+                name,
+                format!("{} names it {:?}", path.display(), meta.name),
             ));
         }
         let snapshot = Snapshot { dir, meta };
@@ -777,13 +766,19 @@ fn parked_snapshot(entry: &str) -> Option<&str> {
     (validate_name(name).is_ok() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(name)
 }
 
-fn damaged(name: &str, path: &Path, e: &serde_json::Error) -> anyhow::Error {
-    fail(
-        Code::Failure,
-        format!(
-            "snapshot {name} is damaged: {} is not valid metadata ({e}); delete it with `stagesnap delete {name}` and create it again",
-            path.display()
-        ),
+fn damaged(name: &str, what: String) -> anyhow::Error {
+    Error::Damaged {
+        snapshot: name.to_string(),
+        what,
+        refused: false,
+    }
+    .into()
+}
+
+fn not_metadata(name: &str, path: &Path, e: &serde_json::Error) -> anyhow::Error {
+    damaged(
+        name,
+        format!("{} is not valid metadata ({e})", path.display()),
     )
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::exit::{Code, fail};
+use crate::exit::{Code, Error, fail};
 use crate::signals;
 
 /// An external program stagesnap can drive.
@@ -110,13 +110,13 @@ impl Tool {
     /// [`Tool::require`] for a need other than a mode's, e.g. `quiesce = pause is set`.
     pub fn require_for(&self, needed_by: &str) -> Result<Found> {
         let Some(path) = self.locate() else {
-            return Err(fail(
-                Code::MissingDependency,
-                format!(
-                    "{needed_by} but {} is not installed.\nInstall {}: sudo apt install {}",
-                    self.program, self.product, self.package
-                ),
-            ));
+            return Err(Error::MissingTool {
+                needed_by: needed_by.to_string(),
+                program: self.program,
+                product: self.product,
+                package: self.package,
+            }
+            .into());
         };
         Ok(Found {
             tool: *self,

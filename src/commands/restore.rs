@@ -72,13 +72,7 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
 
     if !store.exists(&name) {
         if !cfg.settings.auto_create_on_startup {
-            return Err(fail(
-                Code::NotFound,
-                format!(
-                    "snapshot {name} not found in {}; create it with `stagesnap create {name}` (or set auto_create_on_startup = true)",
-                    store.dir().display()
-                ),
-            ));
+            return Err(store.not_found_or(&name, " (or set auto_create_on_startup = true)"));
         }
         tracing::warn!(name = %name, "snapshot_missing: snapshot {name} does not exist; auto_create_on_startup is on, so it is created from the current data");
         let job = Job {

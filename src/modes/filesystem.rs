@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use super::{Mode, ModeContext, ModeKind, Restoration, Verified};
 use crate::delta::Content;
-use crate::exit::{Code, fail};
+use crate::exit::Error;
 use crate::manifest::{self, Manifest};
 use crate::progress;
 use crate::store::Snapshot;
@@ -175,14 +175,12 @@ pub(super) fn check_payload(snapshot: &Snapshot) -> Result<()> {
     for rel in &snapshot.meta.include {
         let path = snapshot.payload().join(rel);
         if path.symlink_metadata().is_err() {
-            return Err(fail(
-                Code::Failure,
-                format!(
-                    "snapshot {} is damaged: {} is missing; nothing was restored. Delete it and create it again",
-                    snapshot.meta.name,
-                    path.display()
-                ),
-            ));
+            return Err(Error::Damaged {
+                snapshot: snapshot.meta.name.clone(),
+                what: format!("{} is missing", path.display()),
+                refused: true,
+            }
+            .into());
         }
     }
     Ok(())

@@ -25,7 +25,7 @@ use super::{Finding, Mode, ModeContext, ModeKind, Restoration, Status, Verified}
 use crate::capture::{self, Held};
 use crate::config::{Config, SquashfsCompression, SquashfsRestore};
 use crate::delta::{self, Content, Dir, Source, SourceFile};
-use crate::exit::{Code, code_of, fail, one_line};
+use crate::exit::{Code, Error, code_of, fail, one_line};
 use crate::manifest::{Entry, Kind, Manifest, Name};
 use crate::output::seconds;
 use crate::store::Snapshot;
@@ -124,13 +124,12 @@ impl Stored {
 }
 
 fn damaged(snapshot: &Snapshot, what: String) -> anyhow::Error {
-    fail(
-        Code::Failure,
-        format!(
-            "snapshot {name} is damaged: {what}; nothing was restored. Delete it (`stagesnap delete {name}`) and create it again",
-            name = snapshot.meta.name
-        ),
-    )
+    Error::Damaged {
+        snapshot: snapshot.meta.name.clone(),
+        what,
+        refused: true,
+    }
+    .into()
 }
 
 /// Size and BLAKE3 digest (hex) of a file. Memory-mapped and hashed on every core: every
@@ -147,13 +146,12 @@ fn digest(path: &Path) -> Result<(u64, String)> {
 impl Payload {
     fn of(snapshot: &Snapshot) -> Result<Payload> {
         serde_json::from_value(snapshot.meta.payload.clone()).map_err(|e| {
-            fail(
-                Code::Failure,
-                format!(
-                    "snapshot {name} is damaged: meta.json has no valid squashfs payload ({e}); delete it (`stagesnap delete {name}`) and create it again",
-                    name = snapshot.meta.name
-                ),
-            )
+            Error::Damaged {
+                snapshot: snapshot.meta.name.clone(),
+                what: format!("meta.json has no valid squashfs payload ({e})"),
+                refused: false,
+            }
+            .into()
         })
     }
 }
