@@ -39,7 +39,7 @@ use anyhow::{Context, Result};
 use rustix::fs::{FallocateFlags, FileType, OFlags, SeekFrom};
 use rustix::io::Errno;
 
-use crate::exit::{Code, fail};
+use crate::exit::{Code, Error, fail};
 use crate::manifest::pieces::{self, PIECE};
 use crate::manifest::{self, ChangeCode, Entry, Kind, Manifest, Name, Xattr, walk};
 use crate::modes::RestoreStats;
@@ -105,25 +105,29 @@ impl SourceFile for File {
 pub struct Dir<'a> {
     root: &'a Path,
     fd: DirFd,
-    /// What a file that is not where the manifest says means, for messages.
-    broken: &'static str,
+    /// The error for a file that is not where the manifest says: what that means differs.
+    broken: fn(String) -> anyhow::Error,
 }
 
 impl<'a> Dir<'a> {
     /// A snapshot's tree, store input.
     pub fn snapshot(root: &'a Path) -> Result<Dir<'a>> {
-        Self::open(root, "the snapshot is damaged")
+        Self::open(root, |what| Error::DamagedPayload { what }.into())
     }
 
     /// The live data (reflink's create), which containers may change meanwhile.
     pub fn live(root: &'a Path) -> Result<Dir<'a>> {
-        Self::open(
-            root,
-            "the live data changed during the snapshot (stop the network first)",
-        )
+        Self::open(root, |what| {
+            fail(
+                Code::Failure,
+                format!(
+                    "the live data changed during the snapshot (stop the network first): {what}"
+                ),
+            )
+        })
     }
 
-    fn open(root: &'a Path, broken: &'static str) -> Result<Dir<'a>> {
+    fn open(root: &'a Path, broken: fn(String) -> anyhow::Error) -> Result<Dir<'a>> {
         let fd = DirFd::open(root).map_err(|e| {
             fail(
                 Code::Failure,
@@ -144,14 +148,10 @@ impl Source for Dir<'_> {
             .and_then(|d| d.open_file(name, OFlags::RDONLY | OFlags::NONBLOCK, 0));
         let file = match opened {
             Err(e) if sys::swapped(&e) => {
-                return Err(fail(
-                    Code::Failure,
-                    format!(
-                        "{}: {} is reached through a symlink or a non-directory ({e})",
-                        self.broken,
-                        path.display()
-                    ),
-                ));
+                return Err((self.broken)(format!(
+                    "{} is reached through a symlink or a non-directory ({e})",
+                    path.display()
+                )));
             }
             Err(e) => {
                 return Err(fail(
@@ -163,10 +163,10 @@ impl Source for Dir<'_> {
         };
         let meta = file.metadata()?;
         if !meta.is_file() {
-            return Err(fail(
-                Code::Failure,
-                format!("{}: {} is not a regular file", self.broken, path.display()),
-            ));
+            return Err((self.broken)(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
         }
         check_size(&path.display().to_string(), meta.len(), want)?;
         Ok(Box::new(file))
@@ -178,13 +178,10 @@ pub fn check_size(what: &str, size: u64, want: &Entry) -> Result<()> {
     if size == want.size {
         return Ok(());
     }
-    Err(fail(
-        Code::Failure,
-        format!(
-            "the snapshot is damaged: {what} is {size} bytes, its manifest says {}",
-            want.size
-        ),
-    ))
+    Err(Error::DamagedPayload {
+        what: format!("{what} is {size} bytes, its manifest says {}", want.size),
+    }
+    .into())
 }
 
 /// One run of the engine.

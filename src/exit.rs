@@ -85,6 +85,10 @@ pub enum Error {
         what: String,
         refused: bool,
     },
+    /// A snapshot's payload found damaged while it is read, where its name is not at hand
+    /// (the caller's context names the snapshot).
+    #[error("the snapshot is damaged: {what}")]
+    DamagedPayload { what: String },
     /// `also`: a further way out that only the caller knows, appended to the hint.
     #[error(
         "snapshot {snapshot} not found in {}; see `stagesnap list` or make it with `stagesnap create {snapshot}`{also}",
@@ -118,7 +122,7 @@ pub enum Error {
 impl Error {
     pub fn code(&self) -> Code {
         match self {
-            Error::Damaged { .. } => Code::Failure,
+            Error::Damaged { .. } | Error::DamagedPayload { .. } => Code::Failure,
             Error::NotFound { .. } => Code::NotFound,
             Error::Locked { .. } => Code::Locked,
             Error::MissingTool { .. } => Code::MissingDependency,

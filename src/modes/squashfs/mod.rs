@@ -681,12 +681,11 @@ impl Source for ImageSource<'_> {
             .get()
             .expect("the engine reads only after its before-change hook opened the image");
         let what = format!("{} in {}", want.path.display(), self.path.display());
-        let file = image.file(&want.path.0).ok_or_else(|| {
-            fail(
-                Code::Failure,
-                format!("the snapshot is damaged: {what} is missing"),
-            )
-        })?;
+        let file = image
+            .file(&want.path.0)
+            .ok_or_else(|| Error::DamagedPayload {
+                what: format!("{what} is missing"),
+            })?;
         delta::check_size(&what, file.len(), want)?;
         Ok(Box::new(file))
     }
