@@ -205,15 +205,7 @@ fn restore_snapshot(
     guard: &Guard,
 ) -> Result<(ModeKind, RestoreStats)> {
     let name = &snap.meta.name;
-    let kind = ModeKind::from_name(&snap.meta.mode).ok_or_else(|| {
-        fail(
-            Code::Failure,
-            format!(
-                "snapshot {name} has unknown mode {:?}; it was made by another stagesnap",
-                snap.meta.mode
-            ),
-        )
-    })?;
+    let kind = ModeKind::of(snap)?;
     let (mode, tools) = if kind == configured.0.kind() {
         configured
     } else {

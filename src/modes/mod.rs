@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::capture::{self, Held};
 use crate::config::Config;
 use crate::delta::{Content, Delta, Dir, Source};
+use crate::exit::{Code, fail};
 use crate::manifest::{Entry, Kind, Manifest, Name};
 use crate::store::{Journal, Snapshot};
 use crate::tools::{Found, Tool};
@@ -35,6 +36,19 @@ crate::config::choices! {
 }
 
 impl ModeKind {
+    /// The mode `snapshot` was made with.
+    pub fn of(snapshot: &Snapshot) -> Result<ModeKind> {
+        ModeKind::from_name(&snapshot.meta.mode).ok_or_else(|| {
+            fail(
+                Code::Failure,
+                format!(
+                    "snapshot {} has unknown mode {:?}; it was made by another stagesnap",
+                    snapshot.meta.name, snapshot.meta.mode
+                ),
+            )
+        })
+    }
+
     /// The implementation, or None for a mode this build does not have yet.
     pub fn implementation(self) -> Option<Box<dyn Mode>> {
         match self {
