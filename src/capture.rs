@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use rustix::fs::OFlags;
 
-use crate::exit::{Code, fail};
+use crate::exit::{Code, Error, fail};
 use crate::manifest::walk::{self, Stamp};
 use crate::manifest::{Kind, Name};
 use crate::sys::{self, DirFd};
@@ -164,12 +164,7 @@ pub struct Held {
 /// Fails (exit 1, nothing made visible) unless every entry held beneath a suspect directory
 /// matches the live data there (see the module docs). `tool` is the copier, for the message.
 pub fn check(live: &Live, changes: &Changes, held: &[Held], tool: &str) -> Result<()> {
-    let root = DirFd::open(&live.cache_dir).map_err(|e| {
-        fail(
-            Code::Failure,
-            format!("cannot read {}: {e}", live.cache_dir.display()),
-        )
-    })?;
+    let root = DirFd::open(&live.cache_dir).map_err(|e| Error::unreadable(&live.cache_dir, e))?;
     for h in held {
         let Some(dir) = changes.suspects.iter().find(|d| beneath(&h.path, d)) else {
             continue;

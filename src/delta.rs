@@ -128,12 +128,7 @@ impl<'a> Dir<'a> {
     }
 
     fn open(root: &'a Path, broken: fn(String) -> anyhow::Error) -> Result<Dir<'a>> {
-        let fd = DirFd::open(root).map_err(|e| {
-            fail(
-                Code::Failure,
-                format!("cannot read {}: {e}", root.display()),
-            )
-        })?;
+        let fd = DirFd::open(root).map_err(|e| Error::unreadable(root, e))?;
         Ok(Dir { root, fd, broken })
     }
 }
@@ -154,10 +149,7 @@ impl Source for Dir<'_> {
                 )));
             }
             Err(e) => {
-                return Err(fail(
-                    Code::Failure,
-                    format!("cannot read {}: {e}", path.display()),
-                ));
+                return Err(Error::unreadable(&path, e));
             }
             Ok(file) => file,
         };

@@ -4,7 +4,7 @@
 //! anywhere in the chain decides the exit code. Anything without one is a plain failure (1).
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The documented exit codes (README, man page). Later features reuse them; never renumber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +89,9 @@ pub enum Error {
     /// (the caller's context names the snapshot).
     #[error("the snapshot is damaged: {what}")]
     DamagedPayload { what: String },
+    /// A file or directory that stagesnap needs could not be opened or read.
+    #[error("cannot read {}: {error}", .path.display())]
+    Unreadable { path: PathBuf, error: String },
     /// `also`: a further way out that only the caller knows, appended to the hint.
     #[error(
         "snapshot {snapshot} not found in {}; see `stagesnap list` or make it with `stagesnap create {snapshot}`{also}",
@@ -120,9 +123,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// [`Error::Unreadable`] as an `anyhow::Error`, for `map_err`.
+    pub fn unreadable(path: &Path, error: impl fmt::Display) -> anyhow::Error {
+        Error::Unreadable {
+            path: path.to_path_buf(),
+            error: error.to_string(),
+        }
+        .into()
+    }
+
     pub fn code(&self) -> Code {
         match self {
-            Error::Damaged { .. } | Error::DamagedPayload { .. } => Code::Failure,
+            Error::Damaged { .. } | Error::DamagedPayload { .. } | Error::Unreadable { .. } => {
+                Code::Failure
+            }
             Error::NotFound { .. } => Code::NotFound,
             Error::Locked { .. } => Code::Locked,
             Error::MissingTool { .. } => Code::MissingDependency,

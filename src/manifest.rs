@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::exit::{Code, fail};
+use crate::exit::{Code, Error, fail};
 use crate::signals;
 
 pub mod pieces;
@@ -521,12 +521,7 @@ fn hash_file(
     path: &Name,
     buf: &mut [u8],
 ) -> Result<pieces::Digest> {
-    let unreadable = |e: std::io::Error| {
-        fail(
-            Code::Failure,
-            format!("cannot read {}: {e}", root.join(path.as_path()).display()),
-        )
-    };
+    let unreadable = |e: std::io::Error| Error::unreadable(&root.join(path.as_path()), e);
     let (dir, name) = crate::sys::split(&path.0);
     let f: File = top
         .dir(dir)

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 
 use super::{Entry, Kind, Name, Xattr, hex};
-use crate::exit::{Code, fail};
+use crate::exit::Error;
 use crate::signals;
 use crate::sys::{self, DirFd};
 
@@ -78,10 +78,7 @@ fn names(dir: &Dir) -> Result<Vec<CString>> {
         };
         if n < 0 {
             let e = std::io::Error::last_os_error();
-            return Err(fail(
-                Code::Failure,
-                format!("cannot read {}: {e}", dir.full.display()),
-            ));
+            return Err(Error::unreadable(&dir.full, e));
         }
         if n == 0 {
             return Ok(out);
@@ -397,12 +394,7 @@ pub fn scan(root: &Path, include: &[PathBuf]) -> Result<Vec<(Entry, Inode)>> {
 pub fn scan_stamped(root: &Path, include: &[PathBuf]) -> Result<Vec<Found>> {
     let mut out = Vec::new();
     let mut units: Vec<Dir> = Vec::new();
-    let at_root = DirFd::open(root).map_err(|e| {
-        fail(
-            Code::Failure,
-            format!("cannot read {}: {e}", root.display()),
-        )
-    })?;
+    let at_root = DirFd::open(root).map_err(|e| Error::unreadable(root, e))?;
     for rel in include {
         let full = root.join(rel);
         let path = Name::from_path(rel);
@@ -413,10 +405,7 @@ pub fn scan_stamped(root: &Path, include: &[PathBuf]) -> Result<Vec<Found>> {
             // A missing included path has no entries (the commands check the live ones first).
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
             Err(e) => {
-                return Err(fail(
-                    Code::Failure,
-                    format!("cannot read {}: {e}", full.display()),
-                ));
+                return Err(Error::unreadable(&full, e));
             }
         };
         let Some(found) = stamped_entry_in(&parent, root, &path)? else {
