@@ -5,8 +5,6 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
-use std::process::Command;
 
 use common::{Env, Mount, refused};
 use jiff::{SignedDuration, Timestamp};
@@ -232,15 +230,6 @@ fn a_malformed_or_linked_usage_file_is_ignored() {
     assert_eq!(read_usage(&env, "b")["restores"], json!(1));
 }
 
-fn remount(at: &Path, options: &str) {
-    let status = Command::new("mount")
-        .args(["-o", options])
-        .arg(at)
-        .status()
-        .unwrap();
-    assert!(status.success(), "mount -o {options} {}", at.display());
-}
-
 /// A snapshot directory that cannot be written (here bind-mounted read-only over itself)
 /// does not fail the restore: the count is skipped, logged at debug level only.
 #[test]
@@ -249,7 +238,7 @@ fn a_read_only_snapshot_still_restores_without_counting() {
     env.run(&["create"], 0);
     let snap = env.snapshots().join("clean_state");
     let _mount = Mount::bind(&snap, &snap);
-    remount(&snap, "remount,bind,ro");
+    common::remount(&snap, "remount,bind,ro");
     let (_, stderr) = env.run(&["restore"], 0);
     assert!(!stderr.contains("usage_not_recorded"), "{stderr}");
     let (_, stderr) = env.run(&["restore", "-v"], 0);

@@ -8,8 +8,6 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::symlink;
-use std::path::Path;
-use std::process::Command;
 
 use common::{Env, Mount, assert_same_tree, refused, treestate};
 
@@ -26,15 +24,6 @@ fn victim(env: &Env) -> (std::path::PathBuf, &'static [u8]) {
 
 fn dirty(env: &Env) {
     fs::write(env.data().join("node1/dirty.txt"), b"changed by a suite\n").unwrap();
-}
-
-fn remount(at: &Path, options: &str) {
-    let status = Command::new("mount")
-        .args(["-o", options])
-        .arg(at)
-        .status()
-        .unwrap();
-    assert!(status.success(), "mount -o {options} {}", at.display());
 }
 
 #[test]
@@ -145,6 +134,7 @@ fn a_store_bind_mounted_from_the_data_is_refused_by_every_command() {
         &["diff", "clean_state"],
         &["delete", "clean_state"],
         &["prune"],
+        &["adopt", "clean_state"],
     ] {
         refused(&env, args, 2, &expect);
     }
@@ -210,11 +200,11 @@ fn readers_work_on_a_read_only_store() {
         "readers write no holder record"
     );
 
-    remount(&store, "remount,ro");
+    common::remount(&store, "remount,ro");
     readers(&env);
-    remount(&store, "remount,rw");
+    common::remount(&store, "remount,rw");
     fs::remove_file(&lock).unwrap();
-    remount(&store, "remount,ro");
+    common::remount(&store, "remount,ro");
     readers(&env);
     assert!(!lock.exists());
 }

@@ -12,14 +12,14 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::create::{Job, Sealed};
-use super::{load_config, lock_timeout, prepare, store};
+use super::{checked_store, load_config, lock_timeout, prepare, snapshot_named};
 use crate::cli::{AdoptArgs, GlobalArgs};
 use crate::config::Config;
 use crate::exit::{Code, fail, one_line};
 use crate::legacy::{self, DATA_DIR, DIR_METADATA, Format, Legacy};
 use crate::modes::{Mode, ModeContext};
 use crate::output::Report;
-use crate::store::{Lock, Snapshot, Staging, Store, remove_tree, validate_name};
+use crate::store::{Lock, Snapshot, Staging, Store, remove_tree};
 use crate::tools::{Found, UNSQUASHFS};
 use crate::tree::{Live, human_bytes};
 
@@ -41,12 +41,8 @@ struct Adopted {
 
 pub fn run(g: &GlobalArgs, args: &AdoptArgs) -> Result<Report> {
     let cfg = load_config(g)?;
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| cfg.settings.snapshot_name.clone());
-    validate_name(&name)?;
-    let store = store(&cfg);
+    let name = snapshot_named(&cfg, args.name.as_deref())?;
+    let store = checked_store(&cfg)?;
     let lock = store.lock(&format!("adopt {name}"), lock_timeout(g))?;
     store.clean_leftovers(&lock)?;
     let legacy = match legacy::find(store.dir(), &name).as_slice() {

@@ -39,11 +39,7 @@ fn diff(g: &GlobalArgs, args: &DiffArgs) -> Result<Report> {
     }
     let (store, lock) = store_to_compare(g, &cfg)?;
     let from = store.get(&args.from)?;
-    let old = if args.full {
-        crate::modes::manifest_with_hashes(&from, &cfg)?
-    } else {
-        from.manifest(&cfg)?
-    };
+    let old = crate::modes::manifest_to_compare(&from, &cfg, args.full)?;
     let new = match &args.to {
         Some(to) => store.get(to)?.manifest(&cfg)?,
         None => {

@@ -79,6 +79,13 @@ fn load_config(g: &GlobalArgs) -> Result<Config> {
     })
 }
 
+/// The snapshot a command names, else `snapshot_name`, checked to be a valid name (exit 2).
+fn snapshot_named(cfg: &Config, name: Option<&str>) -> Result<String> {
+    let name = name.unwrap_or(&cfg.settings.snapshot_name).to_string();
+    validate_name(&name)?;
+    Ok(name)
+}
+
 fn store(cfg: &Config) -> Store {
     Store::new(&cfg.settings.snapshots_dir)
 }
@@ -166,8 +173,7 @@ enum Begun {
 /// locked, and cleared of what crashed runs left there and beside the live data.
 fn begin(g: &GlobalArgs, name: Option<&str>, op: Op) -> Result<Begun> {
     let cfg = load_config(g)?;
-    let name = name.unwrap_or(&cfg.settings.snapshot_name).to_string();
-    validate_name(&name)?;
+    let name = snapshot_named(&cfg, name)?;
     let (mode, tools) = prepare_configured(&cfg)?;
     if !mode.active() {
         tracing::info!(command = %op, "suite_isolation_disabled");

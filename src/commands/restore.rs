@@ -307,11 +307,7 @@ fn expected_manifest(
         );
         return Ok(None);
     }
-    if level == VerifyLevel::Full {
-        crate::modes::manifest_with_hashes(snap, cfg).map(Some)
-    } else {
-        snap.manifest(cfg).map(Some)
-    }
+    crate::modes::manifest_to_compare(snap, cfg, level == VerifyLevel::Full).map(Some)
 }
 
 /// Fails (exit 1, listing the first differences) unless the live data now matches the

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::load_config;
+use super::{load_config, snapshot_named};
 use crate::cli::{CreateArgs, GlobalArgs, RestoreArgs, RunArgs};
 use crate::exit::{Code, code_of, fail, one_line};
 use crate::output::{Report, seconds};
@@ -33,11 +33,7 @@ struct Ran {
 
 pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<Report> {
     let cfg = load_config(g)?;
-    let name = args
-        .snapshot
-        .clone()
-        .unwrap_or_else(|| cfg.settings.snapshot_name.clone());
-    validate_name(&name)?;
+    let name = snapshot_named(&cfg, args.snapshot.as_deref())?;
     if args.keep_failed && validate_name(&kept_name(&name, jiff::Timestamp::UNIX_EPOCH)).is_err() {
         // Said now: once the suite has failed it is too late.
         return Err(fail(

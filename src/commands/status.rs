@@ -3,13 +3,13 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{changes_table, compared, load_config, store_to_compare};
+use super::{changes_table, compared, load_config, snapshot_named, store_to_compare};
 use crate::cli::{GlobalArgs, StatusArgs};
 use crate::exit::Code;
 use crate::fingerprint::Checker;
 use crate::manifest::{self, NodeSummary};
 use crate::output::Report;
-use crate::store::{JournalRecord, validate_name};
+use crate::store::JournalRecord;
 use crate::tree::Live;
 
 #[derive(Serialize)]
@@ -34,22 +34,14 @@ pub fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
 
 fn status(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
     let cfg = load_config(g)?;
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| cfg.settings.snapshot_name.clone());
-    validate_name(&name)?;
+    let name = snapshot_named(&cfg, args.name.as_deref())?;
     let live = Live::from_config(&cfg);
     live.check_present()?;
     let (store, lock) = store_to_compare(g, &cfg)?;
     let unfinished = store.unfinished_restore(&lock)?;
     let snap = store.get(&name)?;
     let stale_files = Checker::default().changes(&snap.meta)?;
-    let expected = if args.full {
-        crate::modes::manifest_with_hashes(&snap, &cfg)?
-    } else {
-        snap.manifest(&cfg)?
-    };
+    let expected = crate::modes::manifest_to_compare(&snap, &cfg, args.full)?;
     let now = manifest::scan_live(&live.cache_dir, &snap.meta.include, &expected, args.full)?;
     drop(lock);
     let changes = manifest::compare(&expected, &now);

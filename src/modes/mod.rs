@@ -105,15 +105,21 @@ fn delta(
     })
 }
 
-/// The snapshot's manifest for a check by content (`status --full`, `diff --full`, `restore
-/// --verify full`). A manifest without file hashes (`reflink`'s create clones and never reads
-/// the data) gets them from the payload, the tree of files its restore copies from.
-pub fn manifest_with_hashes(snapshot: &Snapshot, cfg: &Config) -> Result<Manifest> {
+/// The snapshot's manifest to compare with, `by_content` for a check by content (`status
+/// --full`, `diff --full`, `restore --verify full`): then a manifest without file hashes
+/// (`reflink`'s create clones and never reads the data) gets them from the payload, the tree
+/// of files its restore copies from.
+pub fn manifest_to_compare(
+    snapshot: &Snapshot,
+    cfg: &Config,
+    by_content: bool,
+) -> Result<Manifest> {
     let mut manifest = snapshot.manifest(cfg)?;
-    if manifest
-        .entries
-        .iter()
-        .any(|e| e.kind == Kind::File && e.blake3.is_none())
+    if by_content
+        && manifest
+            .entries
+            .iter()
+            .any(|e| e.kind == Kind::File && e.blake3.is_none())
     {
         manifest.hash(&snapshot.payload(), |e| e.blake3.is_none())?;
     }

@@ -437,6 +437,16 @@ pub fn set_mtime(path: &Path, sec: i64, nsec: i64) {
 
 /// A stagesnap process stopped at a pause point of `src/testhook.rs` (needs the `test-hooks`
 /// feature): [`Paused::start`] spawns `cmd` and waits until it reaches `point`; the test then
+/// `mount -o OPTIONS AT` (as root), which must succeed: remounts a test mount read-only, say.
+pub fn remount(at: &Path, options: &str) {
+    let status = Command::new("mount")
+        .args(["-o", options])
+        .arg(at)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount -o {options} {}", at.display());
+}
+
 /// changes the tree and calls [`Paused::finish`].
 pub struct Paused {
     dir: TempDir,
