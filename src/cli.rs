@@ -252,12 +252,12 @@ pub struct PruneArgs {
     pub keep: Option<u32>,
 
     /// Also keep snapshots created within DURATION, e.g. 36h, 7d, 2w [default: keep_within from the config]
-    #[arg(long, value_name = "DURATION", value_parser = crate::retention::parse_span)]
-    pub keep_within: Option<crate::retention::Span>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::span::parse_span)]
+    pub keep_within: Option<crate::span::Span>,
 
     /// Also keep snapshots restored within DURATION, e.g. 2d [default: keep_used_within from the config]
-    #[arg(long, value_name = "DURATION", value_parser = crate::retention::parse_span)]
-    pub keep_used_within: Option<crate::retention::Span>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::span::parse_span)]
+    pub keep_used_within: Option<crate::span::Span>,
 
     /// Only say, for every snapshot, which rule keeps or removes it
     #[arg(long)]

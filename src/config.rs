@@ -15,7 +15,7 @@ use crate::exit::{Code, fail};
 use crate::ini::Ini;
 use crate::manifest::VerifyLevel;
 use crate::modes::ModeKind;
-use crate::retention::Span;
+use crate::span::Span;
 use crate::store::validate_name;
 
 pub const SECTION: &str = "suite_isolation";
@@ -26,62 +26,7 @@ pub const BASE_DIR_ENV: &str = "STAGESNAP_BASE_DIR";
 /// The stage-env harness keeps its config in `<base>/config/`.
 const CONFIG_FOLDER: &str = "config";
 
-/// A setting whose value is one of a few names: the enums [`choices!`] makes, which also have
-/// these as inherent items so their users need not import the trait.
-pub trait Choice: Sized + Copy + 'static {
-    /// The accepted spellings, in the order the docs and error messages list them.
-    const NAMES: &'static [&'static str];
-    fn from_name(name: &str) -> Option<Self>;
-    fn name(self) -> &'static str;
-}
-
-/// An enum whose variants are a setting's choices, each with its one spelling, so the SPECS
-/// row, validation, its error message and the typed value cannot disagree.
-macro_rules! choices {
-    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        $(#[$meta])*
-        $vis enum $name {
-            $($variant),+
-        }
-
-        impl $name {
-            pub const NAMES: &'static [&'static str] = &[$($text),+];
-
-            pub fn from_name(name: &str) -> Option<$name> {
-                match name {
-                    $($text => Some($name::$variant),)+
-                    _ => None,
-                }
-            }
-
-            pub fn name(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text),+
-                }
-            }
-        }
-
-        impl $crate::config::Choice for $name {
-            const NAMES: &'static [&'static str] = $name::NAMES;
-
-            fn from_name(name: &str) -> Option<$name> {
-                $name::from_name(name)
-            }
-
-            fn name(self) -> &'static str {
-                $name::name(self)
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.name())
-            }
-        }
-    };
-}
-pub(crate) use choices;
+use crate::choices::{Choice, choices};
 
 choices! {
     /// `squashfs_compression`: the mksquashfs compressor, or none.
@@ -147,7 +92,7 @@ pub enum Kind {
     Count,
     /// `auto` or a whole number >= 1.
     CountOrAuto,
-    /// `none`, or a span such as `36h` or `7d` ([`crate::retention::parse_span`]).
+    /// `none`, or a span such as `36h` or `7d` ([`crate::span::parse_span`]).
     DurationOrNone,
     Name,
     Path,
@@ -413,7 +358,7 @@ pub enum Value {
     Text(String),
     Bool(bool),
     Count(u32),
-    Span(crate::retention::Span),
+    Span(crate::span::Span),
     Path(PathBuf),
     Paths(Vec<PathBuf>),
     List(Vec<String>),
@@ -599,6 +544,14 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// What a snapshot read from the store may hold under this configuration.
+    pub fn allowed(&self) -> crate::manifest::Allowed<'_> {
+        crate::manifest::Allowed {
+            include: &self.settings.include,
+            devices: self.settings.restore_devices,
+        }
+    }
+
     /// Finds, reads and validates the configuration. Errors carry exit code 2.
     pub fn load(overrides: &Overrides) -> Result<Config> {
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
@@ -909,7 +862,7 @@ fn validate(spec: &Spec, raw: &str, base: &Path) -> std::result::Result<Value, S
         },
         Kind::DurationOrNone => match raw.trim().to_ascii_lowercase().as_str() {
             "none" => Ok(Value::Text("none".into())),
-            text => crate::retention::parse_span(text)
+            text => crate::span::parse_span(text)
                 .map(Value::Span)
                 .map_err(|why| format!("{why}; or none")),
         },

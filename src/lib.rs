@@ -5,6 +5,7 @@
 //! so the compiler finds what nothing calls.
 
 pub(crate) mod capture;
+pub(crate) mod choices;
 pub mod cli;
 pub mod commands;
 pub(crate) mod config;
@@ -22,6 +23,7 @@ pub mod progress;
 pub(crate) mod quiesce;
 pub(crate) mod retention;
 pub mod signals;
+pub(crate) mod span;
 pub(crate) mod store;
 pub(crate) mod sys;
 pub(crate) mod testhook;

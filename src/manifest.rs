@@ -21,7 +21,7 @@ use crate::signals;
 pub mod pieces;
 pub mod walk;
 
-crate::config::choices! {
+crate::choices::choices! {
     /// How much of a restored tree `restore` checks against the manifest (`restore_verify`,
     /// `restore --verify`): metadata only, metadata and every file's hash, or nothing.
     pub enum VerifyLevel {
@@ -475,7 +475,8 @@ impl Manifest {
 
 /// What a manifest read from the store may hold here; see [`Manifest::check`].
 pub struct Allowed<'a> {
-    /// The configured included paths, relative to cache_dir.
+    /// The included paths, relative to cache_dir: the configured ones, or (for the check of a
+    /// manifest itself) the snapshot's own, once found to lie within them.
     pub include: &'a [PathBuf],
     /// `restore_devices`: whether block and character device entries may be restored.
     pub devices: bool,

@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
 use crate::exit::{Code, Error, fail};
 use crate::fingerprint::Fingerprint;
 use crate::manifest::{Allowed, Manifest};
@@ -189,10 +188,10 @@ impl Snapshot {
     }
 
     /// The snapshot's manifest, checked against the digest in meta.json and, as the store is
-    /// input and not truth, against what `cfg` allows (see [`Manifest::check`]). Every reader
-    /// of a stored manifest comes through here.
-    pub fn manifest(&self, cfg: &Config) -> Result<Manifest> {
-        self.check_include(cfg)?;
+    /// input and not truth, against what the configuration `allowed` (see
+    /// [`Manifest::check`]). Every reader of a stored manifest comes through here.
+    pub fn manifest(&self, allowed: &Allowed) -> Result<Manifest> {
+        self.check_include(allowed)?;
         let name = &self.meta.name;
         let Some(expected) = &self.meta.manifest else {
             return Err(fail(
@@ -212,25 +211,25 @@ impl Snapshot {
         let bytes = self.read_vouched(MANIFEST_FILE, &expected.blake3)?;
         let manifest = Manifest::from_bytes(&bytes)
             .map_err(|e| self.damaged(MANIFEST_FILE, &format!("is not a valid manifest ({e})")))?;
-        let allowed = Allowed {
+        let own = Allowed {
             // Checked to lie within the configured include above.
             include: &self.meta.include,
-            devices: cfg.settings.restore_devices,
+            devices: allowed.devices,
         };
         manifest
-            .check(&allowed)
+            .check(&own)
             .map_err(|e| self.damaged(MANIFEST_FILE, &format!("is refused: {e}")))?;
         Ok(manifest)
     }
 
-    /// Fails unless the snapshot was made of the included paths `cfg` names, or of paths
-    /// below them (an adopted harness snapshot covers `data/nodeN`): its include decides what
-    /// a restore walks and deletes, so it must not come from the store alone.
-    pub fn check_include(&self, cfg: &Config) -> Result<()> {
+    /// Fails unless the snapshot was made of the configured included paths (`allowed`), or
+    /// of paths below them (an adopted harness snapshot covers `data/nodeN`): its include
+    /// decides what a restore walks and deletes, so it must not come from the store alone.
+    pub fn check_include(&self, allowed: &Allowed) -> Result<()> {
         let within = |p: &PathBuf| {
             p.components()
                 .all(|c| matches!(c, std::path::Component::Normal(_)))
-                && cfg.settings.include.iter().any(|root| p.starts_with(root))
+                && allowed.include.iter().any(|root| p.starts_with(root))
         };
         let include = &self.meta.include;
         let nested = include.iter().enumerate().any(|(i, a)| {
@@ -252,15 +251,15 @@ impl Snapshot {
             format!(
                 "snapshot {name} was made with include = {}, which is not within the configuration's include = {}; nothing was changed. Set include back, or create it again with `stagesnap create {name} --force`",
                 show(&self.meta.include),
-                show(&cfg.settings.include)
+                show(allowed.include)
             ),
         ))
     }
 
     /// [`Snapshot::manifest`] with the piece digests of its large files, checked against
     /// their digest in meta.json too.
-    pub fn manifest_with_pieces(&self, cfg: &Config) -> Result<Manifest> {
-        let mut manifest = self.manifest(cfg)?;
+    pub fn manifest_with_pieces(&self, allowed: &Allowed) -> Result<Manifest> {
+        let mut manifest = self.manifest(allowed)?;
         self.attach_pieces(&mut manifest)?;
         Ok(manifest)
     }

@@ -41,7 +41,7 @@ fn diff(g: &GlobalArgs, args: &DiffArgs) -> Result<Report> {
     let from = store.get(&args.from)?;
     let old = crate::modes::manifest_to_compare(&from, &cfg, args.full)?;
     let new = match &args.to {
-        Some(to) => store.get(to)?.manifest(&cfg)?,
+        Some(to) => store.get(to)?.manifest(&cfg.allowed())?,
         None => {
             let live = Live::from_config(&cfg);
             live.check_present()?;

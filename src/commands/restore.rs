@@ -237,7 +237,7 @@ fn restore_snapshot(
     // Prove the snapshot usable before the first byte of live data changes. Its include
     // decides where everything after this looks, also for a snapshot without a manifest.
     if mode.writes_live_data() {
-        snap.check_include(cfg)?;
+        snap.check_include(&cfg.allowed())?;
     }
     mode.verify(&ctx, snap)?;
     let expected = expected_manifest(cfg, snap, mode.as_ref(), guard.verify)?;

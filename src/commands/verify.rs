@@ -148,7 +148,7 @@ fn check(cfg: &crate::config::Config, live: &Live, snap: &Snapshot) -> Result<Ve
             problems: vec![],
         });
     }
-    let manifest = snap.manifest_with_pieces(cfg)?;
+    let manifest = snap.manifest_with_pieces(&cfg.allowed())?;
     let ctx = ModeContext::new(cfg, live, &tools);
     mode.verify(&ctx, snap)?;
     mode.verify_stored(&ctx, snap, &manifest)

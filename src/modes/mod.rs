@@ -22,7 +22,7 @@ pub mod recreate;
 mod reflink;
 mod squashfs;
 
-crate::config::choices! {
+crate::choices::choices! {
     /// `mode`; the names are in the order the docs list them.
     #[derive(Serialize)]
     #[serde(rename_all = "lowercase")]
@@ -114,7 +114,7 @@ pub fn manifest_to_compare(
     cfg: &Config,
     by_content: bool,
 ) -> Result<Manifest> {
-    let mut manifest = snapshot.manifest(cfg)?;
+    let mut manifest = snapshot.manifest(&cfg.allowed())?;
     if by_content
         && manifest
             .entries
