@@ -165,15 +165,7 @@ fn config_is_found_in_parents_env_and_flag_with_precedence() {
     );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["schema"], 1);
-    let get = |key: &str| {
-        doc["settings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["key"] == key)
-            .cloned()
-            .unwrap()
-    };
+    let get = |key: &str| common::config_setting(&doc, key).clone();
     assert_eq!(get("mode")["value"], "disabled");
     assert_eq!(get("mode")["source"], "env STAGESNAP_MODE");
     assert_eq!(get("auto_cleanup")["value"], "true");

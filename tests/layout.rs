@@ -165,13 +165,7 @@ fn a_config_folder_file_without_cache_dir_means_the_harness_default_cache() {
     let text = HARNESS_CONFIG.replace("[paths]\ncache_dir = ../testing/cache\n", "");
     fs::write(base.join("config/stage-env.cfg"), text).unwrap();
     let v: serde_json::Value = serde_json::from_str(&ok(&base, &["config", "--json"])).unwrap();
-    let cache = v["settings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["key"] == "cache_dir")
-        .unwrap()
-        .clone();
+    let cache = common::config_setting(&v, "cache_dir");
     assert_eq!(cache["value"], base.join("cache").display().to_string());
     assert_eq!(cache["source"], "default");
     // Nothing there: the error names the path the harness would use.

@@ -116,12 +116,7 @@ fn config_shows_a_value_of_70000_characters() {
     let (text, _) = env.run(&["config"], 0);
     assert!(text.contains(&format!("{long}  ")), "the column is padded");
     let doc = env.json(&["config"], 0);
-    let fingerprint = doc["settings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["key"] == "fingerprint")
-        .unwrap();
+    let fingerprint = common::config_setting(&doc, "fingerprint");
     // Shown as an absolute path; no assert_eq!, whose message would print it.
     assert!(fingerprint["value"].as_str().unwrap().ends_with(&long));
 }

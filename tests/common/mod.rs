@@ -206,6 +206,16 @@ fn show(v: Option<&serde_json::Value>) -> String {
     v.map_or("(absent)".into(), |v| v.to_string())
 }
 
+/// The setting `key` of a `stagesnap config --json` document (its value and source).
+pub fn config_setting<'a>(doc: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    doc["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == key)
+        .unwrap_or_else(|| panic!("no setting {key} in {doc}"))
+}
+
 /// The snapshot names of a `stagesnap list --json` document, in its order (newest first).
 pub fn snapshot_names(listing: &serde_json::Value) -> Vec<&str> {
     listing["snapshots"]
