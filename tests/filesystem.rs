@@ -2,45 +2,12 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{PermissionsExt, symlink};
-use std::process::Command;
+use std::os::unix::fs::PermissionsExt;
 
-use common::{
-    Env, assert_same_tree, dir_inodes, inode, is_root, set_xattr, snapshot_names, treestate,
-};
+use common::{Env, assert_same_tree, inode, snapshot_names, treestate};
 
 const MB: u64 = 1 << 20;
-
-#[test]
-fn restore_after_suite_is_exact_and_keeps_directory_inodes() {
-    let env = Env::sample(3, 6 * MB);
-    let before = treestate(&env.data());
-    let inodes = dir_inodes(&env.data());
-    let created = env.json(&["create"], 0);
-    assert_eq!(created["name"], "clean_state");
-    assert!(created["files"].as_u64().unwrap() > 10);
-
-    env.suite(7);
-    assert_ne!(treestate(&env.data()), before, "the suite changed nothing");
-
-    let restored = env.json(&["restore"], 0);
-    assert_same_tree(&treestate(&env.data()), &before);
-    assert_eq!(
-        dir_inodes(&env.data()),
-        inodes,
-        "data/ or a node directory was replaced"
-    );
-    assert!(restored["files_rewritten"].as_u64().unwrap() > 0);
-    assert!(restored["entries_deleted"].as_u64().unwrap() > 0);
-
-    // Nothing changed since: a second restore rewrites nothing.
-    let again = env.json(&["restore"], 0);
-    assert_eq!(again["files_rewritten"], 0);
-    assert_same_tree(&treestate(&env.data()), &before);
-}
 
 /// A database rewritten in place (a few pages, same size) costs only those pages: the file
 /// keeps its inode and the restore writes two pages, not the file.
@@ -63,80 +30,6 @@ fn a_file_changed_in_place_is_repaired_page_by_page() {
     assert_eq!(restored["entries_deleted"], 0, "{restored}");
     assert_same_tree(&treestate(&env.data()), &before);
     assert_eq!(inode(&db), ino, "the database was replaced, not repaired");
-}
-
-fn sh(script: &str) {
-    let status = Command::new("sh").arg("-c").arg(script).status().unwrap();
-    assert!(status.success(), "{script}");
-}
-
-/// Every kind of metadata the mode promises to keep, scrambled by a "suite" and restored.
-#[test]
-fn every_metadata_kind_round_trips() {
-    let env = Env::sample(2, 2 * MB);
-    let n = env.data().join("node1/fidelity");
-    fs::create_dir_all(n.join("empty/deeper")).unwrap();
-    fs::write(n.join("plain"), b"plain content").unwrap();
-    fs::write(n.join("empty-file"), b"").unwrap();
-    fs::write(n.join("linked-a"), b"shared inode").unwrap();
-    fs::hard_link(n.join("linked-a"), n.join("linked-b")).unwrap();
-    symlink("plain", n.join("rel-link")).unwrap();
-    symlink("/etc/hostname", n.join("abs-link")).unwrap();
-    symlink("does/not/exist", n.join("dangling-link")).unwrap();
-    let sparse = fs::File::create(n.join("sparse")).unwrap();
-    sparse.set_len(64 * MB).unwrap();
-    drop(sparse);
-    fs::write(n.join("name with spaces"), b"x").unwrap();
-    fs::write(n.join("private"), b"secret").unwrap();
-    fs::set_permissions(n.join("private"), fs::Permissions::from_mode(0o600)).unwrap();
-    fs::create_dir(n.join("setgid-sticky")).unwrap();
-    fs::set_permissions(n.join("setgid-sticky"), fs::Permissions::from_mode(0o3775)).unwrap();
-    set_xattr(&n.join("plain"), "user.origin", b"node1");
-    let fifo = CString::new(n.join("fifo").as_os_str().as_bytes()).unwrap();
-    // SAFETY: valid C string.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
-    if is_root() {
-        std::os::unix::fs::lchown(n.join("plain"), Some(1234), Some(5678)).unwrap();
-        std::os::unix::fs::lchown(n.join("rel-link"), Some(4321), Some(8765)).unwrap();
-        sh(&format!(
-            "setfacl -m u:1234:rw {}",
-            n.join("private").display()
-        ));
-    }
-    let old = fs::File::options()
-        .write(true)
-        .open(n.join("plain"))
-        .unwrap();
-    old.set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123_456_789))
-        .unwrap();
-    drop(old);
-
-    let before = treestate(&env.data());
-    env.run(&["create"], 0);
-
-    // Scramble every kind.
-    fs::write(n.join("plain"), b"changed content!").unwrap();
-    fs::remove_file(n.join("linked-b")).unwrap();
-    fs::write(n.join("linked-b"), b"shared inode").unwrap();
-    fs::remove_file(n.join("rel-link")).unwrap();
-    symlink("elsewhere", n.join("rel-link")).unwrap();
-    fs::remove_file(n.join("dangling-link")).unwrap();
-    fs::write(n.join("sparse"), b"no longer sparse").unwrap();
-    fs::set_permissions(n.join("private"), fs::Permissions::from_mode(0o644)).unwrap();
-    fs::set_permissions(n.join("setgid-sticky"), fs::Permissions::from_mode(0o755)).unwrap();
-    fs::remove_dir_all(n.join("empty")).unwrap();
-    fs::write(n.join("added"), b"new").unwrap();
-    if is_root() {
-        sh(&format!("setfacl -b {}", n.join("private").display()));
-        std::os::unix::fs::lchown(n.join("abs-link"), Some(99), Some(99)).unwrap();
-    }
-    assert_ne!(treestate(&env.data()), before);
-
-    env.run(&["restore"], 0);
-    assert_same_tree(&treestate(&env.data()), &before);
-    let meta = fs::symlink_metadata(n.join("sparse")).unwrap();
-    use std::os::unix::fs::MetadataExt;
-    assert!(meta.blocks() * 512 < meta.len(), "sparse file was filled");
 }
 
 #[test]

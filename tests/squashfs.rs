@@ -3,69 +3,18 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Env, Mount, assert_same_tree, dir_inodes, is_root, set_mtime, set_xattr, treestate};
+use common::modes::{Mode, require_root};
+use common::{Env, Mount, assert_same_tree, set_mtime, treestate};
 
 const MB: u64 = 1 << 20;
 
-/// A small environment in squashfs mode with the given compressor and restore strategy.
-fn squashfs_env(nodes: u32, size: u64, compression: &str, strategy: &str) -> Env {
-    let env = Env::sample(nodes, size);
-    env.set("mode", "squashfs");
-    env.set("squashfs_compression", compression);
-    env.set("squashfs_restore", strategy);
-    env
-}
-
-/// The compressors the installed mksquashfs lists in its help, read independently of stagesnap.
-fn supported_compressors() -> Vec<String> {
-    let out = Command::new("mksquashfs")
-        .arg("-help")
-        .output()
-        .expect("mksquashfs runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let mut lines = text
-        .lines()
-        .skip_while(|l| !l.contains("Compressors available"))
-        .skip(1);
-    let mut found = Vec::new();
-    while let Some(word) = lines
-        .next()
-        .map(|l| l.trim().trim_end_matches("(default)").trim())
-    {
-        if word.is_empty() || word.starts_with('-') {
-            break;
-        }
-        found.push(word.to_string());
-    }
-    assert!(
-        found.contains(&"gzip".to_string()),
-        "no compressor list in mksquashfs -help:\n{text}"
-    );
-    ["gzip", "lzo", "xz", "zstd", "lz4"]
-        .into_iter()
-        .filter(|c| found.iter().any(|f| f == c))
-        .map(String::from)
-        .collect()
-}
-
 const STRATEGIES: [&str; 2] = ["extract", "mount"];
-
-/// Loop mounts, owners and trusted xattrs need root: the tests fail rather than skip without it.
-fn require_root() {
-    assert!(
-        is_root(),
-        "the squashfs tests mount images and set owners: run them as root (scripts/test.sh does)"
-    );
-}
 
 fn meta(env: &Env, name: &str) -> serde_json::Value {
     serde_json::from_slice(&fs::read(env.snapshots().join(name).join("meta.json")).unwrap())
@@ -99,148 +48,13 @@ fn fake_path(env: &Env, fakes: &[(&str, &str)]) -> String {
     format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
 }
 
-fn round_trips(strategy: &str) {
-    for compression in std::iter::once("none".to_string()).chain(supported_compressors()) {
-        let env = squashfs_env(3, 3 * MB, &compression, strategy);
-        let clean = treestate(&env.data());
-        let inodes = dir_inodes(&env.data());
-        env.run(&["create"], 0);
-        let payload = &meta(&env, "clean_state")["payload"];
-        assert_eq!(payload["compression"], compression.as_str(), "{payload}");
-        assert_eq!(
-            payload["image"]["bytes"],
-            fs::metadata(image(&env)).unwrap().len(),
-            "{payload}"
-        );
-
-        env.suite(7);
-        assert_ne!(treestate(&env.data()), clean, "the suite changed nothing");
-        let (stdout, stderr) = env.run(&["restore", "--json"], 0);
-        assert!(
-            stderr.contains(&format!("squashfs_restore_strategy strategy={strategy}")),
-            "{compression}: {stderr}"
-        );
-        let restored: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-        assert_same_tree(&treestate(&env.data()), &clean);
-        assert_eq!(
-            dir_inodes(&env.data()),
-            inodes,
-            "{compression}/{strategy}: data/ or a node directory was replaced"
-        );
-        assert!(
-            restored["files_rewritten"].as_u64().unwrap() > 0,
-            "{restored}"
-        );
-        assert!(
-            restored["entries_deleted"].as_u64().unwrap() > 0,
-            "{restored}"
-        );
-
-        // Nothing changed since: the delta restore rewrites nothing.
-        if strategy == "mount" {
-            assert_eq!(
-                env.json(&["restore"], 0)["files_rewritten"],
-                0,
-                "{compression}"
-            );
-            assert_same_tree(&treestate(&env.data()), &clean);
-        }
-    }
-}
-
-#[test]
-fn extract_round_trips_with_every_compressor() {
-    round_trips("extract");
-}
-
-#[test]
-fn mount_round_trips_with_every_compressor() {
-    require_root();
-    round_trips("mount");
-}
-
-fn allocated(path: &Path) -> u64 {
-    fs::symlink_metadata(path).unwrap().blocks() * 512
-}
-
-/// What squashfs alone would lose (nanoseconds, pre-1970 times, small holes) comes back
-/// exactly, with everything it keeps itself.
-#[test]
-fn every_metadata_kind_round_trips() {
-    require_root();
-    for strategy in STRATEGIES {
-        let env = squashfs_env(2, 2 * MB, "zstd", strategy);
-        let n = env.data().join("node1/fidelity");
-        fs::create_dir_all(n.join("empty/deeper")).unwrap();
-        fs::write(n.join("plain"), b"plain content").unwrap();
-        fs::write(n.join("linked-a"), b"shared inode").unwrap();
-        fs::hard_link(n.join("linked-a"), n.join("linked-b")).unwrap();
-        symlink("plain", n.join("rel-link")).unwrap();
-        symlink("does/not/exist", n.join("dangling-link")).unwrap();
-        // One hole squashfs keeps (whole zero blocks) and one it fills (under a block).
-        let big = fs::File::create(n.join("sparse-big")).unwrap();
-        big.set_len(16 * MB).unwrap();
-        drop(big);
-        let small = fs::File::create(n.join("sparse-small")).unwrap();
-        use std::os::unix::fs::FileExt;
-        small.write_all_at(&[7u8; 8192], 0).unwrap();
-        small.write_all_at(&[9u8; 8192], 8192 + 65536).unwrap();
-        drop(small);
-        fs::write(n.join("private"), b"secret").unwrap();
-        fs::set_permissions(n.join("private"), fs::Permissions::from_mode(0o600)).unwrap();
-        fs::create_dir(n.join("setgid-sticky")).unwrap();
-        fs::set_permissions(n.join("setgid-sticky"), fs::Permissions::from_mode(0o3775)).unwrap();
-        set_xattr(&n.join("plain"), "user.origin", b"node1");
-        let fifo = CString::new(n.join("fifo").as_os_str().as_bytes()).unwrap();
-        // SAFETY: valid C string.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
-        set_xattr(&n.join("linked-a"), "trusted.node", b"1");
-        std::os::unix::fs::lchown(n.join("plain"), Some(1234), Some(5678)).unwrap();
-        std::os::unix::fs::lchown(n.join("rel-link"), Some(4321), Some(8765)).unwrap();
-        fs::write(n.join("ancient"), b"1960").unwrap();
-        set_mtime(&n.join("ancient"), -315_619_200, 250_000_000);
-        set_mtime(&n.join("rel-link"), 1_600_000_000, 123_456_789);
-        set_mtime(&n.join("empty"), 1_600_000_001, 987_654_321);
-        let before = treestate(&env.data());
-        let small_allocated = allocated(&n.join("sparse-small"));
-        env.run(&["create"], 0);
-
-        fs::write(n.join("plain"), b"changed content!").unwrap();
-        fs::remove_file(n.join("linked-b")).unwrap();
-        fs::write(n.join("linked-b"), b"shared inode").unwrap();
-        fs::remove_file(n.join("rel-link")).unwrap();
-        symlink("elsewhere", n.join("rel-link")).unwrap();
-        fs::write(n.join("sparse-small"), vec![1u8; 90_000]).unwrap();
-        fs::write(n.join("sparse-big"), b"no longer sparse").unwrap();
-        fs::set_permissions(n.join("private"), fs::Permissions::from_mode(0o644)).unwrap();
-        fs::set_permissions(n.join("setgid-sticky"), fs::Permissions::from_mode(0o755)).unwrap();
-        fs::remove_dir_all(n.join("empty")).unwrap();
-        fs::write(n.join("ancient"), b"now!").unwrap();
-        fs::write(n.join("added"), b"new").unwrap();
-        set_xattr(&env.data().join("node2"), "user.dirt", b"x");
-        assert_ne!(treestate(&env.data()), before);
-
-        env.run(&["restore"], 0);
-        assert_same_tree(&treestate(&env.data()), &before);
-        assert_eq!(
-            allocated(&n.join("sparse-small")),
-            small_allocated,
-            "{strategy}: the small hole was filled"
-        );
-        assert!(
-            allocated(&n.join("sparse-big")) < MB,
-            "{strategy}: the big hole was filled"
-        );
-    }
-}
-
 /// The image keeps whole seconds, so the mount restore compares whole seconds; a same-size
 /// rewrite within the snapshot's second must still come back.
 #[test]
 fn same_second_rewrite_comes_back() {
     require_root();
     for strategy in STRATEGIES {
-        let env = squashfs_env(1, MB, "lz4", strategy);
+        let env = Mode::squashfs("lz4", strategy).env(1, MB);
         let file = env.data().join("node1/lib/ca/same-second.dcert");
         fs::write(&file, b"original").unwrap();
         set_mtime(&file, 1_700_000_000, 100);
@@ -257,7 +71,7 @@ fn same_second_rewrite_comes_back() {
 /// Restore refuses a damaged snapshot before touching anything: exit 1, live data as it was.
 #[test]
 fn damaged_images_are_refused_and_live_data_untouched() {
-    let env = squashfs_env(2, 2 * MB, "gzip", "extract");
+    let env = Mode::squashfs("gzip", "extract").env(2, 2 * MB);
     env.run(&["create"], 0);
     env.suite(3);
     let dirty = treestate(&env.data());
@@ -305,7 +119,7 @@ fn damaged_images_are_refused_and_live_data_untouched() {
 
 #[test]
 fn missing_squashfs_tools_exit_3_with_the_install_hint() {
-    let env = squashfs_env(1, MB / 2, "none", "auto");
+    let env = Mode::squashfs("none", "auto").env(1, MB / 2);
     let empty = env.root.join("empty-bin");
     fs::create_dir(&empty).unwrap();
     for command in ["create", "restore"] {
@@ -345,7 +159,7 @@ fn which(program: &str) -> PathBuf {
 /// error at start (exit 2) naming the setting; doctor lists what the build supports.
 #[test]
 fn settings_the_build_cannot_honour_are_config_errors() {
-    let env = squashfs_env(1, MB / 2, "zstd", "extract");
+    let env = Mode::squashfs("zstd", "extract").env(1, MB / 2);
     let real = which("mksquashfs");
     let path = fake_path(
         &env,
@@ -414,7 +228,7 @@ fn settings_the_build_cannot_honour_are_config_errors() {
 
 #[test]
 fn doctor_says_which_strategy_and_why() {
-    let env = squashfs_env(1, MB / 2, "none", "auto");
+    let env = Mode::squashfs("none", "auto").env(1, MB / 2);
     let strategy = |env: &Env| {
         let doc = env.json(&["doctor"], 0);
         let check = doc["checks"]
@@ -441,7 +255,7 @@ fn doctor_says_which_strategy_and_why() {
 
 #[test]
 fn list_shows_stored_size_and_ratio() {
-    let env = squashfs_env(2, 2 * MB, "zstd", "auto");
+    let env = Mode::squashfs("zstd", "auto").env(2, 2 * MB);
     env.run(&["create"], 0);
     let listed = env.json(&["list"], 0);
     let snap = &listed["snapshots"][0];
@@ -461,7 +275,7 @@ fn list_shows_stored_size_and_ratio() {
 #[test]
 fn acls_are_refused_at_create() {
     require_root();
-    let env = squashfs_env(1, MB / 2, "none", "auto");
+    let env = Mode::squashfs("none", "auto").env(1, MB / 2);
     let wallet = env.data().join("node1/lib/wallet");
     let status = Command::new("setfacl")
         .args(["-m", "u:1234:rwx"])
@@ -485,7 +299,7 @@ fn acls_are_refused_at_create() {
 #[test]
 fn a_failed_mount_changes_nothing() {
     require_root();
-    let env = squashfs_env(2, MB, "lz4", "auto");
+    let env = Mode::squashfs("lz4", "auto").env(2, MB);
     env.run(&["create"], 0);
     env.suite(9);
     let dirty = treestate(&env.data());
@@ -518,7 +332,7 @@ fn a_failed_mount_changes_nothing() {
 #[test]
 fn mount_is_undone_on_failure_and_interrupt() {
     require_root();
-    let env = squashfs_env(2, MB, "none", "mount");
+    let env = Mode::squashfs("none", "mount").env(2, MB);
     env.run(&["create"], 0);
     env.suite(4);
     let restore = |path: Option<&str>| {
@@ -598,7 +412,7 @@ fn leftovers(marker: &str) -> Vec<PathBuf> {
 #[test]
 fn non_root_restore_of_root_owned_data_fails_untouched() {
     require_root();
-    let env = squashfs_env(1, MB, "none", "auto");
+    let env = Mode::squashfs("none", "auto").env(1, MB);
     env.run(&["create"], 0);
     env.suite(2);
     let dirty = treestate(&env.data());
@@ -623,7 +437,7 @@ fn non_root_restore_of_root_owned_data_fails_untouched() {
 /// removed by the next command; what a running process has there is left alone.
 #[test]
 fn extract_needs_no_room_beside_the_data_and_old_leftovers_go() {
-    let env = squashfs_env(2, 2 * MB, "none", "extract");
+    let env = Mode::squashfs("none", "extract").env(2, 2 * MB);
     env.run(&["create"], 0);
     let cache = env.cache();
     let original = env.root.join("cache-before-tmpfs");
@@ -712,8 +526,8 @@ fn large_files_are_repaired_piece_by_piece() {
     }
 }
 
-fn repairs_a_large_file_piece_by_piece(strategy: &str) {
-    let env = squashfs_env(2, 8 * MB, "zstd", strategy);
+fn repairs_a_large_file_piece_by_piece(strategy: &'static str) {
+    let env = Mode::squashfs("zstd", strategy).env(2, 8 * MB);
     env.run(&["create"], 0);
     let clean = treestate(&env.data());
     let largest = walkdir::WalkDir::new(env.data())
@@ -763,7 +577,7 @@ fn repairs_a_large_file_piece_by_piece(strategy: &str) {
 /// mount, nothing staged (unsquashfs only vouches that the image opens).
 #[test]
 fn extract_reads_the_image_itself() {
-    let env = squashfs_env(2, MB, "zstd", "extract");
+    let env = Mode::squashfs("zstd", "extract").env(2, MB);
     env.run(&["create"], 0);
     let clean = treestate(&env.data());
     env.suite(4);

@@ -3,11 +3,13 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod docker;
+pub mod modes;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use assert_cmd::assert::{Assert, OutputAssertExt};
 use stage_sample::{self as sample, GenerateOptions, SuiteOptions};
 use tempfile::TempDir;
 
@@ -124,19 +126,14 @@ impl Env {
         cmd
     }
 
+    /// stagesnap run with `args`, for assert_cmd's assertions on its exit code and output.
+    pub fn assert(&self, args: &[&str]) -> Assert {
+        self.cmd().args(args).assert()
+    }
+
     /// Runs stagesnap with `args`, asserting the exit code; returns (stdout, stderr).
     pub fn run(&self, args: &[&str], code: i32) -> (String, String) {
-        let out = self.cmd().args(args).output().unwrap();
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "stagesnap {args:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-        );
-        (stdout, stderr)
+        texts(&self.assert(args).code(code))
     }
 
     /// Like [`Env::run`] with `--json`, parsing stdout.
@@ -159,6 +156,15 @@ impl Env {
     }
 }
 
+/// The stdout and stderr of an asserted run, as text.
+pub fn texts(assert: &Assert) -> (String, String) {
+    let out = assert.get_output();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Canonical description of a tree (types, modes, owners, times, xattrs, hardlinks, sparseness,
 /// content hashes), computed by python3, independently of the code under test.
 pub fn treestate(path: &Path) -> String {
@@ -166,14 +172,9 @@ pub fn treestate(path: &Path) -> String {
     let out = Command::new("python3")
         .arg(script)
         .arg(path)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "treestate failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+        .assert()
+        .success();
+    String::from_utf8(out.get_output().stdout.clone()).unwrap()
 }
 
 /// Asserts two [`treestate`] outputs are equal, reporting only the entries that differ.
@@ -322,8 +323,7 @@ impl Mount {
     fn new(at: &Path, args: &[&str]) -> Mount {
         assert!(is_root(), "these tests mount filesystems: run them as root");
         std::fs::create_dir_all(at).unwrap();
-        let status = Command::new("mount").args(args).arg(at).status().unwrap();
-        assert!(status.success(), "mount {args:?} {}", at.display());
+        Command::new("mount").args(args).arg(at).assert().success();
         Mount(at.to_path_buf())
     }
 }
@@ -361,13 +361,19 @@ impl LoopMount {
             "btrfs" => &["mkfs.btrfs", "-q"],
             other => panic!("no loop filesystem {other}"),
         };
-        run(Command::new(mkfs[0]).args(&mkfs[1..]).arg(&image));
+        Command::new(mkfs[0])
+            .args(&mkfs[1..])
+            .arg(&image)
+            .assert()
+            .success();
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        run(Command::new("mount")
+        Command::new("mount")
             .args(["-o", "loop"])
             .arg(&image)
-            .arg(&mnt));
+            .arg(&mnt)
+            .assert()
+            .success();
         LoopMount { dir, mnt }
     }
 }
@@ -377,15 +383,6 @@ impl Drop for LoopMount {
         // Lazily, so that a test failing with a file still open cannot leave it mounted.
         let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
     }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 pub fn cstr(p: &Path) -> std::ffi::CString {
@@ -445,18 +442,17 @@ pub fn set_mtime(path: &Path, sec: i64, nsec: i64) {
     );
 }
 
-/// A stagesnap process stopped at a pause point of `src/testhook.rs` (needs the `test-hooks`
-/// feature): [`Paused::start`] spawns `cmd` and waits until it reaches `point`; the test then
 /// `mount -o OPTIONS AT` (as root), which must succeed: remounts a test mount read-only, say.
 pub fn remount(at: &Path, options: &str) {
-    let status = Command::new("mount")
+    Command::new("mount")
         .args(["-o", options])
         .arg(at)
-        .status()
-        .unwrap();
-    assert!(status.success(), "mount -o {options} {}", at.display());
+        .assert()
+        .success();
 }
 
+/// A stagesnap process stopped at a pause point of `src/testhook.rs` (needs the `test-hooks`
+/// feature): [`Paused::start`] spawns `cmd` and waits until it reaches `point`; the test then
 /// changes the tree and calls [`Paused::finish`].
 pub struct Paused {
     dir: TempDir,
