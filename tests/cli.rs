@@ -9,6 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Env, assert_same_tree, refused, snapshot_names, treestate};
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::{contains, is_empty};
 
 const MB: u64 = 1 << 20;
 
@@ -189,11 +191,9 @@ fn unknown_keys_warn_and_unrelated_sections_are_ignored() {
     text.push_str("\n[release_build]\nurl = https://example.invalid:8080/a?b=%20c\nflags: -O2 # not a comment\n");
     fs::write(env.config(), text).unwrap();
     env.set("colour", "blue");
-    let (_, stderr) = env.run(&["list"], 0);
-    assert!(
-        stderr.contains("unknown_setting") && stderr.contains("colour"),
-        "{stderr}"
-    );
+    env.assert(&["list"])
+        .success()
+        .stderr(contains("unknown_setting").and(contains("colour")));
 }
 
 #[test]
@@ -256,11 +256,11 @@ fn logs_are_key_value_events_on_stderr_and_quiet_silences_them() {
     for field in ["name=clean_state", "mode=filesystem", "bytes=", "seconds="] {
         assert!(event.contains(field), "{event}");
     }
-    let (_, stderr) = env.run(&["-q", "restore"], 0);
-    assert!(stderr.is_empty(), "{stderr}");
+    env.assert(&["-q", "restore"]).success().stderr(is_empty());
     // A filesystem create runs rsync (its restore runs no tool): -v logs every tool run.
-    let (_, stderr) = env.run(&["create", "--force", "-v"], 0);
-    assert!(stderr.contains("tool_run"), "{stderr}");
+    env.assert(&["create", "--force", "-v"])
+        .success()
+        .stderr(contains("tool_run"));
 }
 
 #[test]
@@ -279,11 +279,9 @@ fn missing_live_paths_and_store_inside_data_are_refused() {
     assert!(!env.data().join("snaps").exists());
     env.set("snapshots_dir", "../testing/snapshots");
     fs::rename(env.cache(), env.root.join("moved")).unwrap();
-    let (_, stderr) = env.run(&["restore"], 2);
-    assert!(
-        stderr.contains("cache_dir") && stderr.contains("does not exist"),
-        "{stderr}"
-    );
+    env.assert(&["restore"])
+        .code(2)
+        .stderr(contains("cache_dir").and(contains("does not exist")));
 }
 
 #[test]
@@ -420,8 +418,9 @@ fn disabled_mode_does_nothing() {
     let env = Env::sample(1, MB / 4);
     env.set("mode", "disabled");
     for cmd in ["create", "restore"] {
-        let (_, stderr) = env.run(&[cmd], 0);
-        assert!(stderr.contains("suite_isolation_disabled"), "{stderr}");
+        env.assert(&[cmd])
+            .success()
+            .stderr(contains("suite_isolation_disabled"));
     }
     assert!(!env.snapshots().exists());
 }
@@ -500,11 +499,9 @@ fn lock_timeout_names_the_holder_and_a_dead_holder_frees_it() {
     {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (_, stderr) = env.run(&["--lock-timeout", "1", "restore"], 5);
-    assert!(
-        stderr.contains(&format!("pid {}", holder.id())) && stderr.contains("create hung"),
-        "{stderr}"
-    );
+    env.assert(&["--lock-timeout", "1", "restore"])
+        .code(5)
+        .stderr(contains(&format!("pid {}", holder.id())).and(contains("create hung")));
 
     holder.kill().unwrap();
     holder.wait().unwrap();

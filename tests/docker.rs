@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use common::Env;
 use common::docker::{DATA_PATH, Net, docker};
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
 
 const MB: u64 = 1 << 20;
 const LOG: &str = "./log/cellframe-node.log";
@@ -292,14 +294,12 @@ fn recreate_fails_clearly_on_a_stopped_container_and_cleans_nothing() {
     net.exec(&net.names[0], "echo w > lib/wallet/suite.dwallet");
     let listing = net.exec(&net.names[0], "find lib | LC_ALL=C sort");
 
-    let (_, stderr) = env.run(&["restore"], 1);
-    assert!(
-        stderr.contains(&format!(
+    env.assert(&["restore"]).code(1).stderr(
+        contains(&format!(
             "container {stopped} (node data/node2) is exited, not running"
-        )),
-        "{stderr}"
+        ))
+        .and(contains("nothing was cleaned")),
     );
-    assert!(stderr.contains("nothing was cleaned"), "{stderr}");
     assert_eq!(net.exec(&net.names[0], "find lib | LC_ALL=C sort"), listing);
     assert_eq!(net.states(), ["running", "exited"]);
 }
@@ -338,11 +338,9 @@ fn failed_restore_falls_back_to_recreate_and_exits_6() {
     }
     assert_eq!(net.states(), ["running"; 2]);
 
-    let (text, _) = env.run(&["restore"], 6);
-    assert!(
-        text.contains("fell back to recreate") && text.contains("NOT the snapshot's"),
-        "{text}"
-    );
+    env.assert(&["restore"])
+        .code(6)
+        .stdout(contains("fell back to recreate").and(contains("NOT the snapshot's")));
 }
 
 /// Makes `path` immutable (`chattr +i`) until dropped: even root then cannot replace or

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use common::docker::Net;
 use common::{Env, Mount, assert_same_tree, refused, treestate};
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
 
 const MB: u64 = 1 << 20;
 const GB: u64 = 1 << 30;
@@ -342,17 +344,16 @@ fn killed_restore(mode: &str) {
         "the restore finished before it was killed:\n{stderr}"
     );
 
-    let (stdout, _) = env.run(&["status"], 1);
-    assert!(
-        stdout.contains("data is in an unknown state: restore of clean_state was interrupted at")
-            && stdout.contains(&format!("(pid {pid} on "))
-            && stdout.contains("run `stagesnap restore`"),
-        "{stdout}"
+    env.assert(&["status"]).code(1).stdout(
+        contains("data is in an unknown state: restore of clean_state was interrupted at")
+            .and(contains(&format!("(pid {pid} on ")))
+            .and(contains("run `stagesnap restore`")),
     );
     env.run(&["restore"], 0);
     assert_same_tree(&treestate(&env.data()), &clean);
-    let (stdout, _) = env.run(&["status"], 0);
-    assert!(!stdout.contains("unknown state"), "{stdout}");
+    env.assert(&["status"])
+        .success()
+        .stdout(contains("unknown state").not());
     assert!(
         mounts_of(pid).is_empty(),
         "the killed restore's mount is still there: {:?}",
@@ -467,11 +468,9 @@ fn sigterm_during_a_mount_restore_unmounts_the_image_and_leaves_no_temporary_fil
     assert_eq!(mounts_of(pid), Vec::<String>::new());
     assert_eq!(temporaries(&node1, &marker), Vec::<String>::new());
 
-    let (stdout, _) = env.run(&["status"], 1);
-    assert!(
-        stdout.contains("restore of clean_state failed (")
-            && stdout.contains("interrupted; nothing more was changed)"),
-        "{stdout}"
+    env.assert(&["status"]).code(1).stdout(
+        contains("restore of clean_state failed (")
+            .and(contains("interrupted; nothing more was changed)")),
     );
     env.run(&["--lock-timeout", "0", "restore"], 0);
     assert_same_tree(&treestate(&env.data()), &clean);
@@ -547,8 +546,9 @@ fn a_second_ctrl_c_exits_at_once() {
             .any(|n| n.starts_with(".staging-")),
         "the staging directory was removed, so stagesnap did not exit at once"
     );
-    let (_, stderr) = env.run(&["--lock-timeout", "0", "create", "--force"], 0);
-    assert!(stderr.contains("leftover_removed"), "{stderr}");
+    env.assert(&["--lock-timeout", "0", "create", "--force"])
+        .success()
+        .stderr(contains("leftover_removed"));
     assert_eq!(store_entries(&env.snapshots()), [".lock", "clean_state"]);
 }
 

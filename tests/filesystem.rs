@@ -6,6 +6,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use common::{Env, assert_same_tree, inode, snapshot_names, treestate};
+use predicates::str::contains;
 
 const MB: u64 = 1 << 20;
 
@@ -35,14 +36,16 @@ fn a_file_changed_in_place_is_repaired_page_by_page() {
 #[test]
 fn missing_snapshot_is_auto_created_or_not_found() {
     let env = Env::sample(2, MB);
-    let (_, stderr) = env.run(&["restore", "fresh"], 0);
-    assert!(stderr.contains("snapshot_missing"), "{stderr}");
+    env.assert(&["restore", "fresh"])
+        .success()
+        .stderr(contains("snapshot_missing"));
     assert!(env.snapshots().join("fresh/meta.json").is_file());
 
     env.set("auto_create_on_startup", "false");
     let before = treestate(&env.data());
-    let (_, stderr) = env.run(&["restore", "other"], 4);
-    assert!(stderr.contains("snapshot other not found"), "{stderr}");
+    env.assert(&["restore", "other"])
+        .code(4)
+        .stderr(contains("snapshot other not found"));
     assert_same_tree(&treestate(&env.data()), &before);
     assert!(!env.snapshots().join("other").exists());
 }
@@ -52,8 +55,9 @@ fn create_refuses_existing_name_without_force_and_replaces_atomically_with_it() 
     let env = Env::sample(2, MB);
     env.run(&["create", "base"], 0);
     let first = treestate(&env.snapshots().join("base/payload"));
-    let (_, stderr) = env.run(&["create", "base"], 1);
-    assert!(stderr.contains("--force"), "{stderr}");
+    env.assert(&["create", "base"])
+        .code(1)
+        .stderr(contains("--force"));
     assert_same_tree(&treestate(&env.snapshots().join("base/payload")), &first);
 
     env.suite(3);

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{Env, Paused, assert_same_tree, snapshot_names, treestate};
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
 
 const MB: u64 = 1 << 20;
 
@@ -182,10 +184,11 @@ fn list_shows_legacy_snapshots_with_what_they_hold() {
     assert_eq!(names[0], "fresh");
     assert_eq!(row("fresh")["mode"], "filesystem");
 
-    let (text, _) = env.run(&["list"], 0);
-    assert!(text.contains("legacy (filesystem)"), "{text}");
-    assert!(text.contains("legacy (squashfs)"), "{text}");
-    assert!(text.contains("`stagesnap adopt "), "{text}");
+    env.assert(&["list"]).success().stdout(
+        contains("legacy (filesystem)")
+            .and(contains("legacy (squashfs)"))
+            .and(contains("`stagesnap adopt ")),
+    );
 }
 
 #[test]

@@ -7,6 +7,8 @@ use std::process::Command;
 
 use common::modes::Mode;
 use common::{Env, assert_same_tree, treestate};
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
 use stage_sample::GenerateOptions;
 
 const MB: u64 = 1 << 20;
@@ -20,11 +22,9 @@ fn a_filesystem_without_reflinks_is_refused_and_doctor_says_which() {
         ..Default::default()
     });
     let before = treestate(&env.data());
-    let (_, stderr) = env.run(&["create"], 2);
-    assert!(
-        stderr.contains("reflink mode needs snapshots_dir and the data on one filesystem")
-            && stderr.contains("the data on "),
-        "{stderr}"
+    env.assert(&["create"]).code(2).stderr(
+        contains("reflink mode needs snapshots_dir and the data on one filesystem")
+            .and(contains("the data on ")),
     );
     assert!(!env.snapshots().join("clean_state").exists());
     assert_same_tree(&treestate(&env.data()), &before);
@@ -42,11 +42,9 @@ fn a_store_on_another_filesystem_is_refused() {
     let elsewhere = tempfile::tempdir().unwrap();
     let store = elsewhere.path().join("snapshots");
     let set = format!("snapshots_dir={}", store.display());
-    let (_, stderr) = env.run(&["-s", &set, "create"], 2);
-    assert!(
-        stderr.contains("the data on xfs") && stderr.contains("cross-device"),
-        "{stderr}"
-    );
+    env.assert(&["-s", &set, "create"])
+        .code(2)
+        .stderr(contains("the data on xfs").and(contains("cross-device")));
     let (doctor, _) = env.run(&["-s", &set, "doctor"], 1);
     assert!(
         doctor
@@ -68,7 +66,8 @@ fn a_store_on_another_filesystem_is_refused() {
         .unwrap();
     assert!(copied.success());
     let set = format!("snapshots_dir={}", moved.display());
-    let (_, stderr) = env.run(&["-s", &set, "restore"], 2);
-    assert!(stderr.contains("reflink"), "{stderr}");
+    env.assert(&["-s", &set, "restore"])
+        .code(2)
+        .stderr(contains("reflink"));
     assert_same_tree(&treestate(&env.data()), &dirty);
 }

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::modes::{Mode, require_root};
 use common::{Env, Mount, assert_same_tree, set_mtime, treestate};
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
 
 const MB: u64 = 1 << 20;
 
@@ -79,22 +81,18 @@ fn damaged_images_are_refused_and_live_data_untouched() {
 
     // Truncated.
     fs::write(image(&env), &good[..good.len() - 4096]).unwrap();
-    let (_, stderr) = env.run(&["restore"], 1);
-    assert!(
-        stderr.contains("snapshot clean_state is damaged") && stderr.contains("meta.json says"),
-        "{stderr}"
-    );
+    env.assert(&["restore"])
+        .code(1)
+        .stderr(contains("snapshot clean_state is damaged").and(contains("meta.json says")));
     assert_same_tree(&treestate(&env.data()), &dirty);
 
     // One bit flipped in the middle.
     let mut flipped = good.clone();
     flipped[good.len() / 2] ^= 0x10;
     fs::write(image(&env), &flipped).unwrap();
-    let (_, stderr) = env.run(&["restore"], 1);
-    assert!(
-        stderr.contains("BLAKE3 digest") && stderr.contains("nothing was restored"),
-        "{stderr}"
-    );
+    env.assert(&["restore"])
+        .code(1)
+        .stderr(contains("BLAKE3 digest").and(contains("nothing was restored")));
     assert_same_tree(&treestate(&env.data()), &dirty);
 
     // Size and digest vouch for it, but it is not a squashfs image: it must open too.
@@ -105,8 +103,9 @@ fn damaged_images_are_refused_and_live_data_untouched() {
     m["payload"]["image"]["bytes"] = junk.len().into();
     m["payload"]["image"]["blake3"] = blake3::hash(&junk).to_hex().to_string().into();
     fs::write(&meta_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
-    let (_, stderr) = env.run(&["restore"], 1);
-    assert!(stderr.contains("unsquashfs cannot open"), "{stderr}");
+    env.assert(&["restore"])
+        .code(1)
+        .stderr(contains("unsquashfs cannot open"));
     assert_same_tree(&treestate(&env.data()), &dirty);
 
     // Intact again: the same snapshot restores.
@@ -208,22 +207,19 @@ fn settings_the_build_cannot_honour_are_config_errors() {
     );
 
     env.set("squashfs_level", "30");
-    let (_, stderr) = env.run(&["create"], 2);
-    assert!(
-        stderr.contains("squashfs_level = 30") && stderr.contains("zstd takes levels 1-22"),
-        "{stderr}"
-    );
+    env.assert(&["create"])
+        .code(2)
+        .stderr(contains("squashfs_level = 30").and(contains("zstd takes levels 1-22")));
     env.set("squashfs_compression", "xz");
     env.set("squashfs_level", "5");
-    let (_, stderr) = env.run(&["create"], 2);
-    assert!(stderr.contains("xz has no compression levels"), "{stderr}");
+    env.assert(&["create"])
+        .code(2)
+        .stderr(contains("xz has no compression levels"));
     env.set("squashfs_level", "auto");
     env.set("squashfs_processors", "0");
-    let (_, stderr) = env.run(&["create"], 2);
-    assert!(
-        stderr.contains("squashfs_processors") && stderr.contains("auto or a whole number >= 1"),
-        "{stderr}"
-    );
+    env.assert(&["create"])
+        .code(2)
+        .stderr(contains("squashfs_processors").and(contains("auto or a whole number >= 1")));
 }
 
 #[test]
@@ -283,14 +279,10 @@ fn acls_are_refused_at_create() {
         .status()
         .unwrap();
     assert!(status.success());
-    let (_, stderr) = env.run(&["create"], 1);
-    assert!(
-        stderr.contains(&format!("cannot snapshot {}", wallet.display())),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("system.posix_acl_access") && stderr.contains("mode = filesystem"),
-        "{stderr}"
+    env.assert(&["create"]).code(1).stderr(
+        contains(&format!("cannot snapshot {}", wallet.display()))
+            .and(contains("system.posix_acl_access"))
+            .and(contains("mode = filesystem")),
     );
     assert!(!env.snapshots().join("clean_state").exists());
 }
@@ -458,11 +450,9 @@ fn extract_needs_no_room_beside_the_data_and_old_leftovers_go() {
         fs::write(&meta_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
         env.suite(3);
         let dirty = treestate(&env.data());
-        let (_, stderr) = env.run(&["restore"], 1);
-        assert!(
-            stderr.contains(&format!("are staged in {}, which has", cache.display()))
-                && stderr.contains("nothing was changed"),
-            "{stderr}"
+        env.assert(&["restore"]).code(1).stderr(
+            contains(&format!("are staged in {}, which has", cache.display()))
+                .and(contains("nothing was changed")),
         );
         assert_same_tree(&treestate(&env.data()), &dirty);
     }

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::os::unix::fs::symlink;
 
 use common::{Env, Mount, assert_same_tree, refused, treestate};
+use predicates::str::contains;
 
 const MB: u64 = 1 << 20;
 const COULD_NOT_COMPARE: i32 = 7;
@@ -218,11 +219,9 @@ fn readers_share_the_lock_and_a_writer_waits_for_them() {
     let held = fs::File::open(env.snapshots().join(".lock")).unwrap();
     held.lock_shared().unwrap();
     env.run(&["status", "--lock-timeout", "0"], 0);
-    let (_, stderr) = env.run(&["create", "--force", "--lock-timeout", "0"], 5);
-    assert!(
-        stderr.contains("is locked by another stagesnap process"),
-        "{stderr}"
-    );
+    env.assert(&["create", "--force", "--lock-timeout", "0"])
+        .code(5)
+        .stderr(contains("is locked by another stagesnap process"));
 }
 
 /// status and diff exit 0 when identical, 1 when the data differs, 7 when they could not
@@ -250,11 +249,9 @@ fn status_and_diff_tell_could_not_compare_from_differs() {
         &["diff", "clean_state"],
         &["diff", "other", "clean_state"],
     ] {
-        let (_, stderr) = env.run(args, COULD_NOT_COMPARE);
-        assert!(
-            stderr.contains("snapshot clean_state is damaged"),
-            "{stderr}"
-        );
+        env.assert(args)
+            .code(COULD_NOT_COMPARE)
+            .stderr(contains("snapshot clean_state is damaged"));
     }
     let doc = env.json(&["status"], COULD_NOT_COMPARE);
     assert_eq!(doc["error"]["kind"], "could_not_compare", "{doc}");
@@ -264,11 +261,12 @@ fn status_and_diff_tell_could_not_compare_from_differs() {
     let gone = env.root.join("no-store");
     env.set("snapshots_dir", gone.to_str().unwrap());
     for args in [&["status"][..], &["diff", "clean_state"]] {
-        let (_, stderr) = env.run(args, COULD_NOT_COMPARE);
-        assert!(
-            stderr.contains(&format!("snapshots_dir {} does not exist", gone.display())),
-            "{stderr}"
-        );
+        env.assert(args)
+            .code(COULD_NOT_COMPARE)
+            .stderr(contains(&format!(
+                "snapshots_dir {} does not exist",
+                gone.display()
+            )));
     }
     assert!(!gone.exists(), "status and diff never create the store");
 }
@@ -292,6 +290,5 @@ fn a_symlinked_squashfs_image_is_refused() {
     dirty(&env);
     let named = format!("{} is a symlink", image.display());
     refused(&env, &["restore"], 1, &[&named]);
-    let (stdout, _) = env.run(&["verify"], 1);
-    assert!(stdout.contains(&named), "{stdout}");
+    env.assert(&["verify"]).code(1).stdout(contains(&named));
 }
