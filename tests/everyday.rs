@@ -7,8 +7,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use assert_cmd::assert::OutputAssertExt;
 use clap::CommandFactory;
-use common::{Env, assert_same_tree, treestate};
+use common::{Env, assert_same_tree, finish, json_of, texts, treestate};
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 use serde_json::Value;
@@ -35,8 +36,7 @@ fn run_args<'a>(before: &[&'a str], script: &'a [String]) -> Vec<&'a str> {
 fn json(env: &Env, args: &[&str], code: i32) -> Value {
     let mut all = vec!["--json"];
     all.extend(args);
-    let (stdout, _) = env.run(&all, code);
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    json_of(&env.assert(&all).code(code))
 }
 
 /// Whether `text` holds an SGR sequence (colour or style).
@@ -269,8 +269,9 @@ fn on_terminal(env: &Env, args: &str, vars: &[(&str, &str)]) -> String {
     for (k, v) in vars {
         cmd.env(k, v);
     }
-    let status = cmd.status().expect("script (util-linux) runs");
-    assert!(status.success(), "stagesnap {args} on a terminal: {status}");
+    cmd.assert()
+        .append_context("on a terminal", format!("stagesnap {args}"))
+        .success();
     String::from_utf8_lossy(&fs::read(log).unwrap()).into_owned()
 }
 
@@ -345,13 +346,11 @@ fn every_command_has_a_purpose_and_an_example_in_its_help() {
 #[test]
 fn committed_completions_and_man_pages_are_up_to_date() {
     let out = tempfile::tempdir().unwrap();
-    let status = Command::new(bin())
+    Command::new(bin())
         .args(["generate-assets", "--out"])
         .arg(out.path())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+        .assert()
+        .success();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut stale = Vec::new();
     for dir in ["completions", "man"] {
@@ -413,14 +412,10 @@ fn bash_completes(env: &Env, words: &[&str]) -> Vec<String> {
         .arg(program)
         .current_dir(env.config().parent().unwrap())
         .env("PATH", path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .assert()
+        .success();
+    let mut v: Vec<String> = texts(&out)
+        .0
         .lines()
         .filter(|l| !l.is_empty())
         .map(str::to_string)
@@ -475,13 +470,10 @@ fn a_closed_stdout_ends_quietly() {
             .unwrap();
         // The reader is gone before stagesnap writes a byte.
         drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
-        assert!(
-            !stderr.contains("error") && !stderr.contains("panicked"),
-            "{args:?}: {stderr}"
-        );
+        finish(child)
+            .append_context("args", format!("{args:?}"))
+            .success()
+            .stderr(contains("error").not().and(contains("panicked").not()));
     }
     // The same through a shell pipeline.
     let out = Command::new("bash")
@@ -532,11 +524,10 @@ fn signals_during_the_suite_are_the_suites_business() {
     // SIGTERM is passed on; the suite's exit code is stagesnap's.
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(42), "{stderr}");
     // An interrupted suite is not kept: it did not fail on its own.
-    assert!(stderr.contains("keep_failed_skipped"), "{stderr}");
+    finish(child)
+        .code(42)
+        .stderr(contains("keep_failed_skipped"));
     assert_eq!(
         json(&env, &["list"], 0)["snapshots"]
             .as_array()

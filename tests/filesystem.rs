@@ -3,7 +3,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 
 use common::{Env, assert_same_tree, inode, snapshot_names, treestate};
 use predicates::str::contains;
@@ -77,44 +76,6 @@ fn create_refuses_existing_name_without_force_and_replaces_atomically_with_it() 
             .all(|n| !n.starts_with(".staging") && !n.starts_with(".trash")),
         "{names:?}"
     );
-}
-
-/// rsync dying halfway through a `create --force` leaves the old snapshot intact and restorable.
-#[test]
-fn failed_replacement_keeps_the_old_snapshot() {
-    let env = Env::sample(2, MB);
-    env.run(&["create"], 0);
-    let clean = treestate(&env.data());
-    env.suite(5);
-
-    // The fault: an rsync that copies, then reports a failure as a full disk would.
-    let bin = env.root.join("fake-bin");
-    fs::create_dir(&bin).unwrap();
-    let fake = bin.join("rsync");
-    fs::write(&fake, "#!/bin/sh\n/usr/bin/rsync \"$@\"\necho 'rsync: write failed: No space left on device (28)' >&2\nexit 11\n").unwrap();
-    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let out = env
-        .cmd()
-        .args(["create", "--force"])
-        .env("PATH", &path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("No space left on device") && stderr.contains("free space"),
-        "{stderr}"
-    );
-    let leftovers: Vec<_> = fs::read_dir(env.snapshots())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n.to_string_lossy().starts_with(".staging"))
-        .collect();
-    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
-
-    env.run(&["restore"], 0);
-    assert_same_tree(&treestate(&env.data()), &clean);
 }
 
 #[test]

@@ -4,25 +4,14 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
-use common::{Env, assert_same_tree, treestate};
+use common::{Env, assert_same_tree, largest_file, treestate};
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 
 const MB: u64 = 1 << 20;
-
-/// The largest regular file below `dir`: a database file in the sample data.
-fn largest_file(dir: &Path) -> PathBuf {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().is_file())
-        .max_by_key(|e| e.metadata().unwrap().len())
-        .unwrap()
-        .into_path()
-}
 
 /// Flips one byte in place and puts the mtime back: only a hash can tell.
 fn flip_byte_keeping_mtime(path: &Path) {
@@ -200,18 +189,12 @@ fn interrupted_restore_is_reported_until_a_restore_succeeds() {
     // The restore dies as if the machine lost power after it changed the data: the `umount`
     // it runs at the end kills it (a death before the first change leaves no journal: the
     // data is then just the suite's, which status reports as differing).
-    let bin = env.root.join("fake-bin");
-    fs::create_dir_all(&bin).unwrap();
-    fs::write(bin.join("umount"), "#!/bin/sh\nkill -9 $PPID\nsleep 1\n").unwrap();
-    fs::set_permissions(bin.join("umount"), fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let out = env
-        .cmd()
+    let path = env.fake_path(&[("umount", "kill -9 $PPID\nsleep 1")]);
+    env.cmd()
         .args(["restore"])
         .env("PATH", &path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), None, "restore should have been killed");
+        .assert()
+        .interrupted();
 
     env.assert(&["status"]).code(1).stdout(
         contains("data is in an unknown state: restore of clean_state was interrupted at")

@@ -3,10 +3,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::modes::Mode;
-use common::{Env, assert_same_tree, treestate};
+use common::{Env, assert_same_tree, cp_a, treestate};
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 use stage_sample::GenerateOptions;
@@ -58,13 +56,7 @@ fn a_store_on_another_filesystem_is_refused() {
     env.suite(3);
     let dirty = treestate(&env.data());
     let moved = elsewhere.path().join("moved");
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(env.snapshots())
-        .arg(&moved)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    cp_a(&env.snapshots(), &moved);
     let set = format!("snapshots_dir={}", moved.display());
     env.assert(&["-s", &set, "restore"])
         .code(2)

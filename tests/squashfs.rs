@@ -4,13 +4,17 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use assert_cmd::assert::OutputAssertExt;
 use common::modes::{Mode, require_root};
-use common::{Env, Mount, assert_same_tree, set_mtime, treestate};
+use common::{
+    Env, Mount, assert_same_tree, cp_a, finish, json_of, largest_file, set_mtime, texts, treestate,
+    which,
+};
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 
@@ -36,18 +40,6 @@ fn stagesnap_mounts() -> Vec<String> {
         .filter(|p| p.contains("stagesnap-mount-"))
         .map(String::from)
         .collect()
-}
-
-/// A PATH with `fakes` (name → shell script) in front of the real one.
-fn fake_path(env: &Env, fakes: &[(&str, &str)]) -> String {
-    let bin = env.root.join("fake-bin");
-    fs::create_dir_all(&bin).unwrap();
-    for (name, script) in fakes {
-        let path = bin.join(name);
-        fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
 }
 
 /// The image keeps whole seconds, so the mount restore compares whole seconds; a same-size
@@ -122,36 +114,19 @@ fn missing_squashfs_tools_exit_3_with_the_install_hint() {
     let empty = env.root.join("empty-bin");
     fs::create_dir(&empty).unwrap();
     for command in ["create", "restore"] {
-        let out = env.cmd().arg(command).env("PATH", &empty).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(3), "{stderr}");
-        assert!(
-            stderr.contains("error: squashfs mode selected but mksquashfs is not installed.\nInstall squashfs-tools: sudo apt install squashfs-tools"),
-            "{stderr}"
-        );
+        env.cmd().arg(command).env("PATH", &empty).assert().code(3).stderr(contains("error: squashfs mode selected but mksquashfs is not installed.\nInstall squashfs-tools: sudo apt install squashfs-tools"));
     }
     // mksquashfs alone is not enough.
     symlink(which("mksquashfs"), empty.join("mksquashfs")).unwrap();
-    let out = env
-        .cmd()
+    env.cmd()
         .arg("create")
         .env("PATH", &empty)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(
-        stderr.contains("unsquashfs is not installed.\nInstall squashfs-tools"),
-        "{stderr}"
-    );
+        .assert()
+        .code(3)
+        .stderr(contains(
+            "unsquashfs is not installed.\nInstall squashfs-tools",
+        ));
     assert!(!env.snapshots().join("clean_state").exists());
-}
-
-fn which(program: &str) -> PathBuf {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap())
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{program} not on PATH"))
 }
 
 /// A compressor the installed build lacks, or a level it does not take, is a configuration
@@ -160,8 +135,7 @@ fn which(program: &str) -> PathBuf {
 fn settings_the_build_cannot_honour_are_config_errors() {
     let env = Mode::squashfs("zstd", "extract").env(1, MB / 2);
     let real = which("mksquashfs");
-    let path = fake_path(
-        &env,
+    let path = env.fake_path(
         &[(
             "mksquashfs",
             &format!(
@@ -170,33 +144,26 @@ fn settings_the_build_cannot_honour_are_config_errors() {
             ),
         )],
     );
-    let out = env.cmd().arg("create").env("PATH", &path).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("squashfs_compression = zstd (") && stderr.contains("stage-env.cfg"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("was built without zstd; it supports gzip, lzo"),
-        "{stderr}"
-    );
+    env.cmd()
+        .arg("create")
+        .env("PATH", &path)
+        .assert()
+        .code(2)
+        .stderr(
+            contains("squashfs_compression = zstd (")
+                .and(contains("stage-env.cfg"))
+                .and(contains("was built without zstd; it supports gzip, lzo")),
+        );
     assert!(!env.snapshots().join("clean_state").exists());
 
-    let out = env
-        .cmd()
-        .args(["doctor", "--json"])
-        .env("PATH", &path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let check = doc["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "squashfs settings")
-        .unwrap();
+    let doc = json_of(
+        &env.cmd()
+            .args(["doctor", "--json"])
+            .env("PATH", &path)
+            .assert()
+            .code(1),
+    );
+    let check = common::doctor_check(&doc, "squashfs settings");
     assert_eq!(check["status"], "fail", "{check}");
     assert!(
         check["detail"]
@@ -227,13 +194,8 @@ fn doctor_says_which_strategy_and_why() {
     let env = Mode::squashfs("none", "auto").env(1, MB / 2);
     let strategy = |env: &Env| {
         let doc = env.json(&["doctor"], 0);
-        let check = doc["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["check"] == "squashfs restore")
-            .cloned();
-        check.unwrap()["detail"].as_str().unwrap().to_string()
+        let check = common::doctor_check(&doc, "squashfs restore");
+        check["detail"].as_str().unwrap().to_string()
     };
     let auto = strategy(&env);
     assert!(
@@ -273,12 +235,11 @@ fn acls_are_refused_at_create() {
     require_root();
     let env = Mode::squashfs("none", "auto").env(1, MB / 2);
     let wallet = env.data().join("node1/lib/wallet");
-    let status = Command::new("setfacl")
+    Command::new("setfacl")
         .args(["-m", "u:1234:rwx"])
         .arg(&wallet)
-        .status()
-        .unwrap();
-    assert!(status.success());
+        .assert()
+        .success();
     env.assert(&["create"]).code(1).stderr(
         contains(&format!("cannot snapshot {}", wallet.display()))
             .and(contains("system.posix_acl_access"))
@@ -295,27 +256,21 @@ fn a_failed_mount_changes_nothing() {
     env.run(&["create"], 0);
     env.suite(9);
     let dirty = treestate(&env.data());
-    let path = fake_path(
-        &env,
+    let path = env.fake_path(
         &[(
             "mount",
             "case \"$1\" in --version) echo 'mount from util-linux 2.38.1';; *) echo 'mount: permission denied' >&2; exit 32;; esac",
         )],
     );
     env.set("squashfs_restore", "mount");
-    let out = env
-        .cmd()
+    env.cmd()
         .arg("restore")
         .env("PATH", &path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("mount: permission denied")
-            && stderr.contains("cannot loop-mount the snapshot's image, nothing was changed"),
-        "{stderr}"
-    );
+        .assert()
+        .code(1)
+        .stderr(contains("mount: permission denied").and(contains(
+            "cannot loop-mount the snapshot's image, nothing was changed",
+        )));
     assert_same_tree(&treestate(&env.data()), &dirty);
 }
 
@@ -327,17 +282,7 @@ fn mount_is_undone_on_failure_and_interrupt() {
     let env = Mode::squashfs("none", "mount").env(2, MB);
     env.run(&["create"], 0);
     env.suite(4);
-    let restore = |path: Option<&str>| {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("stagesnap"));
-        cmd.arg("restore")
-            .current_dir(env.config().parent().unwrap())
-            .env("NO_COLOR", "1")
-            .stderr(std::process::Stdio::piped());
-        if let Some(path) = path {
-            cmd.env("PATH", path);
-        }
-        cmd.spawn().unwrap()
-    };
+    let restore = |path: Option<&str>| env.spawn(&["restore"], path);
     let undone = |marker: &str| {
         !stagesnap_mounts().iter().any(|m| m.contains(marker)) && leftovers(marker).is_empty()
     };
@@ -345,31 +290,25 @@ fn mount_is_undone_on_failure_and_interrupt() {
     // A file the suite changed that even root cannot rewrite: the copy from the mount fails.
     let db = env.data().join("node1/lib/global_db/mdbx.dat");
     let chattr = |flag: &str| {
-        let status = Command::new("chattr").arg(flag).arg(&db).status().unwrap();
-        assert!(status.success(), "chattr {flag}");
+        Command::new("chattr").arg(flag).arg(&db).assert().success();
     };
     chattr("+i");
     let child = restore(None);
     let marker = format!("stagesnap-mount-{}-", child.id());
-    let out = child.wait_with_output().unwrap();
+    let failed = finish(child);
     chattr("-i");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("mdbx.dat"), "{stderr}");
+    let (_, stderr) = texts(&failed.code(1).stderr(contains("mdbx.dat")));
     assert!(undone(&marker), "mount left after a failure: {stderr}");
 
     // A mount that takes its time: Ctrl-C arrives with the image mounted and `mount` running.
     let real = which("mount");
-    let slow = fake_path(
-        &env,
-        &[(
-            "mount",
-            &format!(
-                "[ \"$1\" = --version ] && exec {real} --version\n{real} \"$@\" || exit $?\nsleep 60",
-                real = real.display()
-            ),
-        )],
-    );
+    let slow = env.fake_path(&[(
+        "mount",
+        &format!(
+            "[ \"$1\" = --version ] && exec {real} --version\n{real} \"$@\" || exit $?\nsleep 60",
+            real = real.display()
+        ),
+    )]);
     let child = restore(Some(&slow));
     let marker = format!("stagesnap-mount-{}-", child.id());
     let started = Instant::now();
@@ -382,9 +321,7 @@ fn mount_is_undone_on_failure_and_interrupt() {
     }
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let (_, stderr) = texts(&finish(child).code(130));
     assert!(undone(&marker), "mount left after Ctrl-C: {stderr}");
 
     env.run(&["restore"], 0);
@@ -409,17 +346,15 @@ fn non_root_restore_of_root_owned_data_fails_untouched() {
     env.suite(2);
     let dirty = treestate(&env.data());
     common::open_to_others(&env);
-    let out = env.std_cmd_as_nobody().arg("restore").output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("is not writable by this user") && stderr.contains("nothing was changed"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains(&env.data().display().to_string()),
-        "{stderr}"
-    );
+    env.std_cmd_as_nobody()
+        .arg("restore")
+        .assert()
+        .code(1)
+        .stderr(
+            contains("is not writable by this user")
+                .and(contains("nothing was changed"))
+                .and(contains(&env.data().display().to_string())),
+        );
     assert_same_tree(&treestate(&env.data()), &dirty);
 }
 
@@ -495,15 +430,10 @@ fn extract_needs_no_room_beside_the_data_and_old_leftovers_go() {
     assert!(left.is_empty(), "extract left {left:?}");
 }
 
+/// What `from` holds, copied into `to`.
 fn copy_tree(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", from.display()))
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    cp_a(&from.join("."), to);
 }
 
 /// Both strategies restore a large file changed in place by rewriting only the page that
@@ -520,13 +450,7 @@ fn repairs_a_large_file_piece_by_piece(strategy: &'static str) {
     let env = Mode::squashfs("zstd", strategy).env(2, 8 * MB);
     env.run(&["create"], 0);
     let clean = treestate(&env.data());
-    let largest = walkdir::WalkDir::new(env.data())
-        .into_iter()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().is_file())
-        .max_by_key(|e| e.metadata().unwrap().len())
-        .unwrap()
-        .into_path();
+    let largest = largest_file(&env.data());
     let size = fs::metadata(&largest).unwrap().len();
     assert!(size > MB, "{} is only {size} bytes", largest.display());
     // The digests sit beside the manifest (which every restore reads), vouched for by meta.json.

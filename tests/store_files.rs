@@ -9,7 +9,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::symlink;
 
-use common::{Env, Mount, assert_same_tree, refused, treestate};
+use common::{Env, Mount, assert_same_tree, entries, refused, treestate};
 use predicates::str::contains;
 
 const MB: u64 = 1 << 20;
@@ -146,9 +146,7 @@ fn a_store_bind_mounted_from_the_data_is_refused_by_every_command() {
 #[test]
 fn a_full_store_fails_the_restore_naming_the_journal_and_leaves_nothing() {
     let env = Env::sample(1, MB / 4);
-    let store = env.root.join("small-store");
-    let _mount = Mount::tmpfs(&store, "4m");
-    env.set("snapshots_dir", store.to_str().unwrap());
+    let (store, _mount) = env.small_store("4m");
     env.run(&["create"], 0);
     let mut filler = fs::File::create(store.join(".filler")).unwrap();
     while filler.write_all(&[0u8; 65536]).is_ok() {}
@@ -168,12 +166,7 @@ fn a_full_store_fails_the_restore_naming_the_journal_and_leaves_nothing() {
         "{stderr}"
     );
     assert_same_tree(&treestate(&env.data()), &dirty_tree);
-    let mut left: Vec<String> = fs::read_dir(&store)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    left.sort();
-    assert_eq!(left, [".filler", ".lock", "clean_state"]);
+    assert_eq!(entries(&store), [".filler", ".lock", "clean_state"]);
 }
 
 /// list, status, verify and diff only read the store: they work when it is read-only, with
@@ -182,9 +175,7 @@ fn a_full_store_fails_the_restore_naming_the_journal_and_leaves_nothing() {
 #[test]
 fn readers_work_on_a_read_only_store() {
     let env = Env::sample(1, MB / 4);
-    let store = env.root.join("ro-store");
-    let _mount = Mount::tmpfs(&store, "16m");
-    env.set("snapshots_dir", store.to_str().unwrap());
+    let (store, _mount) = env.small_store("16m");
     env.run(&["create"], 0);
     let lock = store.join(".lock");
     let holder = fs::read(&lock).unwrap();

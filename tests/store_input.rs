@@ -317,9 +317,7 @@ fn a_killed_restore_keeps_create_from_replacing_the_clean_snapshot() {
 
     // Killed just as it starts changing; the one change it had to make is undone, so the
     // data matches the snapshot while the journal still says it is in an unknown state.
-    let mut restore = env.std_cmd();
-    restore.arg("restore");
-    let paused = common::Paused::start(restore, "restore_changing");
+    let paused = env.paused(&["restore"], "restore_changing");
     common::set_mtime(&file, m.mtime(), m.mtime_nsec());
     paused.kill();
     env.assert(&["status"])

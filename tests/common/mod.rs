@@ -140,8 +140,63 @@ impl Env {
     pub fn json(&self, args: &[&str], code: i32) -> serde_json::Value {
         let mut all = args.to_vec();
         all.push("--json");
-        let (stdout, _) = self.run(&all, code);
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+        json_of(&self.assert(&all).code(code))
+    }
+
+    /// stagesnap `args`, started in the background with its output captured, on `path` if
+    /// given; [`finish`] waits for it.
+    pub fn spawn(&self, args: &[&str], path: Option<&str>) -> std::process::Child {
+        let mut cmd = self.std_cmd();
+        cmd.args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(path) = path {
+            cmd.env("PATH", path);
+        }
+        cmd.spawn().unwrap()
+    }
+
+    /// stagesnap `args` stopped at pause point `point`: see [`Paused`].
+    pub fn paused(&self, args: &[&str], point: &str) -> Paused {
+        let mut cmd = self.std_cmd();
+        cmd.args(args);
+        Paused::start(cmd, point)
+    }
+
+    /// A PATH with `fakes` (program, shell script body) in front of the real one: a fake tool
+    /// injects a fault the real one cannot be made to produce.
+    pub fn fake_path(&self, fakes: &[(&str, &str)]) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = self.root.join("fake-bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for (program, body) in fakes {
+            let path = bin.join(program);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
+    }
+
+    /// A PATH on which `program` is a shell script that answers version and help questions
+    /// with the real tool's answer and otherwise runs `body`.
+    pub fn fake_tool(&self, program: &str, body: &str) -> String {
+        let real = which(program);
+        self.fake_path(&[(
+            program,
+            &format!(
+                "case \"$1\" in --version|-version|-help) exec {} \"$@\";; esac\n{body}",
+                real.display()
+            ),
+        )])
+    }
+
+    /// A snapshot store of `size` on a tmpfs mounted at `<root>/small-store` for the test, set
+    /// as snapshots_dir; hold the mount as long as the store is used.
+    pub fn small_store(&self, size: &str) -> (PathBuf, Mount) {
+        let store = self.root.join("small-store");
+        let mount = Mount::tmpfs(&store, size);
+        self.set("snapshots_dir", store.to_str().unwrap());
+        (store, mount)
     }
 
     pub fn suite(&self, seed: u64) {
@@ -154,6 +209,56 @@ impl Env {
         )
         .expect("suite");
     }
+}
+
+/// Waits for a spawned stagesnap; its outcome, for assert_cmd's assertions.
+pub fn finish(child: std::process::Child) -> Assert {
+    child.wait_with_output().unwrap().assert()
+}
+
+/// The stdout of an asserted run, parsed as one JSON document.
+pub fn json_of(assert: &Assert) -> serde_json::Value {
+    let (stdout, _) = texts(assert);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// The names in `dir`, sorted.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The largest regular file below `dir`.
+pub fn largest_file(dir: &Path) -> PathBuf {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .into_path()
+}
+
+/// `cp -a FROM TO`, which must succeed.
+pub fn cp_a(from: &Path, to: &Path) {
+    Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .assert()
+        .success();
+}
+
+/// Where `program` is on PATH.
+pub fn which(program: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not installed"))
 }
 
 /// The stdout and stderr of an asserted run, as text.
@@ -209,12 +314,27 @@ fn show(v: Option<&serde_json::Value>) -> String {
 
 /// The setting `key` of a `stagesnap config --json` document (its value and source).
 pub fn config_setting<'a>(doc: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
-    doc["settings"]
+    named(doc, "settings", "key", key)
+}
+
+/// The check `name` of a `stagesnap doctor --json` document (its status and detail).
+pub fn doctor_check<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    named(doc, "checks", "check", name)
+}
+
+/// The element of the array `list` of `doc` whose `field` is `name`.
+fn named<'a>(
+    doc: &'a serde_json::Value,
+    list: &str,
+    field: &str,
+    name: &str,
+) -> &'a serde_json::Value {
+    doc[list]
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["key"] == key)
-        .unwrap_or_else(|| panic!("no setting {key} in {doc}"))
+        .find(|e| e[field] == name)
+        .unwrap_or_else(|| panic!("no {field} {name} in {doc}"))
 }
 
 /// The snapshot names of a `stagesnap list --json` document, in its order (newest first).
@@ -499,14 +619,9 @@ impl Paused {
         self.child.id()
     }
 
-    /// Lets the process go on; its exit code, stdout and stderr.
-    pub fn finish(self) -> (i32, String, String) {
+    /// Lets the process go on; its outcome, for assert_cmd's assertions.
+    pub fn finish(self) -> Assert {
         std::fs::write(self.dir.path().join(format!("{}.go", self.point)), b"").unwrap();
-        let out = self.child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        self.child.wait_with_output().unwrap().assert()
     }
 }
