@@ -105,7 +105,7 @@ fn missing_and_unreadable_config() {
         .arg("list")
         .assert()
         .code(2)
-        .stderr(contains("no stage-env.cfg in").and(contains(&dir.path().display().to_string())));
+        .stderr(contains("no stage-env.cfg in").and(contains(dir.path().display().to_string())));
 
     refused(
         &env,
@@ -462,7 +462,7 @@ fn lock_timeout_names_the_holder_and_a_dead_holder_frees_it() {
     }
     env.assert(&["--lock-timeout", "1", "restore"])
         .code(5)
-        .stderr(contains(&format!("pid {}", holder.id())).and(contains("create hung")));
+        .stderr(contains(format!("pid {}", holder.id())).and(contains("create hung")));
 
     holder.kill().unwrap();
     holder.wait().unwrap();

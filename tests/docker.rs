@@ -295,7 +295,7 @@ fn recreate_fails_clearly_on_a_stopped_container_and_cleans_nothing() {
     let listing = net.exec(&net.names[0], "find lib | LC_ALL=C sort");
 
     env.assert(&["restore"]).code(1).stderr(
-        contains(&format!(
+        contains(format!(
             "container {stopped} (node data/node2) is exited, not running"
         ))
         .and(contains("nothing was cleaned")),
@@ -707,7 +707,7 @@ fn wait_healthy_waits_for_the_healthcheck_within_start_timeout() {
     net.run(1, &failing.iter().map(String::as_str).collect::<Vec<_>>());
     env.set("start_timeout", "5");
     env.cmd().arg("restore").assert().code(1).stderr(
-        contains(&format!(
+        contains(format!(
             "container {} is not running and healthy 5 s after docker start",
             net.names[1]
         ))

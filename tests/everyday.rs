@@ -163,7 +163,7 @@ fn a_stale_snapshot_is_refused_unless_allowed_and_shown_by_list_and_status() {
 
     env.assert(&["restore"]).code(1).stderr(
         contains("snapshot clean_state is stale")
-            .and(contains(&format!("{} (changed)", cert.display())))
+            .and(contains(format!("{} (changed)", cert.display())))
             .and(contains("--allow-stale")),
     );
     assert_same_tree(&treestate(&env.data()), &dirty);

@@ -286,7 +286,7 @@ fn killed_restore(mode: &str) {
 
     env.assert(&["status"]).code(1).stdout(
         contains("data is in an unknown state: restore of clean_state was interrupted at")
-            .and(contains(&format!("(pid {pid} on ")))
+            .and(contains(format!("(pid {pid} on ")))
             .and(contains("run `stagesnap restore`")),
     );
     env.run(&["restore"], 0);

@@ -13,8 +13,10 @@
 //! - a mode that cannot store POSIX ACLs (squashfs keeps only user., trusted. and security.
 //!   xattrs, and refuses to snapshot a tree with ACLs rather than drop them) gets a tree
 //!   without them. That is the only exception, stated here rather than hidden in the oracle.
+//!
 //! What only one mode can show (squashfs's image and strategy, reflink's shared blocks) is
-//! checked in that mode's row of [`created_as_the_mode_stores`] and [`restored_as_the_mode_restores`].
+//! checked in that mode's arm of [`created_as_the_mode_stores`] and
+//! [`restored_as_the_mode_restores`].
 
 mod common;
 

@@ -59,7 +59,7 @@ fn create_stores_a_manifest_that_verify_checks_file_by_file() {
     let rel = victim.strip_prefix(&node1).unwrap().display().to_string();
     env.assert(&["verify", "clean_state"])
         .code(1)
-        .stdout(contains("DAMAGED").and(contains(&format!(
+        .stdout(contains("DAMAGED").and(contains(format!(
             "M data/node1 {rel} (content) differs from the manifest"
         ))));
     env.run(&["verify", "second"], 0);

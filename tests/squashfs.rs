@@ -241,7 +241,7 @@ fn acls_are_refused_at_create() {
         .assert()
         .success();
     env.assert(&["create"]).code(1).stderr(
-        contains(&format!("cannot snapshot {}", wallet.display()))
+        contains(format!("cannot snapshot {}", wallet.display()))
             .and(contains("system.posix_acl_access"))
             .and(contains("mode = filesystem")),
     );
@@ -353,7 +353,7 @@ fn non_root_restore_of_root_owned_data_fails_untouched() {
         .stderr(
             contains("is not writable by this user")
                 .and(contains("nothing was changed"))
-                .and(contains(&env.data().display().to_string())),
+                .and(contains(env.data().display().to_string())),
         );
     assert_same_tree(&treestate(&env.data()), &dirty);
 }
@@ -386,7 +386,7 @@ fn extract_needs_no_room_beside_the_data_and_old_leftovers_go() {
         env.suite(3);
         let dirty = treestate(&env.data());
         env.assert(&["restore"]).code(1).stderr(
-            contains(&format!("are staged in {}, which has", cache.display()))
+            contains(format!("are staged in {}, which has", cache.display()))
                 .and(contains("nothing was changed")),
         );
         assert_same_tree(&treestate(&env.data()), &dirty);

@@ -254,7 +254,7 @@ fn status_and_diff_tell_could_not_compare_from_differs() {
     for args in [&["status"][..], &["diff", "clean_state"]] {
         env.assert(args)
             .code(COULD_NOT_COMPARE)
-            .stderr(contains(&format!(
+            .stderr(contains(format!(
                 "snapshots_dir {} does not exist",
                 gone.display()
             )));
