@@ -65,9 +65,11 @@ fn restore_swapping(env: &Env, entry: &Path, target: &Path) -> Assert {
     paused.finish()
 }
 
-/// The restore failed with one error line naming `path`, saying the tree changed.
+/// The restore failed with one error line naming `path` (below cache_dir), saying the tree
+/// changed.
 #[track_caller]
-fn refused_as_changed(restore: Assert, path: &str) {
+fn refused_as_changed(env: &Env, restore: Assert, path: &Path) {
+    let path = path.strip_prefix(env.cache()).unwrap().to_str().unwrap();
     let (_, stderr) = texts(&restore.code(1));
     let errors: Vec<&str> = stderr
         .lines()
@@ -105,7 +107,7 @@ fn a_directory_swapped_for_a_symlink_is_never_followed() {
 
     let restore = restore_swapping(&env, &lib, &outside.join("lib"));
     assert_same_tree(&treestate(&outside), &before);
-    refused_as_changed(restore, "data/node1/lib");
+    refused_as_changed(&env, restore, &lib);
 
     // As the message says: run it again (the symlink is then an entry to replace).
     env.run(&["restore", "base"], 0);
@@ -128,8 +130,7 @@ fn a_file_is_never_created_through_a_swapped_directory() {
 
     let restore = restore_swapping(&env, &dir, &outside);
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
-    let rel = dir.strip_prefix(env.cache()).unwrap();
-    refused_as_changed(restore, rel.to_str().unwrap());
+    refused_as_changed(&env, restore, &dir);
 }
 
 /// A file whose mode the restore sets back, swapped for a symlink to an outside file: the
@@ -151,8 +152,7 @@ fn metadata_is_never_set_through_a_symlink() {
         .mode();
     assert_eq!(mode & 0o7777, 0o600, "{restore}");
     assert_eq!(std::fs::read(&outside).unwrap(), b"not the restore's");
-    let rel = file.strip_prefix(env.cache()).unwrap();
-    refused_as_changed(restore, rel.to_str().unwrap());
+    refused_as_changed(&env, restore, &file);
 }
 
 /// The snapshot's own `data/node1/lib` swapped for a symlink to an outside directory whose

@@ -52,9 +52,7 @@ fn a_store_on_another_filesystem_is_refused() {
     );
 
     // A good snapshot, then a store that moved away: restore refuses before touching anything.
-    env.run(&["create"], 0);
-    env.suite(3);
-    let dirty = treestate(&env.data());
+    let dirty = env.create_then_suite(3);
     let moved = elsewhere.path().join("moved");
     cp_a(&env.snapshots(), &moved);
     let set = format!("snapshots_dir={}", moved.display());

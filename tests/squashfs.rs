@@ -66,9 +66,7 @@ fn same_second_rewrite_comes_back() {
 #[test]
 fn damaged_images_are_refused_and_live_data_untouched() {
     let env = Mode::squashfs("gzip", "extract").env(2, 2 * MB);
-    env.run(&["create"], 0);
-    env.suite(3);
-    let dirty = treestate(&env.data());
+    let dirty = env.create_then_suite(3);
     let good = fs::read(image(&env)).unwrap();
 
     // Truncated.
@@ -253,9 +251,7 @@ fn acls_are_refused_at_create() {
 fn a_failed_mount_changes_nothing() {
     require_root();
     let env = Mode::squashfs("lz4", "auto").env(2, MB);
-    env.run(&["create"], 0);
-    env.suite(9);
-    let dirty = treestate(&env.data());
+    let dirty = env.create_then_suite(9);
     let path = env.fake_path(
         &[(
             "mount",
@@ -342,9 +338,7 @@ fn leftovers(marker: &str) -> Vec<PathBuf> {
 fn non_root_restore_of_root_owned_data_fails_untouched() {
     require_root();
     let env = Mode::squashfs("none", "auto").env(1, MB);
-    env.run(&["create"], 0);
-    env.suite(2);
-    let dirty = treestate(&env.data());
+    let dirty = env.create_then_suite(2);
     common::open_to_others(&env);
     env.std_cmd_as_nobody()
         .arg("restore")

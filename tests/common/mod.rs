@@ -199,6 +199,13 @@ impl Env {
         (store, mount)
     }
 
+    /// Creates clean_state, then runs a suite over the data; the tree the suite left.
+    pub fn create_then_suite(&self, seed: u64) -> String {
+        self.run(&["create"], 0);
+        self.suite(seed);
+        treestate(&self.data())
+    }
+
     pub fn suite(&self, seed: u64) {
         sample::run_suite(
             &self.root,
