@@ -8,7 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Env, assert_same_tree, refused, snapshot_names, treestate};
+use common::{Env, assert_same_tree, json_of, refused, snapshot_names, treestate};
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::{contains, is_empty};
 
 const MB: u64 = 1 << 20;
 
@@ -98,19 +100,12 @@ fn config_errors_name_file_line_key_and_choices() {
 fn missing_and_unreadable_config() {
     let env = Env::sample(1, MB / 4);
     let dir = tempfile::tempdir().unwrap();
-    let out = env
-        .cmd()
+    env.cmd()
         .current_dir(dir.path())
         .arg("list")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("no stage-env.cfg in")
-            && stderr.contains(&dir.path().display().to_string()),
-        "{stderr}"
-    );
+        .assert()
+        .code(2)
+        .stderr(contains("no stage-env.cfg in").and(contains(dir.path().display().to_string())));
 
     refused(
         &env,
@@ -130,14 +125,13 @@ fn config_is_found_in_parents_env_and_flag_with_precedence() {
     // From a subdirectory: the nearest parent's stage-env.cfg.
     let sub = env.config().parent().unwrap().join("a/b");
     fs::create_dir_all(&sub).unwrap();
-    let out = env
-        .cmd()
-        .current_dir(&sub)
-        .args(["config", "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = json_of(
+        &env.cmd()
+            .current_dir(&sub)
+            .args(["config", "--json"])
+            .assert()
+            .success(),
+    );
     assert_eq!(doc["config_file"], env.config().display().to_string());
 
     // STAGESNAP_CONFIG from anywhere, and flag > env > file > default.
@@ -149,21 +143,16 @@ fn config_is_found_in_parents_env_and_flag_with_precedence() {
         .filter(|l| !l.starts_with("snapshot_name"))
         .collect();
     fs::write(env.config(), without.join("\n")).unwrap();
-    let out = env
-        .cmd()
-        .current_dir(elsewhere.path())
-        .env("STAGESNAP_CONFIG", env.config())
-        .env("STAGESNAP_MODE", "disabled")
-        .env("STAGESNAP_AUTO_CLEANUP", "off")
-        .args(["config", "--json", "--set", "auto_cleanup=yes"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let doc = json_of(
+        &env.cmd()
+            .current_dir(elsewhere.path())
+            .env("STAGESNAP_CONFIG", env.config())
+            .env("STAGESNAP_MODE", "disabled")
+            .env("STAGESNAP_AUTO_CLEANUP", "off")
+            .args(["config", "--json", "--set", "auto_cleanup=yes"])
+            .assert()
+            .success(),
     );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["schema"], 1);
     let get = |key: &str| common::config_setting(&doc, key).clone();
     assert_eq!(get("mode")["value"], "disabled");
@@ -189,11 +178,9 @@ fn unknown_keys_warn_and_unrelated_sections_are_ignored() {
     text.push_str("\n[release_build]\nurl = https://example.invalid:8080/a?b=%20c\nflags: -O2 # not a comment\n");
     fs::write(env.config(), text).unwrap();
     env.set("colour", "blue");
-    let (_, stderr) = env.run(&["list"], 0);
-    assert!(
-        stderr.contains("unknown_setting") && stderr.contains("colour"),
-        "{stderr}"
-    );
+    env.assert(&["list"])
+        .success()
+        .stderr(contains("unknown_setting").and(contains("colour")));
 }
 
 #[test]
@@ -205,14 +192,13 @@ fn global_flags_go_before_or_after_the_subcommand() {
         vec!["--json", "-c", &cfg, "list"],
         vec!["list", "--config", &cfg, "--json"],
     ] {
-        let out = env
-            .cmd()
-            .current_dir(elsewhere.path())
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}");
-        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let doc = json_of(
+            &env.cmd()
+                .current_dir(elsewhere.path())
+                .args(&args)
+                .assert()
+                .success(),
+        );
         assert_eq!(doc["command"], "list");
     }
 }
@@ -256,11 +242,11 @@ fn logs_are_key_value_events_on_stderr_and_quiet_silences_them() {
     for field in ["name=clean_state", "mode=filesystem", "bytes=", "seconds="] {
         assert!(event.contains(field), "{event}");
     }
-    let (_, stderr) = env.run(&["-q", "restore"], 0);
-    assert!(stderr.is_empty(), "{stderr}");
+    env.assert(&["-q", "restore"]).success().stderr(is_empty());
     // A filesystem create runs rsync (its restore runs no tool): -v logs every tool run.
-    let (_, stderr) = env.run(&["create", "--force", "-v"], 0);
-    assert!(stderr.contains("tool_run"), "{stderr}");
+    env.assert(&["create", "--force", "-v"])
+        .success()
+        .stderr(contains("tool_run"));
 }
 
 #[test]
@@ -279,11 +265,9 @@ fn missing_live_paths_and_store_inside_data_are_refused() {
     assert!(!env.data().join("snaps").exists());
     env.set("snapshots_dir", "../testing/snapshots");
     fs::rename(env.cache(), env.root.join("moved")).unwrap();
-    let (_, stderr) = env.run(&["restore"], 2);
-    assert!(
-        stderr.contains("cache_dir") && stderr.contains("does not exist"),
-        "{stderr}"
-    );
+    env.assert(&["restore"])
+        .code(2)
+        .stderr(contains("cache_dir").and(contains("does not exist")));
 }
 
 #[test]
@@ -344,35 +328,26 @@ fn missing_rsync_fails_fast_with_install_hint() {
     let empty = tempfile::tempdir().unwrap();
     let before = treestate(&env.root);
     for args in [&["create"][..], &["restore"], &["delete", "x"], &["prune"]] {
-        let out = env
-            .cmd()
+        env.cmd()
             .env("PATH", empty.path())
             .args(args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains("error: filesystem mode selected but rsync is not installed.\nInstall rsync: sudo apt install rsync"),
-            "{stderr}"
-        );
+            .assert()
+            .append_context("args", format!("{args:?}"))
+            .code(3)
+            .stderr(contains("error: filesystem mode selected but rsync is not installed.\nInstall rsync: sudo apt install rsync"));
     }
-    let out = env
-        .cmd()
+    env.cmd()
         .env("PATH", empty.path())
         .arg("doctor")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
+        .assert()
+        .code(3);
     assert_same_tree(&treestate(&env.root), &before);
     // list and config only read, so they need no rsync.
-    let out = env
-        .cmd()
+    env.cmd()
         .env("PATH", empty.path())
         .arg("list")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+        .assert()
+        .success();
 }
 
 #[test]
@@ -397,12 +372,7 @@ fn doctor_reports_each_check() {
     ] {
         assert!(checks.contains(&c), "{c} missing from {checks:?}");
     }
-    let include = doc["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "include data")
-        .unwrap();
+    let include = common::doctor_check(&doc, "include data");
     assert!(
         include["detail"]
             .as_str()
@@ -420,8 +390,9 @@ fn disabled_mode_does_nothing() {
     let env = Env::sample(1, MB / 4);
     env.set("mode", "disabled");
     for cmd in ["create", "restore"] {
-        let (_, stderr) = env.run(&[cmd], 0);
-        assert!(stderr.contains("suite_isolation_disabled"), "{stderr}");
+        env.assert(&[cmd])
+            .success()
+            .stderr(contains("suite_isolation_disabled"));
     }
     assert!(!env.snapshots().exists());
 }
@@ -442,17 +413,9 @@ fn a_second_process_waits_for_the_lock() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let out = env
-        .cmd()
-        .args(["--lock-timeout", "30", "create", "after", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("lock_wait"));
+    env.assert(&["--lock-timeout", "30", "create", "after", "--json"])
+        .success()
+        .stderr(contains("lock_wait"));
     holder.wait().unwrap();
     let doc = env.json(&["list"], 0);
     let created: jiff::Timestamp = doc["snapshots"][0]["created_at"]
@@ -479,16 +442,13 @@ fn lock_timeout_names_the_holder_and_a_dead_holder_frees_it() {
     let env = Env::sample(1, MB / 4);
     env.run(&["create"], 0);
     // The fault: an rsync that hangs, so a real stagesnap holds the lock.
-    let bin = env.root.join("hang-bin");
-    fs::create_dir(&bin).unwrap();
-    fs::write(bin.join("rsync"), "#!/bin/sh\ncase \"$1\" in --version) exec /usr/bin/rsync --version;; esac\nexec sleep 300\n").unwrap();
-    fs::set_permissions(bin.join("rsync"), fs::Permissions::from_mode(0o755)).unwrap();
-    let mut holder = std::process::Command::new(assert_cmd::cargo::cargo_bin("stagesnap"))
-        .current_dir(env.config().parent().unwrap())
-        .env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        )
+    let path = env.fake_path(&[(
+        "rsync",
+        "case \"$1\" in --version) exec /usr/bin/rsync --version;; esac\nexec sleep 300",
+    )]);
+    let mut holder = env
+        .std_cmd()
+        .env("PATH", &path)
         .args(["create", "hung"])
         .stderr(Stdio::null())
         .spawn()
@@ -500,11 +460,9 @@ fn lock_timeout_names_the_holder_and_a_dead_holder_frees_it() {
     {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (_, stderr) = env.run(&["--lock-timeout", "1", "restore"], 5);
-    assert!(
-        stderr.contains(&format!("pid {}", holder.id())) && stderr.contains("create hung"),
-        "{stderr}"
-    );
+    env.assert(&["--lock-timeout", "1", "restore"])
+        .code(5)
+        .stderr(contains(format!("pid {}", holder.id())).and(contains("create hung")));
 
     holder.kill().unwrap();
     holder.wait().unwrap();

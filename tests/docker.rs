@@ -6,11 +6,15 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::Env;
+use assert_cmd::assert::OutputAssertExt;
 use common::docker::{DATA_PATH, Net, docker};
+use common::{Env, texts, which};
+use predicates::BoxPredicate;
+use predicates::prelude::{PredicateBooleanExt, PredicateBoxExt};
+use predicates::str::contains;
 
 const MB: u64 = 1 << 20;
 const LOG: &str = "./log/cellframe-node.log";
@@ -20,14 +24,9 @@ fn sh(script: &str) -> String {
         .arg("-c")
         .arg(script)
         .env("LC_ALL", "C")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .assert()
+        .success();
+    texts(&out).0
 }
 
 /// `path  md5` of every regular file below the current directory, sorted by path; the same
@@ -61,6 +60,17 @@ fn by_default_create_pauses_and_restore_kills_restores_then_starts_the_container
     end_to_end(false);
 }
 
+/// Text holding each of `events` for each of `names` (`{name}` in an event stands for it).
+fn for_each(names: &[String], events: &[&str]) -> BoxPredicate<str> {
+    let mut all = predicates::constant::always().boxed();
+    for name in names {
+        for event in events {
+            all = all.and(contains(event.replace("{name}", name))).boxed();
+        }
+    }
+    all
+}
+
 /// Snapshot the running network with the nodes paused, let a suite change data inside the
 /// containers, restore with the nodes stopped, and check from inside each container that it
 /// sees exactly the snapshot's files. `explicit`: quiesce and restore_stop set, else defaults.
@@ -70,17 +80,13 @@ fn end_to_end(explicit: bool) {
     if explicit {
         env.set("quiesce", "pause");
     }
-    let (_, log) = env.run(&["create"], 0);
-    for name in &net.names {
-        assert!(
-            log.contains(&format!("container_paused name={name} ")),
-            "{log}"
-        );
-        assert!(
-            log.contains(&format!("container_unpaused name={name} ")),
-            "{log}"
-        );
-    }
+    env.assert(&["create"]).success().stderr(for_each(
+        &net.names,
+        &[
+            "container_paused name={name} ",
+            "container_unpaused name={name} ",
+        ],
+    ));
     assert_eq!(net.states(), ["running"; 3]);
 
     // What each node's snapshot holds, hashed on the host side.
@@ -123,21 +129,17 @@ fn end_to_end(explicit: bool) {
         "kill"
     };
     let before = net.started_at();
-    let (_, log) = env.run(&["restore"], 0);
-    for name in &net.names {
-        assert!(
-            log.contains(&format!("container_stopped name={name} verb=\"{verb}\" ")),
-            "{log}"
-        );
-        assert!(
-            log.contains(&format!("container_started name={name} ")),
-            "{log}"
-        );
-    }
-    assert!(
-        !log.contains("containers_running"),
-        "quiesced, yet warned: {log}"
-    );
+    // Quiesced, so no warning about running containers.
+    env.assert(&["restore"])
+        .success()
+        .stderr(for_each(
+            &net.names,
+            &[
+                &format!("container_stopped name={{name}} verb=\"{verb}\" "),
+                "container_started name={name} ",
+            ],
+        ))
+        .stderr(contains("containers_running").not());
     assert_eq!(net.states(), ["running"; 3]);
     let after = net.started_at();
     for i in 0..3 {
@@ -292,14 +294,12 @@ fn recreate_fails_clearly_on_a_stopped_container_and_cleans_nothing() {
     net.exec(&net.names[0], "echo w > lib/wallet/suite.dwallet");
     let listing = net.exec(&net.names[0], "find lib | LC_ALL=C sort");
 
-    let (_, stderr) = env.run(&["restore"], 1);
-    assert!(
-        stderr.contains(&format!(
+    env.assert(&["restore"]).code(1).stderr(
+        contains(format!(
             "container {stopped} (node data/node2) is exited, not running"
-        )),
-        "{stderr}"
+        ))
+        .and(contains("nothing was cleaned")),
     );
-    assert!(stderr.contains("nothing was cleaned"), "{stderr}");
     assert_eq!(net.exec(&net.names[0], "find lib | LC_ALL=C sort"), listing);
     assert_eq!(net.states(), ["running", "exited"]);
 }
@@ -338,11 +338,9 @@ fn failed_restore_falls_back_to_recreate_and_exits_6() {
     }
     assert_eq!(net.states(), ["running"; 2]);
 
-    let (text, _) = env.run(&["restore"], 6);
-    assert!(
-        text.contains("fell back to recreate") && text.contains("NOT the snapshot's"),
-        "{text}"
-    );
+    env.assert(&["restore"])
+        .code(6)
+        .stdout(contains("fell back to recreate").and(contains("NOT the snapshot's")));
 }
 
 /// Makes `path` immutable (`chattr +i`) until dropped: even root then cannot replace or
@@ -374,10 +372,12 @@ fn quiesced_containers_run_again_after_a_failed_restore_and_others_stay_as_they_
     let _immutable = Immutable::new(stuck);
     for how in ["stop", "pause"] {
         env.set("quiesce", how);
-        let out = env.cmd().arg("restore").output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{how}: {stderr}");
-        assert!(stderr.contains("mdbx.lck"), "{stderr}");
+        let restore = env
+            .assert(&["restore"])
+            .append_context("quiesce", how)
+            .code(1)
+            .stderr(contains("mdbx.lck"));
+        let (_, stderr) = texts(&restore);
         for event in ["container_stopped", "container_paused", "container_started"] {
             let touched = format!("{event} name={} ", net.names[2]);
             assert!(
@@ -408,30 +408,9 @@ fn ctrl_c_during_a_quiesced_restore_starts_the_containers_again() {
     env.run(&["create"], 0);
     env.set("quiesce", "stop");
     // The delay: a `mount` that waits before mounting, so Ctrl-C lands mid-restore.
-    let slow = tempfile::tempdir().unwrap();
-    let real = sh("command -v mount").trim().to_string();
-    let wrapper = slow.path().join("mount");
-    std::fs::write(
-        &wrapper,
-        format!("#!/bin/sh\nsleep 5\nexec {real} \"$@\"\n"),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        slow.path().display(),
-        std::env::var("PATH").unwrap()
-    );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stagesnap"))
-        .arg("restore")
-        .current_dir(env.config().parent().unwrap())
-        .env("PATH", &path)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let real = which("mount");
+    let path = env.fake_path(&[("mount", &format!("sleep 5\nexec {} \"$@\"", real.display()))]);
+    let mut child = env.spawn(&["restore"], Some(&path));
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
     while count(&seen, "container_stopped") < net.names.len() {
@@ -469,35 +448,23 @@ fn every_setting_that_needs_docker_fails_fast_without_the_cli() {
         ("quiesce", "stop", "restore"),
         ("restore_fallback", "recreate", "restore"),
     ] {
-        let out = env
-            .cmd()
+        env.cmd()
             .env("PATH", &path)
             .args(["--set", &format!("{key}={value}"), command])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.code(),
-            Some(3),
-            "{key}={value} {command}: {stderr}"
-        );
-        assert!(
-            stderr.contains("Install docker: sudo apt install docker.io"),
-            "{stderr}"
-        );
+            .assert()
+            .code(3)
+            .stderr(contains("Install docker: sudo apt install docker.io"));
     }
     assert!(
         !env.snapshots().join("clean_state").exists(),
         "something was created"
     );
     // Plain filesystem use never needs docker.
-    let out = env.cmd().env("PATH", &path).arg("create").output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.cmd()
+        .env("PATH", &path)
+        .arg("create")
+        .assert()
+        .success();
 }
 
 #[test]
@@ -509,15 +476,14 @@ fn an_unreachable_daemon_is_exit_3_naming_the_socket() {
         ("restore_fallback", "recreate", "restore"),
         ("quiesce", "pause", "doctor"),
     ] {
-        let out = env
-            .cmd()
-            .env("DOCKER_HOST", "unix:///nonexistent.sock")
-            .args(["--set", &format!("{key}={value}"), command])
-            .output()
-            .unwrap();
-        let all = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(3), "{key}={value} {command}: {all}");
+        let (stdout, stderr) = texts(
+            &env.cmd()
+                .env("DOCKER_HOST", "unix:///nonexistent.sock")
+                .args(["--set", &format!("{key}={value}"), command])
+                .assert()
+                .code(3),
+        );
+        let all = stdout + &stderr;
         assert!(
             all.contains("unix:///nonexistent.sock") && all.contains("daemon must be running"),
             "{all}"
@@ -533,15 +499,13 @@ fn no_daemon_at_the_socket_means_no_docker_cli_run() {
     let env = Env::sample(2, MB);
     env.run(&["create"], 0);
     let restore_log = |docker_host: &str| {
-        let out = env
+        let restore = env
             .cmd()
             .env("DOCKER_HOST", docker_host)
             .args(["-v", "restore"])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(0), "{stderr}");
-        stderr
+            .assert()
+            .success();
+        texts(&restore).1
     };
     let stderr = restore_log("unix:///nonexistent.sock");
     assert!(
@@ -563,10 +527,12 @@ fn disabled_mode_does_nothing_and_needs_no_docker() {
     let path = path_without_docker(bin.path());
     let before = net.started_at();
     for command in ["create", "restore"] {
-        let out = env.cmd().env("PATH", &path).arg(command).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{stderr}");
-        assert!(stderr.contains("suite_isolation_disabled"), "{stderr}");
+        env.cmd()
+            .env("PATH", &path)
+            .arg(command)
+            .assert()
+            .success()
+            .stderr(contains("suite_isolation_disabled"));
     }
     assert_eq!(net.started_at(), before);
     assert!(!env.snapshots().join("clean_state").exists());
@@ -592,13 +558,7 @@ fn doctor_reports_docker_and_every_container() {
     let env = &net.env;
     env.set("mode", "recreate");
     let doc = env.json(&["doctor"], 0);
-    let checks = doc["checks"].as_array().unwrap();
-    let find = |name: &str| {
-        checks
-            .iter()
-            .find(|c| c["check"] == name)
-            .unwrap_or_else(|| panic!("no {name}: {doc}"))
-    };
+    let find = |name: &str| common::doctor_check(&doc, name);
     assert_eq!(find("docker")["status"], "ok");
     assert_eq!(find("docker daemon")["status"], "ok");
     for name in &net.names {
@@ -615,12 +575,7 @@ fn doctor_reports_docker_and_every_container() {
 
     docker(&["stop", &net.names[0]]);
     let doc = env.json(&["doctor"], 1);
-    let c = doc["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == format!("container {}", net.names[0]))
-        .unwrap();
+    let c = common::doctor_check(&doc, &format!("container {}", net.names[0]));
     assert_eq!(c["status"], "fail", "{c}");
     assert!(c["detail"].as_str().unwrap().contains("exited"), "{c}");
 }
@@ -693,9 +648,7 @@ fn a_container_that_cannot_start_again_is_named_and_the_others_run() {
     env.run(&["create"], 0);
     std::fs::write(env.data().join("node2/lib/wallet/suite.dwallet"), b"suite").unwrap();
     drop(extra);
-    let out = env.cmd().arg("restore").output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = texts(&env.assert(&["restore"]).code(1));
     let error = stderr.lines().last().unwrap();
     assert!(
         error.contains("restore done, but")
@@ -753,15 +706,12 @@ fn wait_healthy_waits_for_the_healthcheck_within_start_timeout() {
     let failing = healthcheck("false");
     net.run(1, &failing.iter().map(String::as_str).collect::<Vec<_>>());
     env.set("start_timeout", "5");
-    let out = env.cmd().arg("restore").output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
+    env.cmd().arg("restore").assert().code(1).stderr(
+        contains(format!(
             "container {} is not running and healthy 5 s after docker start",
             net.names[1]
-        )) && stderr.contains("raise start_timeout"),
-        "{stderr}"
+        ))
+        .and(contains("raise start_timeout")),
     );
     assert_eq!(net.states(), ["running"; 2]);
 }

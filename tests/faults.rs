@@ -12,11 +12,14 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use assert_cmd::assert::OutputAssertExt;
 use common::docker::Net;
-use common::{Env, Mount, assert_same_tree, refused, treestate};
+use common::{Env, Mount, assert_same_tree, entries, finish, refused, texts, treestate, which};
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
 
 const MB: u64 = 1 << 20;
 const GB: u64 = 1 << 30;
@@ -107,22 +110,6 @@ fn kill(pid: u32, signal: libc::c_int) {
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
 }
 
-/// stagesnap `args`, started in the background with its output captured.
-fn spawn(env: &Env, args: &[&str], path: Option<&str>) -> Child {
-    let mut cmd = env.std_cmd();
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    if let Some(path) = path {
-        cmd.env("PATH", path);
-    }
-    cmd.spawn().unwrap()
-}
-
-/// Waits for a spawned stagesnap; its exit code (None when a signal ended it) and stderr.
-fn finish(child: Child) -> (Option<i32>, String) {
-    let Output { status, stderr, .. } = child.wait_with_output().unwrap();
-    (status.code(), String::from_utf8_lossy(&stderr).into_owned())
-}
-
 #[track_caller]
 fn one_error_line(stderr: &str) -> &str {
     let errors: Vec<&str> = stderr
@@ -175,16 +162,6 @@ fn random_file(path: &Path, size: u64) {
     fs::write(path, data).unwrap();
 }
 
-/// The entries of the snapshot store, sorted.
-fn store_entries(store: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(store)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
-}
-
 fn meta(store: &Path, name: &str) -> Vec<u8> {
     fs::read(store.join(name).join("meta.json")).unwrap()
 }
@@ -199,31 +176,6 @@ fn listed(env: &Env) -> Vec<String> {
         .iter()
         .map(|s| s["name"].as_str().unwrap().to_string())
         .collect()
-}
-
-fn which(program: &str) -> String {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .unwrap();
-    let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(!path.is_empty(), "{program} is not installed");
-    path
-}
-
-/// A PATH on which `program` is a shell script that answers version and help questions with
-/// the real tool's answer and otherwise runs `body`.
-fn fake_tool(env: &Env, program: &str, body: &str) -> String {
-    let bin = env.root.join("fake-bin");
-    fs::create_dir_all(&bin).unwrap();
-    let real = which(program);
-    let script = format!(
-        "#!/bin/sh\ncase \"$1\" in --version|-version|-help) exec {real} \"$@\";; esac\n{body}\n"
-    );
-    let path = bin.join(program);
-    fs::write(&path, script).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -253,27 +205,21 @@ fn killed_create(mode: &str, tool: &str, at: At, name: &str) {
     env.suite(1);
     sparse(&env.data().join("node1/aaa-big.sparse"), 4 * GB);
 
-    let child = spawn(&env, &["create", "--force", name], None);
+    let child = env.spawn(&["create", "--force", name], None);
     let pid = child.id();
     let group = wait_for_tool(pid, tool, CREATING);
     if let At::AfterTool = at {
         wait_until(&format!("{tool} is done"), || !alive(group));
     }
     kill(pid, libc::SIGKILL);
-    let (code, stderr) = finish(child);
-    assert_eq!(
-        code, None,
-        "the create finished before it was killed:\n{stderr}"
-    );
+    finish(child).interrupted();
     wait_until(&format!("{tool} dies with stagesnap"), || {
         !group_alive(group)
     });
     assert!(
-        store_entries(&store)
-            .iter()
-            .any(|n| n.starts_with(".staging-")),
+        entries(&store).iter().any(|n| n.starts_with(".staging-")),
         "the crash left no staging directory, so this test proves nothing: {:?}",
-        store_entries(&store)
+        entries(&store)
     );
 
     assert_eq!(listed(&env), ["clean_state"]);
@@ -290,7 +236,7 @@ fn killed_create(mode: &str, tool: &str, at: At, name: &str) {
     };
     assert!(stderr.contains("leftover_removed"), "{stderr}");
     assert_same_tree(&treestate(&env.data()), &clean);
-    assert_eq!(store_entries(&store), [".lock", "clean_state"]);
+    assert_eq!(entries(&store), [".lock", "clean_state"]);
     env.run(&["verify", "--all"], 0);
 }
 
@@ -332,27 +278,22 @@ fn killed_restore(mode: &str) {
     env.suite(2);
     fs::remove_file(&big).unwrap();
 
-    let child = spawn(&env, &["restore"], None);
+    let child = env.spawn(&["restore"], None);
     let pid = child.id();
     wait_for_partial(&big, 512 * MB);
     kill(pid, libc::SIGKILL);
-    let (code, stderr) = finish(child);
-    assert_eq!(
-        code, None,
-        "the restore finished before it was killed:\n{stderr}"
-    );
+    finish(child).interrupted();
 
-    let (stdout, _) = env.run(&["status"], 1);
-    assert!(
-        stdout.contains("data is in an unknown state: restore of clean_state was interrupted at")
-            && stdout.contains(&format!("(pid {pid} on "))
-            && stdout.contains("run `stagesnap restore`"),
-        "{stdout}"
+    env.assert(&["status"]).code(1).stdout(
+        contains("data is in an unknown state: restore of clean_state was interrupted at")
+            .and(contains(format!("(pid {pid} on ")))
+            .and(contains("run `stagesnap restore`")),
     );
     env.run(&["restore"], 0);
     assert_same_tree(&treestate(&env.data()), &clean);
-    let (stdout, _) = env.run(&["status"], 0);
-    assert!(!stdout.contains("unknown state"), "{stdout}");
+    env.assert(&["status"])
+        .success()
+        .stdout(contains("unknown state").not());
     assert!(
         mounts_of(pid).is_empty(),
         "the killed restore's mount is still there: {:?}",
@@ -402,12 +343,11 @@ fn stopped_create(signal: libc::c_int) {
     let before = meta(&store, "clean_state");
     sparse(&env.data().join("node1/aaa-big.sparse"), 4 * GB);
 
-    let child = spawn(&env, &["create", "--force"], None);
+    let child = env.spawn(&["create", "--force"], None);
     let pid = child.id();
     let rsync = wait_for_tool(pid, "rsync", CREATING);
     kill(pid, signal);
-    let (code, stderr) = finish(child);
-    assert_eq!(code, Some(130), "{stderr}");
+    let (_, stderr) = texts(&finish(child).code(130));
     let error = one_error_line(&stderr);
     assert!(
         error.contains("interrupted while copying") && error.contains("rsync was stopped"),
@@ -416,7 +356,7 @@ fn stopped_create(signal: libc::c_int) {
     // Waited for, not left behind: gone the moment stagesnap is.
     assert!(!alive(rsync), "rsync outlived stagesnap");
     wait_until("rsync's own children end", || !group_alive(rsync));
-    assert_eq!(store_entries(&store), [".lock", "clean_state"]);
+    assert_eq!(entries(&store), [".lock", "clean_state"]);
     assert_eq!(meta(&store, "clean_state"), before);
     env.run(&["--lock-timeout", "0", "verify", "--all"], 0);
 }
@@ -450,7 +390,7 @@ fn sigterm_during_a_mount_restore_unmounts_the_image_and_leaves_no_temporary_fil
     fs::remove_file(&big).unwrap();
     fs::write(&big, "the suite's own").unwrap();
 
-    let child = spawn(&env, &["restore"], None);
+    let child = env.spawn(&["restore"], None);
     let pid = child.id();
     let marker = format!(".stagesnap-{pid}-");
     wait_until("the restore rebuilds the large file", || {
@@ -461,17 +401,14 @@ fn sigterm_during_a_mount_restore_unmounts_the_image_and_leaves_no_temporary_fil
         "it restores, but nothing is mounted"
     );
     kill(pid, libc::SIGTERM);
-    let (code, stderr) = finish(child);
-    assert_eq!(code, Some(130), "{stderr}");
+    let (_, stderr) = texts(&finish(child).code(130));
     one_error_line(&stderr);
     assert_eq!(mounts_of(pid), Vec::<String>::new());
     assert_eq!(temporaries(&node1, &marker), Vec::<String>::new());
 
-    let (stdout, _) = env.run(&["status"], 1);
-    assert!(
-        stdout.contains("restore of clean_state failed (")
-            && stdout.contains("interrupted; nothing more was changed)"),
-        "{stdout}"
+    env.assert(&["status"]).code(1).stdout(
+        contains("restore of clean_state failed (")
+            .and(contains("interrupted; nothing more was changed)")),
     );
     env.run(&["--lock-timeout", "0", "restore"], 0);
     assert_same_tree(&treestate(&env.data()), &clean);
@@ -487,27 +424,25 @@ fn signals_during_quiesced_operations_bring_the_containers_back() {
     env.set("quiesce", "pause");
     let big = env.data().join("node1/aaa-big.bin");
     sparse(&big, 4 * GB);
-    let child = spawn(env, &["create"], None);
+    let child = env.spawn(&["create"], None);
     let pid = child.id();
     wait_for_tool(pid, "rsync", CREATING);
     assert_eq!(net.states(), ["paused"; 2]);
     kill(pid, libc::SIGTERM);
-    let (code, stderr) = finish(child);
-    assert_eq!(code, Some(130), "{stderr}");
+    let (_, stderr) = texts(&finish(child).code(130));
     assert_eq!(net.states(), ["running"; 2], "{stderr}");
-    assert_eq!(store_entries(&env.snapshots()), [".lock"]);
+    assert_eq!(entries(&env.snapshots()), [".lock"]);
 
     fs::remove_file(&big).unwrap();
     dense(&big, 512 * MB);
     env.run(&["create"], 0);
     fs::remove_file(&big).unwrap();
     env.set("quiesce", "stop");
-    let child = spawn(env, &["restore"], None);
+    let child = env.spawn(&["restore"], None);
     wait_for_partial(&big, 512 * MB);
     assert_eq!(net.states(), ["exited"; 2]);
     kill(child.id(), libc::SIGINT);
-    let (code, stderr) = finish(child);
-    assert_eq!(code, Some(130), "{stderr}");
+    let (_, stderr) = texts(&finish(child).code(130));
     assert_eq!(net.states(), ["running"; 2], "{stderr}");
 }
 
@@ -520,36 +455,35 @@ fn a_second_ctrl_c_exits_at_once() {
     let env = Env::sample(1, MB);
     env.run(&["create"], 0);
     let asked = env.root.join("asked-to-stop");
-    let path = fake_tool(
-        &env,
+    let path = env.fake_tool(
         "rsync",
         &format!(
             "trap 'touch {}' TERM\nwhile :; do sleep 0.1; done",
             asked.display()
         ),
     );
-    let child = spawn(&env, &["create", "--force"], Some(&path));
+    let child = env.spawn(&["create", "--force"], Some(&path));
     let pid = child.id();
     let rsync = wait_for_tool(pid, "rsync", CREATING);
     kill(pid, libc::SIGINT);
     wait_until("stagesnap asks rsync to stop", || asked.exists());
     kill(pid, libc::SIGINT);
-    let (code, stderr) = finish(child);
-    assert_eq!(code, Some(130), "{stderr}");
+    let (_, stderr) = texts(&finish(child).code(130));
     assert!(
         !stderr.contains("error: "),
         "the second Ctrl-C waited for the cleanup:\n{stderr}"
     );
     wait_until("rsync dies with stagesnap", || !group_alive(rsync));
     assert!(
-        store_entries(&env.snapshots())
+        entries(&env.snapshots())
             .iter()
             .any(|n| n.starts_with(".staging-")),
         "the staging directory was removed, so stagesnap did not exit at once"
     );
-    let (_, stderr) = env.run(&["--lock-timeout", "0", "create", "--force"], 0);
-    assert!(stderr.contains("leftover_removed"), "{stderr}");
-    assert_eq!(store_entries(&env.snapshots()), [".lock", "clean_state"]);
+    env.assert(&["--lock-timeout", "0", "create", "--force"])
+        .success()
+        .stderr(contains("leftover_removed"));
+    assert_eq!(entries(&env.snapshots()), [".lock", "clean_state"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -558,9 +492,7 @@ fn a_second_ctrl_c_exits_at_once() {
 /// An environment whose snapshots_dir is a small tmpfs, holding a clean_state made before
 /// the data grew past what it can hold. Returns the store, its mount and the clean tree.
 fn small_store(env: &Env, size: &str) -> (PathBuf, Mount, String) {
-    let store = env.root.join("small-store");
-    let mount = Mount::tmpfs(&store, size);
-    env.set("snapshots_dir", store.to_str().unwrap());
+    let (store, mount) = env.small_store(size);
     env.set("squashfs_compression", "none");
     env.run(&["create"], 0);
     (store, mount, treestate(&env.data()))
@@ -568,7 +500,7 @@ fn small_store(env: &Env, size: &str) -> (PathBuf, Mount, String) {
 
 /// After a create that ran out of space: only the old snapshot, as it was, and it restores.
 fn old_snapshot_intact(env: &Env, store: &Path, before: &[u8], clean: &str) {
-    assert_eq!(store_entries(store), [".lock", "clean_state"]);
+    assert_eq!(entries(store), [".lock", "clean_state"]);
     assert_eq!(meta(store, "clean_state"), before);
     env.run(&["verify", "--all"], 0);
     env.run(&["restore"], 0);
@@ -579,19 +511,45 @@ fn old_snapshot_intact(env: &Env, store: &Path, before: &[u8], clean: &str) {
 /// anything is written, naming the path, the space needed and the space free.
 #[test]
 fn a_store_without_room_is_refused_before_anything_is_written() {
+    too_big_for_the_store(
+        "filesystem",
+        &[
+            "not enough space in snapshots_dir {store} for snapshot clean_state: it needs about 7.",
+            "nothing was changed",
+        ],
+    );
+}
+
+/// squashfs cannot know its image's size beforehand: mksquashfs runs into the full disk, and
+/// the error says so with the most the snapshot can take.
+#[test]
+fn a_squashfs_image_that_does_not_fit_keeps_the_old_snapshot() {
+    too_big_for_the_store(
+        "squashfs",
+        &[
+            "snapshots_dir {store} ran out of space",
+            "mksquashfs failed",
+            "it needs up to 7.",
+            "(the included data's size on disk)",
+        ],
+    );
+}
+
+/// A `create --force` of 6 MiB more data than a 5 MiB store holds, in `mode`: exit 1, one
+/// error line holding each of `expect` (`{store}` stands for the store's path), and the old
+/// snapshot intact.
+fn too_big_for_the_store(mode: &str, expect: &[&str]) {
     let env = Env::sample(2, MB);
+    env.set("mode", mode);
     let (store, _mount, clean) = small_store(&env, "5m");
     let before = meta(&store, "clean_state");
     random_file(&env.data().join("node2/big.bin"), 6 * MB);
     let (_, stderr) = env.run(&["create", "--force"], 1);
     let error = one_error_line(&stderr);
-    assert!(
-        error.contains(&format!(
-            "not enough space in snapshots_dir {} for snapshot clean_state: it needs about 7.",
-            store.display()
-        )) && error.contains("nothing was changed"),
-        "{stderr}"
-    );
+    for part in expect {
+        let part = part.replace("{store}", &store.display().to_string());
+        assert!(error.contains(&part), "{part:?} missing: {stderr}");
+    }
     old_snapshot_intact(&env, &store, &before, &clean);
 }
 
@@ -607,14 +565,13 @@ fn a_store_that_fills_up_during_the_copy_keeps_the_old_snapshot() {
     sparse(&env.data().join("node1/aaa-big.sparse"), 2 * GB);
     random_file(&env.data().join("node2/zzz.bin"), 4 * MB);
 
-    let child = spawn(&env, &["create", "--force"], None);
+    let child = env.spawn(&["create", "--force"], None);
     wait_for_tool(child.id(), "rsync", CREATING);
     let filler = store.join("filler");
     let mut f = fs::File::create(&filler).unwrap();
     while f.write_all(&[0u8; 65536]).is_ok() {}
     drop(f);
-    let (code, stderr) = finish(child);
-    assert_eq!(code, Some(1), "{stderr}");
+    let (_, stderr) = texts(&finish(child).code(1));
     let error = one_error_line(&stderr);
     assert!(
         error.contains(&format!(
@@ -626,29 +583,6 @@ fn a_store_that_fills_up_during_the_copy_keeps_the_old_snapshot() {
         "{stderr}"
     );
     fs::remove_file(&filler).unwrap();
-    old_snapshot_intact(&env, &store, &before, &clean);
-}
-
-/// squashfs cannot know its image's size beforehand: mksquashfs runs into the full disk, and
-/// the error says so with the most the snapshot can take.
-#[test]
-fn a_squashfs_image_that_does_not_fit_keeps_the_old_snapshot() {
-    let env = Env::sample(2, MB);
-    env.set("mode", "squashfs");
-    let (store, _mount, clean) = small_store(&env, "5m");
-    let before = meta(&store, "clean_state");
-    random_file(&env.data().join("node2/big.bin"), 6 * MB);
-    let (_, stderr) = env.run(&["create", "--force"], 1);
-    let error = one_error_line(&stderr);
-    assert!(
-        error.contains(&format!(
-            "snapshots_dir {} ran out of space",
-            store.display()
-        )) && error.contains("mksquashfs failed")
-            && error.contains("it needs up to 7.")
-            && error.contains("(the included data's size on disk)"),
-        "{stderr}"
-    );
     old_snapshot_intact(&env, &store, &before, &clean);
 }
 
@@ -693,7 +627,7 @@ fn twenty_processes_on_one_store_complete_or_fail_cleanly() {
         .map(|args| {
             let mut all = vec!["--lock-timeout", "2"];
             all.extend(args.iter().map(String::as_str));
-            spawn(&env, &all, None)
+            env.spawn(&all, None)
         })
         .collect();
     let mut listings = 0;
@@ -701,9 +635,8 @@ fn twenty_processes_on_one_store_complete_or_fail_cleanly() {
     let mut results = vec![None; jobs.len()];
     while results.iter().any(Option::is_none) {
         // Meanwhile, as often as it can: every snapshot list shows is complete.
-        let out = env.cmd().args(["list", "--json"]).output().unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (stdout, _) = texts(&env.assert(&["list", "--json"]).success());
+        let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(doc["unreadable"], serde_json::json!([]), "{doc}");
         listings += 1;
         for (i, slot) in running.iter_mut().enumerate() {
@@ -711,30 +644,34 @@ fn twenty_processes_on_one_store_complete_or_fail_cleanly() {
                 .as_mut()
                 .is_some_and(|c| c.try_wait().unwrap().is_some())
             {
-                results[i] = Some(finish(slot.take().unwrap()));
+                results[i] = Some(slot.take().unwrap().wait_with_output().unwrap());
             }
         }
     }
     assert!(listings > 1);
     for (args, result) in jobs.iter().zip(results) {
-        let (code, stderr) = result.unwrap();
-        let allowed: &[i32] = match args[0].as_str() {
+        let allowed: &'static [i32] = match args[0].as_str() {
             "list" => &[0],
             // Auto-cleanup after a create or a prune may have removed it first.
             "delete" => &[0, 4, 5],
             _ => &[0, 5],
         };
-        let code = code.unwrap_or_else(|| panic!("{args:?} was killed:\n{stderr}"));
-        assert!(allowed.contains(&code), "{args:?} exited {code}:\n{stderr}");
-        if code != 0 {
+        let out = result
+            .unwrap()
+            .assert()
+            .append_context("args", format!("{args:?}"))
+            .code(allowed);
+        let (_, stderr) = texts(&out);
+        let code = out.get_output().status.code();
+        if code != Some(0) {
             let error = one_error_line(&stderr);
-            if code == 5 {
+            if code == Some(5) {
                 assert!(error.contains("is locked by pid"), "{stderr}");
             }
         }
     }
     env.run(&["verify", "--all"], 0);
-    let leftovers: Vec<String> = store_entries(&env.snapshots())
+    let leftovers: Vec<String> = entries(&env.snapshots())
         .into_iter()
         .filter(|n| n.starts_with('.') && n != ".lock")
         .collect();
@@ -747,18 +684,13 @@ fn twenty_processes_on_one_store_complete_or_fail_cleanly() {
 /// A PATH whose `program` records its pid in `pidfile` and then hangs (`body` decides how it
 /// takes SIGTERM).
 fn stuck_tool(env: &Env, program: &str, pidfile: &Path, body: &str) -> String {
-    fake_tool(
-        env,
-        program,
-        &format!("echo $$ > {}\n{body}", pidfile.display()),
-    )
+    env.fake_tool(program, &format!("echo $$ > {}\n{body}", pidfile.display()))
 }
 
 /// Waits for a stagesnap that `--timeout 5` has to stop while `program` hangs: exit 1, one
 /// error line naming the timeout and the stopped tool, and the tool gone with it.
 fn timed_out(child: Child, program: &str, pidfile: &Path) {
-    let (code, stderr) = finish(child);
-    assert_eq!(code, Some(1), "{stderr}");
+    let (_, stderr) = texts(&finish(child).code(1));
     let error = one_error_line(&stderr);
     assert!(
         error.contains("timed out after 5 s (--timeout 5) while")
@@ -781,9 +713,9 @@ fn timeout_stops_a_stuck_rsync_and_cleans_up_as_for_ctrl_c() {
     env.suite(1);
     let pidfile = env.root.join("rsync.pid");
     let path = stuck_tool(&env, "rsync", &pidfile, "exec sleep 3600");
-    let create = spawn(&env, &["--timeout", "5", "create", "--force"], Some(&path));
+    let create = env.spawn(&["--timeout", "5", "create", "--force"], Some(&path));
     timed_out(create, "rsync", &pidfile);
-    assert_eq!(store_entries(&store), [".lock", "clean_state"]);
+    assert_eq!(entries(&store), [".lock", "clean_state"]);
     assert_eq!(meta(&store, "clean_state"), before);
     env.run(&["--lock-timeout", "0", "verify", "--all"], 0);
 }
@@ -795,9 +727,9 @@ fn timeout_kills_a_tool_that_ignores_sigterm() {
     env.run(&["create"], 0);
     let pidfile = env.root.join("rsync.pid");
     let path = stuck_tool(&env, "rsync", &pidfile, "trap '' TERM\nexec sleep 3600");
-    let create = spawn(&env, &["--timeout", "5", "create", "--force"], Some(&path));
+    let create = env.spawn(&["--timeout", "5", "create", "--force"], Some(&path));
     timed_out(create, "rsync", &pidfile);
-    assert_eq!(store_entries(&env.snapshots()), [".lock", "clean_state"]);
+    assert_eq!(entries(&env.snapshots()), [".lock", "clean_state"]);
 }
 
 /// Stuck squashfs tools under `--timeout`: a create leaves nothing; a restore that was
@@ -809,9 +741,9 @@ fn timeout_stops_stuck_squashfs_tools() {
     env.set("squashfs_restore", "extract");
     let pidfile = env.root.join("tool.pid");
     let path = stuck_tool(&env, "mksquashfs", &pidfile, "exec sleep 3600");
-    let create = spawn(&env, &["--timeout", "5", "create"], Some(&path));
+    let create = env.spawn(&["--timeout", "5", "create"], Some(&path));
     timed_out(create, "mksquashfs", &pidfile);
-    assert_eq!(store_entries(&env.snapshots()), [".lock"]);
+    assert_eq!(entries(&env.snapshots()), [".lock"]);
 
     env.run(&["create"], 0);
     let clean = treestate(&env.data());
@@ -820,7 +752,7 @@ fn timeout_stops_stuck_squashfs_tools() {
     // `unsquashfs -s` checks the image before anything changes (the extract reads the image
     // itself); it hangs.
     let path = stuck_tool(&env, "unsquashfs", &pidfile, "exec sleep 3600");
-    let restore = spawn(&env, &["--timeout", "5", "restore"], Some(&path));
+    let restore = env.spawn(&["--timeout", "5", "restore"], Some(&path));
     timed_out(restore, "unsquashfs", &pidfile);
     assert_same_tree(&treestate(&env.data()), &dirty);
     env.run(&["--lock-timeout", "0", "restore"], 0);
@@ -875,9 +807,7 @@ fn permission_denied_on_live_data_as_a_non_root_user() {
     let dirty = treestate(&env.data());
     let listing = common::listing(&env);
 
-    let out = env.std_cmd_as_nobody().arg("restore").output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = texts(&env.std_cmd_as_nobody().arg("restore").assert().code(1));
     let error = one_error_line(&stderr);
     assert!(
         error.contains(&format!("cannot restore: {}", env.data().display()))
@@ -886,13 +816,12 @@ fn permission_denied_on_live_data_as_a_non_root_user() {
         "{stderr}"
     );
 
-    let out = env
-        .std_cmd_as_nobody()
-        .args(["create", "other"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = texts(
+        &env.std_cmd_as_nobody()
+            .args(["create", "other"])
+            .assert()
+            .code(1),
+    );
     let error = one_error_line(&stderr);
     assert!(
         error.contains(&format!("cannot read {}", env.data().display()))
@@ -908,9 +837,7 @@ fn an_unreadable_config_is_a_usage_error_for_a_non_root_user() {
     let env = Env::sample(1, MB);
     common::open_to_others(&env);
     fs::set_permissions(env.config(), fs::Permissions::from_mode(0o600)).unwrap();
-    let out = env.std_cmd_as_nobody().arg("list").output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (_, stderr) = texts(&env.std_cmd_as_nobody().arg("list").assert().code(2));
     let error = one_error_line(&stderr);
     assert!(
         error.contains("cannot read config file") && error.contains(env.config().to_str().unwrap()),
@@ -1008,37 +935,58 @@ fn node_directories_that_are_symlinks_or_mount_points_are_refused() {
     assert_same_tree(&treestate(&env.data()), &clean);
 }
 
-/// mksquashfs dying half way (the fault: it leaves a truncated image and fails) during a
-/// `create --force`: one error line naming it, no partial snapshot, the old one intact.
-/// (rsync failing half way is `failed_replacement_keeps_the_old_snapshot` in
-/// tests/filesystem.rs.)
+/// rsync failing half way through a `create --force` (the fault: it copies, then reports a
+/// failure as a full disk would): the error says so, the old snapshot stays.
+#[test]
+fn rsync_failing_half_way_keeps_the_old_snapshot() {
+    failing_half_way(
+        "filesystem",
+        "rsync",
+        "{real} \"$@\"\necho 'rsync: write failed: No space left on device (28)' >&2\nexit 11",
+        &["No space left on device", "free space"],
+    );
+}
+
+/// mksquashfs dying half way (the fault: it leaves a truncated image and fails): the error
+/// names it, the old snapshot stays.
 #[test]
 fn mksquashfs_failing_half_way_keeps_the_old_snapshot() {
+    failing_half_way(
+        "squashfs",
+        "mksquashfs",
+        "{real} \"$@\" >/dev/null 2>&1\ntruncate -s 4096 \"$2\"\necho 'FATAL ERROR: simulated write error' >&2\nexit 1",
+        &[
+            "mksquashfs failed (exit 1) while building the squashfs image",
+            "simulated write error",
+        ],
+    );
+}
+
+/// A `create --force` in `mode` whose `tool` is a fake running `body` (`{real}` stands for
+/// the real tool): exit 1, one error line holding each of `expect`, no partial snapshot, and
+/// the old one intact and restorable.
+fn failing_half_way(mode: &str, tool: &str, body: &str, expect: &[&str]) {
     let env = Env::sample(2, MB);
-    env.set("mode", "squashfs");
+    env.set("mode", mode);
     env.run(&["create"], 0);
     let clean = treestate(&env.data());
     let store = env.snapshots();
     let before = meta(&store, "clean_state");
     env.suite(1);
-    let real = which("mksquashfs");
-    let path = fake_tool(
-        &env,
-        "mksquashfs",
-        &format!(
-            "{real} \"$@\" >/dev/null 2>&1\ntruncate -s 4096 \"$2\"\necho 'FATAL ERROR: simulated write error' >&2\nexit 1"
-        ),
+    let real = which(tool).display().to_string();
+    let path = env.fake_tool(tool, &body.replace("{real}", &real));
+    let (_, stderr) = texts(
+        &env.cmd()
+            .args(["create", "--force"])
+            .env("PATH", &path)
+            .assert()
+            .code(1),
     );
-    let create = spawn(&env, &["create", "--force"], Some(&path));
-    let (code, stderr) = finish(create);
-    assert_eq!(code, Some(1), "{stderr}");
     let error = one_error_line(&stderr);
-    assert!(
-        error.contains("mksquashfs failed (exit 1) while building the squashfs image")
-            && error.contains("simulated write error"),
-        "{stderr}"
-    );
-    assert_eq!(store_entries(&store), [".lock", "clean_state"]);
+    for part in expect {
+        assert!(error.contains(part), "{part:?} missing: {stderr}");
+    }
+    assert_eq!(entries(&store), [".lock", "clean_state"]);
     assert_eq!(meta(&store, "clean_state"), before);
     env.run(&["restore"], 0);
     assert_same_tree(&treestate(&env.data()), &clean);
@@ -1099,12 +1047,11 @@ fn files_vanishing_during_a_create_point_to_quiesce() {
     // whichever, the one error line must point to quiesce. At least one must be rsync's.
     let mut vanished = None;
     for _ in 0..50 {
-        let out = env.cmd().args(["create", "--force"]).output().unwrap();
-        if out.status.success() {
+        let create = env.assert(&["create", "--force"]);
+        if create.get_output().status.success() {
             continue;
         }
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let (_, stderr) = texts(&create.code(1));
         let error = one_error_line(&stderr);
         assert!(error.contains("quiesce"), "{stderr}");
         if error.contains("rsync failed (exit 2") {

@@ -9,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use assert_cmd::assert::OutputAssertExt;
 use serde_json::{Value as Json, json};
 use stagesnap::ini::Ini;
 
@@ -67,23 +68,24 @@ fn python_kind(class: &str) -> &'static str {
 /// `IniError` has no kind field, so classify by its message; the messages
 /// are pinned by the unit tests in src/ini.rs.
 fn rust_kind(message: &str) -> &'static str {
-    if message.starts_with("line is neither") || message.starts_with("option name is empty") {
-        "parsing"
-    } else if message.starts_with("no section header") {
-        "missing section header"
-    } else if message.starts_with("duplicate section") {
-        "duplicate section"
-    } else if message.starts_with("duplicate option") {
-        "duplicate option"
-    } else if message.starts_with("bad interpolation") {
-        "interpolation syntax"
-    } else if message.contains("refers to missing option") {
-        "interpolation missing option"
-    } else if message.contains("nests deeper than") {
-        "interpolation depth"
-    } else {
-        panic!("unclassified error message {message:?}")
-    }
+    const BY_START: [(&str, &str); 6] = [
+        ("line is neither", "parsing"),
+        ("option name is empty", "parsing"),
+        ("no section header", "missing section header"),
+        ("duplicate section", "duplicate section"),
+        ("duplicate option", "duplicate option"),
+        ("bad interpolation", "interpolation syntax"),
+    ];
+    const BY_CONTENT: [(&str, &str); 2] = [
+        ("refers to missing option", "interpolation missing option"),
+        ("nests deeper than", "interpolation depth"),
+    ];
+    BY_START
+        .iter()
+        .find(|(start, _)| message.starts_with(start))
+        .or_else(|| BY_CONTENT.iter().find(|(part, _)| message.contains(part)))
+        .map(|(_, kind)| *kind)
+        .unwrap_or_else(|| panic!("unclassified error message {message:?}"))
 }
 
 /// Python's output with exception classes replaced by kinds.
@@ -92,15 +94,11 @@ fn python_result(path: &Path) -> (String, Json) {
         .arg("-c")
         .arg(PYTHON)
         .arg(path)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 (required by this test): {e}"));
-    assert!(
-        out.status.success(),
-        "python3 failed on {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut json: Json = serde_json::from_slice(&out.stdout).expect("python3 printed invalid JSON");
+        .assert()
+        .append_context("python3 on", path.display().to_string())
+        .success();
+    let mut json: Json =
+        serde_json::from_slice(&out.get_output().stdout).expect("python3 printed invalid JSON");
     let version = json["python"].as_str().expect("python version").to_owned();
     let mut result = json["result"].take();
     if let Some(class) = result.get("error").and_then(Json::as_str) {

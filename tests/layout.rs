@@ -9,7 +9,9 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Env, assert_same_tree, treestate};
+use assert_cmd::assert::{Assert, OutputAssertExt};
+use common::{Env, assert_same_tree, texts, treestate};
+use predicates::str::contains;
 
 const MB: u64 = 1 << 20;
 
@@ -99,7 +101,7 @@ fn real_layout() -> Env {
     env
 }
 
-fn stagesnap(cwd: &Path, args: &[&str]) -> std::process::Output {
+fn stagesnap(cwd: &Path, args: &[&str]) -> Assert {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_stagesnap"));
     cmd.current_dir(cwd).args(args).env("NO_COLOR", "1");
     for (k, _) in std::env::vars() {
@@ -107,18 +109,12 @@ fn stagesnap(cwd: &Path, args: &[&str]) -> std::process::Output {
             cmd.env_remove(k);
         }
     }
-    cmd.output().unwrap()
+    cmd.assert()
+        .append_context("stagesnap", format!("{args:?} in {}", cwd.display()))
 }
 
 fn ok(cwd: &Path, args: &[&str]) -> String {
-    let out = stagesnap(cwd, args);
-    assert!(
-        out.status.success(),
-        "stagesnap {args:?} in {} failed: {}",
-        cwd.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    texts(&stagesnap(cwd, args).success()).0
 }
 
 #[test]
@@ -169,13 +165,9 @@ fn a_config_folder_file_without_cache_dir_means_the_harness_default_cache() {
     assert_eq!(cache["value"], base.join("cache").display().to_string());
     assert_eq!(cache["source"], "default");
     // Nothing there: the error names the path the harness would use.
-    let out = stagesnap(&base, &["create"]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&base.join("cache").display().to_string()),
-        "{stderr}"
-    );
+    stagesnap(&base, &["create"])
+        .code(2)
+        .stderr(contains(base.join("cache").display().to_string()));
 }
 
 #[test]

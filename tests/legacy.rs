@@ -11,13 +11,15 @@ use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Env, Paused, assert_same_tree, snapshot_names, treestate};
+use assert_cmd::assert::OutputAssertExt;
+use common::{Env, assert_same_tree, entries, json_of, snapshot_names, treestate};
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
 
 const MB: u64 = 1 << 20;
 
 fn sh(program: &str, args: &[&Path]) {
-    let status = Command::new(program).args(args).status().unwrap();
-    assert!(status.success(), "{program} {args:?}: {status}");
+    Command::new(program).args(args).assert().success();
 }
 
 fn node_dirs(env: &Env) -> Vec<PathBuf> {
@@ -115,29 +117,19 @@ fn file_inodes(dir: &Path) -> BTreeMap<PathBuf, u64> {
         .collect()
 }
 
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn list_shows_legacy_snapshots_with_what_they_hold() {
     let env = Env::sample(2, MB);
     env.run(&["create", "fresh"], 0);
     legacy_dir(&env, "old_state");
     let image = legacy_image(&env, "old_image");
-    let out = env
-        .cmd()
-        .args(["list", "--json"])
-        .env("TZ", "UTC")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listing = json_of(
+        &env.cmd()
+            .args(["list", "--json"])
+            .env("TZ", "UTC")
+            .assert()
+            .success(),
+    );
     assert_eq!(listing["unreadable"], serde_json::json!([]));
     let names = snapshot_names(&listing);
     assert_eq!(names.len(), 3, "{listing}");
@@ -182,10 +174,11 @@ fn list_shows_legacy_snapshots_with_what_they_hold() {
     assert_eq!(names[0], "fresh");
     assert_eq!(row("fresh")["mode"], "filesystem");
 
-    let (text, _) = env.run(&["list"], 0);
-    assert!(text.contains("legacy (filesystem)"), "{text}");
-    assert!(text.contains("legacy (squashfs)"), "{text}");
-    assert!(text.contains("`stagesnap adopt "), "{text}");
+    env.assert(&["list"]).success().stdout(
+        contains("legacy (filesystem)")
+            .and(contains("legacy (squashfs)"))
+            .and(contains("`stagesnap adopt ")),
+    );
 }
 
 #[test]
@@ -329,18 +322,13 @@ fn an_interrupted_adopt_leaves_the_legacy_snapshot_as_it_was() {
     let store = store_state(&env);
     let inodes = file_inodes(&legacy);
 
-    let mut cmd = env.std_cmd();
-    cmd.args(["adopt", "old_state"]);
-    let paused = Paused::start(cmd, "adopt-after-move");
+    let paused = env.paused(&["adopt", "old_state"], "adopt-after-move");
     assert_eq!(entries(&legacy), [".snapshot_metadata", ".stagesnap-adopt"]);
     // SAFETY: plain kill(2) on our child.
     assert_eq!(unsafe { libc::kill(paused.pid() as i32, libc::SIGTERM) }, 0);
-    let (code, _, stderr) = paused.finish();
-    assert_eq!(code, 130, "{stderr}");
-    assert!(
-        stderr.contains("adopting old_state failed; the stage-env snapshot"),
-        "{stderr}"
-    );
+    paused.finish().code(130).stderr(contains(
+        "adopting old_state failed; the stage-env snapshot",
+    ));
     assert_eq!(store_state(&env), store);
     assert_eq!(file_inodes(&legacy), inodes);
 }
@@ -351,13 +339,10 @@ fn a_killed_adopt_is_undone_by_the_next_command_that_locks_the_store() {
     let legacy = legacy_dir(&env, "old_state");
     let store = store_state(&env);
 
-    let mut cmd = env.std_cmd();
-    cmd.args(["adopt", "old_state"]);
-    let paused = Paused::start(cmd, "adopt-after-move");
+    let paused = env.paused(&["adopt", "old_state"], "adopt-after-move");
     // SAFETY: plain kill(2) on our child.
     assert_eq!(unsafe { libc::kill(paused.pid() as i32, libc::SIGKILL) }, 0);
-    let (code, _, _) = paused.finish();
-    assert_eq!(code, -1, "not killed");
+    paused.finish().interrupted();
     assert_eq!(entries(&legacy), [".snapshot_metadata", ".stagesnap-adopt"]);
 
     // Any command that clears the store's leftovers puts the node directories back first.
@@ -453,19 +438,16 @@ fn an_adopt_that_cannot_move_the_nodes_back_keeps_them_for_the_next_command() {
     let store = store_state(&env);
     let mut inodes = file_inodes(&legacy);
 
-    let mut cmd = env.std_cmd();
-    cmd.args(["adopt", "old_state"]);
-    let paused = Paused::start(cmd, "adopt-after-move");
+    let paused = env.paused(&["adopt", "old_state"], "adopt-after-move");
     sh("chattr", &[Path::new("+i"), &legacy]);
     // SAFETY: plain kill(2) on our child.
     assert_eq!(unsafe { libc::kill(paused.pid() as i32, libc::SIGTERM) }, 0);
-    let (code, _, stderr) = paused.finish();
+    let adopt = paused.finish();
     sh("chattr", &[Path::new("-i"), &legacy]);
-    assert_eq!(code, 130, "{stderr}");
-    assert!(
-        stderr.contains("moving its node directories back failed too")
-            && stderr.contains("`stagesnap adopt old_state` again) moves them back"),
-        "{stderr}"
+    adopt.code(130).stderr(
+        contains("moving its node directories back failed too").and(contains(
+            "`stagesnap adopt old_state` again) moves them back",
+        )),
     );
     assert_eq!(entries(&legacy), [".snapshot_metadata", ".stagesnap-adopt"]);
 
@@ -488,13 +470,12 @@ fn list_reports_a_legacy_snapshot_it_cannot_read_and_goes_on() {
     common::open_to_others(&env);
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(dir.join("node1"), fs::Permissions::from_mode(0o700)).unwrap();
-    let out = env
-        .std_cmd_as_nobody()
-        .args(["list", "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listing = json_of(
+        &env.std_cmd_as_nobody()
+            .args(["list", "--json"])
+            .assert()
+            .success(),
+    );
     assert_eq!(snapshot_names(&listing), ["old_image"]);
     assert_eq!(listing["unreadable"][0]["name"], "old_state");
     let problem = listing["unreadable"][0]["problem"].as_str().unwrap();

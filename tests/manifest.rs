@@ -4,23 +4,14 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
-use common::{Env, assert_same_tree, treestate};
+use common::{Env, assert_same_tree, largest_file, treestate};
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
 
 const MB: u64 = 1 << 20;
-
-/// The largest regular file below `dir`: a database file in the sample data.
-fn largest_file(dir: &Path) -> PathBuf {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().is_file())
-        .max_by_key(|e| e.metadata().unwrap().len())
-        .unwrap()
-        .into_path()
-}
 
 /// Flips one byte in place and puts the mtime back: only a hash can tell.
 fn flip_byte_keeping_mtime(path: &Path) {
@@ -66,14 +57,11 @@ fn create_stores_a_manifest_that_verify_checks_file_by_file() {
     let victim = largest_file(&node1);
     flip_byte_keeping_mtime(&victim);
     let rel = victim.strip_prefix(&node1).unwrap().display().to_string();
-    let (stdout, _) = env.run(&["verify", "clean_state"], 1);
-    assert!(stdout.contains("DAMAGED"), "{stdout}");
-    assert!(
-        stdout.contains(&format!(
+    env.assert(&["verify", "clean_state"])
+        .code(1)
+        .stdout(contains("DAMAGED").and(contains(format!(
             "M data/node1 {rel} (content) differs from the manifest"
-        )),
-        "{stdout}"
-    );
+        ))));
     env.run(&["verify", "second"], 0);
     let all = env.json(&["verify", "--all"], 1);
     let bad: Vec<_> = all["snapshots"]
@@ -90,11 +78,9 @@ fn create_stores_a_manifest_that_verify_checks_file_by_file() {
     let mut text = fs::read(&manifest).unwrap();
     text.extend_from_slice(b"\n");
     fs::write(&manifest, text).unwrap();
-    let (stdout, _) = env.run(&["verify", "second"], 1);
-    assert!(
-        stdout.contains("does not match the digest recorded in meta.json"),
-        "{stdout}"
-    );
+    env.assert(&["verify", "second"])
+        .code(1)
+        .stdout(contains("does not match the digest recorded in meta.json"));
 
     env.run(&["verify", "nothere"], 4);
     env.run(&["verify", "--all", "second"], 2);
@@ -104,8 +90,9 @@ fn create_stores_a_manifest_that_verify_checks_file_by_file() {
 fn status_and_diff_show_what_a_suite_changed_per_node() {
     let env = Env::sample(3, 4 * MB);
     env.run(&["create"], 0);
-    let (stdout, _) = env.run(&["status"], 0);
-    assert!(stdout.contains("identical to clean_state"), "{stdout}");
+    env.assert(&["status"])
+        .success()
+        .stdout(contains("identical to clean_state"));
     let (stdout, _) = env.run(&["diff", "clean_state"], 0);
     assert_eq!(stdout, "");
 
@@ -120,10 +107,10 @@ fn status_and_diff_show_what_a_suite_changed_per_node() {
             .all(|n| n["node"].as_str().unwrap().starts_with("data")),
         "{status}"
     );
-    let (text, _) = env.run(&["status"], 1);
-    assert!(
-        text.contains("NODE") && text.contains("MODIFIED") && text.contains("diff clean_state"),
-        "{text}"
+    env.assert(&["status"]).code(1).stdout(
+        contains("NODE")
+            .and(contains("MODIFIED"))
+            .and(contains("diff clean_state")),
     );
 
     let (lines, _) = env.run(&["diff", "clean_state"], 1);
@@ -143,11 +130,9 @@ fn status_and_diff_show_what_a_suite_changed_per_node() {
         diff["changes"].as_array().unwrap().len(),
         lines.lines().count()
     );
-    let (stat, _) = env.run(&["diff", "clean_state", "--stat"], 1);
-    assert!(
-        stat.contains("BYTES") && stat.contains("entries differ"),
-        "{stat}"
-    );
+    env.assert(&["diff", "clean_state", "--stat"])
+        .code(1)
+        .stdout(contains("BYTES").and(contains("entries differ")));
 
     // Snapshot against snapshot gives the same answer as snapshot against live data.
     env.run(&["create", "dirty"], 0);
@@ -175,16 +160,12 @@ fn restore_fails_when_the_result_differs_from_the_manifest() {
         .join("clean_state/payload/data/node1/lib/global_db/mdbx.dat");
     flip_byte_keeping_mtime(&rotten);
 
-    let (_, stderr) = env.run(&["restore", "--verify", "full"], 1);
-    assert!(
-        stderr.contains("did not reproduce the snapshot") && stderr.contains("data/node1"),
-        "{stderr}"
-    );
-    let (stdout, _) = env.run(&["status"], 1);
-    assert!(
-        stdout.contains("data is in an unknown state: restore of clean_state failed"),
-        "{stdout}"
-    );
+    env.assert(&["restore", "--verify", "full"])
+        .code(1)
+        .stderr(contains("did not reproduce the snapshot").and(contains("data/node1")));
+    env.assert(&["status"]).code(1).stdout(contains(
+        "data is in an unknown state: restore of clean_state failed",
+    ));
     let (stdout, stderr) = env.run(&["verify"], 1);
     assert!(stdout.contains("mdbx.dat"), "{stdout}{stderr}");
 
@@ -208,24 +189,16 @@ fn interrupted_restore_is_reported_until_a_restore_succeeds() {
     // The restore dies as if the machine lost power after it changed the data: the `umount`
     // it runs at the end kills it (a death before the first change leaves no journal: the
     // data is then just the suite's, which status reports as differing).
-    let bin = env.root.join("fake-bin");
-    fs::create_dir_all(&bin).unwrap();
-    fs::write(bin.join("umount"), "#!/bin/sh\nkill -9 $PPID\nsleep 1\n").unwrap();
-    fs::set_permissions(bin.join("umount"), fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let out = env
-        .cmd()
+    let path = env.fake_path(&[("umount", "kill -9 $PPID\nsleep 1")]);
+    env.cmd()
         .args(["restore"])
         .env("PATH", &path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), None, "restore should have been killed");
+        .assert()
+        .interrupted();
 
-    let (stdout, _) = env.run(&["status"], 1);
-    assert!(
-        stdout.contains("data is in an unknown state: restore of clean_state was interrupted at")
-            && stdout.contains("run `stagesnap restore`"),
-        "{stdout}"
+    env.assert(&["status"]).code(1).stdout(
+        contains("data is in an unknown state: restore of clean_state was interrupted at")
+            .and(contains("run `stagesnap restore`")),
     );
     let status = env.json(&["status"], 1);
     assert_eq!(
@@ -233,8 +206,9 @@ fn interrupted_restore_is_reported_until_a_restore_succeeds() {
         "{status}"
     );
     env.run(&["restore"], 0);
-    let (stdout, _) = env.run(&["status"], 0);
-    assert!(!stdout.contains("unknown state"), "{stdout}");
+    env.assert(&["status"])
+        .success()
+        .stdout(contains("unknown state").not());
 }
 
 /// rsync's quick check (size and mtime) cannot see a same-size rewrite that kept its mtime;
@@ -248,8 +222,9 @@ fn full_verification_repairs_what_size_and_mtime_cannot_see() {
     // A metadata restore neither sees nor repairs it; a check by content sees it, and a
     // restore by content (full verify) repairs it.
     env.run(&["restore"], 0);
-    let (stdout, _) = env.run(&["status", "--full"], 1);
-    assert!(stdout.contains("MODIFIED"), "{stdout}");
+    env.assert(&["status", "--full"])
+        .code(1)
+        .stdout(contains("MODIFIED"));
     env.run(&["restore", "--verify", "full"], 0);
     env.run(&["status", "--full"], 0);
     flip_byte_keeping_mtime(&victim);
@@ -271,19 +246,16 @@ fn snapshots_without_a_manifest_still_restore_and_say_what_to_do() {
 
     let clean = treestate(&env.data());
     env.suite(5);
-    let (_, stderr) = env.run(&["restore"], 0);
-    assert!(
-        stderr.contains("has no manifest") && stderr.contains("create clean_state --force"),
-        "{stderr}"
-    );
+    env.assert(&["restore"])
+        .success()
+        .stderr(contains("has no manifest").and(contains("create clean_state --force")));
     assert_same_tree(&treestate(&env.data()), &clean);
-    let (_, stderr) = env.run(&["status"], 7);
-    assert!(
-        stderr.contains("snapshot clean_state has no manifest"),
-        "{stderr}"
-    );
-    let (stdout, _) = env.run(&["verify"], 1);
-    assert!(stdout.contains("has no manifest"), "{stdout}");
+    env.assert(&["status"])
+        .code(7)
+        .stderr(contains("snapshot clean_state has no manifest"));
+    env.assert(&["verify"])
+        .code(1)
+        .stdout(contains("has no manifest"));
     env.run(&["create", "--force"], 0);
     env.run(&["status"], 0);
 }

@@ -8,6 +8,8 @@ use std::fs;
 
 use common::{Env, Mount, refused};
 use jiff::{SignedDuration, Timestamp};
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
 use serde_json::{Value, json};
 
 const MB: u64 = 1 << 20;
@@ -122,26 +124,20 @@ fn pinned_and_snapshot_name_stay_and_old_use_does_not_count() {
         created(&env, name, hours_ago(90 * 24));
     }
     used(&env, "b", hours_ago(24 * 5), 1);
-    let (text, _) = env.run(
-        &[
-            "prune",
-            "--dry-run",
-            "--keep",
-            "0",
-            "--keep-used-within",
-            "2d",
-        ],
-        0,
-    );
-    assert!(text.contains("keep p (pinned)\n"), "{text}");
-    assert!(
-        text.contains("keep clean_state (snapshot_name)\n"),
-        "{text}"
-    );
-    assert!(text.contains("keep a (restored within 2d)\n"), "{text}");
-    assert!(
-        text.contains("remove b (older than every rule)\n"),
-        "{text}"
+    env.assert(&[
+        "prune",
+        "--dry-run",
+        "--keep",
+        "0",
+        "--keep-used-within",
+        "2d",
+    ])
+    .success()
+    .stdout(
+        contains("keep p (pinned)\n")
+            .and(contains("keep clean_state (snapshot_name)\n"))
+            .and(contains("keep a (restored within 2d)\n"))
+            .and(contains("remove b (older than every rule)\n")),
     );
 }
 
@@ -239,10 +235,12 @@ fn a_read_only_snapshot_still_restores_without_counting() {
     let snap = env.snapshots().join("clean_state");
     let _mount = Mount::bind(&snap, &snap);
     common::remount(&snap, "remount,bind,ro");
-    let (_, stderr) = env.run(&["restore"], 0);
-    assert!(!stderr.contains("usage_not_recorded"), "{stderr}");
-    let (_, stderr) = env.run(&["restore", "-v"], 0);
-    assert!(stderr.contains("usage_not_recorded"), "{stderr}");
+    env.assert(&["restore"])
+        .success()
+        .stderr(contains("usage_not_recorded").not());
+    env.assert(&["restore", "-v"])
+        .success()
+        .stderr(contains("usage_not_recorded"));
     assert!(!usage_file(&env, "clean_state").exists());
     assert!(!snap.join("usage.json.tmp").exists());
 }

@@ -7,10 +7,9 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::{Env, Paused};
+use common::{Env, texts, which};
 
 const SECRET: &[u8] = b"TOPSECRET-host-only-7c1e4f";
 
@@ -22,66 +21,50 @@ fn outside(env: &Env) -> PathBuf {
     dir
 }
 
-/// A directory of wrapper tools put first on PATH.
-fn wrapper(env: &Env, program: &str, script: &str) -> PathBuf {
-    let bin = env.root.join("bin");
-    fs::create_dir_all(&bin).unwrap();
-    let path = bin.join(program);
-    fs::write(&path, script).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    bin
-}
-
-fn real(program: &str) -> String {
-    let out = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// An rsync that loses the race: `lib` is a symlink to the outside directory while it
 /// copies, and it descends through it (as it does when the swap comes between its lstat of
 /// `lib` and its opendir), then the swap is undone.
-fn losing_rsync(env: &Env, lib: &Path, outside: &Path) -> PathBuf {
-    let stash = env.root.join("stash");
-    let (lib, outside, stash, rsync) = (
-        lib.display(),
-        outside.display(),
-        stash.display(),
-        real("rsync"),
-    );
-    wrapper(
+fn losing_rsync(env: &Env, lib: &Path, outside: &Path) -> String {
+    let swap = "mv {lib} {stash} && ln -s {outside} {lib}";
+    losing(
         env,
-        "rsync",
-        &format!(
-            "#!/bin/sh\ncase \"$1\" in --version) exec {rsync} \"$@\";; esac\n\
-             mv {lib} {stash} && ln -s {outside} {lib}\n\
-             {rsync} --copy-dirlinks \"$@\"; rc=$?\n\
-             rm {lib} && mv {stash} {lib}\nexit $rc\n"
-        ),
+        "rsync --copy-dirlinks",
+        lib,
+        outside,
+        swap,
+        "rm {lib} && mv {stash} {lib}",
     )
 }
 
 /// A mksquashfs that loses the race: while it reads, `lib` was swapped away and what it finds
 /// there is the outside directory (mksquashfs cannot be told to follow a symlink, so a bind
 /// mount stands in for the one it would have read through), then the swap is undone.
-fn losing_mksquashfs(env: &Env, lib: &Path, outside: &Path) -> PathBuf {
+fn losing_mksquashfs(env: &Env, lib: &Path, outside: &Path) -> String {
+    let swap = "mv {lib} {stash} && mkdir {lib} && mount --bind {outside} {lib}";
+    let undo = "umount {lib} && rmdir {lib} && mv {stash} {lib}";
+    losing(env, "mksquashfs", lib, outside, swap, undo)
+}
+
+/// A PATH whose `tool` (its name and any flags of its own) runs the real one between the shell
+/// commands `swap` and `undo`, in which `{lib}`, `{outside}` and `{stash}` stand for those
+/// paths; it exits as the real one did.
+fn losing(env: &Env, tool: &str, lib: &Path, outside: &Path, swap: &str, undo: &str) -> String {
     let stash = env.root.join("stash");
-    let (lib, outside, stash, mksquashfs) = (
-        lib.display(),
-        outside.display(),
-        stash.display(),
-        real("mksquashfs"),
-    );
-    wrapper(
-        env,
-        "mksquashfs",
+    let paths = |script: &str| {
+        script
+            .replace("{lib}", &lib.display().to_string())
+            .replace("{outside}", &outside.display().to_string())
+            .replace("{stash}", &stash.display().to_string())
+    };
+    let (name, flags) = tool.split_once(' ').unwrap_or((tool, ""));
+    let real = which(name);
+    env.fake_tool(
+        name,
         &format!(
-            "#!/bin/sh\ncase \"$1\" in -version|-help) exec {mksquashfs} \"$@\";; esac\n\
-             mv {lib} {stash} && mkdir {lib} && mount --bind {outside} {lib}\n\
-             {mksquashfs} \"$@\"; rc=$?\n\
-             umount {lib} && rmdir {lib} && mv {stash} {lib}\nexit $rc\n"
+            "{}\n{} {flags} \"$@\"; rc=$?\n{}\nexit $rc",
+            paths(swap),
+            real.display(),
+            paths(undo)
         ),
     )
 }
@@ -101,32 +84,24 @@ fn assert_secret_not_stored(env: &Env) {
     }
 }
 
-fn with_path(env: &Env, bin: &Path) -> std::process::Command {
-    let mut cmd = env.std_cmd();
-    cmd.env(
-        "PATH",
-        format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-    );
-    cmd
-}
-
 /// The create under a losing copier is refused (exit 1, naming the swapped path, saying to
 /// quiesce); the store holds no trace of the secret, the earlier snapshot of that name is
 /// intact and restores the data it had.
-fn refused_when_copier_reads_outside(env: &Env, losing: fn(&Env, &Path, &Path) -> PathBuf) {
+fn refused_when_copier_reads_outside(env: &Env, losing: fn(&Env, &Path, &Path) -> String) {
     let node = env.data().join("node1");
     let secret_dir = outside(env);
     env.run(&["create", "base"], 0);
     let before = common::treestate(&env.data());
     let listed_before = env.json(&["list"], 0);
 
-    let bin = losing(env, &node.join("lib"), &secret_dir);
-    let out = with_path(env, &bin)
-        .args(["create", "base", "--force"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let path = losing(env, &node.join("lib"), &secret_dir);
+    let (_, stderr) = texts(
+        &env.cmd()
+            .env("PATH", path)
+            .args(["create", "base", "--force"])
+            .assert()
+            .code(1),
+    );
     assert!(
         stderr.contains("data/node1/lib changed during the copy")
             && stderr.contains("quiesce = pause"),
@@ -175,15 +150,12 @@ fn honest_append_succeeds(mode: &str, restores_copy: bool) {
     let log = log_dir.join("node.log");
     fs::write(&log, b"first line\n").unwrap();
 
-    let mut cmd = env.std_cmd();
-    cmd.args(["create", "live"]);
-    let paused = Paused::start(cmd, "create-after-copy");
+    let paused = env.paused(&["create", "live"], "create-after-copy");
     let copied = common::treestate(&env.data());
     let mut f = fs::OpenOptions::new().append(true).open(&log).unwrap();
     std::io::Write::write_all(&mut f, b"second line\n").unwrap();
     fs::write(log_dir.join("node.log.1"), b"rotated\n").unwrap();
-    let (code, _, stderr) = paused.finish();
-    assert_eq!(code, 0, "{stderr}");
+    paused.finish().success();
 
     env.run(&["restore", "live"], 0);
     if restores_copy {
@@ -212,13 +184,10 @@ fn a_symlink_swapped_in_before_the_copy_is_stored_as_a_symlink() {
     env.set("mode", "filesystem");
     let lib = env.data().join("node1/lib");
     let secret_dir = outside(&env);
-    let mut cmd = env.std_cmd();
-    cmd.args(["create", "swapped"]);
-    let paused = Paused::start(cmd, "create-before-copy");
+    let paused = env.paused(&["create", "swapped"], "create-before-copy");
     fs::rename(&lib, env.root.join("stash")).unwrap();
     std::os::unix::fs::symlink(&secret_dir, &lib).unwrap();
-    let (code, _, stderr) = paused.finish();
-    assert_eq!(code, 0, "{stderr}");
+    paused.finish().success();
     let held = env.snapshots().join("swapped/payload/data/node1/lib");
     assert_eq!(fs::read_link(&held).unwrap(), secret_dir);
     assert_secret_not_stored(&env);
@@ -255,13 +224,8 @@ fn creates_during_an_exchange_loop_never_store_the_secret() {
             }
         });
         for i in 0..8 {
-            let out = env
-                .cmd()
-                .args(["create", &format!("race{i}")])
-                .output()
-                .unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(matches!(out.status.code(), Some(0 | 1)), "{stderr}");
+            env.assert(&["create", &format!("race{i}")])
+                .code(&[0, 1][..]);
             assert_secret_not_stored(&env);
         }
         stop.store(true, Ordering::Relaxed);

@@ -14,7 +14,10 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::{Env, Paused, assert_same_tree, treestate};
+use assert_cmd::assert::Assert;
+use common::{Env, assert_same_tree, cp_a, texts, treestate};
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
 
 const MB: u64 = 1 << 20;
 
@@ -44,17 +47,6 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn cp_a(from: &Path, to: &Path) {
-    let ok = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "cp -a {} {}", from.display(), to.display());
-}
-
 /// A snapshot of a one-node sample, taken; the live data as it was then.
 fn snapshotted() -> (Env, String) {
     let env = Env::sample(1, MB / 2);
@@ -63,21 +55,22 @@ fn snapshotted() -> (Env, String) {
     (env, data)
 }
 
-/// Runs `restore base` paused after its walk, calls `swap`, lets it go; returns its exit
-/// code and stderr.
-fn restore_swapping(env: &Env, swap: impl FnOnce()) -> (i32, String) {
-    let mut cmd = env.std_cmd();
-    cmd.args(["restore", "base"]);
-    let paused = Paused::start(cmd, "delta-after-walk");
-    swap();
-    let (code, _, stderr) = paused.finish();
-    (code, stderr)
+/// Runs `restore base` paused after its walk, swaps `entry` for a symlink to `target` (the
+/// entry itself is left at `<root>/swap`), lets it go; returns its outcome.
+fn restore_swapping(env: &Env, entry: &Path, target: &Path) -> Assert {
+    let link = env.root.join("swap");
+    std::os::unix::fs::symlink(target, &link).unwrap();
+    let paused = env.paused(&["restore", "base"], "delta-after-walk");
+    exchange(entry, &link);
+    paused.finish()
 }
 
-/// The restore failed with one error line naming `path`, saying the tree changed.
+/// The restore failed with one error line naming `path` (below cache_dir), saying the tree
+/// changed.
 #[track_caller]
-fn refused_as_changed(code: i32, stderr: &str, path: &str) {
-    assert_eq!(code, 1, "{stderr}");
+fn refused_as_changed(env: &Env, restore: Assert, path: &Path) {
+    let path = path.strip_prefix(env.cache()).unwrap().to_str().unwrap();
+    let (_, stderr) = texts(&restore.code(1));
     let errors: Vec<&str> = stderr
         .lines()
         .filter(|l| l.starts_with("error: "))
@@ -111,12 +104,10 @@ fn a_directory_swapped_for_a_symlink_is_never_followed() {
     std::fs::create_dir(&outside).unwrap();
     cp_a(&lib, &outside.join("lib"));
     let before = treestate(&outside);
-    let link = env.root.join("swap");
-    std::os::unix::fs::symlink(outside.join("lib"), &link).unwrap();
 
-    let (code, stderr) = restore_swapping(&env, || exchange(&lib, &link));
+    let restore = restore_swapping(&env, &lib, &outside.join("lib"));
     assert_same_tree(&treestate(&outside), &before);
-    refused_as_changed(code, &stderr, "data/node1/lib");
+    refused_as_changed(&env, restore, &lib);
 
     // As the message says: run it again (the symlink is then an entry to replace).
     env.run(&["restore", "base"], 0);
@@ -136,13 +127,10 @@ fn a_file_is_never_created_through_a_swapped_directory() {
     std::fs::remove_file(&gone).unwrap();
     let outside = env.root.join("outside");
     std::fs::create_dir(&outside).unwrap();
-    let link = env.root.join("swap");
-    std::os::unix::fs::symlink(&outside, &link).unwrap();
 
-    let (code, stderr) = restore_swapping(&env, || exchange(&dir, &link));
+    let restore = restore_swapping(&env, &dir, &outside);
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
-    let rel = dir.strip_prefix(env.cache()).unwrap();
-    refused_as_changed(code, &stderr, rel.to_str().unwrap());
+    refused_as_changed(&env, restore, &dir);
 }
 
 /// A file whose mode the restore sets back, swapped for a symlink to an outside file: the
@@ -156,18 +144,15 @@ fn metadata_is_never_set_through_a_symlink() {
     let outside = env.root.join("outside");
     std::fs::write(&outside, b"not the restore's").unwrap();
     std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let link = env.root.join("swap");
-    std::os::unix::fs::symlink(&outside, &link).unwrap();
 
-    let (code, stderr) = restore_swapping(&env, || exchange(&file, &link));
+    let restore = restore_swapping(&env, &file, &outside);
     let mode = std::fs::symlink_metadata(&outside)
         .unwrap()
         .permissions()
         .mode();
-    assert_eq!(mode & 0o7777, 0o600, "{stderr}");
+    assert_eq!(mode & 0o7777, 0o600, "{restore}");
     assert_eq!(std::fs::read(&outside).unwrap(), b"not the restore's");
-    let rel = file.strip_prefix(env.cache()).unwrap();
-    refused_as_changed(code, &stderr, rel.to_str().unwrap());
+    refused_as_changed(&env, restore, &file);
 }
 
 /// The snapshot's own `data/node1/lib` swapped for a symlink to an outside directory whose
@@ -190,16 +175,12 @@ fn the_snapshot_is_never_read_through_a_symlink() {
         std::fs::write(&f, vec![b'X'; len]).unwrap();
     }
     let before = treestate(&outside);
-    let link = env.root.join("swap");
-    std::os::unix::fs::symlink(outside.join("lib"), &link).unwrap();
 
-    let (code, stderr) = restore_swapping(&env, || exchange(&stored, &link));
+    let restore = restore_swapping(&env, &stored, &outside.join("lib"));
     assert_same_tree(&treestate(&outside), &before);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("the snapshot is damaged") && stderr.contains("data/node1/lib"),
-        "{stderr}"
-    );
+    restore
+        .code(1)
+        .stderr(contains("the snapshot is damaged").and(contains("data/node1/lib")));
     for f in files(&lib) {
         assert!(
             std::fs::read(&f).unwrap().iter().any(|&b| b != b'X')
@@ -256,14 +237,9 @@ fn a_racing_exchange_never_reaches_outside() {
                     };
                 }
             });
-            let out = env.cmd().args(["restore", "base"]).output().unwrap();
+            let restore = env.assert(&["restore", "base"]);
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let code = out.status.code();
-            assert!(
-                code == Some(0) || code == Some(1),
-                "{code:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            restore.code(&[0, 1][..]);
         });
         assert_same_tree(&treestate(&outside), &before);
     }
@@ -289,12 +265,10 @@ fn xattrs_are_never_read_through_a_swapped_directory() {
     let link = outside.path().join("link");
     std::os::unix::fs::symlink(&copy, &link).unwrap();
 
-    let mut cmd = env.std_cmd();
-    cmd.args(["diff", "base"]);
-    let paused = Paused::start(cmd, "walk-xattrs-listed");
+    let paused = env.paused(&["diff", "base"], "walk-xattrs-listed");
     // lib becomes the symlink to the copy (the real lib waits outside, as `link`).
     exchange(&lib, &link);
-    let (_, stdout, stderr) = paused.finish();
+    let (stdout, stderr) = texts(&paused.finish());
     exchange(&lib, &link);
     assert!(
         !stdout.contains("tagged") && !stderr.contains("tagged"),

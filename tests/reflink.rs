@@ -3,83 +3,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
-use common::{Env, LoopMount, assert_same_tree, dir_inodes, treestate};
+use common::modes::Mode;
+use common::{Env, assert_same_tree, cp_a, treestate};
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
 use stage_sample::GenerateOptions;
 
 const MB: u64 = 1 << 20;
-
-fn env_on(mount: &LoopMount) -> Env {
-    Env::with_options_in(
-        &mount.mnt,
-        GenerateOptions {
-            nodes: 3,
-            size: 24 * MB,
-            mode: "reflink".into(),
-            ..Default::default()
-        },
-    )
-}
-
-/// Whether `file` shares extents with another file (filefrag's `shared` flag).
-fn shares_blocks(file: &Path) -> bool {
-    let out = Command::new("filefrag")
-        .arg("-v")
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "filefrag {}", file.display());
-    String::from_utf8_lossy(&out.stdout).contains("shared")
-}
-
-fn round_trip(fs: &str) {
-    let mount = LoopMount::new(fs);
-    let env = env_on(&mount);
-    let before = treestate(&env.data());
-    let inodes = dir_inodes(&env.data());
-    let created = env.json(&["create"], 0);
-    assert_eq!(created["mode"], "reflink");
-    let db = "data/node1/lib/global_db/mdbx.dat";
-    let stored = env.snapshots().join("clean_state/payload").join(db);
-    assert!(
-        shares_blocks(&stored),
-        "the snapshot's {db} is a copy, not a clone"
-    );
-
-    env.suite(7);
-    assert_ne!(treestate(&env.data()), before, "the suite changed nothing");
-    let restored = env.json(&["restore"], 0);
-    assert_same_tree(&treestate(&env.data()), &before);
-    assert_eq!(
-        dir_inodes(&env.data()),
-        inodes,
-        "data/ or a node directory was replaced"
-    );
-    assert!(restored["files_rewritten"].as_u64().unwrap() > 0);
-    assert!(restored["entries_deleted"].as_u64().unwrap() > 0);
-    assert!(
-        shares_blocks(&env.cache().join(db)),
-        "the restored {db} does not share the snapshot's blocks"
-    );
-
-    let again = env.json(&["restore"], 0);
-    assert_eq!(again["files_rewritten"], 0);
-    assert_eq!(again["entries_deleted"], 0);
-    env.run(&["status"], 0);
-    env.run(&["verify"], 0);
-}
-
-#[test]
-fn restore_after_suite_is_exact_on_xfs() {
-    round_trip("xfs");
-}
-
-#[test]
-fn restore_after_suite_is_exact_on_btrfs() {
-    round_trip("btrfs");
-}
 
 #[test]
 fn a_filesystem_without_reflinks_is_refused_and_doctor_says_which() {
@@ -90,11 +20,9 @@ fn a_filesystem_without_reflinks_is_refused_and_doctor_says_which() {
         ..Default::default()
     });
     let before = treestate(&env.data());
-    let (_, stderr) = env.run(&["create"], 2);
-    assert!(
-        stderr.contains("reflink mode needs snapshots_dir and the data on one filesystem")
-            && stderr.contains("the data on "),
-        "{stderr}"
+    env.assert(&["create"]).code(2).stderr(
+        contains("reflink mode needs snapshots_dir and the data on one filesystem")
+            .and(contains("the data on ")),
     );
     assert!(!env.snapshots().join("clean_state").exists());
     assert_same_tree(&treestate(&env.data()), &before);
@@ -108,16 +36,13 @@ fn a_filesystem_without_reflinks_is_refused_and_doctor_says_which() {
 
 #[test]
 fn a_store_on_another_filesystem_is_refused() {
-    let mount = LoopMount::new("xfs");
-    let env = env_on(&mount);
+    let env = Mode::Reflink("xfs").env(3, 24 * MB);
     let elsewhere = tempfile::tempdir().unwrap();
     let store = elsewhere.path().join("snapshots");
     let set = format!("snapshots_dir={}", store.display());
-    let (_, stderr) = env.run(&["-s", &set, "create"], 2);
-    assert!(
-        stderr.contains("the data on xfs") && stderr.contains("cross-device"),
-        "{stderr}"
-    );
+    env.assert(&["-s", &set, "create"])
+        .code(2)
+        .stderr(contains("the data on xfs").and(contains("cross-device")));
     let (doctor, _) = env.run(&["-s", &set, "doctor"], 1);
     assert!(
         doctor
@@ -127,19 +52,12 @@ fn a_store_on_another_filesystem_is_refused() {
     );
 
     // A good snapshot, then a store that moved away: restore refuses before touching anything.
-    env.run(&["create"], 0);
-    env.suite(3);
-    let dirty = treestate(&env.data());
+    let dirty = env.create_then_suite(3);
     let moved = elsewhere.path().join("moved");
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(env.snapshots())
-        .arg(&moved)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    cp_a(&env.snapshots(), &moved);
     let set = format!("snapshots_dir={}", moved.display());
-    let (_, stderr) = env.run(&["-s", &set, "restore"], 2);
-    assert!(stderr.contains("reflink"), "{stderr}");
+    env.assert(&["-s", &set, "restore"])
+        .code(2)
+        .stderr(contains("reflink"));
     assert_same_tree(&treestate(&env.data()), &dirty);
 }

@@ -3,69 +3,24 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Env, Mount, assert_same_tree, dir_inodes, is_root, set_mtime, set_xattr, treestate};
+use assert_cmd::assert::OutputAssertExt;
+use common::modes::{Mode, require_root};
+use common::{
+    Env, Mount, assert_same_tree, cp_a, finish, json_of, largest_file, set_mtime, texts, treestate,
+    which,
+};
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
 
 const MB: u64 = 1 << 20;
 
-/// A small environment in squashfs mode with the given compressor and restore strategy.
-fn squashfs_env(nodes: u32, size: u64, compression: &str, strategy: &str) -> Env {
-    let env = Env::sample(nodes, size);
-    env.set("mode", "squashfs");
-    env.set("squashfs_compression", compression);
-    env.set("squashfs_restore", strategy);
-    env
-}
-
-/// The compressors the installed mksquashfs lists in its help, read independently of stagesnap.
-fn supported_compressors() -> Vec<String> {
-    let out = Command::new("mksquashfs")
-        .arg("-help")
-        .output()
-        .expect("mksquashfs runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let mut lines = text
-        .lines()
-        .skip_while(|l| !l.contains("Compressors available"))
-        .skip(1);
-    let mut found = Vec::new();
-    while let Some(word) = lines
-        .next()
-        .map(|l| l.trim().trim_end_matches("(default)").trim())
-    {
-        if word.is_empty() || word.starts_with('-') {
-            break;
-        }
-        found.push(word.to_string());
-    }
-    assert!(
-        found.contains(&"gzip".to_string()),
-        "no compressor list in mksquashfs -help:\n{text}"
-    );
-    ["gzip", "lzo", "xz", "zstd", "lz4"]
-        .into_iter()
-        .filter(|c| found.iter().any(|f| f == c))
-        .map(String::from)
-        .collect()
-}
-
 const STRATEGIES: [&str; 2] = ["extract", "mount"];
-
-/// Loop mounts, owners and trusted xattrs need root: the tests fail rather than skip without it.
-fn require_root() {
-    assert!(
-        is_root(),
-        "the squashfs tests mount images and set owners: run them as root (scripts/test.sh does)"
-    );
-}
 
 fn meta(env: &Env, name: &str) -> serde_json::Value {
     serde_json::from_slice(&fs::read(env.snapshots().join(name).join("meta.json")).unwrap())
@@ -87,160 +42,13 @@ fn stagesnap_mounts() -> Vec<String> {
         .collect()
 }
 
-/// A PATH with `fakes` (name → shell script) in front of the real one.
-fn fake_path(env: &Env, fakes: &[(&str, &str)]) -> String {
-    let bin = env.root.join("fake-bin");
-    fs::create_dir_all(&bin).unwrap();
-    for (name, script) in fakes {
-        let path = bin.join(name);
-        fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
-}
-
-fn round_trips(strategy: &str) {
-    for compression in std::iter::once("none".to_string()).chain(supported_compressors()) {
-        let env = squashfs_env(3, 3 * MB, &compression, strategy);
-        let clean = treestate(&env.data());
-        let inodes = dir_inodes(&env.data());
-        env.run(&["create"], 0);
-        let payload = &meta(&env, "clean_state")["payload"];
-        assert_eq!(payload["compression"], compression.as_str(), "{payload}");
-        assert_eq!(
-            payload["image"]["bytes"],
-            fs::metadata(image(&env)).unwrap().len(),
-            "{payload}"
-        );
-
-        env.suite(7);
-        assert_ne!(treestate(&env.data()), clean, "the suite changed nothing");
-        let (stdout, stderr) = env.run(&["restore", "--json"], 0);
-        assert!(
-            stderr.contains(&format!("squashfs_restore_strategy strategy={strategy}")),
-            "{compression}: {stderr}"
-        );
-        let restored: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-        assert_same_tree(&treestate(&env.data()), &clean);
-        assert_eq!(
-            dir_inodes(&env.data()),
-            inodes,
-            "{compression}/{strategy}: data/ or a node directory was replaced"
-        );
-        assert!(
-            restored["files_rewritten"].as_u64().unwrap() > 0,
-            "{restored}"
-        );
-        assert!(
-            restored["entries_deleted"].as_u64().unwrap() > 0,
-            "{restored}"
-        );
-
-        // Nothing changed since: the delta restore rewrites nothing.
-        if strategy == "mount" {
-            assert_eq!(
-                env.json(&["restore"], 0)["files_rewritten"],
-                0,
-                "{compression}"
-            );
-            assert_same_tree(&treestate(&env.data()), &clean);
-        }
-    }
-}
-
-#[test]
-fn extract_round_trips_with_every_compressor() {
-    round_trips("extract");
-}
-
-#[test]
-fn mount_round_trips_with_every_compressor() {
-    require_root();
-    round_trips("mount");
-}
-
-fn allocated(path: &Path) -> u64 {
-    fs::symlink_metadata(path).unwrap().blocks() * 512
-}
-
-/// What squashfs alone would lose (nanoseconds, pre-1970 times, small holes) comes back
-/// exactly, with everything it keeps itself.
-#[test]
-fn every_metadata_kind_round_trips() {
-    require_root();
-    for strategy in STRATEGIES {
-        let env = squashfs_env(2, 2 * MB, "zstd", strategy);
-        let n = env.data().join("node1/fidelity");
-        fs::create_dir_all(n.join("empty/deeper")).unwrap();
-        fs::write(n.join("plain"), b"plain content").unwrap();
-        fs::write(n.join("linked-a"), b"shared inode").unwrap();
-        fs::hard_link(n.join("linked-a"), n.join("linked-b")).unwrap();
-        symlink("plain", n.join("rel-link")).unwrap();
-        symlink("does/not/exist", n.join("dangling-link")).unwrap();
-        // One hole squashfs keeps (whole zero blocks) and one it fills (under a block).
-        let big = fs::File::create(n.join("sparse-big")).unwrap();
-        big.set_len(16 * MB).unwrap();
-        drop(big);
-        let small = fs::File::create(n.join("sparse-small")).unwrap();
-        use std::os::unix::fs::FileExt;
-        small.write_all_at(&[7u8; 8192], 0).unwrap();
-        small.write_all_at(&[9u8; 8192], 8192 + 65536).unwrap();
-        drop(small);
-        fs::write(n.join("private"), b"secret").unwrap();
-        fs::set_permissions(n.join("private"), fs::Permissions::from_mode(0o600)).unwrap();
-        fs::create_dir(n.join("setgid-sticky")).unwrap();
-        fs::set_permissions(n.join("setgid-sticky"), fs::Permissions::from_mode(0o3775)).unwrap();
-        set_xattr(&n.join("plain"), "user.origin", b"node1");
-        let fifo = CString::new(n.join("fifo").as_os_str().as_bytes()).unwrap();
-        // SAFETY: valid C string.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
-        set_xattr(&n.join("linked-a"), "trusted.node", b"1");
-        std::os::unix::fs::lchown(n.join("plain"), Some(1234), Some(5678)).unwrap();
-        std::os::unix::fs::lchown(n.join("rel-link"), Some(4321), Some(8765)).unwrap();
-        fs::write(n.join("ancient"), b"1960").unwrap();
-        set_mtime(&n.join("ancient"), -315_619_200, 250_000_000);
-        set_mtime(&n.join("rel-link"), 1_600_000_000, 123_456_789);
-        set_mtime(&n.join("empty"), 1_600_000_001, 987_654_321);
-        let before = treestate(&env.data());
-        let small_allocated = allocated(&n.join("sparse-small"));
-        env.run(&["create"], 0);
-
-        fs::write(n.join("plain"), b"changed content!").unwrap();
-        fs::remove_file(n.join("linked-b")).unwrap();
-        fs::write(n.join("linked-b"), b"shared inode").unwrap();
-        fs::remove_file(n.join("rel-link")).unwrap();
-        symlink("elsewhere", n.join("rel-link")).unwrap();
-        fs::write(n.join("sparse-small"), vec![1u8; 90_000]).unwrap();
-        fs::write(n.join("sparse-big"), b"no longer sparse").unwrap();
-        fs::set_permissions(n.join("private"), fs::Permissions::from_mode(0o644)).unwrap();
-        fs::set_permissions(n.join("setgid-sticky"), fs::Permissions::from_mode(0o755)).unwrap();
-        fs::remove_dir_all(n.join("empty")).unwrap();
-        fs::write(n.join("ancient"), b"now!").unwrap();
-        fs::write(n.join("added"), b"new").unwrap();
-        set_xattr(&env.data().join("node2"), "user.dirt", b"x");
-        assert_ne!(treestate(&env.data()), before);
-
-        env.run(&["restore"], 0);
-        assert_same_tree(&treestate(&env.data()), &before);
-        assert_eq!(
-            allocated(&n.join("sparse-small")),
-            small_allocated,
-            "{strategy}: the small hole was filled"
-        );
-        assert!(
-            allocated(&n.join("sparse-big")) < MB,
-            "{strategy}: the big hole was filled"
-        );
-    }
-}
-
 /// The image keeps whole seconds, so the mount restore compares whole seconds; a same-size
 /// rewrite within the snapshot's second must still come back.
 #[test]
 fn same_second_rewrite_comes_back() {
     require_root();
     for strategy in STRATEGIES {
-        let env = squashfs_env(1, MB, "lz4", strategy);
+        let env = Mode::squashfs("lz4", strategy).env(1, MB);
         let file = env.data().join("node1/lib/ca/same-second.dcert");
         fs::write(&file, b"original").unwrap();
         set_mtime(&file, 1_700_000_000, 100);
@@ -257,30 +65,24 @@ fn same_second_rewrite_comes_back() {
 /// Restore refuses a damaged snapshot before touching anything: exit 1, live data as it was.
 #[test]
 fn damaged_images_are_refused_and_live_data_untouched() {
-    let env = squashfs_env(2, 2 * MB, "gzip", "extract");
-    env.run(&["create"], 0);
-    env.suite(3);
-    let dirty = treestate(&env.data());
+    let env = Mode::squashfs("gzip", "extract").env(2, 2 * MB);
+    let dirty = env.create_then_suite(3);
     let good = fs::read(image(&env)).unwrap();
 
     // Truncated.
     fs::write(image(&env), &good[..good.len() - 4096]).unwrap();
-    let (_, stderr) = env.run(&["restore"], 1);
-    assert!(
-        stderr.contains("snapshot clean_state is damaged") && stderr.contains("meta.json says"),
-        "{stderr}"
-    );
+    env.assert(&["restore"])
+        .code(1)
+        .stderr(contains("snapshot clean_state is damaged").and(contains("meta.json says")));
     assert_same_tree(&treestate(&env.data()), &dirty);
 
     // One bit flipped in the middle.
     let mut flipped = good.clone();
     flipped[good.len() / 2] ^= 0x10;
     fs::write(image(&env), &flipped).unwrap();
-    let (_, stderr) = env.run(&["restore"], 1);
-    assert!(
-        stderr.contains("BLAKE3 digest") && stderr.contains("nothing was restored"),
-        "{stderr}"
-    );
+    env.assert(&["restore"])
+        .code(1)
+        .stderr(contains("BLAKE3 digest").and(contains("nothing was restored")));
     assert_same_tree(&treestate(&env.data()), &dirty);
 
     // Size and digest vouch for it, but it is not a squashfs image: it must open too.
@@ -291,8 +93,9 @@ fn damaged_images_are_refused_and_live_data_untouched() {
     m["payload"]["image"]["bytes"] = junk.len().into();
     m["payload"]["image"]["blake3"] = blake3::hash(&junk).to_hex().to_string().into();
     fs::write(&meta_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
-    let (_, stderr) = env.run(&["restore"], 1);
-    assert!(stderr.contains("unsquashfs cannot open"), "{stderr}");
+    env.assert(&["restore"])
+        .code(1)
+        .stderr(contains("unsquashfs cannot open"));
     assert_same_tree(&treestate(&env.data()), &dirty);
 
     // Intact again: the same snapshot restores.
@@ -305,50 +108,32 @@ fn damaged_images_are_refused_and_live_data_untouched() {
 
 #[test]
 fn missing_squashfs_tools_exit_3_with_the_install_hint() {
-    let env = squashfs_env(1, MB / 2, "none", "auto");
+    let env = Mode::squashfs("none", "auto").env(1, MB / 2);
     let empty = env.root.join("empty-bin");
     fs::create_dir(&empty).unwrap();
     for command in ["create", "restore"] {
-        let out = env.cmd().arg(command).env("PATH", &empty).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(3), "{stderr}");
-        assert!(
-            stderr.contains("error: squashfs mode selected but mksquashfs is not installed.\nInstall squashfs-tools: sudo apt install squashfs-tools"),
-            "{stderr}"
-        );
+        env.cmd().arg(command).env("PATH", &empty).assert().code(3).stderr(contains("error: squashfs mode selected but mksquashfs is not installed.\nInstall squashfs-tools: sudo apt install squashfs-tools"));
     }
     // mksquashfs alone is not enough.
     symlink(which("mksquashfs"), empty.join("mksquashfs")).unwrap();
-    let out = env
-        .cmd()
+    env.cmd()
         .arg("create")
         .env("PATH", &empty)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(
-        stderr.contains("unsquashfs is not installed.\nInstall squashfs-tools"),
-        "{stderr}"
-    );
+        .assert()
+        .code(3)
+        .stderr(contains(
+            "unsquashfs is not installed.\nInstall squashfs-tools",
+        ));
     assert!(!env.snapshots().join("clean_state").exists());
-}
-
-fn which(program: &str) -> PathBuf {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap())
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{program} not on PATH"))
 }
 
 /// A compressor the installed build lacks, or a level it does not take, is a configuration
 /// error at start (exit 2) naming the setting; doctor lists what the build supports.
 #[test]
 fn settings_the_build_cannot_honour_are_config_errors() {
-    let env = squashfs_env(1, MB / 2, "zstd", "extract");
+    let env = Mode::squashfs("zstd", "extract").env(1, MB / 2);
     let real = which("mksquashfs");
-    let path = fake_path(
-        &env,
+    let path = env.fake_path(
         &[(
             "mksquashfs",
             &format!(
@@ -357,33 +142,26 @@ fn settings_the_build_cannot_honour_are_config_errors() {
             ),
         )],
     );
-    let out = env.cmd().arg("create").env("PATH", &path).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("squashfs_compression = zstd (") && stderr.contains("stage-env.cfg"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("was built without zstd; it supports gzip, lzo"),
-        "{stderr}"
-    );
+    env.cmd()
+        .arg("create")
+        .env("PATH", &path)
+        .assert()
+        .code(2)
+        .stderr(
+            contains("squashfs_compression = zstd (")
+                .and(contains("stage-env.cfg"))
+                .and(contains("was built without zstd; it supports gzip, lzo")),
+        );
     assert!(!env.snapshots().join("clean_state").exists());
 
-    let out = env
-        .cmd()
-        .args(["doctor", "--json"])
-        .env("PATH", &path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let check = doc["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "squashfs settings")
-        .unwrap();
+    let doc = json_of(
+        &env.cmd()
+            .args(["doctor", "--json"])
+            .env("PATH", &path)
+            .assert()
+            .code(1),
+    );
+    let check = common::doctor_check(&doc, "squashfs settings");
     assert_eq!(check["status"], "fail", "{check}");
     assert!(
         check["detail"]
@@ -394,36 +172,28 @@ fn settings_the_build_cannot_honour_are_config_errors() {
     );
 
     env.set("squashfs_level", "30");
-    let (_, stderr) = env.run(&["create"], 2);
-    assert!(
-        stderr.contains("squashfs_level = 30") && stderr.contains("zstd takes levels 1-22"),
-        "{stderr}"
-    );
+    env.assert(&["create"])
+        .code(2)
+        .stderr(contains("squashfs_level = 30").and(contains("zstd takes levels 1-22")));
     env.set("squashfs_compression", "xz");
     env.set("squashfs_level", "5");
-    let (_, stderr) = env.run(&["create"], 2);
-    assert!(stderr.contains("xz has no compression levels"), "{stderr}");
+    env.assert(&["create"])
+        .code(2)
+        .stderr(contains("xz has no compression levels"));
     env.set("squashfs_level", "auto");
     env.set("squashfs_processors", "0");
-    let (_, stderr) = env.run(&["create"], 2);
-    assert!(
-        stderr.contains("squashfs_processors") && stderr.contains("auto or a whole number >= 1"),
-        "{stderr}"
-    );
+    env.assert(&["create"])
+        .code(2)
+        .stderr(contains("squashfs_processors").and(contains("auto or a whole number >= 1")));
 }
 
 #[test]
 fn doctor_says_which_strategy_and_why() {
-    let env = squashfs_env(1, MB / 2, "none", "auto");
+    let env = Mode::squashfs("none", "auto").env(1, MB / 2);
     let strategy = |env: &Env| {
         let doc = env.json(&["doctor"], 0);
-        let check = doc["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["check"] == "squashfs restore")
-            .cloned();
-        check.unwrap()["detail"].as_str().unwrap().to_string()
+        let check = common::doctor_check(&doc, "squashfs restore");
+        check["detail"].as_str().unwrap().to_string()
     };
     let auto = strategy(&env);
     assert!(
@@ -441,7 +211,7 @@ fn doctor_says_which_strategy_and_why() {
 
 #[test]
 fn list_shows_stored_size_and_ratio() {
-    let env = squashfs_env(2, 2 * MB, "zstd", "auto");
+    let env = Mode::squashfs("zstd", "auto").env(2, 2 * MB);
     env.run(&["create"], 0);
     let listed = env.json(&["list"], 0);
     let snap = &listed["snapshots"][0];
@@ -461,22 +231,17 @@ fn list_shows_stored_size_and_ratio() {
 #[test]
 fn acls_are_refused_at_create() {
     require_root();
-    let env = squashfs_env(1, MB / 2, "none", "auto");
+    let env = Mode::squashfs("none", "auto").env(1, MB / 2);
     let wallet = env.data().join("node1/lib/wallet");
-    let status = Command::new("setfacl")
+    Command::new("setfacl")
         .args(["-m", "u:1234:rwx"])
         .arg(&wallet)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let (_, stderr) = env.run(&["create"], 1);
-    assert!(
-        stderr.contains(&format!("cannot snapshot {}", wallet.display())),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("system.posix_acl_access") && stderr.contains("mode = filesystem"),
-        "{stderr}"
+        .assert()
+        .success();
+    env.assert(&["create"]).code(1).stderr(
+        contains(format!("cannot snapshot {}", wallet.display()))
+            .and(contains("system.posix_acl_access"))
+            .and(contains("mode = filesystem")),
     );
     assert!(!env.snapshots().join("clean_state").exists());
 }
@@ -485,31 +250,23 @@ fn acls_are_refused_at_create() {
 #[test]
 fn a_failed_mount_changes_nothing() {
     require_root();
-    let env = squashfs_env(2, MB, "lz4", "auto");
-    env.run(&["create"], 0);
-    env.suite(9);
-    let dirty = treestate(&env.data());
-    let path = fake_path(
-        &env,
+    let env = Mode::squashfs("lz4", "auto").env(2, MB);
+    let dirty = env.create_then_suite(9);
+    let path = env.fake_path(
         &[(
             "mount",
             "case \"$1\" in --version) echo 'mount from util-linux 2.38.1';; *) echo 'mount: permission denied' >&2; exit 32;; esac",
         )],
     );
     env.set("squashfs_restore", "mount");
-    let out = env
-        .cmd()
+    env.cmd()
         .arg("restore")
         .env("PATH", &path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("mount: permission denied")
-            && stderr.contains("cannot loop-mount the snapshot's image, nothing was changed"),
-        "{stderr}"
-    );
+        .assert()
+        .code(1)
+        .stderr(contains("mount: permission denied").and(contains(
+            "cannot loop-mount the snapshot's image, nothing was changed",
+        )));
     assert_same_tree(&treestate(&env.data()), &dirty);
 }
 
@@ -518,20 +275,10 @@ fn a_failed_mount_changes_nothing() {
 #[test]
 fn mount_is_undone_on_failure_and_interrupt() {
     require_root();
-    let env = squashfs_env(2, MB, "none", "mount");
+    let env = Mode::squashfs("none", "mount").env(2, MB);
     env.run(&["create"], 0);
     env.suite(4);
-    let restore = |path: Option<&str>| {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("stagesnap"));
-        cmd.arg("restore")
-            .current_dir(env.config().parent().unwrap())
-            .env("NO_COLOR", "1")
-            .stderr(std::process::Stdio::piped());
-        if let Some(path) = path {
-            cmd.env("PATH", path);
-        }
-        cmd.spawn().unwrap()
-    };
+    let restore = |path: Option<&str>| env.spawn(&["restore"], path);
     let undone = |marker: &str| {
         !stagesnap_mounts().iter().any(|m| m.contains(marker)) && leftovers(marker).is_empty()
     };
@@ -539,31 +286,25 @@ fn mount_is_undone_on_failure_and_interrupt() {
     // A file the suite changed that even root cannot rewrite: the copy from the mount fails.
     let db = env.data().join("node1/lib/global_db/mdbx.dat");
     let chattr = |flag: &str| {
-        let status = Command::new("chattr").arg(flag).arg(&db).status().unwrap();
-        assert!(status.success(), "chattr {flag}");
+        Command::new("chattr").arg(flag).arg(&db).assert().success();
     };
     chattr("+i");
     let child = restore(None);
     let marker = format!("stagesnap-mount-{}-", child.id());
-    let out = child.wait_with_output().unwrap();
+    let failed = finish(child);
     chattr("-i");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("mdbx.dat"), "{stderr}");
+    let (_, stderr) = texts(&failed.code(1).stderr(contains("mdbx.dat")));
     assert!(undone(&marker), "mount left after a failure: {stderr}");
 
     // A mount that takes its time: Ctrl-C arrives with the image mounted and `mount` running.
     let real = which("mount");
-    let slow = fake_path(
-        &env,
-        &[(
-            "mount",
-            &format!(
-                "[ \"$1\" = --version ] && exec {real} --version\n{real} \"$@\" || exit $?\nsleep 60",
-                real = real.display()
-            ),
-        )],
-    );
+    let slow = env.fake_path(&[(
+        "mount",
+        &format!(
+            "[ \"$1\" = --version ] && exec {real} --version\n{real} \"$@\" || exit $?\nsleep 60",
+            real = real.display()
+        ),
+    )]);
     let child = restore(Some(&slow));
     let marker = format!("stagesnap-mount-{}-", child.id());
     let started = Instant::now();
@@ -576,9 +317,7 @@ fn mount_is_undone_on_failure_and_interrupt() {
     }
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let (_, stderr) = texts(&finish(child).code(130));
     assert!(undone(&marker), "mount left after Ctrl-C: {stderr}");
 
     env.run(&["restore"], 0);
@@ -598,22 +337,18 @@ fn leftovers(marker: &str) -> Vec<PathBuf> {
 #[test]
 fn non_root_restore_of_root_owned_data_fails_untouched() {
     require_root();
-    let env = squashfs_env(1, MB, "none", "auto");
-    env.run(&["create"], 0);
-    env.suite(2);
-    let dirty = treestate(&env.data());
+    let env = Mode::squashfs("none", "auto").env(1, MB);
+    let dirty = env.create_then_suite(2);
     common::open_to_others(&env);
-    let out = env.std_cmd_as_nobody().arg("restore").output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("is not writable by this user") && stderr.contains("nothing was changed"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains(&env.data().display().to_string()),
-        "{stderr}"
-    );
+    env.std_cmd_as_nobody()
+        .arg("restore")
+        .assert()
+        .code(1)
+        .stderr(
+            contains("is not writable by this user")
+                .and(contains("nothing was changed"))
+                .and(contains(env.data().display().to_string())),
+        );
     assert_same_tree(&treestate(&env.data()), &dirty);
 }
 
@@ -623,7 +358,7 @@ fn non_root_restore_of_root_owned_data_fails_untouched() {
 /// removed by the next command; what a running process has there is left alone.
 #[test]
 fn extract_needs_no_room_beside_the_data_and_old_leftovers_go() {
-    let env = squashfs_env(2, 2 * MB, "none", "extract");
+    let env = Mode::squashfs("none", "extract").env(2, 2 * MB);
     env.run(&["create"], 0);
     let cache = env.cache();
     let original = env.root.join("cache-before-tmpfs");
@@ -644,11 +379,9 @@ fn extract_needs_no_room_beside_the_data_and_old_leftovers_go() {
         fs::write(&meta_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
         env.suite(3);
         let dirty = treestate(&env.data());
-        let (_, stderr) = env.run(&["restore"], 1);
-        assert!(
-            stderr.contains(&format!("are staged in {}, which has", cache.display()))
-                && stderr.contains("nothing was changed"),
-            "{stderr}"
+        env.assert(&["restore"]).code(1).stderr(
+            contains(format!("are staged in {}, which has", cache.display()))
+                .and(contains("nothing was changed")),
         );
         assert_same_tree(&treestate(&env.data()), &dirty);
     }
@@ -691,15 +424,10 @@ fn extract_needs_no_room_beside_the_data_and_old_leftovers_go() {
     assert!(left.is_empty(), "extract left {left:?}");
 }
 
+/// What `from` holds, copied into `to`.
 fn copy_tree(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", from.display()))
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    cp_a(&from.join("."), to);
 }
 
 /// Both strategies restore a large file changed in place by rewriting only the page that
@@ -712,17 +440,11 @@ fn large_files_are_repaired_piece_by_piece() {
     }
 }
 
-fn repairs_a_large_file_piece_by_piece(strategy: &str) {
-    let env = squashfs_env(2, 8 * MB, "zstd", strategy);
+fn repairs_a_large_file_piece_by_piece(strategy: &'static str) {
+    let env = Mode::squashfs("zstd", strategy).env(2, 8 * MB);
     env.run(&["create"], 0);
     let clean = treestate(&env.data());
-    let largest = walkdir::WalkDir::new(env.data())
-        .into_iter()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().is_file())
-        .max_by_key(|e| e.metadata().unwrap().len())
-        .unwrap()
-        .into_path();
+    let largest = largest_file(&env.data());
     let size = fs::metadata(&largest).unwrap().len();
     assert!(size > MB, "{} is only {size} bytes", largest.display());
     // The digests sit beside the manifest (which every restore reads), vouched for by meta.json.
@@ -763,7 +485,7 @@ fn repairs_a_large_file_piece_by_piece(strategy: &str) {
 /// mount, nothing staged (unsquashfs only vouches that the image opens).
 #[test]
 fn extract_reads_the_image_itself() {
-    let env = squashfs_env(2, MB, "zstd", "extract");
+    let env = Mode::squashfs("zstd", "extract").env(2, MB);
     env.run(&["create"], 0);
     let clean = treestate(&env.data());
     env.suite(4);

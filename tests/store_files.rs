@@ -9,7 +9,8 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::symlink;
 
-use common::{Env, Mount, assert_same_tree, refused, treestate};
+use common::{Env, Mount, assert_same_tree, entries, refused, treestate};
+use predicates::str::contains;
 
 const MB: u64 = 1 << 20;
 const COULD_NOT_COMPARE: i32 = 7;
@@ -145,9 +146,7 @@ fn a_store_bind_mounted_from_the_data_is_refused_by_every_command() {
 #[test]
 fn a_full_store_fails_the_restore_naming_the_journal_and_leaves_nothing() {
     let env = Env::sample(1, MB / 4);
-    let store = env.root.join("small-store");
-    let _mount = Mount::tmpfs(&store, "4m");
-    env.set("snapshots_dir", store.to_str().unwrap());
+    let (store, _mount) = env.small_store("4m");
     env.run(&["create"], 0);
     let mut filler = fs::File::create(store.join(".filler")).unwrap();
     while filler.write_all(&[0u8; 65536]).is_ok() {}
@@ -167,12 +166,7 @@ fn a_full_store_fails_the_restore_naming_the_journal_and_leaves_nothing() {
         "{stderr}"
     );
     assert_same_tree(&treestate(&env.data()), &dirty_tree);
-    let mut left: Vec<String> = fs::read_dir(&store)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    left.sort();
-    assert_eq!(left, [".filler", ".lock", "clean_state"]);
+    assert_eq!(entries(&store), [".filler", ".lock", "clean_state"]);
 }
 
 /// list, status, verify and diff only read the store: they work when it is read-only, with
@@ -181,9 +175,7 @@ fn a_full_store_fails_the_restore_naming_the_journal_and_leaves_nothing() {
 #[test]
 fn readers_work_on_a_read_only_store() {
     let env = Env::sample(1, MB / 4);
-    let store = env.root.join("ro-store");
-    let _mount = Mount::tmpfs(&store, "16m");
-    env.set("snapshots_dir", store.to_str().unwrap());
+    let (store, _mount) = env.small_store("16m");
     env.run(&["create"], 0);
     let lock = store.join(".lock");
     let holder = fs::read(&lock).unwrap();
@@ -218,11 +210,9 @@ fn readers_share_the_lock_and_a_writer_waits_for_them() {
     let held = fs::File::open(env.snapshots().join(".lock")).unwrap();
     held.lock_shared().unwrap();
     env.run(&["status", "--lock-timeout", "0"], 0);
-    let (_, stderr) = env.run(&["create", "--force", "--lock-timeout", "0"], 5);
-    assert!(
-        stderr.contains("is locked by another stagesnap process"),
-        "{stderr}"
-    );
+    env.assert(&["create", "--force", "--lock-timeout", "0"])
+        .code(5)
+        .stderr(contains("is locked by another stagesnap process"));
 }
 
 /// status and diff exit 0 when identical, 1 when the data differs, 7 when they could not
@@ -250,11 +240,9 @@ fn status_and_diff_tell_could_not_compare_from_differs() {
         &["diff", "clean_state"],
         &["diff", "other", "clean_state"],
     ] {
-        let (_, stderr) = env.run(args, COULD_NOT_COMPARE);
-        assert!(
-            stderr.contains("snapshot clean_state is damaged"),
-            "{stderr}"
-        );
+        env.assert(args)
+            .code(COULD_NOT_COMPARE)
+            .stderr(contains("snapshot clean_state is damaged"));
     }
     let doc = env.json(&["status"], COULD_NOT_COMPARE);
     assert_eq!(doc["error"]["kind"], "could_not_compare", "{doc}");
@@ -264,11 +252,12 @@ fn status_and_diff_tell_could_not_compare_from_differs() {
     let gone = env.root.join("no-store");
     env.set("snapshots_dir", gone.to_str().unwrap());
     for args in [&["status"][..], &["diff", "clean_state"]] {
-        let (_, stderr) = env.run(args, COULD_NOT_COMPARE);
-        assert!(
-            stderr.contains(&format!("snapshots_dir {} does not exist", gone.display())),
-            "{stderr}"
-        );
+        env.assert(args)
+            .code(COULD_NOT_COMPARE)
+            .stderr(contains(format!(
+                "snapshots_dir {} does not exist",
+                gone.display()
+            )));
     }
     assert!(!gone.exists(), "status and diff never create the store");
 }
@@ -292,6 +281,5 @@ fn a_symlinked_squashfs_image_is_refused() {
     dirty(&env);
     let named = format!("{} is a symlink", image.display());
     refused(&env, &["restore"], 1, &[&named]);
-    let (stdout, _) = env.run(&["verify"], 1);
-    assert!(stdout.contains(&named), "{stdout}");
+    env.assert(&["verify"]).code(1).stdout(contains(&named));
 }

@@ -7,6 +7,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::{Env, assert_same_tree, refused, treestate};
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -315,16 +317,12 @@ fn a_killed_restore_keeps_create_from_replacing_the_clean_snapshot() {
 
     // Killed just as it starts changing; the one change it had to make is undone, so the
     // data matches the snapshot while the journal still says it is in an unknown state.
-    let mut restore = env.std_cmd();
-    restore.arg("restore");
-    let paused = common::Paused::start(restore, "restore_changing");
+    let paused = env.paused(&["restore"], "restore_changing");
     common::set_mtime(&file, m.mtime(), m.mtime_nsec());
     paused.kill();
-    let (stdout, _) = env.run(&["status"], 1);
-    assert!(
-        stdout.contains("was interrupted") && !stdout.contains("identical"),
-        "{stdout}"
-    );
+    env.assert(&["status"])
+        .code(1)
+        .stdout(contains("was interrupted").and(contains("identical").not()));
 
     env.suite(1);
     refused(
@@ -339,8 +337,9 @@ fn a_killed_restore_keeps_create_from_replacing_the_clean_snapshot() {
     env.run(&["create", "other", "--allow-interrupted"], 0);
     env.run(&["restore"], 0);
     assert_same_tree(&treestate(&env.data()), &clean);
-    let (stdout, _) = env.run(&["status"], 0);
-    assert!(stdout.contains("identical"), "{stdout}");
+    env.assert(&["status"])
+        .success()
+        .stdout(contains("identical"));
 }
 
 type Damage = &'static dyn Fn(&Path);
@@ -399,11 +398,9 @@ fn delete_removes_a_symlink_in_the_store_but_not_its_target() {
     fs::write(outside.path().join("meta.json"), b"{}").unwrap();
     let before = treestate(outside.path());
     std::os::unix::fs::symlink(outside.path(), env.snapshots().join("elsewhere")).unwrap();
-    let (stdout, _) = env.run(&["delete", "elsewhere"], 0);
-    assert!(
-        stdout.contains("is a symlink, not a snapshot directory"),
-        "{stdout}"
-    );
+    env.assert(&["delete", "elsewhere"])
+        .success()
+        .stdout(contains("is a symlink, not a snapshot directory"));
     assert!(
         env.snapshots()
             .join("elsewhere")

@@ -8,6 +8,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use common::{Env, LoopMount};
+use predicates::str::contains;
 use stage_sample::GenerateOptions;
 use stagesnap::ini::Ini;
 use stagesnap::output::table;
@@ -231,13 +232,7 @@ fn sparseness_round_trips(env: &Env, mode: &str) {
 
 /// The largest regular file below node1 and its bytes.
 fn some_file(env: &Env) -> (PathBuf, Vec<u8>) {
-    let path = walkdir::WalkDir::new(env.data().join("node1"))
-        .into_iter()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().is_file())
-        .max_by_key(|e| e.metadata().unwrap().len())
-        .unwrap()
-        .into_path();
+    let path = common::largest_file(&env.data().join("node1"));
     let bytes = fs::read(&path).unwrap();
     assert!(bytes.len() > 4096);
     (path, bytes)
@@ -375,13 +370,10 @@ fn a_fingerprint_pattern_past_10000_files_is_refused_by_name() {
 #[test]
 fn sigterm_stops_a_fingerprint_expansion() {
     let env = fingerprinted(50, "{certs}/**");
-    let mut cmd = env.std_cmd();
-    cmd.args(["create", "base"]);
-    let paused = common::Paused::start(cmd, "fingerprint_walk");
+    let paused = env.paused(&["create", "base"], "fingerprint_walk");
     // SAFETY: plain kill(2) on a child of this test.
     assert_eq!(unsafe { libc::kill(paused.pid() as i32, libc::SIGTERM) }, 0);
-    let (code, _, stderr) = paused.finish();
-    assert_eq!(code, 130, "{stderr}");
+    paused.finish().code(130);
     assert!(
         !env.snapshots().join("base").exists(),
         "nothing was created"
@@ -391,12 +383,11 @@ fn sigterm_stops_a_fingerprint_expansion() {
 #[test]
 fn timeout_stops_a_fingerprint_expansion() {
     let env = fingerprinted(50, "{certs}/**");
-    let mut cmd = env.std_cmd();
-    cmd.args(["--timeout", "1", "create", "base"]);
-    let paused = common::Paused::start(cmd, "fingerprint_walk");
+    let paused = env.paused(&["--timeout", "1", "create", "base"], "fingerprint_walk");
     // Past the deadline while the walk is held, so the walk's next step is past it.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let (code, _, stderr) = paused.finish();
-    assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("timed out after 1 s"), "{stderr}");
+    paused
+        .finish()
+        .code(1)
+        .stderr(contains("timed out after 1 s"));
 }

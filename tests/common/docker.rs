@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use assert_cmd::assert::OutputAssertExt;
+
 use super::Env;
 
 const MB: u64 = 1 << 20;
@@ -23,12 +25,15 @@ pub fn docker(args: &[&str]) -> String {
         .unwrap_or_else(|e| {
             panic!("cannot run docker ({e}); these tests need docker: run scripts/setup.sh")
         });
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}\n(these tests need a running dockerd and the {IMAGE} image: run scripts/setup.sh)",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let ran = out
+        .assert()
+        .append_context("docker", format!("{args:?}"))
+        .append_context(
+            "needs",
+            format!("a running dockerd and the {IMAGE} image: run scripts/setup.sh"),
+        )
+        .success();
+    super::texts(&ran).0
 }
 
 /// A sample environment whose node directories are bind-mounted into running containers,

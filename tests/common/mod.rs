@@ -3,11 +3,13 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod docker;
+pub mod modes;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use assert_cmd::assert::{Assert, OutputAssertExt};
 use stage_sample::{self as sample, GenerateOptions, SuiteOptions};
 use tempfile::TempDir;
 
@@ -124,27 +126,84 @@ impl Env {
         cmd
     }
 
+    /// stagesnap run with `args`, for assert_cmd's assertions on its exit code and output.
+    pub fn assert(&self, args: &[&str]) -> Assert {
+        self.cmd().args(args).assert()
+    }
+
     /// Runs stagesnap with `args`, asserting the exit code; returns (stdout, stderr).
     pub fn run(&self, args: &[&str], code: i32) -> (String, String) {
-        let out = self.cmd().args(args).output().unwrap();
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "stagesnap {args:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-        );
-        (stdout, stderr)
+        texts(&self.assert(args).code(code))
     }
 
     /// Like [`Env::run`] with `--json`, parsing stdout.
     pub fn json(&self, args: &[&str], code: i32) -> serde_json::Value {
         let mut all = args.to_vec();
         all.push("--json");
-        let (stdout, _) = self.run(&all, code);
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+        json_of(&self.assert(&all).code(code))
+    }
+
+    /// stagesnap `args`, started in the background with its output captured, on `path` if
+    /// given; [`finish`] waits for it.
+    pub fn spawn(&self, args: &[&str], path: Option<&str>) -> std::process::Child {
+        let mut cmd = self.std_cmd();
+        cmd.args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(path) = path {
+            cmd.env("PATH", path);
+        }
+        cmd.spawn().unwrap()
+    }
+
+    /// stagesnap `args` stopped at pause point `point`: see [`Paused`].
+    pub fn paused(&self, args: &[&str], point: &str) -> Paused {
+        let mut cmd = self.std_cmd();
+        cmd.args(args);
+        Paused::start(cmd, point)
+    }
+
+    /// A PATH with `fakes` (program, shell script body) in front of the real one: a fake tool
+    /// injects a fault the real one cannot be made to produce.
+    pub fn fake_path(&self, fakes: &[(&str, &str)]) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = self.root.join("fake-bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for (program, body) in fakes {
+            let path = bin.join(program);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
+    }
+
+    /// A PATH on which `program` is a shell script that answers version and help questions
+    /// with the real tool's answer and otherwise runs `body`.
+    pub fn fake_tool(&self, program: &str, body: &str) -> String {
+        let real = which(program);
+        self.fake_path(&[(
+            program,
+            &format!(
+                "case \"$1\" in --version|-version|-help) exec {} \"$@\";; esac\n{body}",
+                real.display()
+            ),
+        )])
+    }
+
+    /// A snapshot store of `size` on a tmpfs mounted at `<root>/small-store` for the test, set
+    /// as snapshots_dir; hold the mount as long as the store is used.
+    pub fn small_store(&self, size: &str) -> (PathBuf, Mount) {
+        let store = self.root.join("small-store");
+        let mount = Mount::tmpfs(&store, size);
+        self.set("snapshots_dir", store.to_str().unwrap());
+        (store, mount)
+    }
+
+    /// Creates clean_state, then runs a suite over the data; the tree the suite left.
+    pub fn create_then_suite(&self, seed: u64) -> String {
+        self.run(&["create"], 0);
+        self.suite(seed);
+        treestate(&self.data())
     }
 
     pub fn suite(&self, seed: u64) {
@@ -159,6 +218,65 @@ impl Env {
     }
 }
 
+/// Waits for a spawned stagesnap; its outcome, for assert_cmd's assertions.
+pub fn finish(child: std::process::Child) -> Assert {
+    child.wait_with_output().unwrap().assert()
+}
+
+/// The stdout of an asserted run, parsed as one JSON document.
+pub fn json_of(assert: &Assert) -> serde_json::Value {
+    let (stdout, _) = texts(assert);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// The names in `dir`, sorted.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The largest regular file below `dir`.
+pub fn largest_file(dir: &Path) -> PathBuf {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .into_path()
+}
+
+/// `cp -a FROM TO`, which must succeed.
+pub fn cp_a(from: &Path, to: &Path) {
+    Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .assert()
+        .success();
+}
+
+/// Where `program` is on PATH.
+pub fn which(program: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not installed"))
+}
+
+/// The stdout and stderr of an asserted run, as text.
+pub fn texts(assert: &Assert) -> (String, String) {
+    let out = assert.get_output();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Canonical description of a tree (types, modes, owners, times, xattrs, hardlinks, sparseness,
 /// content hashes), computed by python3, independently of the code under test.
 pub fn treestate(path: &Path) -> String {
@@ -166,14 +284,9 @@ pub fn treestate(path: &Path) -> String {
     let out = Command::new("python3")
         .arg(script)
         .arg(path)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "treestate failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+        .assert()
+        .success();
+    String::from_utf8(out.get_output().stdout.clone()).unwrap()
 }
 
 /// Asserts two [`treestate`] outputs are equal, reporting only the entries that differ.
@@ -208,12 +321,27 @@ fn show(v: Option<&serde_json::Value>) -> String {
 
 /// The setting `key` of a `stagesnap config --json` document (its value and source).
 pub fn config_setting<'a>(doc: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
-    doc["settings"]
+    named(doc, "settings", "key", key)
+}
+
+/// The check `name` of a `stagesnap doctor --json` document (its status and detail).
+pub fn doctor_check<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    named(doc, "checks", "check", name)
+}
+
+/// The element of the array `list` of `doc` whose `field` is `name`.
+fn named<'a>(
+    doc: &'a serde_json::Value,
+    list: &str,
+    field: &str,
+    name: &str,
+) -> &'a serde_json::Value {
+    doc[list]
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["key"] == key)
-        .unwrap_or_else(|| panic!("no setting {key} in {doc}"))
+        .find(|e| e[field] == name)
+        .unwrap_or_else(|| panic!("no {field} {name} in {doc}"))
 }
 
 /// The snapshot names of a `stagesnap list --json` document, in its order (newest first).
@@ -322,8 +450,7 @@ impl Mount {
     fn new(at: &Path, args: &[&str]) -> Mount {
         assert!(is_root(), "these tests mount filesystems: run them as root");
         std::fs::create_dir_all(at).unwrap();
-        let status = Command::new("mount").args(args).arg(at).status().unwrap();
-        assert!(status.success(), "mount {args:?} {}", at.display());
+        Command::new("mount").args(args).arg(at).assert().success();
         Mount(at.to_path_buf())
     }
 }
@@ -361,13 +488,19 @@ impl LoopMount {
             "btrfs" => &["mkfs.btrfs", "-q"],
             other => panic!("no loop filesystem {other}"),
         };
-        run(Command::new(mkfs[0]).args(&mkfs[1..]).arg(&image));
+        Command::new(mkfs[0])
+            .args(&mkfs[1..])
+            .arg(&image)
+            .assert()
+            .success();
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        run(Command::new("mount")
+        Command::new("mount")
             .args(["-o", "loop"])
             .arg(&image)
-            .arg(&mnt));
+            .arg(&mnt)
+            .assert()
+            .success();
         LoopMount { dir, mnt }
     }
 }
@@ -377,15 +510,6 @@ impl Drop for LoopMount {
         // Lazily, so that a test failing with a file still open cannot leave it mounted.
         let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
     }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 pub fn cstr(p: &Path) -> std::ffi::CString {
@@ -445,18 +569,17 @@ pub fn set_mtime(path: &Path, sec: i64, nsec: i64) {
     );
 }
 
-/// A stagesnap process stopped at a pause point of `src/testhook.rs` (needs the `test-hooks`
-/// feature): [`Paused::start`] spawns `cmd` and waits until it reaches `point`; the test then
 /// `mount -o OPTIONS AT` (as root), which must succeed: remounts a test mount read-only, say.
 pub fn remount(at: &Path, options: &str) {
-    let status = Command::new("mount")
+    Command::new("mount")
         .args(["-o", options])
         .arg(at)
-        .status()
-        .unwrap();
-    assert!(status.success(), "mount -o {options} {}", at.display());
+        .assert()
+        .success();
 }
 
+/// A stagesnap process stopped at a pause point of `src/testhook.rs` (needs the `test-hooks`
+/// feature): [`Paused::start`] spawns `cmd` and waits until it reaches `point`; the test then
 /// changes the tree and calls [`Paused::finish`].
 pub struct Paused {
     dir: TempDir,
@@ -503,14 +626,9 @@ impl Paused {
         self.child.id()
     }
 
-    /// Lets the process go on; its exit code, stdout and stderr.
-    pub fn finish(self) -> (i32, String, String) {
+    /// Lets the process go on; its outcome, for assert_cmd's assertions.
+    pub fn finish(self) -> Assert {
         std::fs::write(self.dir.path().join(format!("{}.go", self.point)), b"").unwrap();
-        let out = self.child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        self.child.wait_with_output().unwrap().assert()
     }
 }

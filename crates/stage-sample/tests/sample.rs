@@ -9,6 +9,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use assert_cmd::assert::{Assert, OutputAssertExt};
+use predicates::str::contains;
 use serde_json::Value;
 use stage_sample::{
     self as sample, ChangeKind, GenerateOptions, Refusal, Shape, SuiteOptions, SuiteSummary,
@@ -38,13 +40,8 @@ fn treestate(dir: &Path, content: bool) -> Manifest {
     if !content {
         cmd.arg("--no-content");
     }
-    let out = cmd.output().expect("running python3 treestate.py");
-    assert!(
-        out.status.success(),
-        "treestate failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("treestate prints JSON")
+    let out = cmd.assert().success();
+    serde_json::from_slice(&out.get_output().stdout).expect("treestate prints JSON")
 }
 
 fn without_mtimes(m: &Manifest) -> Manifest {
@@ -263,14 +260,9 @@ print(json.dumps({
         .arg("-c")
         .arg(script)
         .arg(config_path(tmp.path()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "configparser failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        .assert()
+        .success();
+    let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     let si = &v["suite_isolation"];
     assert_eq!(si["mode"], "squashfs");
     assert_eq!(si["snapshot_name"], "clean_state");
@@ -551,52 +543,48 @@ fn socket_is_created_under_a_root_too_deep_for_sun_path() {
     assert_eq!(summary.nodes, 1);
 }
 
-fn stage_sample(args: &[&OsStr]) -> std::process::Output {
+fn stage_sample(args: &[&OsStr]) -> Assert {
     Command::new(env!("CARGO_BIN_EXE_stage-sample"))
         .args(args)
-        .output()
-        .unwrap()
+        .assert()
+}
+
+fn stdout(run: &Assert) -> String {
+    String::from_utf8(run.get_output().stdout.clone()).unwrap()
 }
 
 #[test]
 fn cli_generates_dirties_and_refuses() {
     let tmp = TempDir::new().unwrap();
     let root = tmp.path().as_os_str();
-    let out = stage_sample(&[
-        "generate".as_ref(),
-        root,
-        "--nodes=2".as_ref(),
-        "--size=4M".as_ref(),
-        "--seed=5".as_ref(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(stdout.lines().count(), 1);
-    assert!(stdout.starts_with("generated 2 nodes"), "{stdout}");
+    // One line each on stdout: what was generated, what the suite did.
+    for (args, first) in [
+        (
+            &[
+                "generate".as_ref(),
+                root,
+                "--nodes=2".as_ref(),
+                "--size=4M".as_ref(),
+                "--seed=5".as_ref(),
+            ][..],
+            "generated 2 nodes",
+        ),
+        (
+            &["suite".as_ref(), root, "--intensity=2".as_ref()],
+            "suite: ",
+        ),
+    ] {
+        let stdout = stdout(&stage_sample(args).success());
+        assert_eq!(stdout.lines().count(), 1);
+        assert!(stdout.starts_with(first), "{stdout}");
+    }
 
-    let out = stage_sample(&["suite".as_ref(), root, "--intensity=2".as_ref()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(stdout.lines().count(), 1);
-    assert!(stdout.starts_with("suite: "), "{stdout}");
+    stage_sample(&["generate".as_ref(), root])
+        .code(2)
+        .stderr(contains("not empty"));
+    stage_sample(&["generate".as_ref(), root, "--size=12Q".as_ref()]).code(2);
 
-    let out = stage_sample(&["generate".as_ref(), root]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
-
-    let out = stage_sample(&["generate".as_ref(), root, "--size=12Q".as_ref()]);
-    assert_eq!(out.status.code(), Some(2));
-
-    let help = stage_sample(&["--help".as_ref()]);
-    let help = String::from_utf8(help.stdout).unwrap();
+    let help = stdout(&stage_sample(&["--help".as_ref()]));
     assert!(
         help.contains("generate") && help.contains("suite"),
         "{help}"
