@@ -18,22 +18,15 @@ SRC = os.path.join(ROOT, "src")
 
 # Upward imports not removed yet, each with why: (file under src/, module it uses).
 ALLOWED = {
-    ("capture.rs", "output"): "output::seconds, to move below",
     ("config.rs", "docker"): "docker's name validators, to move into config",
     ("config.rs", "modes"): "ModeKind, to move below the store",
     ("config.rs", "store"): "validate_name, to move below",
     ("delta.rs", "modes"): "RestoreStats, which the delta engine is to own",
     ("docker.rs", "modes"): "needed_by asks the mode, a policy for ops",
     ("legacy.rs", "modes"): "ModeKind, to move below the store",
-    ("progress.rs", "cli"): "wanted reads GlobalArgs",
-    ("quiesce.rs", "output"): "output::seconds, to move below",
     ("store.rs", "modes"): "ModeKind, to move below the store",
-    ("tree.rs", "config"): "Live::from_config",
-    ("tree.rs", "store"): "remove_tree",
-    ("modes/mod.rs", "output"): "output::seconds, to move below",
     ("modes/mod.rs", "quiesce"): "the nodes stopped so far, to become a handle in the context",
     ("modes/recreate.rs", "quiesce"): "the nodes stopped so far, to become a handle in the context",
-    ("modes/squashfs/mod.rs", "output"): "output::seconds, to move below",
     ("commands/adopt.rs", "create"): "create's Job, to move into ops",
     ("commands/restore.rs", "create"): "create's Job, to move into ops",
     ("commands/run.rs", "create"): "create's command, to become ops calls",

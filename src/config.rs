@@ -17,6 +17,7 @@ use crate::manifest::VerifyLevel;
 use crate::modes::ModeKind;
 use crate::span::Span;
 use crate::store::validate_name;
+use crate::tree::Live;
 
 pub const SECTION: &str = "suite_isolation";
 pub const PATHS_SECTION: &str = "paths";
@@ -128,7 +129,6 @@ pub struct Spec {
     pub section: &'static str,
     pub default: &'static str,
     pub kind: Kind,
-    pub help: &'static str,
 }
 
 pub const SPECS: &[Spec] = &[
@@ -137,182 +137,156 @@ pub const SPECS: &[Spec] = &[
         section: SECTION,
         default: "filesystem",
         kind: Kind::choice::<ModeKind>(),
-        help: "how snapshots are made and restored",
     },
     Spec {
         key: "squashfs_compression",
         section: SECTION,
         default: "none",
         kind: Kind::choice::<SquashfsCompression>(),
-        help: "compressor of squashfs images",
     },
     Spec {
         key: "squashfs_level",
         section: SECTION,
         default: "auto",
         kind: Kind::CountOrAuto,
-        help: "compression level: gzip and lzo 1-9, zstd 1-22; auto = gzip 6, zstd 3, fast lzo1x_1",
     },
     Spec {
         key: "squashfs_processors",
         section: SECTION,
         default: "auto",
         kind: Kind::CountOrAuto,
-        help: "threads mksquashfs and unsquashfs use; auto = all cores",
     },
     Spec {
         key: "squashfs_restore",
         section: SECTION,
         default: "auto",
         kind: Kind::choice::<SquashfsRestore>(),
-        help: "how squashfs snapshots are restored: extract reads the image directly, mount through a loop mount (root); auto = extract",
     },
     Spec {
         key: "auto_create_on_startup",
         section: SECTION,
         default: "true",
         kind: Kind::Bool,
-        help: "restore of a missing snapshot creates it from the live data",
     },
     Spec {
         key: "snapshot_name",
         section: SECTION,
         default: "clean_state",
         kind: Kind::Name,
-        help: "snapshot used when a command is given no name",
     },
     Spec {
         key: "auto_cleanup",
         section: SECTION,
         default: "true",
         kind: Kind::Bool,
-        help: "prune after every create",
     },
     Spec {
         key: "keep_snapshot_count",
         section: SECTION,
         default: "5",
         kind: Kind::Count,
-        help: "snapshots kept by pruning (pinned and snapshot_name are always kept)",
     },
     Spec {
         key: "keep_within",
         section: SECTION,
         default: "none",
         kind: Kind::DurationOrNone,
-        help: "pruning also keeps snapshots created within this span, e.g. 7d (units s m h d w); none = no such rule",
     },
     Spec {
         key: "keep_used_within",
         section: SECTION,
         default: "none",
         kind: Kind::DurationOrNone,
-        help: "pruning also keeps snapshots restored within this span, e.g. 2d; none = no such rule",
     },
     Spec {
         key: "snapshots_dir",
         section: SECTION,
         default: "../testing/snapshots",
         kind: Kind::Path,
-        help: "where snapshots are stored",
     },
     Spec {
         key: "include",
         section: SECTION,
         default: "data",
         kind: Kind::RelPaths,
-        help: "paths below cache_dir that a snapshot captures",
     },
     Spec {
         key: "container_name",
         section: SECTION,
         default: "cellframe-stage-node-{n}",
         kind: Kind::ContainerTemplate,
-        help: "container of each node directory data/NODE: {node} is its name, {n} its number",
     },
     Spec {
         key: "containers",
         section: SECTION,
         default: "",
         kind: Kind::ContainerMap,
-        help: "explicit node:container pairs; when set, used instead of container_name",
     },
     Spec {
         key: "container_data_path",
         section: SECTION,
         default: "/opt/cellframe-node/var",
         kind: Kind::ContainerPath,
-        help: "where a node directory is mounted inside its container",
     },
     Spec {
         key: "recreate_paths",
         section: SECTION,
         default: "lib/wallet/*.dwallet lib/global_db/* lib/network/*/*/* log/*.log",
         kind: Kind::Globs,
-        help: "recreate mode: what the cleanup removes, globs relative to container_data_path",
     },
     Spec {
         key: "recreate_restart",
         section: SECTION,
         default: "true",
         kind: Kind::Bool,
-        help: "recreate mode: restart each container after its cleanup",
     },
     Spec {
         key: "quiesce",
         section: SECTION,
         default: "auto",
         kind: Kind::choice::<Quiesce>(),
-        help: "what happens to running node containers around create and restore: auto pauses them for create and stops them for restore when docker answers",
     },
     Spec {
         key: "restore_stop",
         section: SECTION,
         default: "kill",
         kind: Kind::choice::<RestoreStop>(),
-        help: "how a restore stops running node containers (quiesce = auto or stop): kill (SIGKILL; the data is overwritten anyway) or stop (graceful)",
     },
     Spec {
         key: "wait_healthy",
         section: SECTION,
         default: "false",
         kind: Kind::Bool,
-        help: "after starting stopped node containers, also wait until those with a HEALTHCHECK report healthy",
     },
     Spec {
         key: "start_timeout",
         section: SECTION,
         default: "60",
         kind: Kind::Count,
-        help: "seconds to wait for stopped node containers to run again (and be healthy, with wait_healthy) before exit 1",
     },
     Spec {
         key: "restore_fallback",
         section: SECTION,
         default: "none",
         kind: Kind::choice::<RestoreFallback>(),
-        help: "when a restore fails: recreate runs the recreate cleanup and exits 6",
     },
     Spec {
         key: "restore_verify",
         section: SECTION,
         default: "metadata",
         kind: Kind::choice::<VerifyLevel>(),
-        help: "after a restore, check the live data against the manifest: metadata, full (also every file's hash) or none",
     },
     Spec {
         key: "restore_devices",
         section: SECTION,
         default: "false",
         kind: Kind::Bool,
-        help: "restore block and character device entries of a snapshot; false refuses a snapshot that has any",
     },
     Spec {
         key: "fingerprint",
         section: SECTION,
         default: "auto",
         kind: Kind::FilePatterns,
-        help: "files a snapshot must stay consistent with (paths or globs); auto = certs/ and configs/ in cache_dir, none = no staleness guard",
     },
     Spec {
         key: "cache_dir",
@@ -320,7 +294,6 @@ pub const SPECS: &[Spec] = &[
         // The stage-env harness's own default when [paths] has no cache_dir.
         default: "cache",
         kind: Kind::Path,
-        help: "the environment's state folder",
     },
 ];
 
@@ -366,7 +339,6 @@ pub enum Value {
 
 #[derive(Debug, Clone)]
 pub struct Setting {
-    pub spec: &'static Spec,
     pub raw: String,
     pub value: Value,
     pub source: Source,
@@ -544,6 +516,14 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The live data this configuration points at.
+    pub fn live(&self) -> Live {
+        Live {
+            cache_dir: self.settings.cache_dir.clone(),
+            include: self.settings.include.clone(),
+        }
+    }
+
     /// What a snapshot read from the store may hold under this configuration.
     pub fn allowed(&self) -> crate::manifest::Allowed<'_> {
         crate::manifest::Allowed {
@@ -635,15 +615,7 @@ impl Config {
                     format!("{}: {why}", describe_origin(spec, &raw, &source)),
                 )
             })?;
-            values.insert(
-                spec.key,
-                Setting {
-                    spec,
-                    raw,
-                    value,
-                    source,
-                },
-            );
+            values.insert(spec.key, Setting { raw, value, source });
         }
         Ok(Config {
             file,

@@ -17,7 +17,6 @@ use crate::config::{Config, Quiesce, RestoreFallback};
 use crate::exit::{Code, code_of, fail, one_line};
 use crate::modes::Mode;
 use crate::tools::{DOCKER, Found};
-use crate::tree::Live;
 
 /// Docker's rule for container names (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`).
 pub fn valid_name(name: &str) -> bool {
@@ -68,7 +67,7 @@ pub struct NodeContainer {
 /// Every node directory under `cache_dir/data` with its container: from `containers` when
 /// set (then every node must be listed), else `container_name` rendered per node.
 pub fn node_containers(cfg: &Config) -> Result<Vec<NodeContainer>> {
-    let mut data = Live::from_config(cfg);
+    let mut data = cfg.live();
     data.include = vec![PathBuf::from("data")];
     let listed: Vec<(&str, &str)> = cfg
         .settings

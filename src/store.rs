@@ -34,6 +34,7 @@ use crate::exit::{Code, Error, fail};
 use crate::fingerprint::Fingerprint;
 use crate::manifest::{Allowed, Manifest};
 use crate::signals;
+use crate::tree::remove_tree;
 
 /// Version of meta.json's layout. Readers refuse newer ones.
 pub const SCHEMA: u32 = 1;
@@ -1014,39 +1015,6 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("cannot sync {}", dir.display()))
-}
-
-/// `rm -rf` that first makes directories writable, so a snapshot holding read-only
-/// directories (copied faithfully from the data) can still be removed.
-/// Never follows a symlink: a link at `path` is removed itself, and the chmod pass opens
-/// each directory with O_NOFOLLOW and changes it through that descriptor.
-pub fn remove_tree(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Ok(m) if !m.is_dir() => {
-            return fs::remove_file(path)
-                .with_context(|| format!("cannot remove {}", path.display()));
-        }
-        _ => {}
-    }
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(_) => {
-            use std::os::unix::fs::PermissionsExt;
-            let walk = walkdir::WalkDir::new(path).follow_root_links(false);
-            for entry in walk.into_iter().flatten() {
-                if entry.file_type().is_dir() {
-                    let _ = OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
-                        .open(entry.path())
-                        .and_then(|d| d.set_permissions(fs::Permissions::from_mode(0o700)));
-                }
-            }
-            fs::remove_dir_all(path).with_context(|| format!("cannot remove {}", path.display()))
-        }
-    }
 }
 
 fn cstr(p: &Path) -> Result<CString> {

@@ -19,9 +19,9 @@ use crate::exit::{Code, fail, one_line};
 use crate::legacy::{self, DATA_DIR, DIR_METADATA, Format, Legacy};
 use crate::modes::{Mode, ModeContext};
 use crate::output::Report;
-use crate::store::{Lock, Snapshot, Staging, Store, remove_tree};
+use crate::store::{Lock, Snapshot, Staging, Store};
 use crate::tools::{Found, UNSQUASHFS};
-use crate::tree::{Live, human_bytes};
+use crate::tree::{Live, human_bytes, remove_tree};
 
 #[derive(Serialize)]
 struct Adopted {
@@ -119,7 +119,7 @@ pub fn run(g: &GlobalArgs, args: &AdoptArgs) -> Result<Report> {
     if let Err(e) = legacy::remove_files(store.dir(), &name, &lock) {
         tracing::warn!(name = %name, error = %one_line(&e), "legacy_files_left: adopted, but the stage-env files of {name} could not be removed; remove them by hand");
     }
-    let seconds = crate::output::seconds(started.elapsed());
+    let seconds = crate::tree::seconds(started.elapsed());
     tracing::info!(name = %name, format = %legacy.format.name(), files = snap.meta.files, bytes = snap.meta.bytes, seconds, "snapshot_adopted");
     let meta = &snap.meta;
     let text = crate::output::summary(

@@ -80,7 +80,7 @@ pub fn run(g: &GlobalArgs, args: &CreateArgs) -> Result<Report> {
         job.create(&name, args.pin)
     })?;
     let pruned = job.auto_cleanup(&name)?;
-    let seconds = crate::output::seconds(started.elapsed());
+    let seconds = crate::tree::seconds(started.elapsed());
     let created = Created {
         name: name.clone(),
         mode: mode.kind().name(),
@@ -332,7 +332,7 @@ impl Job<'_> {
             mode = %self.mode.kind().name(),
             files = snap.meta.files,
             bytes = snap.meta.bytes,
-            seconds = crate::output::seconds(started.elapsed()),
+            seconds = crate::tree::seconds(started.elapsed()),
             "snapshot_created"
         );
         Ok(snap)
@@ -409,7 +409,7 @@ impl Job<'_> {
             entries = stored.entries,
             files,
             bytes,
-            seconds = crate::output::seconds(started.elapsed()),
+            seconds = crate::tree::seconds(started.elapsed()),
             "manifest_written"
         );
         Ok(Some(stored))

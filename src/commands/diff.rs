@@ -9,7 +9,6 @@ use crate::exit::{Code, fail};
 use crate::manifest::{self, Change, NodeSummary};
 use crate::output::Report;
 use crate::store::validate_name;
-use crate::tree::Live;
 
 #[derive(Serialize)]
 struct Diff {
@@ -43,7 +42,7 @@ fn diff(g: &GlobalArgs, args: &DiffArgs) -> Result<Report> {
     let new = match &args.to {
         Some(to) => store.get(to)?.manifest(&cfg.allowed())?,
         None => {
-            let live = Live::from_config(&cfg);
+            let live = cfg.live();
             live.check_present()?;
             manifest::scan_live(&live.cache_dir, &from.meta.include, &old, args.full)?
         }

@@ -136,7 +136,7 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
         return;
     }
     check_docker(cfg, mode.as_ref(), checks);
-    let live = Live::from_config(cfg);
+    let live = cfg.live();
     if found.len() == mode.tools().len() {
         let ctx = ModeContext::new(cfg, &live, &found);
         for f in mode.doctor(&ctx) {

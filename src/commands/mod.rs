@@ -93,7 +93,8 @@ fn store(cfg: &Config) -> Store {
 /// The configured store, refused (exit 2) when it overlaps the live data: every command
 /// that locks the store checks this first, before it creates or locks anything.
 fn checked_store(cfg: &Config) -> Result<Store> {
-    Live::from_config(cfg).check_store_outside(&cfg.settings.snapshots_dir)?;
+    cfg.live()
+        .check_store_outside(&cfg.settings.snapshots_dir)?;
     Ok(store(cfg))
 }
 
@@ -183,7 +184,7 @@ fn begin(g: &GlobalArgs, name: Option<&str>, op: Op) -> Result<Begun> {
         });
     }
     let docker = docker_for(&cfg, mode.as_ref(), op == Op::Restore)?;
-    let live = Live::from_config(&cfg);
+    let live = cfg.live();
     live.check_present()?;
     let store = checked_store(&cfg)?;
     let lock = store.lock(&format!("{op} {name}"), lock_timeout(g))?;

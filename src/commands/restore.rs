@@ -96,7 +96,7 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
         let mut r = Restored::empty(&name, configured, true, false);
         r.files = snap.meta.files;
         r.bytes = snap.meta.bytes;
-        r.seconds = crate::output::seconds(started.elapsed());
+        r.seconds = crate::tree::seconds(started.elapsed());
         let text = super::create::summary_line(
             &snap,
             configured_mode.as_ref(),
@@ -136,7 +136,7 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
     };
     snap.record_restore(&lock);
     drop(lock);
-    let seconds = crate::output::seconds(started.elapsed());
+    let seconds = crate::tree::seconds(started.elapsed());
     tracing::info!(
         name = %name,
         mode = %kind.name(),
@@ -334,7 +334,7 @@ fn check_restored(
         level = %if full { "full" } else { "metadata" },
         entries = now.entries.len(),
         differences = changes.len(),
-        seconds = crate::output::seconds(started.elapsed()),
+        seconds = crate::tree::seconds(started.elapsed()),
         "restore_verified"
     );
     if changes.is_empty() {
@@ -388,7 +388,7 @@ fn fall_back(
         )
     })?;
     let mut r = Restored::empty(name, ModeKind::Recreate, false, false);
-    r.seconds = crate::output::seconds(started.elapsed());
+    r.seconds = crate::tree::seconds(started.elapsed());
     r.stats.entries_deleted = removed;
     let text = summary(
         &format!(

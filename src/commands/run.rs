@@ -11,8 +11,9 @@ use serde::Serialize;
 use super::{load_config, snapshot_named};
 use crate::cli::{CreateArgs, GlobalArgs, RestoreArgs, RunArgs};
 use crate::exit::{Code, code_of, fail, one_line};
-use crate::output::{Report, seconds};
+use crate::output::Report;
 use crate::store::validate_name;
+use crate::tree::seconds;
 
 #[derive(Serialize)]
 struct Ran {

@@ -10,7 +10,6 @@ use crate::fingerprint::Checker;
 use crate::manifest::{self, NodeSummary};
 use crate::output::Report;
 use crate::store::JournalRecord;
-use crate::tree::Live;
 
 #[derive(Serialize)]
 struct Status {
@@ -35,7 +34,7 @@ pub fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
 fn status(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
     let cfg = load_config(g)?;
     let name = snapshot_named(&cfg, args.name.as_deref())?;
-    let live = Live::from_config(&cfg);
+    let live = cfg.live();
     live.check_present()?;
     let (store, lock) = store_to_compare(g, &cfg)?;
     let unfinished = store.unfinished_restore(&lock)?;

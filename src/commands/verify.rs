@@ -61,7 +61,7 @@ pub fn run(g: &GlobalArgs, args: &VerifyArgs) -> Result<Report> {
             .map(|n| store.get(n))
             .collect::<Result<Vec<_>>>()?
     };
-    let live = Live::from_config(&cfg);
+    let live = cfg.live();
     for snap in &snapshots {
         let started = Instant::now();
         let verified = check(&cfg, &live, snap).or_else(|e| {
@@ -77,7 +77,7 @@ pub fn run(g: &GlobalArgs, args: &VerifyArgs) -> Result<Report> {
         tracing::info!(
             name = %snap.meta.name,
             problems = verified.problems.len(),
-            seconds = crate::output::seconds(started.elapsed()),
+            seconds = crate::tree::seconds(started.elapsed()),
             "snapshot_verified"
         );
         results.push(Checked {
@@ -85,7 +85,7 @@ pub fn run(g: &GlobalArgs, args: &VerifyArgs) -> Result<Report> {
             mode: snap.meta.mode.clone(),
             ok: verified.problems.is_empty(),
             verified,
-            seconds: crate::output::seconds(started.elapsed()),
+            seconds: crate::tree::seconds(started.elapsed()),
         });
     }
     let damaged = results.iter().filter(|r| !r.ok).count();

@@ -168,7 +168,7 @@ fn payload_restore(
                 if let Some(part) = node_part(&target, &node) {
                     stats.add(delta(ctx, &part, &source, content, &|_| Ok(()))?.stats);
                 }
-                tracing::debug!(node = %node, seconds = crate::output::seconds(started.elapsed()), "node_restored_early");
+                tracing::debug!(node = %node, seconds = crate::tree::seconds(started.elapsed()), "node_restored_early");
             }
             Ok(())
         },

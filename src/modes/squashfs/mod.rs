@@ -27,10 +27,9 @@ use crate::config::{Config, SquashfsCompression, SquashfsRestore};
 use crate::delta::{self, Content, Dir, Source, SourceFile};
 use crate::exit::{Code, Error, code_of, fail, one_line};
 use crate::manifest::{Entry, Kind, Manifest, Name};
-use crate::output::seconds;
 use crate::store::Snapshot;
 use crate::tools::{Found, MKSQUASHFS, MOUNT, Tool, UMOUNT, UNSQUASHFS};
-use crate::tree::{Live, WORK_PREFIX, cstring, human_bytes, left_by_dead_process};
+use crate::tree::{Live, WORK_PREFIX, cstring, human_bytes, left_by_dead_process, seconds};
 use crate::{progress, signals};
 
 pub struct Squashfs;
@@ -804,7 +803,7 @@ impl WorkDir {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        if let Err(e) = crate::store::remove_tree(&self.dir) {
+        if let Err(e) = crate::tree::remove_tree(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %one_line(&e), "squashfs_work_dir_left: remove it by hand");
         }
         let (parent, mtime) = &self.parent;
