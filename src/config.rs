@@ -14,7 +14,6 @@ use serde::Serialize;
 use crate::exit::{Code, fail};
 use crate::ini::Ini;
 use crate::manifest::VerifyLevel;
-use crate::modes::ModeKind;
 use crate::span::Span;
 use crate::store::validate_name;
 use crate::tree::Live;
@@ -27,7 +26,46 @@ pub const BASE_DIR_ENV: &str = "STAGESNAP_BASE_DIR";
 /// The stage-env harness keeps its config in `<base>/config/`.
 const CONFIG_FOLDER: &str = "config";
 
-use crate::choices::{Choice, choices};
+use crate::choices::{Choice, ModeKind, choices};
+
+/// `mode`: suite isolation off (`disabled`, where create and restore do nothing), or the
+/// mode it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    Disabled,
+    Mode(ModeKind),
+}
+
+impl Choice for Isolation {
+    const NAMES: &'static [&'static str] = &MODE_NAMES;
+
+    fn from_name(name: &str) -> Option<Isolation> {
+        match name {
+            DISABLED => Some(Isolation::Disabled),
+            _ => ModeKind::from_name(name).map(Isolation::Mode),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Isolation::Disabled => DISABLED,
+            Isolation::Mode(kind) => kind.name(),
+        }
+    }
+}
+
+const DISABLED: &str = "disabled";
+
+/// `disabled` and then every mode's name.
+const MODE_NAMES: [&str; ModeKind::NAMES.len() + 1] = {
+    let mut names = [DISABLED; ModeKind::NAMES.len() + 1];
+    let mut i = 0;
+    while i < ModeKind::NAMES.len() {
+        names[i + 1] = ModeKind::NAMES[i];
+        i += 1;
+    }
+    names
+};
 
 choices! {
     /// `squashfs_compression`: the mksquashfs compressor, or none.
@@ -136,7 +174,7 @@ pub const SPECS: &[Spec] = &[
         key: "mode",
         section: SECTION,
         default: "filesystem",
-        kind: Kind::choice::<ModeKind>(),
+        kind: Kind::choice::<Isolation>(),
     },
     Spec {
         key: "squashfs_compression",
@@ -383,7 +421,7 @@ pub enum FilePatterns {
 /// key or mistake a value's kind.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub mode: ModeKind,
+    pub mode: Isolation,
     pub squashfs_compression: SquashfsCompression,
     /// None for `auto`.
     pub squashfs_level: Option<u32>,
@@ -996,7 +1034,7 @@ mod tests {
     #[test]
     fn defaults_apply_without_section() {
         let cfg = load("[network]\nurl = http://x:1/%z\n", &[], &[]).unwrap();
-        assert_eq!(cfg.settings.mode, ModeKind::Filesystem);
+        assert_eq!(cfg.settings.mode, Isolation::Mode(ModeKind::Filesystem));
         assert_eq!(cfg.settings.snapshot_name, "clean_state");
         assert_eq!(cfg.settings.keep_snapshot_count, 5);
         assert!(cfg.settings.snapshots_dir.ends_with("testing/snapshots"));
@@ -1018,7 +1056,7 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(cfg.settings.mode, ModeKind::Disabled);
+        assert_eq!(cfg.settings.mode, Isolation::Disabled);
         assert_eq!(cfg.setting("mode").source, Source::Flag);
         assert_eq!(cfg.settings.keep_snapshot_count, 9);
         assert!(matches!(

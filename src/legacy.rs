@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::choices::ModeKind;
 use crate::exit::{Code, fail};
-use crate::modes::ModeKind;
 use crate::store::{Lock, META_FILE, PAYLOAD_DIR, Staging, sync_dir, validate_name};
 
 /// The harness's metadata inside a filesystem snapshot.

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::choices::ModeKind;
 use crate::exit::{Code, Error, fail};
 use crate::fingerprint::Fingerprint;
 use crate::manifest::{Allowed, Manifest};
@@ -149,6 +150,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The mode the snapshot was made with.
+    pub fn mode(&self) -> Result<ModeKind> {
+        ModeKind::from_name(&self.meta.mode).ok_or_else(|| {
+            fail(
+                Code::Failure,
+                format!(
+                    "snapshot {} has unknown mode {:?}; it was made by another stagesnap",
+                    self.meta.name, self.meta.mode
+                ),
+            )
+        })
+    }
+
     pub fn payload(&self) -> PathBuf {
         self.dir.join(PAYLOAD_DIR)
     }
@@ -197,16 +211,9 @@ impl Snapshot {
         let Some(expected) = &self.meta.manifest else {
             return Err(fail(
                 Code::Failure,
-                if self.meta.mode == crate::modes::ModeKind::Recreate.name() {
-                    format!(
-                        "snapshot {name} ({} mode) stores no data, so there is nothing to compare or verify",
-                        self.meta.mode
-                    )
-                } else {
-                    format!(
-                        "snapshot {name} has no manifest (an older stagesnap made it); recreate it with `stagesnap create {name} --force`"
-                    )
-                },
+                format!(
+                    "snapshot {name} has no manifest (an older stagesnap made it); recreate it with `stagesnap create {name} --force`"
+                ),
             ));
         };
         let bytes = self.read_vouched(MANIFEST_FILE, &expected.blake3)?;

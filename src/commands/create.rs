@@ -7,12 +7,13 @@ use serde::Serialize;
 
 use super::{Begun, Session, begin};
 use crate::capture;
+use crate::choices::Choice;
 use crate::cli::{CreateArgs, GlobalArgs};
-use crate::config::Config;
+use crate::config::{Config, Isolation};
 use crate::exit::{Code, fail, one_line};
 use crate::fingerprint::Fingerprint;
 use crate::manifest::Manifest;
-use crate::modes::{Mode, ModeContext, ModeKind};
+use crate::modes::{Mode, ModeContext};
 use crate::output::Report;
 use crate::progress;
 use crate::quiesce::{self, Op};
@@ -47,10 +48,10 @@ pub fn run(g: &GlobalArgs, args: &CreateArgs) -> Result<Report> {
         lock,
     } = match begin(g, args.name.as_deref(), Op::Create)? {
         Begun::Ready(session) => *session,
-        Begun::Disabled { name, mode } => {
+        Begun::Disabled { name } => {
             return Ok(Report::new(
                 "create",
-                &Created::skipped(&name, mode),
+                &Created::skipped(&name),
                 "suite isolation is disabled: nothing to do\n".into(),
             ));
         }
@@ -191,10 +192,10 @@ impl<'a> Space<'a> {
 }
 
 impl Created {
-    fn skipped(name: &str, mode: ModeKind) -> Created {
+    fn skipped(name: &str) -> Created {
         Created {
             name: name.to_string(),
-            mode: mode.name(),
+            mode: Isolation::Disabled.name(),
             files: 0,
             bytes: 0,
             stored_bytes: 0,

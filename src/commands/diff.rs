@@ -40,7 +40,7 @@ fn diff(g: &GlobalArgs, args: &DiffArgs) -> Result<Report> {
     let from = store.get(&args.from)?;
     let old = crate::modes::manifest_to_compare(&from, &cfg, args.full)?;
     let new = match &args.to {
-        Some(to) => store.get(to)?.manifest(&cfg.allowed())?,
+        Some(to) => crate::modes::stored_manifest(&store.get(to)?, &cfg)?,
         None => {
             let live = cfg.live();
             live.check_present()?;

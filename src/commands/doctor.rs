@@ -4,8 +4,9 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{load_config, store};
+use crate::choices::Choice;
 use crate::cli::GlobalArgs;
-use crate::config::{Config, RestoreFallback};
+use crate::config::{Config, Isolation, RestoreFallback};
 use crate::docker::{self, Docker, State};
 use crate::exit::{Code, code_of, one_line};
 use crate::modes::{Mode, ModeContext, Status};
@@ -103,17 +104,12 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
 }
 
 fn check_environment(cfg: &Config, checks: &mut Checks) {
-    let kind = cfg.settings.mode;
-    let Some(mode) = kind.implementation() else {
-        checks.add(
-            "mode",
-            Status::Fail,
-            format!("{} is not available in this version", kind.name()),
-            "choose filesystem or disabled",
-        );
+    let Isolation::Mode(kind) = cfg.settings.mode else {
+        checks.add("mode", Status::Ok, cfg.settings.mode.name(), "");
         return;
     };
     checks.add("mode", Status::Ok, kind.name(), "");
+    let mode = crate::modes::implementation(kind);
     let mut found = Vec::new();
     for tool in mode.tools() {
         match tool
@@ -131,9 +127,6 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
                 checks.add(tool.program, Status::Fail, detail, hint);
             }
         }
-    }
-    if !mode.active() {
-        return;
     }
     check_docker(cfg, mode.as_ref(), checks);
     let live = cfg.live();

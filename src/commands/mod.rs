@@ -4,11 +4,12 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use crate::choices::ModeKind;
 use crate::cli::{Cli, Command, GlobalArgs};
-use crate::config::{Config, Overrides};
+use crate::config::{Config, Isolation, Overrides};
 use crate::docker::{self, Docker};
 use crate::exit::{Code, fail, recode};
-use crate::modes::{Mode, ModeKind};
+use crate::modes::Mode;
 use crate::output::Report;
 use crate::quiesce::Op;
 use crate::store::{Lock, Store, validate_name};
@@ -162,7 +163,6 @@ enum Begun {
     /// mode = disabled: nothing to do.
     Disabled {
         name: String,
-        mode: ModeKind,
     },
     Ready(Box<Session>),
 }
@@ -175,14 +175,10 @@ enum Begun {
 fn begin(g: &GlobalArgs, name: Option<&str>, op: Op) -> Result<Begun> {
     let cfg = load_config(g)?;
     let name = snapshot_named(&cfg, name)?;
-    let (mode, tools) = prepare_configured(&cfg)?;
-    if !mode.active() {
+    let Some((mode, tools)) = prepare_configured(&cfg)? else {
         tracing::info!(command = %op, "suite_isolation_disabled");
-        return Ok(Begun::Disabled {
-            name,
-            mode: mode.kind(),
-        });
-    }
+        return Ok(Begun::Disabled { name });
+    };
     let docker = docker_for(&cfg, mode.as_ref(), op == Op::Restore)?;
     let live = cfg.live();
     live.check_present()?;
@@ -212,22 +208,24 @@ fn docker_for(cfg: &Config, mode: &dyn Mode, restore: bool) -> Result<Option<Doc
 }
 
 /// [`prepare`] for the configured mode, whose settings are then checked against this
-/// machine too (exit 2), still before anything is touched.
-fn prepare_configured(cfg: &Config) -> Result<(Box<dyn Mode>, Vec<Found>)> {
-    let (mode, tools) = prepare(cfg.settings.mode)?;
+/// machine too (exit 2), still before anything is touched; None when suite isolation is
+/// disabled.
+fn prepare_configured(cfg: &Config) -> Result<Option<Prepared>> {
+    let Isolation::Mode(kind) = cfg.settings.mode else {
+        return Ok(None);
+    };
+    let (mode, tools) = prepare(kind)?;
     mode.preflight(cfg, &tools)?;
-    Ok((mode, tools))
+    Ok(Some((mode, tools)))
 }
+
+/// A mode with its tools located.
+type Prepared = (Box<dyn Mode>, Vec<Found>);
 
 /// The mode's implementation with its tools located: the dependency check every command
 /// that touches snapshots or live data runs before anything else (exit 3).
-fn prepare(kind: ModeKind) -> Result<(Box<dyn Mode>, Vec<Found>)> {
-    let mode = kind.implementation().ok_or_else(|| {
-        fail(
-            Code::Usage,
-            format!("mode {} is not available in this version of stagesnap; choose filesystem or disabled", kind.name()),
-        )
-    })?;
+fn prepare(kind: ModeKind) -> Result<Prepared> {
+    let mode = crate::modes::implementation(kind);
     let tools = mode
         .tools()
         .iter()

@@ -7,12 +7,13 @@ use serde::Serialize;
 
 use super::create::Job;
 use super::{Begun, Session, begin, docker_for, prepare};
+use crate::choices::{Choice, ModeKind};
 use crate::cli::{GlobalArgs, RestoreArgs};
-use crate::config::{Config, RestoreFallback};
+use crate::config::{Config, Isolation, RestoreFallback};
 use crate::docker::Docker;
 use crate::exit::{Code, code_of, fail, one_line};
 use crate::manifest::{self, Manifest, VerifyLevel};
-use crate::modes::{Mode, ModeContext, ModeKind, RestoreStats, recreate};
+use crate::modes::{Mode, ModeContext, RestoreStats, recreate};
 use crate::output::{Report, summary};
 use crate::progress;
 use crate::quiesce::{self, Op};
@@ -56,10 +57,10 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
         lock,
     } = match begin(g, args.name.as_deref(), Op::Restore)? {
         Begun::Ready(session) => *session,
-        Begun::Disabled { name, mode } => {
+        Begun::Disabled { name } => {
             return Ok(Report::new(
                 "restore",
-                &Restored::empty(&name, mode, false, true),
+                &Restored::empty(&name, Isolation::Disabled.name(), false, true),
                 "suite isolation is disabled: nothing to do\n".into(),
             ));
         }
@@ -93,7 +94,7 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
             || job.create(&name, false),
         )?;
         job.auto_cleanup(&name)?;
-        let mut r = Restored::empty(&name, configured, true, false);
+        let mut r = Restored::empty(&name, configured.name(), true, false);
         r.files = snap.meta.files;
         r.bytes = snap.meta.bytes;
         r.seconds = crate::tree::seconds(started.elapsed());
@@ -205,7 +206,7 @@ fn restore_snapshot(
     guard: &Guard,
 ) -> Result<(ModeKind, RestoreStats)> {
     let name = &snap.meta.name;
-    let kind = ModeKind::of(snap)?;
+    let kind = snap.mode()?;
     let (mode, tools) = if kind == configured.0.kind() {
         configured
     } else {
@@ -387,7 +388,7 @@ fn fall_back(
             ),
         )
     })?;
-    let mut r = Restored::empty(name, ModeKind::Recreate, false, false);
+    let mut r = Restored::empty(name, ModeKind::Recreate.name(), false, false);
     r.seconds = crate::tree::seconds(started.elapsed());
     r.stats.entries_deleted = removed;
     let text = summary(
@@ -417,10 +418,10 @@ fn restarted(cfg: &Config) -> &'static str {
 }
 
 impl Restored {
-    fn empty(name: &str, kind: ModeKind, auto_created: bool, skipped: bool) -> Restored {
+    fn empty(name: &str, mode: &'static str, auto_created: bool, skipped: bool) -> Restored {
         Restored {
             name: name.to_string(),
-            mode: kind.name(),
+            mode,
             auto_created,
             skipped,
             files: 0,

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{checked_store, load_config, lock_timeout, prepare};
 use crate::cli::{GlobalArgs, VerifyArgs};
 use crate::exit::{Code, code_of, one_line};
-use crate::modes::{ModeContext, ModeKind, Verified};
+use crate::modes::{ModeContext, Verified};
 use crate::output::{Report, table};
 use crate::store::{Snapshot, validate_name};
 use crate::tree::Live;
@@ -140,7 +140,7 @@ pub fn run(g: &GlobalArgs, args: &VerifyArgs) -> Result<Report> {
 
 /// The snapshot's manifest, its payload's presence, then the mode's read-back check.
 fn check(cfg: &crate::config::Config, live: &Live, snap: &Snapshot) -> Result<Verified> {
-    let kind = ModeKind::of(snap)?;
+    let kind = snap.mode()?;
     let (mode, tools) = prepare(kind)?;
     if !mode.writes_live_data() {
         return Ok(Verified {

@@ -8,6 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::capture::{self, Held};
+use crate::choices::ModeKind;
 use crate::config::Config;
 use crate::delta::{Content, Delta, Dir, Source};
 use crate::exit::{Code, fail};
@@ -16,49 +17,45 @@ use crate::store::{Journal, Snapshot};
 use crate::tools::{Found, Tool};
 use crate::tree::{Live, Totals};
 
-mod disabled;
 mod filesystem;
 pub mod recreate;
 mod reflink;
 mod squashfs;
 
-crate::choices::choices! {
-    /// `mode`; the names are in the order the docs list them.
-    #[derive(Serialize)]
-    #[serde(rename_all = "lowercase")]
-    pub enum ModeKind {
-        Disabled = "disabled",
-        Recreate = "recreate",
-        Filesystem = "filesystem",
-        Squashfs = "squashfs",
-        Reflink = "reflink",
-    }
+/// A mode's row: adding a mode is its file, its row here and its name in [`ModeKind`]. The
+/// row's constructor gives the mode, which says everything else about itself through
+/// [`Mode`] (its tools, settings check, doctor lines…).
+struct Row {
+    kind: ModeKind,
+    new: fn() -> Box<dyn Mode>,
 }
 
-impl ModeKind {
-    /// The mode `snapshot` was made with.
-    pub fn of(snapshot: &Snapshot) -> Result<ModeKind> {
-        ModeKind::from_name(&snapshot.meta.mode).ok_or_else(|| {
-            fail(
-                Code::Failure,
-                format!(
-                    "snapshot {} has unknown mode {:?}; it was made by another stagesnap",
-                    snapshot.meta.name, snapshot.meta.mode
-                ),
-            )
-        })
-    }
+const MODES: &[Row] = &[
+    Row {
+        kind: ModeKind::Recreate,
+        new: || Box::new(recreate::Recreate),
+    },
+    Row {
+        kind: ModeKind::Filesystem,
+        new: || Box::new(filesystem::Filesystem),
+    },
+    Row {
+        kind: ModeKind::Squashfs,
+        new: || Box::new(squashfs::Squashfs),
+    },
+    Row {
+        kind: ModeKind::Reflink,
+        new: || Box::new(reflink::Reflink),
+    },
+];
 
-    /// The implementation, or None for a mode this build does not have yet.
-    pub fn implementation(self) -> Option<Box<dyn Mode>> {
-        match self {
-            ModeKind::Disabled => Some(Box::new(disabled::Disabled)),
-            ModeKind::Filesystem => Some(Box::new(filesystem::Filesystem)),
-            ModeKind::Recreate => Some(Box::new(recreate::Recreate)),
-            ModeKind::Squashfs => Some(Box::new(squashfs::Squashfs)),
-            ModeKind::Reflink => Some(Box::new(reflink::Reflink)),
-        }
-    }
+/// The implementation of mode `kind`.
+pub fn implementation(kind: ModeKind) -> Box<dyn Mode> {
+    let row = MODES
+        .iter()
+        .find(|row| row.kind == kind)
+        .unwrap_or_else(|| panic!("mode {kind} has no row in MODES"));
+    (row.new)()
 }
 
 /// Content a source must fetch before the delta engine reads it (see [`Delta::before_change`]).
@@ -114,7 +111,7 @@ pub fn manifest_to_compare(
     cfg: &Config,
     by_content: bool,
 ) -> Result<Manifest> {
-    let mut manifest = snapshot.manifest(&cfg.allowed())?;
+    let mut manifest = stored_manifest(snapshot, cfg)?;
     if by_content
         && manifest
             .entries
@@ -124,6 +121,26 @@ pub fn manifest_to_compare(
         manifest.hash(&snapshot.payload(), |e| e.blake3.is_none())?;
     }
     Ok(manifest)
+}
+
+/// The snapshot's manifest (see [`Snapshot::manifest`]), which a mode that stores no data
+/// does not have.
+pub fn stored_manifest(snapshot: &Snapshot, cfg: &Config) -> Result<Manifest> {
+    let allowed = cfg.allowed();
+    snapshot.check_include(&allowed)?;
+    if snapshot.meta.manifest.is_none()
+        && let Ok(kind) = snapshot.mode()
+        && !implementation(kind).writes_live_data()
+    {
+        return Err(fail(
+            Code::Failure,
+            format!(
+                "snapshot {} ({kind} mode) stores no data, so there is nothing to compare or verify",
+                snapshot.meta.name
+            ),
+        ));
+    }
+    snapshot.manifest(&allowed)
 }
 
 /// What a restore brings the live data to: the snapshot's manifest or, for a snapshot made
@@ -334,11 +351,6 @@ pub trait Mode {
     /// External tools the mode needs; all are located before anything is touched.
     fn tools(&self) -> &'static [Tool];
 
-    /// False for modes that neither store nor restore data (`disabled`).
-    fn active(&self) -> bool {
-        true
-    }
-
     /// False for modes that never read or write the live data from the host (`recreate`
     /// works inside running containers): no quiescing, no host write-permission check.
     fn writes_live_data(&self) -> bool {
@@ -453,6 +465,15 @@ pub trait Mode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_has_one_row_whose_mode_is_of_that_kind() {
+        for &name in ModeKind::NAMES {
+            let kind = ModeKind::from_name(name).unwrap();
+            assert_eq!(MODES.iter().filter(|row| row.kind == kind).count(), 1);
+            assert_eq!(implementation(kind).kind(), kind);
+        }
+    }
 
     #[test]
     fn a_node_part_holds_that_node_alone_and_none_with_a_hardlink_out() {
