@@ -18,16 +18,9 @@ SRC = os.path.join(ROOT, "src")
 
 # Upward imports not removed yet, each with why: (file under src/, module it uses).
 ALLOWED = {
-    ("config.rs", "docker"): "docker's name validators, to move into config",
     ("config.rs", "store"): "validate_name, to move below",
-    ("delta.rs", "modes"): "RestoreStats, which the delta engine is to own",
-    ("docker.rs", "modes"): "needed_by asks the mode, a policy for ops",
     ("modes/mod.rs", "quiesce"): "the nodes stopped so far, to become a handle in the context",
     ("modes/recreate.rs", "quiesce"): "the nodes stopped so far, to become a handle in the context",
-    ("commands/adopt.rs", "create"): "create's Job, to move into ops",
-    ("commands/restore.rs", "create"): "create's Job, to move into ops",
-    ("commands/run.rs", "create"): "create's command, to become ops calls",
-    ("commands/run.rs", "restore"): "restore's command, to become ops calls",
 }
 
 

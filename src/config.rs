@@ -920,8 +920,8 @@ fn validate(spec: &Spec, raw: &str, base: &Path) -> std::result::Result<Value, S
             if !template.contains("{node}") && !template.contains("{n}") {
                 return Err("needs {node} (the node directory's name) or {n} (its number), e.g. cellframe-stage-node-{n}".into());
             }
-            let sample = crate::docker::render(template, "node1")?;
-            if !crate::docker::valid_name(&sample) {
+            let sample = render(template, "node1")?;
+            if !valid_name(&sample) {
                 return Err(format!(
                     "gives container names like {sample:?}; only {{node}} and {{n}} may stand in braces, the rest must be letters, digits, '_', '.' or '-'"
                 ));
@@ -932,7 +932,7 @@ fn validate(spec: &Spec, raw: &str, base: &Path) -> std::result::Result<Value, S
             let mut nodes = Vec::new();
             for item in raw.split_whitespace() {
                 let (node, name) = item.split_once(':').unwrap_or((item, ""));
-                if node.is_empty() || node.contains('/') || !crate::docker::valid_name(name) {
+                if node.is_empty() || node.contains('/') || !valid_name(name) {
                     return Err(format!(
                         "{item:?} is not NODE:CONTAINER, e.g. node1:cellframe-stage-node-1"
                     ));
@@ -991,6 +991,28 @@ fn validate(spec: &Spec, raw: &str, base: &Path) -> std::result::Result<Value, S
             Ok(Value::List(patterns))
         }
     }
+}
+
+/// Docker's rule for container names (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`).
+pub fn valid_name(name: &str) -> bool {
+    name.as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_alphanumeric)
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// `template` with `{node}` replaced by the node directory's name and `{n}` by its trailing number.
+pub fn render(template: &str, node: &str) -> Result<String, String> {
+    let digits = node.len() - node.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let n = &node[node.len() - digits..];
+    if n.is_empty() && template.contains("{n}") {
+        return Err(format!(
+            "node directory {node} has no number for {{n}}; use {{node}} or list containers = {node}:NAME"
+        ));
+    }
+    Ok(template.replace("{node}", node).replace("{n}", n))
 }
 
 /// Lexical normalization (`a/./b/../c` → `a/c`) without touching the filesystem,
@@ -1248,5 +1270,26 @@ mod tests {
         let err = load_in(&root.join("a"), Some("missing"), &[]).unwrap_err();
         assert_eq!(crate::exit::code_of(&err), Code::Usage);
         assert!(crate::exit::one_line(&err).contains("missing (from --base-dir) does not exist"));
+    }
+
+    #[test]
+    fn names_from_templates() {
+        assert_eq!(
+            render("cellframe-stage-node-{n}", "node12").unwrap(),
+            "cellframe-stage-node-12"
+        );
+        assert_eq!(render("net_{node}", "node3").unwrap(), "net_node3");
+        assert!(render("x-{n}", "master").is_err());
+        assert_eq!(render("x-{node}", "master").unwrap(), "x-master");
+    }
+
+    #[test]
+    fn docker_name_rule() {
+        for ok in ["a", "cellframe-stage-node-1", "A_b.c-9"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a b", "a/b", "a{n}", "a:b"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
     }
 }

@@ -11,7 +11,7 @@
 // layer config: config capture
 // layer store: store legacy retention fingerprint docker
 // layer modes: modes
-// layer ops: quiesce
+// layer ops: ops quiesce
 // layer top: cli commands output
 
 pub(crate) mod capture;
@@ -27,6 +27,7 @@ pub mod ini;
 pub(crate) mod legacy;
 pub(crate) mod manifest;
 pub(crate) mod modes;
+pub(crate) mod ops;
 pub mod output;
 pub(crate) mod parallel;
 pub mod progress;

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{changes_table, compared, load_config, store_to_compare};
+use super::{changes_table, compared, open};
 use crate::cli::{DiffArgs, GlobalArgs};
 use crate::exit::{Code, fail};
 use crate::manifest::{self, Change, NodeSummary};
@@ -25,7 +25,8 @@ pub fn run(g: &GlobalArgs, args: &DiffArgs) -> Result<Report> {
 }
 
 fn diff(g: &GlobalArgs, args: &DiffArgs) -> Result<Report> {
-    let cfg = load_config(g)?;
+    let session = open(g)?;
+    let cfg = &session.cfg;
     validate_name(&args.from)?;
     if let Some(to) = &args.to {
         validate_name(to)?;
@@ -36,11 +37,11 @@ fn diff(g: &GlobalArgs, args: &DiffArgs) -> Result<Report> {
             ));
         }
     }
-    let (store, lock) = store_to_compare(g, &cfg)?;
+    let (store, lock) = session.store_to_compare()?;
     let from = store.get(&args.from)?;
-    let old = crate::modes::manifest_to_compare(&from, &cfg, args.full)?;
+    let old = crate::modes::manifest_to_compare(&from, cfg, args.full)?;
     let new = match &args.to {
-        Some(to) => crate::modes::stored_manifest(&store.get(to)?, &cfg)?,
+        Some(to) => crate::modes::stored_manifest(&store.get(to)?, cfg)?,
         None => {
             let live = cfg.live();
             live.check_present()?;

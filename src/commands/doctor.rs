@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{load_config, store};
+use super::load_config;
 use crate::choices::Choice;
 use crate::cli::GlobalArgs;
 use crate::config::{Config, Isolation, RestoreFallback};
@@ -11,6 +11,7 @@ use crate::docker::{self, Docker, State};
 use crate::exit::{Code, code_of, one_line};
 use crate::modes::{Mode, ModeContext, Status};
 use crate::output::{Report, table};
+use crate::store::Store;
 use crate::tools::DOCKER;
 use crate::tree::{Live, dir_writable, first_unwritable, free_bytes, human_bytes};
 
@@ -227,7 +228,9 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
             }
         }
     }
-    let (snapshots, unreadable) = store(cfg).list().unwrap_or_default();
+    let (snapshots, unreadable) = Store::new(&cfg.settings.snapshots_dir)
+        .list()
+        .unwrap_or_default();
     for u in unreadable {
         checks.add(
             &format!("snapshot {}", u.name),
@@ -268,7 +271,7 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
 /// Docker CLI and daemon versions and each node container. Problems fail the check when the
 /// configuration needs docker, and are warnings otherwise.
 fn check_docker(cfg: &Config, mode: &dyn Mode, checks: &mut Checks) {
-    let needed = docker::needed_by(cfg, mode, true);
+    let needed = crate::ops::docker_needed_by(cfg, mode, true);
     let bad = if needed.is_some() {
         Status::Fail
     } else {

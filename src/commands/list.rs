@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{load_config, store};
+use super::open;
 use crate::cli::GlobalArgs;
 use crate::fingerprint::Checker;
 use crate::legacy::{self, Format};
@@ -54,8 +54,8 @@ struct Listing {
 }
 
 pub fn run(g: &GlobalArgs) -> Result<Report> {
-    let cfg = load_config(g)?;
-    let store = store(&cfg);
+    let session = open(g)?;
+    let store = session.store();
     let (snapshots, unreadable) = store.list()?;
     for u in &unreadable {
         tracing::warn!(name = %u.name, "snapshot_unreadable: {}", u.problem);

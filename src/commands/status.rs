@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{changes_table, compared, load_config, snapshot_named, store_to_compare};
+use super::{changes_table, compared, open};
 use crate::cli::{GlobalArgs, StatusArgs};
 use crate::exit::Code;
 use crate::fingerprint::Checker;
@@ -32,15 +32,16 @@ pub fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
 }
 
 fn status(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
-    let cfg = load_config(g)?;
-    let name = snapshot_named(&cfg, args.name.as_deref())?;
+    let session = open(g)?;
+    let cfg = &session.cfg;
+    let name = session.snapshot_named(args.name.as_deref())?;
     let live = cfg.live();
     live.check_present()?;
-    let (store, lock) = store_to_compare(g, &cfg)?;
+    let (store, lock) = session.store_to_compare()?;
     let unfinished = store.unfinished_restore(&lock)?;
     let snap = store.get(&name)?;
     let stale_files = Checker::default().changes(&snap.meta)?;
-    let expected = crate::modes::manifest_to_compare(&snap, &cfg, args.full)?;
+    let expected = crate::modes::manifest_to_compare(&snap, cfg, args.full)?;
     let now = manifest::scan_live(&live.cache_dir, &snap.meta.include, &expected, args.full)?;
     drop(lock);
     let changes = manifest::compare(&expected, &now);

@@ -5,10 +5,11 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{checked_store, load_config, lock_timeout, prepare};
+use super::open;
 use crate::cli::{GlobalArgs, VerifyArgs};
 use crate::exit::{Code, code_of, one_line};
 use crate::modes::{ModeContext, Verified};
+use crate::ops::prepare;
 use crate::output::{Report, table};
 use crate::store::{Snapshot, validate_name};
 use crate::tree::Live;
@@ -27,8 +28,9 @@ struct Checked {
 const SHOWN: usize = 20;
 
 pub fn run(g: &GlobalArgs, args: &VerifyArgs) -> Result<Report> {
-    let cfg = load_config(g)?;
-    let store = checked_store(&cfg)?;
+    let session = open(g)?;
+    let cfg = &session.cfg;
+    let store = session.checked_store()?;
     let names = if args.all {
         vec![]
     } else if args.names.is_empty() {
@@ -39,7 +41,7 @@ pub fn run(g: &GlobalArgs, args: &VerifyArgs) -> Result<Report> {
     for name in &names {
         validate_name(name)?;
     }
-    let _lock = store.lock_shared(lock_timeout(g))?;
+    let _lock = store.lock_shared(session.lock_timeout)?;
     let mut results = Vec::new();
     let snapshots = if args.all {
         let (snapshots, unreadable) = store.list()?;
@@ -64,7 +66,7 @@ pub fn run(g: &GlobalArgs, args: &VerifyArgs) -> Result<Report> {
     let live = cfg.live();
     for snap in &snapshots {
         let started = Instant::now();
-        let verified = check(&cfg, &live, snap).or_else(|e| {
+        let verified = check(cfg, &live, snap).or_else(|e| {
             // What is wrong with this machine or this run, not with the snapshot.
             if matches!(code_of(&e), Code::MissingDependency | Code::Interrupted) {
                 return Err(e);

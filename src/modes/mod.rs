@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::capture::{self, Held};
 use crate::choices::ModeKind;
 use crate::config::Config;
-use crate::delta::{Content, Delta, Dir, Source};
+use crate::delta::{Content, Delta, Dir, RestoreStats, Source};
 use crate::exit::{Code, fail};
 use crate::manifest::{Entry, Kind, Manifest, Name};
 use crate::store::{Journal, Snapshot};
@@ -267,24 +267,6 @@ impl<'a> ModeContext<'a> {
             .iter()
             .find(|f| f.tool == tool)
             .unwrap_or_else(|| panic!("{} is not among the mode's tools", tool.program))
-    }
-}
-
-/// What a restore did, for the summary.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-pub struct RestoreStats {
-    /// Files rewritten because they differed or were missing.
-    pub files_rewritten: u64,
-    pub bytes_rewritten: u64,
-    /// Entries removed because the snapshot does not have them.
-    pub entries_deleted: u64,
-}
-
-impl RestoreStats {
-    pub fn add(&mut self, other: RestoreStats) {
-        self.files_rewritten += other.files_rewritten;
-        self.bytes_rewritten += other.bytes_rewritten;
-        self.entries_deleted += other.entries_deleted;
     }
 }
 

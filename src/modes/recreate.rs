@@ -7,8 +7,9 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::{Mode, ModeContext, ModeKind, Restoration, RestoreStats};
+use super::{Mode, ModeContext, ModeKind, Restoration};
 use crate::config::Config;
+use crate::delta::RestoreStats;
 use crate::docker::{Docker, State, Wait, concurrently, node_containers};
 use crate::exit::{Code, code_of, fail, one_line};
 use crate::manifest::Manifest;
