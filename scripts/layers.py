@@ -18,7 +18,6 @@ SRC = os.path.join(ROOT, "src")
 
 # Upward imports not removed yet, each with why: (file under src/, module it uses).
 ALLOWED = {
-    ("config.rs", "store"): "validate_name, to move below",
     ("modes/mod.rs", "quiesce"): "the nodes stopped so far, to become a handle in the context",
     ("modes/recreate.rs", "quiesce"): "the nodes stopped so far, to become a handle in the context",
 }

@@ -14,8 +14,8 @@ use serde::Serialize;
 use crate::exit::{Code, fail};
 use crate::ini::Ini;
 use crate::manifest::VerifyLevel;
+use crate::names::validate_name;
 use crate::span::Span;
-use crate::store::validate_name;
 use crate::tree::Live;
 
 pub const SECTION: &str = "suite_isolation";

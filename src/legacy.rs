@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::choices::ModeKind;
 use crate::exit::{Code, fail};
-use crate::store::{Lock, META_FILE, PAYLOAD_DIR, Staging, sync_dir, validate_name};
+use crate::names::validate_name;
+use crate::store::{Lock, META_FILE, PAYLOAD_DIR, Staging, sync_dir};
 
 /// The harness's metadata inside a filesystem snapshot.
 pub const DIR_METADATA: &str = ".snapshot_metadata";

@@ -6,7 +6,7 @@
 
 // The layers, bottom to top: a module uses only its own layer and those below, which
 // scripts/layers.py checks in CI (ARCHITECTURE.md draws them).
-// layer base: exit sys signals parallel span choices testhook ini tools tree progress
+// layer base: exit sys signals parallel span choices names testhook ini tools tree progress
 // layer engine: manifest delta
 // layer config: config capture
 // layer store: store legacy retention fingerprint docker
@@ -27,6 +27,7 @@ pub mod ini;
 pub(crate) mod legacy;
 pub(crate) mod manifest;
 pub(crate) mod modes;
+pub(crate) mod names;
 pub(crate) mod ops;
 pub mod output;
 pub(crate) mod parallel;

@@ -34,6 +34,7 @@ use crate::choices::ModeKind;
 use crate::exit::{Code, Error, fail};
 use crate::fingerprint::Fingerprint;
 use crate::manifest::{Allowed, Manifest};
+use crate::names::validate_name;
 use crate::signals;
 use crate::tree::remove_tree;
 
@@ -51,27 +52,6 @@ const JOURNAL_FILE: &str = ".restore-journal";
 const STAGING_PREFIX: &str = ".staging-";
 const TRASH_PREFIX: &str = ".trash-";
 const PARKED_SUFFIX: &str = ".old";
-
-/// Snapshot names: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`, so a name is always one plain
-/// path component (no traversal, no hidden files).
-pub fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(fail(
-            Code::Usage,
-            format!(
-                "invalid snapshot name {name:?}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
-            ),
-        ))
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Meta {

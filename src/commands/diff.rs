@@ -7,8 +7,8 @@ use super::{changes_table, compared, open};
 use crate::cli::{DiffArgs, GlobalArgs};
 use crate::exit::{Code, fail};
 use crate::manifest::{self, Change, NodeSummary};
+use crate::names::validate_name;
 use crate::output::Report;
-use crate::store::validate_name;
 
 #[derive(Serialize)]
 struct Diff {

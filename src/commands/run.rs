@@ -11,10 +11,10 @@ use serde::Serialize;
 use super::{create_report, open, restore_report};
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::exit::{Code, code_of, fail, one_line};
+use crate::names::validate_name;
 use crate::ops::create::{CreateOpts, Created};
 use crate::ops::restore::{RestoreOpts, Restored};
 use crate::output::Report;
-use crate::store::validate_name;
 use crate::tree::seconds;
 
 #[derive(Serialize)]

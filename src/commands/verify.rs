@@ -9,9 +9,10 @@ use super::open;
 use crate::cli::{GlobalArgs, VerifyArgs};
 use crate::exit::{Code, code_of, one_line};
 use crate::modes::{ModeContext, Verified};
+use crate::names::validate_name;
 use crate::ops::prepare;
 use crate::output::{Report, table};
-use crate::store::{Snapshot, validate_name};
+use crate::store::Snapshot;
 use crate::tree::Live;
 
 #[derive(Serialize)]

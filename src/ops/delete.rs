@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::Session;
 use crate::legacy;
-use crate::store::validate_name;
+use crate::names::validate_name;
 
 /// What a delete did: `delete --json`'s record.
 #[derive(Debug, Serialize)]

@@ -14,8 +14,9 @@ use crate::config::{Config, Isolation, Overrides, Quiesce, RestoreFallback};
 use crate::docker::Docker;
 use crate::exit::{Code, fail};
 use crate::modes::Mode;
+use crate::names::validate_name;
 use crate::quiesce::Op;
-use crate::store::{Lock, Store, validate_name};
+use crate::store::{Lock, Store};
 use crate::tools::{DOCKER, Found};
 use crate::tree::Live;
 
