@@ -5,7 +5,6 @@ The layers are the `// layer NAME: module module …` lines of src/lib.rs, botto
 module may use its own layer and those below: `use crate::x…`, `crate::x::` and the names
 inside `use crate::{…}` all count; `#[cfg(test)] mod tests` blocks do not. Modules under
 src/commands/ may not use one another (`super::x`): shared steps belong in ops.
-ALLOWED lists the upward imports still left, each with its reason.
 With --graph it prints each module's imports and the modules that import each other in a
 circle, for the figures in ARCHITECTURE.md.
 """
@@ -15,12 +14,6 @@ import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 SRC = os.path.join(ROOT, "src")
-
-# Upward imports not removed yet, each with why: (file under src/, module it uses).
-ALLOWED = {
-    ("modes/mod.rs", "quiesce"): "the nodes stopped so far, to become a handle in the context",
-    ("modes/recreate.rs", "quiesce"): "the nodes stopped so far, to become a handle in the context",
-}
 
 
 def layers():
@@ -71,23 +64,18 @@ def main():
             text = code(path)
             for other in sorted(used(text, names) - {module}):
                 edges[module].add(other)
-                if order[other][0] > order[module][0] and (rel, other) not in ALLOWED:
+                if order[other][0] > order[module][0]:
                     problems.append(
                         f"src/{rel}: {order[module][1]} module {module} uses {other}, of the higher layer {order[other][1]}"
                     )
             if module == "commands" and f != "mod.rs":
                 siblings = {s[:-3] for s in os.listdir(dirpath) if s.endswith(".rs")} - {"mod"}
                 for other in sorted(set(re.findall(r"\bsuper::(\w+)", text)) & siblings):
-                    if (rel, other) not in ALLOWED:
-                        problems.append(f"src/{rel}: command module uses command module {other}")
+                    problems.append(f"src/{rel}: command module uses command module {other}")
     if "--graph" in sys.argv:
         for m in sorted(edges, key=lambda m: order[m]):
             print(f"{order[m][1]:>8} {m}: {' '.join(sorted(edges[m]))}")
         print("in a circle:", " ".join(sorted(circled(edges))) or "none")
-    # An allowance the code no longer needs is taken off the list.
-    for rel, other in sorted(ALLOWED):
-        if not re.search(rf"\b(crate|super)::{other}\b|\buse crate::\{{[^;]*\b{other}\b", code(os.path.join(SRC, rel)), re.S):
-            problems.append(f"src/{rel}: no longer uses {other}; remove it from ALLOWED")
     for p in problems:
         print(p, file=sys.stderr)
     sys.exit(1 if problems else 0)

@@ -132,7 +132,7 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
     check_docker(cfg, mode.as_ref(), checks);
     let live = cfg.live();
     if found.len() == mode.tools().len() {
-        let ctx = ModeContext::new(cfg, &live, &found);
+        let ctx = ModeContext::new(cfg, &live, &found, &crate::ops::Quiesced);
         for f in mode.doctor(&ctx) {
             checks.add(&f.check, f.status, f.detail, f.hint);
         }

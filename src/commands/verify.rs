@@ -152,7 +152,7 @@ fn check(cfg: &crate::config::Config, live: &Live, snap: &Snapshot) -> Result<Ve
         });
     }
     let manifest = snap.manifest_with_pieces(&cfg.allowed())?;
-    let ctx = ModeContext::new(cfg, live, &tools);
+    let ctx = ModeContext::new(cfg, live, &tools, &crate::ops::Quiesced);
     mode.verify(&ctx, snap)?;
     mode.verify_stored(&ctx, snap, &manifest)
 }

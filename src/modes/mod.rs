@@ -11,6 +11,7 @@ use crate::capture::{self, Held};
 use crate::choices::ModeKind;
 use crate::config::Config;
 use crate::delta::{Content, Delta, Dir, RestoreStats, Source};
+use crate::docker::{Docker, Wait};
 use crate::exit::{Code, fail};
 use crate::manifest::{Entry, Kind, Manifest, Name};
 use crate::store::{Journal, Snapshot};
@@ -72,7 +73,7 @@ fn delta_restore(
     content: Content,
     fetch: Fetch,
 ) -> Result<Restoration> {
-    crate::quiesce::all_stopped()?;
+    ctx.containers.all_stopped()?;
     delta(ctx, target, source, content, fetch)
 }
 
@@ -171,7 +172,7 @@ fn payload_restore(
     let source = Dir::snapshot(&payload)?;
     // Workers for nodes whose containers stopped, only while some are being stopped: a
     // restore that stops none would spawn threads for nothing.
-    let workers = if crate::quiesce::stopping() {
+    let workers = if ctx.containers.stopping() {
         crate::parallel::cores()
     } else {
         0
@@ -180,7 +181,7 @@ fn payload_restore(
         (0..workers).collect(),
         RestoreStats::default,
         |stats, _worker: usize| {
-            while let Some(node) = crate::quiesce::next_stopped()? {
+            while let Some(node) = ctx.containers.next_stopped()? {
                 let started = std::time::Instant::now();
                 if let Some(part) = node_part(&target, &node) {
                     stats.add(delta(ctx, &part, &source, content, &|_| Ok(()))?.stats);
@@ -224,12 +225,32 @@ fn node_part(target: &Manifest, node: &str) -> Option<Manifest> {
     Some(Manifest { header, entries })
 }
 
+/// The node containers as the operation quiesces them, asked through this handle since the
+/// quiesce is a policy of the layer above: which nodes' containers a restore has stopped so
+/// far (their data may be restored at once), and a restart of containers.
+pub trait Containers: Sync {
+    /// Whether containers are being stopped right now: only then does
+    /// [`Containers::next_stopped`] hand anything out.
+    fn stopping(&self) -> bool;
+
+    /// A node directory whose container has stopped and that no caller had yet, waiting for
+    /// one; None once every container has stopped and every such node was handed out.
+    fn next_stopped(&self) -> Result<Option<String>>;
+
+    /// Waits until every container being stopped has stopped.
+    fn all_stopped(&self) -> Result<()>;
+
+    /// Stops the containers `names`, then starts them again and waits for them as `wait` says.
+    fn restart(&self, docker: &Docker, names: Vec<String>, wait: Wait) -> Result<()>;
+}
+
 /// What a mode gets to work with.
 pub struct ModeContext<'a> {
     pub cfg: &'a Config,
     pub live: &'a Live,
     /// The mode's tools, located, in the order of [`Mode::tools`].
     pub tools: &'a [Found],
+    pub containers: &'a dyn Containers,
     /// A restore's journal, which [`ModeContext::changing`] writes.
     pub journal: Option<&'a Journal>,
     /// A restore that selects files by content (`restore --verify full`), so that it repairs
@@ -239,11 +260,17 @@ pub struct ModeContext<'a> {
 
 impl<'a> ModeContext<'a> {
     /// The context of anything but a restore: no journal, no selection by content.
-    pub fn new(cfg: &'a Config, live: &'a Live, tools: &'a [Found]) -> ModeContext<'a> {
+    pub fn new(
+        cfg: &'a Config,
+        live: &'a Live,
+        tools: &'a [Found],
+        containers: &'a dyn Containers,
+    ) -> ModeContext<'a> {
         ModeContext {
             cfg,
             live,
             tools,
+            containers,
             journal: None,
             by_content: false,
         }

@@ -210,7 +210,7 @@ impl Adoption<'_> {
                 crate::testhook::pause("adopt-after-move");
                 crate::signals::check()?;
                 let live = self.live(&payload, nodes);
-                let ctx = ModeContext::new(self.cfg, &live, self.tools);
+                let ctx = ModeContext::new(self.cfg, &live, self.tools, &super::Quiesced);
                 self.seal(&mut staging, &ctx, nodes, serde_json::Value::Null)
             })();
             sealed.map_err(|e| match moved.put_back() {
@@ -270,7 +270,7 @@ impl Adoption<'_> {
             format!("/{} in the image {}", inside.display(), image.display())
         })?;
         let live = self.live(&tree.0, &nodes);
-        let ctx = ModeContext::new(self.cfg, &live, self.tools);
+        let ctx = ModeContext::new(self.cfg, &live, self.tools, &super::Quiesced);
         let payload = self.mode.create(&ctx, &staging.payload())?;
         crate::signals::check()?;
         self.seal(&mut staging, &ctx, &nodes, payload)

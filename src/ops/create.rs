@@ -293,7 +293,7 @@ impl Job<'_> {
             .mode
             .writes_live_data()
             .then(|| progress::Operation::create(format!("create {name}"), self.live));
-        let ctx = ModeContext::new(self.cfg, self.live, self.tools);
+        let ctx = ModeContext::new(self.cfg, self.live, self.tools, &super::Quiesced);
         // Before the copy: a pattern refused (past fingerprint::MAX_FILES) fails fast.
         // Only data restored from a snapshot can disagree with the files beside it.
         let fingerprint = if self.mode.writes_live_data() {

@@ -11,9 +11,9 @@ use anyhow::Result;
 
 use crate::choices::ModeKind;
 use crate::config::{Config, Isolation, Overrides, Quiesce, RestoreFallback};
-use crate::docker::Docker;
+use crate::docker::{Docker, Wait};
 use crate::exit::{Code, fail};
-use crate::modes::Mode;
+use crate::modes::{Containers, Mode};
 use crate::names::validate_name;
 use crate::quiesce::Op;
 use crate::store::{Lock, Store};
@@ -143,6 +143,27 @@ enum Begun<'a> {
         name: String,
     },
     Ready(Box<Ready<'a>>),
+}
+
+/// The node containers as [`crate::quiesce`] holds them, for the modes (see [`Containers`]).
+pub struct Quiesced;
+
+impl Containers for Quiesced {
+    fn stopping(&self) -> bool {
+        crate::quiesce::stopping()
+    }
+
+    fn next_stopped(&self) -> Result<Option<String>> {
+        crate::quiesce::next_stopped()
+    }
+
+    fn all_stopped(&self) -> Result<()> {
+        crate::quiesce::all_stopped()
+    }
+
+    fn restart(&self, docker: &Docker, names: Vec<String>, wait: Wait) -> Result<()> {
+        crate::quiesce::Held::stop(docker, names, wait)?.end()
+    }
 }
 
 /// Why this configuration needs docker for a create (or, with `restore`, a restore):

@@ -229,6 +229,7 @@ fn restore_snapshot(
         cfg,
         live,
         tools: &tools,
+        containers: &super::Quiesced,
         journal: Some(&journal),
         by_content: guard.verify == VerifyLevel::Full,
     };
@@ -372,7 +373,7 @@ fn fall_back(
         error = %error,
         "restore_fallback: restoring {name} failed; restore_fallback = recreate, so the recreate cleanup runs instead and the data will not be the snapshot's"
     );
-    let removed = recreate::clean(docker, cfg).map_err(|e| {
+    let removed = recreate::clean(docker, cfg, &super::Quiesced).map_err(|e| {
         let code = match code_of(&e) {
             Code::Interrupted => Code::Interrupted,
             _ => Code::Failure,
