@@ -8,7 +8,6 @@ use anyhow::Result;
 
 use crate::cli::{Cli, Command, GlobalArgs};
 use crate::config::{Config, Overrides};
-use crate::exit::{Code, recode};
 use crate::ops::Session;
 use crate::ops::create::Created;
 use crate::ops::restore::Restored;
@@ -86,12 +85,6 @@ fn load_config(g: &GlobalArgs) -> Result<Config> {
 /// The session the command's operations run in: the configuration loaded once.
 fn open(g: &GlobalArgs) -> Result<Session> {
     Session::open(&overrides(g), Duration::from_secs(g.lock_timeout))
-}
-
-/// What status and diff return: a failure there means they could not compare (exit 7),
-/// which a script must be able to tell from "they differ" (exit 1).
-fn compared(result: Result<Report>) -> Result<Report> {
-    result.map_err(|e| recode(e, Code::Failure, Code::CouldNotCompare))
 }
 
 /// Per-node counts of changes, for `status` and `diff --stat`.

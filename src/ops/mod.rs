@@ -21,10 +21,12 @@ use crate::tools::{DOCKER, Found};
 use crate::tree::Live;
 
 pub mod adopt;
+pub mod compare;
 pub mod create;
 pub mod delete;
 pub mod prune;
 pub mod restore;
+pub mod verify;
 
 /// One configuration, loaded once, and how long its operations wait for the store's lock.
 pub struct Session {
