@@ -5,13 +5,12 @@
 //! validation error can name the file, line, section, key and value involved.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::exit::{Code, fail};
+use crate::exit::{Code, Error, Origin, fail};
 use crate::ini::Ini;
 use crate::manifest::VerifyLevel;
 use crate::names::validate_name;
@@ -335,34 +334,6 @@ pub const SPECS: &[Spec] = &[
     },
 ];
 
-/// Where a value came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    Flag,
-    Env(String),
-    File {
-        path: PathBuf,
-        line: usize,
-        section: String,
-    },
-    Default,
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Source::Flag => f.write_str("flag --set"),
-            Source::Env(var) => write!(f, "env {var}"),
-            Source::File {
-                path,
-                line,
-                section,
-            } => write!(f, "{}:{line} [{section}]", path.display()),
-            Source::Default => f.write_str("default"),
-        }
-    }
-}
-
 /// A validated value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -379,7 +350,7 @@ pub enum Value {
 pub struct Setting {
     pub raw: String,
     pub value: Value,
-    pub source: Source,
+    pub source: Origin,
 }
 
 #[derive(Debug, Serialize)]
@@ -614,44 +585,41 @@ impl Config {
         let mut values = BTreeMap::new();
         for spec in SPECS {
             let (raw, source) = if let Some(v) = flags.get(spec.key) {
-                (v.clone(), Source::Flag)
+                (v.clone(), Origin::Flag)
             } else if let Some(v) = env.get(&env_var(spec.key)) {
-                (v.clone(), Source::Env(env_var(spec.key)))
+                (v.clone(), Origin::Env(env_var(spec.key)))
             } else if let Some(found) = ini.get(spec.section, spec.key) {
-                let found = found.map_err(|e| {
-                    fail(
-                        Code::Usage,
-                        format!(
-                            "config file {} line {}: [{}] {}: {}",
-                            file.display(),
-                            e.line.unwrap_or(0),
-                            spec.section,
-                            spec.key,
-                            e.message
-                        ),
-                    )
+                let found = found.map_err(|e| Error::Setting {
+                    key: spec.key,
+                    raw: None,
+                    origin: Origin::File {
+                        path: file.clone(),
+                        line: e.line.unwrap_or(0),
+                        section: spec.section.to_string(),
+                    },
+                    why: e.message,
                 })?;
-                let source = Source::File {
+                let source = Origin::File {
                     path: file.clone(),
                     line: found.line,
                     section: found.section.to_string(),
                 };
                 (found.text, source)
             } else {
-                (spec.default.to_string(), Source::Default)
+                (spec.default.to_string(), Origin::Default)
             };
             // Relative paths from the file (or defaults) are relative to the base folder, as
             // the harness resolves them; from the command line or environment, to the working
             // directory.
             let rel_base = match source {
-                Source::Flag | Source::Env(_) => cwd,
+                Origin::Flag | Origin::Env(_) => cwd,
                 _ => &base,
             };
-            let value = validate(spec, &raw, rel_base).map_err(|why| {
-                fail(
-                    Code::Usage,
-                    format!("{}: {why}", describe_origin(spec, &raw, &source)),
-                )
+            let value = validate(spec, &raw, rel_base).map_err(|why| Error::Setting {
+                key: spec.key,
+                raw: Some(raw.clone()),
+                origin: source.clone(),
+                why,
             })?;
             values.insert(spec.key, Setting { raw, value, source });
         }
@@ -668,6 +636,19 @@ impl Config {
     /// A setting's raw value and source, for messages that name where a value came from.
     pub fn setting(&self, key: &str) -> &Setting {
         setting(&self.values, key)
+    }
+
+    /// The error of a setting that is valid but cannot be honoured here (exit 2), naming its
+    /// value and where that came from.
+    pub fn unusable(&self, key: &'static str, why: String) -> anyhow::Error {
+        let s = self.setting(key);
+        Error::Unusable {
+            key,
+            raw: s.raw.trim().to_string(),
+            origin: s.source.clone(),
+            why,
+        }
+        .into()
     }
 
     /// Every setting in table order, for `stagesnap config`.
@@ -822,23 +803,6 @@ fn warn_unknown_keys(ini: &Ini, file: &Path) {
                 "unknown_setting: [{SECTION}] {key} is not a stagesnap setting and is ignored"
             );
         }
-    }
-}
-
-fn describe_origin(spec: &Spec, raw: &str, source: &Source) -> String {
-    match source {
-        Source::Flag => format!("--set {}={raw:?}", spec.key),
-        Source::Env(var) => format!("environment {var}={raw:?}"),
-        Source::File {
-            path,
-            line,
-            section,
-        } => format!(
-            "config file {} line {line}: [{section}] {} = {raw:?}",
-            path.display(),
-            spec.key
-        ),
-        Source::Default => format!("default {} = {raw:?}", spec.key),
     }
 }
 
@@ -1062,7 +1026,7 @@ mod tests {
         assert!(cfg.settings.snapshots_dir.ends_with("testing/snapshots"));
         assert!(!cfg.settings.snapshots_dir.to_string_lossy().contains(".."));
         assert_eq!(cfg.settings.include, &[PathBuf::from("data")]);
-        assert_eq!(cfg.setting("mode").source, Source::Default);
+        assert_eq!(cfg.setting("mode").source, Origin::Default);
     }
 
     #[test]
@@ -1079,16 +1043,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.settings.mode, Isolation::Disabled);
-        assert_eq!(cfg.setting("mode").source, Source::Flag);
+        assert_eq!(cfg.setting("mode").source, Origin::Flag);
         assert_eq!(cfg.settings.keep_snapshot_count, 9);
         assert!(matches!(
             cfg.setting("keep_snapshot_count").source,
-            Source::Env(_)
+            Origin::Env(_)
         ));
         assert!(!cfg.settings.auto_cleanup);
         assert!(matches!(
             cfg.setting("auto_cleanup").source,
-            Source::File { line: 4, .. }
+            Origin::File { line: 4, .. }
         ));
     }
 

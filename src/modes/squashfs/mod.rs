@@ -235,10 +235,6 @@ fn parse_compressors(help: &str) -> Vec<String> {
 /// `squashfs_restore = mount` possible here.
 fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
     let comp = Compression::from_config(cfg);
-    let origin = |key: &str| {
-        let s = cfg.setting(key);
-        format!("{key} = {} ({})", s.raw.trim(), s.source)
-    };
     let supported = compressors(mksquashfs)?;
     if supported.is_empty() {
         // A help text of an unknown shape: mksquashfs itself will refuse a missing compressor.
@@ -246,11 +242,10 @@ fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
     } else if comp.name != SquashfsCompression::None
         && !supported.iter().any(|c| c == comp.name.name())
     {
-        return Err(fail(
-            Code::Usage,
+        return Err(cfg.unusable(
+            "squashfs_compression",
             format!(
-                "{}: the installed mksquashfs {} ({}) was built without {}; it supports {}. Choose one of those, or none",
-                origin("squashfs_compression"),
+                "the installed mksquashfs {} ({}) was built without {}; it supports {}. Choose one of those, or none",
                 mksquashfs.version()?,
                 mksquashfs.path.display(),
                 comp.name,
@@ -261,21 +256,19 @@ fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
     if let Some(level) = cfg.settings.squashfs_level {
         match Compression::levels(comp.name) {
             None => {
-                return Err(fail(
-                    Code::Usage,
+                return Err(cfg.unusable(
+                    "squashfs_level",
                     format!(
-                        "{}: {} has no compression levels (gzip and lzo take 1-9, zstd 1-22); set squashfs_level = auto",
-                        origin("squashfs_level"),
+                        "{} has no compression levels (gzip and lzo take 1-9, zstd 1-22); set squashfs_level = auto",
                         comp.name
                     ),
                 ));
             }
             Some(range) if !range.contains(&level) => {
-                return Err(fail(
-                    Code::Usage,
+                return Err(cfg.unusable(
+                    "squashfs_level",
                     format!(
-                        "{}: {} takes levels {}-{}",
-                        origin("squashfs_level"),
+                        "{} takes levels {}-{}",
                         comp.name,
                         range.start(),
                         range.end()
@@ -288,11 +281,10 @@ fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
     if cfg.settings.squashfs_restore == SquashfsRestore::Mount
         && let Some(why) = mount_blocker()
     {
-        return Err(fail(
-            Code::Usage,
+        return Err(cfg.unusable(
+            "squashfs_restore",
             format!(
-                "{}: a loop mount is not possible here: {why}. Set squashfs_restore = auto or extract",
-                origin("squashfs_restore")
+                "a loop mount is not possible here: {why}. Set squashfs_restore = auto or extract"
             ),
         ));
     }
