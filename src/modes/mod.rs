@@ -21,7 +21,7 @@ use crate::tree::{Live, Totals};
 mod filesystem;
 pub mod recreate;
 mod reflink;
-mod squashfs;
+pub mod squashfs;
 
 /// A mode's row: adding a mode is its file, its row here and its name in [`ModeKind`]. The
 /// row's constructor gives the mode, which says everything else about itself through

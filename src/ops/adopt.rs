@@ -16,9 +16,10 @@ use super::{Session, prepare};
 use crate::config::Config;
 use crate::exit::{Code, fail, one_line};
 use crate::legacy::{self, DATA_DIR, DIR_METADATA, Format, Legacy};
+use crate::modes::squashfs::UNSQUASHFS;
 use crate::modes::{Mode, ModeContext};
 use crate::store::{Lock, Snapshot, Staging, Store};
-use crate::tools::{Found, UNSQUASHFS};
+use crate::tools::Found;
 use crate::tree::{Live, remove_tree};
 
 /// What an adopt did: `adopt --json`'s record.

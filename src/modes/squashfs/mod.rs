@@ -28,9 +28,42 @@ use crate::delta::{self, Content, Dir, Source, SourceFile};
 use crate::exit::{Code, Error, code_of, fail, one_line};
 use crate::manifest::{Entry, Kind, Manifest, Name};
 use crate::store::Snapshot;
-use crate::tools::{Found, MKSQUASHFS, MOUNT, Tool, UMOUNT, UNSQUASHFS};
+use crate::tools::{Found, Tool};
 use crate::tree::{Live, WORK_PREFIX, cstring, human_bytes, left_by_dead_process, seconds};
 use crate::{progress, signals};
+
+const MKSQUASHFS: Tool = Tool {
+    program: "mksquashfs",
+    package: "squashfs-tools",
+    product: "squashfs-tools",
+    version_args: &["-version"],
+    exit_hints: &[],
+};
+
+pub const UNSQUASHFS: Tool = Tool {
+    program: "unsquashfs",
+    package: "squashfs-tools",
+    product: "squashfs-tools",
+    version_args: &["-version"],
+    exit_hints: &[],
+};
+
+/// mount and umount loop-mount squashfs images for the mount restore.
+const MOUNT: Tool = Tool {
+    program: "mount",
+    package: "mount",
+    product: "mount",
+    version_args: &["--version"],
+    exit_hints: &[],
+};
+
+const UMOUNT: Tool = Tool {
+    program: "umount",
+    package: "mount",
+    product: "umount",
+    version_args: &["--version"],
+    exit_hints: &[],
+};
 
 pub struct Squashfs;
 
