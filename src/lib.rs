@@ -8,8 +8,8 @@
 // scripts/layers.py checks in CI (ARCHITECTURE.md draws them).
 // layer base: exit sys signals parallel span choices names testhook ini tools tree progress
 // layer engine: manifest delta
-// layer config: config capture
-// layer store: store legacy retention fingerprint docker
+// layer config: config capture fingerprint
+// layer store: store legacy retention docker
 // layer modes: modes
 // layer ops: ops quiesce
 // layer top: cli commands output

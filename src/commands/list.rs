@@ -64,7 +64,7 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
     let mut rows: Vec<(jiff::Timestamp, Row)> = snapshots
         .iter()
         .map(|s| {
-            let stale_files = fingerprints.changes(&s.meta)?;
+            let stale_files = fingerprints.changes(s.meta.fingerprint.as_ref())?;
             let usage = s.usage();
             let row = Row {
                 name: s.meta.name.clone(),

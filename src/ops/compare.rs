@@ -58,7 +58,7 @@ impl Session {
         let (store, lock) = self.store_to_compare()?;
         let unfinished = store.unfinished_restore(&lock)?;
         let snap = store.get(&name)?;
-        let stale_files = Checker::default().changes(&snap.meta)?;
+        let stale_files = Checker::default().changes(snap.meta.fingerprint.as_ref())?;
         let expected = crate::modes::manifest_to_compare(&snap, cfg, full)?;
         let now = manifest::scan_live(&live.cache_dir, &snap.meta.include, &expected, full)?;
         drop(lock);

@@ -134,7 +134,11 @@ impl Session {
         let found = store.get(&name);
         // Checked before the fallback below can run: a stale snapshot is refused, not failed.
         if let Ok(snap) = &found {
-            crate::fingerprint::guard(snap, opts.allow_stale)?;
+            crate::fingerprint::guard(
+                &snap.meta.name,
+                snap.meta.fingerprint.as_ref(),
+                opts.allow_stale,
+            )?;
         }
         let guard = Guard {
             store: &store,
