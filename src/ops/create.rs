@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{Begun, Ready, Session};
+use super::{Begun, Session};
 use crate::capture;
 use crate::choices::Choice;
 use crate::config::{Config, Isolation};
@@ -51,50 +51,46 @@ impl Session {
     /// Snapshot `name` (else `snapshot_name`) of the live data, with the containers quiesced
     /// around the copy and the retention rules applied after it (`auto_cleanup`).
     pub fn create(&self, name: Option<&str>, opts: CreateOpts) -> Result<Created> {
-        let Ready {
-            cfg,
-            name,
-            mode,
-            tools,
-            docker,
-            live,
-            store,
-            lock,
-        } = match self.begin(name, Op::Create)? {
+        let ready = match self.begin(name, Op::Create)? {
             Begun::Ready(ready) => *ready,
             Begun::Disabled { name } => return Ok(Created::skipped(&name)),
         };
-        if store.exists(&name) && !opts.force {
+        let name = &ready.name;
+        if ready.store.exists(name) && !opts.force {
             return Err(fail(
                 Code::Failure,
                 format!(
                     "snapshot {name} already exists in {}; use --force to replace it",
-                    store.dir().display()
+                    ready.store.dir().display()
                 ),
             ));
         }
         let job = Job {
-            cfg,
-            live: &live,
-            store: &store,
-            lock: &lock,
-            mode: mode.as_ref(),
-            tools: &tools,
+            cfg: ready.cfg,
+            live: &ready.live,
+            store: &ready.store,
+            lock: &ready.lock,
+            mode: ready.mode.as_ref(),
+            tools: &ready.tools,
             allow_interrupted: opts.allow_interrupted,
         };
         let started = Instant::now();
-        let replaced = store.exists(&name);
-        job.check_data(&name)?;
-        let snap = quiesce::around(cfg, docker.as_ref(), mode.as_ref(), Op::Create, || {
-            job.create(&name, opts.pin)
-        })?;
-        let pruned = job.auto_cleanup(&name)?;
+        let replaced = ready.store.exists(name);
+        job.check_data(name)?;
+        let snap = quiesce::around(
+            ready.cfg,
+            ready.docker.as_ref(),
+            ready.mode.as_ref(),
+            Op::Create,
+            || job.create(name, opts.pin),
+        )?;
+        let pruned = job.auto_cleanup(name)?;
         Ok(Created {
             replaced,
             pruned,
             ..Created::of(
                 &snap,
-                mode.as_ref(),
+                ready.mode.as_ref(),
                 crate::tree::seconds(started.elapsed()),
             )
         })
