@@ -41,6 +41,10 @@ use crate::tree::remove_tree;
 /// Version of meta.json's layout. Readers refuse newer ones.
 pub const SCHEMA: u32 = 1;
 pub const META_FILE: &str = "meta.json";
+/// The stage-env harness keeps its snapshots in the same folder (see [`crate::legacy`], which
+/// adopts them): a directory holding this metadata file, or an image `<name>.sqfs`.
+pub const DIR_METADATA: &str = ".snapshot_metadata";
+pub const IMAGE_EXT: &str = "sqfs";
 pub const PAYLOAD_DIR: &str = "payload";
 pub const MANIFEST_FILE: &str = "manifest.jsonl";
 /// The manifest's piece digests (see [`Manifest::pieces_to_bytes`]).
@@ -52,6 +56,24 @@ const JOURNAL_FILE: &str = ".restore-journal";
 const STAGING_PREFIX: &str = ".staging-";
 const TRASH_PREFIX: &str = ".trash-";
 const PARKED_SUFFIX: &str = ".old";
+
+/// Whether `dir`, an entry of snapshots_dir, is a legacy filesystem snapshot: a real directory
+/// with the harness's metadata and no meta.json.
+pub fn is_legacy_dir(dir: &Path) -> bool {
+    let exists = |p: &Path| p.symlink_metadata().is_ok();
+    dir.symlink_metadata().is_ok_and(|m| m.is_dir())
+        && !exists(&dir.join(META_FILE))
+        && exists(&dir.join(DIR_METADATA))
+}
+
+/// The stage-env harness's image of snapshot `name` in snapshots_dir `store`, if it has one.
+pub fn legacy_image(store: &Path, name: &str) -> Option<PathBuf> {
+    let image = store.join(format!("{name}.{IMAGE_EXT}"));
+    image
+        .symlink_metadata()
+        .is_ok_and(|m| !m.is_dir())
+        .then_some(image)
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Meta {
@@ -518,7 +540,7 @@ impl Store {
             if name.starts_with('.')
                 || !(kind.is_dir() || kind.is_symlink())
                 || validate_name(&name).is_err()
-                || crate::legacy::is_legacy_dir(&entry.path())
+                || is_legacy_dir(&entry.path())
             {
                 continue;
             }
@@ -544,11 +566,36 @@ impl Store {
     /// The snapshot `name`, or exit 4 when there is none, or an error naming what is wrong with it.
     pub fn get(&self, name: &str) -> Result<Snapshot> {
         validate_name(name)?;
-        crate::legacy::refuse(&self.dir, name)?;
+        self.refuse_legacy(name)?;
         if !self.exists(name) {
             return Err(self.not_found(name));
         }
         self.read(name)
+    }
+
+    /// Fails (exit 1) when `name` is the stage-env harness's snapshot and not a stagesnap
+    /// one, saying to adopt it: what every command that reads a snapshot says instead of
+    /// "damaged" or "not found".
+    pub fn refuse_legacy(&self, name: &str) -> Result<()> {
+        let dir = self.dir.join(name);
+        if dir.join(META_FILE).symlink_metadata().is_ok() {
+            return Ok(());
+        }
+        let found = if is_legacy_dir(&dir) {
+            Some(dir)
+        } else {
+            legacy_image(&self.dir, name)
+        };
+        match found {
+            None => Ok(()),
+            Some(path) => Err(fail(
+                Code::Failure,
+                format!(
+                    "snapshot {name} was made by the stage-env harness ({}); run `stagesnap adopt {name}` to use it",
+                    path.display()
+                ),
+            )),
+        }
     }
 
     fn not_found(&self, name: &str) -> anyhow::Error {
@@ -711,10 +758,7 @@ impl Store {
     /// when it died. Only safe under the lock, which guarantees no other process is building
     /// or deleting right now. A leftover that cannot be removed is only a warning: it is
     /// hidden and takes nothing but space.
-    pub fn clean_leftovers(&self, lock: &Lock) -> Result<usize> {
-        // First, so that the staging directory of an interrupted adopt is emptied of the
-        // legacy data it holds before it is removed.
-        crate::legacy::recover(&self.dir, lock)?;
+    pub fn clean_leftovers(&self, _lock: &Lock) -> Result<usize> {
         let mut removed = 0;
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return Ok(0);

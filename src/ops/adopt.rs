@@ -12,13 +12,13 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::create::{Job, Sealed};
-use super::{Session, prepare};
+use super::{Session, clean_leftovers, prepare};
 use crate::config::Config;
 use crate::exit::{Code, fail, one_line};
-use crate::legacy::{self, DATA_DIR, DIR_METADATA, Format, Legacy};
+use crate::legacy::{self, DATA_DIR, Format, Legacy};
 use crate::modes::squashfs::UNSQUASHFS;
 use crate::modes::{Mode, ModeContext};
-use crate::store::{Lock, Snapshot, Staging, Store};
+use crate::store::{DIR_METADATA, Lock, Snapshot, Staging, Store};
 use crate::tools::Found;
 use crate::tree::{Live, remove_tree};
 
@@ -47,7 +47,7 @@ impl Session {
         let name = self.snapshot_named(name)?;
         let store = self.checked_store()?;
         let lock = store.lock(&format!("adopt {name}"), self.lock_timeout)?;
-        store.clean_leftovers(&lock)?;
+        clean_leftovers(&store, &lock)?;
         let legacy = match legacy::find(store.dir(), &name).as_slice() {
             [one] => one.clone(),
             [] => {

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::Session;
+use super::{Session, clean_leftovers};
 use crate::legacy;
 use crate::names::validate_name;
 
@@ -26,7 +26,7 @@ impl Session {
         self.prepare_configured()?;
         let store = self.checked_store()?;
         let lock = store.lock(&format!("delete {}", names.join(" ")), self.lock_timeout)?;
-        store.clean_leftovers(&lock)?;
+        clean_leftovers(&store, &lock)?;
         // Every name must exist before anything is removed: a typo changes nothing. One that
         // is not a complete snapshot goes too (that is how a damaged one is cleared), named
         // first.

@@ -24,6 +24,7 @@ pub mod adopt;
 pub mod compare;
 pub mod create;
 pub mod delete;
+pub mod list;
 pub mod prune;
 pub mod restore;
 pub mod verify;
@@ -112,7 +113,7 @@ impl Session {
         live.check_present()?;
         let store = self.checked_store()?;
         let lock = store.lock(&format!("{op} {name}"), self.lock_timeout)?;
-        store.clean_leftovers(&lock)?;
+        clean_leftovers(&store, &lock)?;
         live.remove_stale_work_dirs();
         Ok(Begun::Ready(Box::new(Ready {
             cfg: &self.cfg,
@@ -125,6 +126,16 @@ impl Session {
             lock,
         })))
     }
+}
+
+/// What every operation that writes the store does first, under its lock: puts back the
+/// harness snapshot an interrupted adopt was moving (see [`crate::legacy::recover`]; first, so
+/// that the staging directory it moved into is emptied of the legacy data before it is
+/// removed), then clears what crashed runs left (see [`Store::clean_leftovers`]).
+fn clean_leftovers(store: &Store, lock: &Lock) -> Result<()> {
+    crate::legacy::recover(store.dir(), lock)?;
+    store.clean_leftovers(lock)?;
+    Ok(())
 }
 
 /// What create and restore hold once they may begin.

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::Session;
+use super::{Session, clean_leftovers};
 use crate::retention::{self, Decision, Rules};
 use crate::span::Span;
 
@@ -44,7 +44,7 @@ impl Session {
         let store = self.checked_store()?;
         let lock = store.lock("prune", self.lock_timeout)?;
         if !opts.dry_run {
-            store.clean_leftovers(&lock)?;
+            clean_leftovers(&store, &lock)?;
         }
         let decisions = retention::prune(&store, &lock, &rules, opts.dry_run, "prune")?;
         let names = |remove: bool| -> Vec<String> {

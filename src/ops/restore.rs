@@ -96,7 +96,7 @@ impl Session {
         let started = Instant::now();
         // Before the auto-create below could make a snapshot of that name beside it, and the
         // fallback turn the refusal into a recreate.
-        crate::legacy::refuse(store.dir(), &name)?;
+        store.refuse_legacy(&name)?;
 
         if !store.exists(&name) {
             if !cfg.settings.auto_create_on_startup {
