@@ -1,5 +1,5 @@
 //! One module per subcommand, each a thin adapter: its arguments become an operation's
-//! options ([`crate::ops`]), the operation's outcome becomes a [`Report`] (its text, its JSON,
+//! options (`crate::ops`), the operation's outcome becomes a [`Report`] (its text, its JSON,
 //! its exit code). No command module uses another; what two share is here.
 
 use std::time::Duration;
