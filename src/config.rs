@@ -701,13 +701,13 @@ fn locate(
     if let Some((path, how)) = given {
         let path = cwd.join(path);
         if !path.is_file() {
-            return Err(fail(
-                Code::Usage,
-                format!(
-                    "config file {} (from {how}) does not exist or is not a file",
-                    path.display()
-                ),
-            ));
+            return Err(Error::GivenPath {
+                what: "config file",
+                path,
+                how: how.to_string(),
+                expected: "a file",
+            }
+            .into());
         }
         return Ok((path, how.to_string()));
     }
@@ -745,13 +745,13 @@ fn base_folder(
     if let Some((dir, how)) = given {
         let dir = normalize(&cwd.join(dir));
         if !dir.is_dir() {
-            return Err(fail(
-                Code::Usage,
-                format!(
-                    "base folder {} (from {how}) does not exist or is not a directory",
-                    dir.display()
-                ),
-            ));
+            return Err(Error::GivenPath {
+                what: "base folder",
+                path: dir,
+                how,
+                expected: "a directory",
+            }
+            .into());
         }
         return Ok((dir, how));
     }
@@ -768,21 +768,16 @@ fn base_folder(
 fn parse_set_flags(set: &[String]) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for item in set {
+        let flag = |why: String| Error::SetFlag {
+            item: item.clone(),
+            why,
+        };
         let Some((key, value)) = item.split_once('=') else {
-            return Err(fail(
-                Code::Usage,
-                format!("--set {item:?}: expected KEY=VALUE, e.g. --set mode=squashfs"),
-            ));
+            return Err(flag("expected KEY=VALUE, e.g. --set mode=squashfs".into()).into());
         };
         let key = key.trim().to_ascii_lowercase();
         if !SPECS.iter().any(|s| s.key == key) {
-            return Err(fail(
-                Code::Usage,
-                format!(
-                    "--set {item:?}: unknown setting {key:?}; valid: {}",
-                    known_keys()
-                ),
-            ));
+            return Err(flag(format!("unknown setting {key:?}; valid: {}", known_keys())).into());
         }
         out.insert(key, value.trim().to_string());
     }

@@ -129,6 +129,17 @@ pub enum Error {
         origin: Origin,
         why: String,
     },
+    /// A `--set` flag that is not `KEY=VALUE` of a known setting.
+    #[error("--set {item:?}: {why}")]
+    SetFlag { item: String, why: String },
+    /// A path given by a flag or the environment (`how`) that is not there as `expected`.
+    #[error("{what} {} (from {how}) does not exist or is not {expected}", .path.display())]
+    GivenPath {
+        what: &'static str,
+        path: PathBuf,
+        how: String,
+        expected: &'static str,
+    },
     /// A valid setting that this machine or its tools cannot honour.
     #[error("{key} = {raw} ({origin}): {why}")]
     Unusable {
@@ -205,7 +216,10 @@ impl Error {
             Error::NotFound { .. } => Code::NotFound,
             Error::Locked { .. } => Code::Locked,
             Error::MissingTool { .. } => Code::MissingDependency,
-            Error::Setting { .. } | Error::Unusable { .. } => Code::Usage,
+            Error::Setting { .. }
+            | Error::Unusable { .. }
+            | Error::SetFlag { .. }
+            | Error::GivenPath { .. } => Code::Usage,
         }
     }
 }
@@ -328,5 +342,21 @@ mod tests {
             unusable.to_string(),
             "squashfs_level = 30 (/b/stage-env.cfg:4 [suite_isolation]): zstd takes levels 1-22"
         );
+        let flag = Error::SetFlag {
+            item: "mode".into(),
+            why: "expected KEY=VALUE".into(),
+        };
+        assert_eq!(flag.to_string(), "--set \"mode\": expected KEY=VALUE");
+        let given = Error::GivenPath {
+            what: "config file",
+            path: PathBuf::from("/x.cfg"),
+            how: "--config".into(),
+            expected: "a file",
+        };
+        assert_eq!(
+            given.to_string(),
+            "config file /x.cfg (from --config) does not exist or is not a file"
+        );
+        assert_eq!((flag.code(), given.code()), (Code::Usage, Code::Usage));
     }
 }
