@@ -61,7 +61,7 @@ fn walk(live: &Live) -> Result<Walk> {
         .collect();
     tracing::debug!(
         entries = seen.len(),
-        seconds = crate::output::seconds(started.elapsed()),
+        seconds = crate::tree::seconds(started.elapsed()),
         "capture_walked"
     );
     Ok(seen)

@@ -58,3 +58,15 @@ macro_rules! choices {
     };
 }
 pub(crate) use choices;
+
+choices! {
+    /// A snapshot's mode (meta.json's `mode`), and the one a configuration uses (see
+    /// `config::Isolation`); the names are in the order the docs list them. Adding a mode is
+    /// its name here, its file in `modes/` and its row in `modes::MODES`.
+    pub enum ModeKind {
+        Recreate = "recreate",
+        Filesystem = "filesystem",
+        Squashfs = "squashfs",
+        Reflink = "reflink",
+    }
+}

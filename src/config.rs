@@ -5,18 +5,17 @@
 //! validation error can name the file, line, section, key and value involved.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::exit::{Code, fail};
+use crate::exit::{Code, Error, Origin, fail};
 use crate::ini::Ini;
 use crate::manifest::VerifyLevel;
-use crate::modes::ModeKind;
+use crate::names::validate_name;
 use crate::span::Span;
-use crate::store::validate_name;
+use crate::tree::Live;
 
 pub const SECTION: &str = "suite_isolation";
 pub const PATHS_SECTION: &str = "paths";
@@ -26,7 +25,46 @@ pub const BASE_DIR_ENV: &str = "STAGESNAP_BASE_DIR";
 /// The stage-env harness keeps its config in `<base>/config/`.
 const CONFIG_FOLDER: &str = "config";
 
-use crate::choices::{Choice, choices};
+use crate::choices::{Choice, ModeKind, choices};
+
+/// `mode`: suite isolation off (`disabled`, where create and restore do nothing), or the
+/// mode it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    Disabled,
+    Mode(ModeKind),
+}
+
+impl Choice for Isolation {
+    const NAMES: &'static [&'static str] = &MODE_NAMES;
+
+    fn from_name(name: &str) -> Option<Isolation> {
+        match name {
+            DISABLED => Some(Isolation::Disabled),
+            _ => ModeKind::from_name(name).map(Isolation::Mode),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Isolation::Disabled => DISABLED,
+            Isolation::Mode(kind) => kind.name(),
+        }
+    }
+}
+
+const DISABLED: &str = "disabled";
+
+/// `disabled` and then every mode's name.
+const MODE_NAMES: [&str; ModeKind::NAMES.len() + 1] = {
+    let mut names = [DISABLED; ModeKind::NAMES.len() + 1];
+    let mut i = 0;
+    while i < ModeKind::NAMES.len() {
+        names[i + 1] = ModeKind::NAMES[i];
+        i += 1;
+    }
+    names
+};
 
 choices! {
     /// `squashfs_compression`: the mksquashfs compressor, or none.
@@ -128,7 +166,6 @@ pub struct Spec {
     pub section: &'static str,
     pub default: &'static str,
     pub kind: Kind,
-    pub help: &'static str,
 }
 
 pub const SPECS: &[Spec] = &[
@@ -136,183 +173,157 @@ pub const SPECS: &[Spec] = &[
         key: "mode",
         section: SECTION,
         default: "filesystem",
-        kind: Kind::choice::<ModeKind>(),
-        help: "how snapshots are made and restored",
+        kind: Kind::choice::<Isolation>(),
     },
     Spec {
         key: "squashfs_compression",
         section: SECTION,
         default: "none",
         kind: Kind::choice::<SquashfsCompression>(),
-        help: "compressor of squashfs images",
     },
     Spec {
         key: "squashfs_level",
         section: SECTION,
         default: "auto",
         kind: Kind::CountOrAuto,
-        help: "compression level: gzip and lzo 1-9, zstd 1-22; auto = gzip 6, zstd 3, fast lzo1x_1",
     },
     Spec {
         key: "squashfs_processors",
         section: SECTION,
         default: "auto",
         kind: Kind::CountOrAuto,
-        help: "threads mksquashfs and unsquashfs use; auto = all cores",
     },
     Spec {
         key: "squashfs_restore",
         section: SECTION,
         default: "auto",
         kind: Kind::choice::<SquashfsRestore>(),
-        help: "how squashfs snapshots are restored: extract reads the image directly, mount through a loop mount (root); auto = extract",
     },
     Spec {
         key: "auto_create_on_startup",
         section: SECTION,
         default: "true",
         kind: Kind::Bool,
-        help: "restore of a missing snapshot creates it from the live data",
     },
     Spec {
         key: "snapshot_name",
         section: SECTION,
         default: "clean_state",
         kind: Kind::Name,
-        help: "snapshot used when a command is given no name",
     },
     Spec {
         key: "auto_cleanup",
         section: SECTION,
         default: "true",
         kind: Kind::Bool,
-        help: "prune after every create",
     },
     Spec {
         key: "keep_snapshot_count",
         section: SECTION,
         default: "5",
         kind: Kind::Count,
-        help: "snapshots kept by pruning (pinned and snapshot_name are always kept)",
     },
     Spec {
         key: "keep_within",
         section: SECTION,
         default: "none",
         kind: Kind::DurationOrNone,
-        help: "pruning also keeps snapshots created within this span, e.g. 7d (units s m h d w); none = no such rule",
     },
     Spec {
         key: "keep_used_within",
         section: SECTION,
         default: "none",
         kind: Kind::DurationOrNone,
-        help: "pruning also keeps snapshots restored within this span, e.g. 2d; none = no such rule",
     },
     Spec {
         key: "snapshots_dir",
         section: SECTION,
         default: "../testing/snapshots",
         kind: Kind::Path,
-        help: "where snapshots are stored",
     },
     Spec {
         key: "include",
         section: SECTION,
         default: "data",
         kind: Kind::RelPaths,
-        help: "paths below cache_dir that a snapshot captures",
     },
     Spec {
         key: "container_name",
         section: SECTION,
         default: "cellframe-stage-node-{n}",
         kind: Kind::ContainerTemplate,
-        help: "container of each node directory data/NODE: {node} is its name, {n} its number",
     },
     Spec {
         key: "containers",
         section: SECTION,
         default: "",
         kind: Kind::ContainerMap,
-        help: "explicit node:container pairs; when set, used instead of container_name",
     },
     Spec {
         key: "container_data_path",
         section: SECTION,
         default: "/opt/cellframe-node/var",
         kind: Kind::ContainerPath,
-        help: "where a node directory is mounted inside its container",
     },
     Spec {
         key: "recreate_paths",
         section: SECTION,
         default: "lib/wallet/*.dwallet lib/global_db/* lib/network/*/*/* log/*.log",
         kind: Kind::Globs,
-        help: "recreate mode: what the cleanup removes, globs relative to container_data_path",
     },
     Spec {
         key: "recreate_restart",
         section: SECTION,
         default: "true",
         kind: Kind::Bool,
-        help: "recreate mode: restart each container after its cleanup",
     },
     Spec {
         key: "quiesce",
         section: SECTION,
         default: "auto",
         kind: Kind::choice::<Quiesce>(),
-        help: "what happens to running node containers around create and restore: auto pauses them for create and stops them for restore when docker answers",
     },
     Spec {
         key: "restore_stop",
         section: SECTION,
         default: "kill",
         kind: Kind::choice::<RestoreStop>(),
-        help: "how a restore stops running node containers (quiesce = auto or stop): kill (SIGKILL; the data is overwritten anyway) or stop (graceful)",
     },
     Spec {
         key: "wait_healthy",
         section: SECTION,
         default: "false",
         kind: Kind::Bool,
-        help: "after starting stopped node containers, also wait until those with a HEALTHCHECK report healthy",
     },
     Spec {
         key: "start_timeout",
         section: SECTION,
         default: "60",
         kind: Kind::Count,
-        help: "seconds to wait for stopped node containers to run again (and be healthy, with wait_healthy) before exit 1",
     },
     Spec {
         key: "restore_fallback",
         section: SECTION,
         default: "none",
         kind: Kind::choice::<RestoreFallback>(),
-        help: "when a restore fails: recreate runs the recreate cleanup and exits 6",
     },
     Spec {
         key: "restore_verify",
         section: SECTION,
         default: "metadata",
         kind: Kind::choice::<VerifyLevel>(),
-        help: "after a restore, check the live data against the manifest: metadata, full (also every file's hash) or none",
     },
     Spec {
         key: "restore_devices",
         section: SECTION,
         default: "false",
         kind: Kind::Bool,
-        help: "restore block and character device entries of a snapshot; false refuses a snapshot that has any",
     },
     Spec {
         key: "fingerprint",
         section: SECTION,
         default: "auto",
         kind: Kind::FilePatterns,
-        help: "files a snapshot must stay consistent with (paths or globs); auto = certs/ and configs/ in cache_dir, none = no staleness guard",
     },
     Spec {
         key: "cache_dir",
@@ -320,37 +331,8 @@ pub const SPECS: &[Spec] = &[
         // The stage-env harness's own default when [paths] has no cache_dir.
         default: "cache",
         kind: Kind::Path,
-        help: "the environment's state folder",
     },
 ];
-
-/// Where a value came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    Flag,
-    Env(String),
-    File {
-        path: PathBuf,
-        line: usize,
-        section: String,
-    },
-    Default,
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Source::Flag => f.write_str("flag --set"),
-            Source::Env(var) => write!(f, "env {var}"),
-            Source::File {
-                path,
-                line,
-                section,
-            } => write!(f, "{}:{line} [{section}]", path.display()),
-            Source::Default => f.write_str("default"),
-        }
-    }
-}
 
 /// A validated value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -366,10 +348,9 @@ pub enum Value {
 
 #[derive(Debug, Clone)]
 pub struct Setting {
-    pub spec: &'static Spec,
     pub raw: String,
     pub value: Value,
-    pub source: Source,
+    pub source: Origin,
 }
 
 #[derive(Debug, Serialize)]
@@ -411,7 +392,7 @@ pub enum FilePatterns {
 /// key or mistake a value's kind.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub mode: ModeKind,
+    pub mode: Isolation,
     pub squashfs_compression: SquashfsCompression,
     /// None for `auto`.
     pub squashfs_level: Option<u32>,
@@ -544,6 +525,14 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The live data this configuration points at.
+    pub fn live(&self) -> Live {
+        Live {
+            cache_dir: self.settings.cache_dir.clone(),
+            include: self.settings.include.clone(),
+        }
+    }
+
     /// What a snapshot read from the store may hold under this configuration.
     pub fn allowed(&self) -> crate::manifest::Allowed<'_> {
         crate::manifest::Allowed {
@@ -596,54 +585,43 @@ impl Config {
         let mut values = BTreeMap::new();
         for spec in SPECS {
             let (raw, source) = if let Some(v) = flags.get(spec.key) {
-                (v.clone(), Source::Flag)
+                (v.clone(), Origin::Flag)
             } else if let Some(v) = env.get(&env_var(spec.key)) {
-                (v.clone(), Source::Env(env_var(spec.key)))
+                (v.clone(), Origin::Env(env_var(spec.key)))
             } else if let Some(found) = ini.get(spec.section, spec.key) {
-                let found = found.map_err(|e| {
-                    fail(
-                        Code::Usage,
-                        format!(
-                            "config file {} line {}: [{}] {}: {}",
-                            file.display(),
-                            e.line.unwrap_or(0),
-                            spec.section,
-                            spec.key,
-                            e.message
-                        ),
-                    )
+                let found = found.map_err(|e| Error::Setting {
+                    key: spec.key,
+                    raw: None,
+                    origin: Origin::File {
+                        path: file.clone(),
+                        line: e.line.unwrap_or(0),
+                        section: spec.section.to_string(),
+                    },
+                    why: e.message,
                 })?;
-                let source = Source::File {
+                let source = Origin::File {
                     path: file.clone(),
                     line: found.line,
                     section: found.section.to_string(),
                 };
                 (found.text, source)
             } else {
-                (spec.default.to_string(), Source::Default)
+                (spec.default.to_string(), Origin::Default)
             };
             // Relative paths from the file (or defaults) are relative to the base folder, as
             // the harness resolves them; from the command line or environment, to the working
             // directory.
             let rel_base = match source {
-                Source::Flag | Source::Env(_) => cwd,
+                Origin::Flag | Origin::Env(_) => cwd,
                 _ => &base,
             };
-            let value = validate(spec, &raw, rel_base).map_err(|why| {
-                fail(
-                    Code::Usage,
-                    format!("{}: {why}", describe_origin(spec, &raw, &source)),
-                )
+            let value = validate(spec, &raw, rel_base).map_err(|why| Error::Setting {
+                key: spec.key,
+                raw: Some(raw.clone()),
+                origin: source.clone(),
+                why,
             })?;
-            values.insert(
-                spec.key,
-                Setting {
-                    spec,
-                    raw,
-                    value,
-                    source,
-                },
-            );
+            values.insert(spec.key, Setting { raw, value, source });
         }
         Ok(Config {
             file,
@@ -658,6 +636,19 @@ impl Config {
     /// A setting's raw value and source, for messages that name where a value came from.
     pub fn setting(&self, key: &str) -> &Setting {
         setting(&self.values, key)
+    }
+
+    /// The error of a setting that is valid but cannot be honoured here (exit 2), naming its
+    /// value and where that came from.
+    pub fn unusable(&self, key: &'static str, why: String) -> anyhow::Error {
+        let s = self.setting(key);
+        Error::Unusable {
+            key,
+            raw: s.raw.trim().to_string(),
+            origin: s.source.clone(),
+            why,
+        }
+        .into()
     }
 
     /// Every setting in table order, for `stagesnap config`.
@@ -710,13 +701,13 @@ fn locate(
     if let Some((path, how)) = given {
         let path = cwd.join(path);
         if !path.is_file() {
-            return Err(fail(
-                Code::Usage,
-                format!(
-                    "config file {} (from {how}) does not exist or is not a file",
-                    path.display()
-                ),
-            ));
+            return Err(Error::GivenPath {
+                what: "config file",
+                path,
+                how: how.to_string(),
+                expected: "a file",
+            }
+            .into());
         }
         return Ok((path, how.to_string()));
     }
@@ -754,13 +745,13 @@ fn base_folder(
     if let Some((dir, how)) = given {
         let dir = normalize(&cwd.join(dir));
         if !dir.is_dir() {
-            return Err(fail(
-                Code::Usage,
-                format!(
-                    "base folder {} (from {how}) does not exist or is not a directory",
-                    dir.display()
-                ),
-            ));
+            return Err(Error::GivenPath {
+                what: "base folder",
+                path: dir,
+                how,
+                expected: "a directory",
+            }
+            .into());
         }
         return Ok((dir, how));
     }
@@ -777,21 +768,16 @@ fn base_folder(
 fn parse_set_flags(set: &[String]) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for item in set {
+        let flag = |why: String| Error::SetFlag {
+            item: item.clone(),
+            why,
+        };
         let Some((key, value)) = item.split_once('=') else {
-            return Err(fail(
-                Code::Usage,
-                format!("--set {item:?}: expected KEY=VALUE, e.g. --set mode=squashfs"),
-            ));
+            return Err(flag("expected KEY=VALUE, e.g. --set mode=squashfs".into()).into());
         };
         let key = key.trim().to_ascii_lowercase();
         if !SPECS.iter().any(|s| s.key == key) {
-            return Err(fail(
-                Code::Usage,
-                format!(
-                    "--set {item:?}: unknown setting {key:?}; valid: {}",
-                    known_keys()
-                ),
-            ));
+            return Err(flag(format!("unknown setting {key:?}; valid: {}", known_keys())).into());
         }
         out.insert(key, value.trim().to_string());
     }
@@ -812,23 +798,6 @@ fn warn_unknown_keys(ini: &Ini, file: &Path) {
                 "unknown_setting: [{SECTION}] {key} is not a stagesnap setting and is ignored"
             );
         }
-    }
-}
-
-fn describe_origin(spec: &Spec, raw: &str, source: &Source) -> String {
-    match source {
-        Source::Flag => format!("--set {}={raw:?}", spec.key),
-        Source::Env(var) => format!("environment {var}={raw:?}"),
-        Source::File {
-            path,
-            line,
-            section,
-        } => format!(
-            "config file {} line {line}: [{section}] {} = {raw:?}",
-            path.display(),
-            spec.key
-        ),
-        Source::Default => format!("default {} = {raw:?}", spec.key),
     }
 }
 
@@ -910,8 +879,8 @@ fn validate(spec: &Spec, raw: &str, base: &Path) -> std::result::Result<Value, S
             if !template.contains("{node}") && !template.contains("{n}") {
                 return Err("needs {node} (the node directory's name) or {n} (its number), e.g. cellframe-stage-node-{n}".into());
             }
-            let sample = crate::docker::render(template, "node1")?;
-            if !crate::docker::valid_name(&sample) {
+            let sample = render(template, "node1")?;
+            if !valid_name(&sample) {
                 return Err(format!(
                     "gives container names like {sample:?}; only {{node}} and {{n}} may stand in braces, the rest must be letters, digits, '_', '.' or '-'"
                 ));
@@ -922,7 +891,7 @@ fn validate(spec: &Spec, raw: &str, base: &Path) -> std::result::Result<Value, S
             let mut nodes = Vec::new();
             for item in raw.split_whitespace() {
                 let (node, name) = item.split_once(':').unwrap_or((item, ""));
-                if node.is_empty() || node.contains('/') || !crate::docker::valid_name(name) {
+                if node.is_empty() || node.contains('/') || !valid_name(name) {
                     return Err(format!(
                         "{item:?} is not NODE:CONTAINER, e.g. node1:cellframe-stage-node-1"
                     ));
@@ -983,6 +952,28 @@ fn validate(spec: &Spec, raw: &str, base: &Path) -> std::result::Result<Value, S
     }
 }
 
+/// Docker's rule for container names (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`).
+pub fn valid_name(name: &str) -> bool {
+    name.as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_alphanumeric)
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// `template` with `{node}` replaced by the node directory's name and `{n}` by its trailing number.
+pub fn render(template: &str, node: &str) -> Result<String, String> {
+    let digits = node.len() - node.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let n = &node[node.len() - digits..];
+    if n.is_empty() && template.contains("{n}") {
+        return Err(format!(
+            "node directory {node} has no number for {{n}}; use {{node}} or list containers = {node}:NAME"
+        ));
+    }
+    Ok(template.replace("{node}", node).replace("{n}", n))
+}
+
 /// Lexical normalization (`a/./b/../c` → `a/c`) without touching the filesystem,
 /// so settings can name paths that do not exist yet.
 pub fn normalize(path: &Path) -> PathBuf {
@@ -1024,13 +1015,13 @@ mod tests {
     #[test]
     fn defaults_apply_without_section() {
         let cfg = load("[network]\nurl = http://x:1/%z\n", &[], &[]).unwrap();
-        assert_eq!(cfg.settings.mode, ModeKind::Filesystem);
+        assert_eq!(cfg.settings.mode, Isolation::Mode(ModeKind::Filesystem));
         assert_eq!(cfg.settings.snapshot_name, "clean_state");
         assert_eq!(cfg.settings.keep_snapshot_count, 5);
         assert!(cfg.settings.snapshots_dir.ends_with("testing/snapshots"));
         assert!(!cfg.settings.snapshots_dir.to_string_lossy().contains(".."));
         assert_eq!(cfg.settings.include, &[PathBuf::from("data")]);
-        assert_eq!(cfg.setting("mode").source, Source::Default);
+        assert_eq!(cfg.setting("mode").source, Origin::Default);
     }
 
     #[test]
@@ -1046,17 +1037,17 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(cfg.settings.mode, ModeKind::Disabled);
-        assert_eq!(cfg.setting("mode").source, Source::Flag);
+        assert_eq!(cfg.settings.mode, Isolation::Disabled);
+        assert_eq!(cfg.setting("mode").source, Origin::Flag);
         assert_eq!(cfg.settings.keep_snapshot_count, 9);
         assert!(matches!(
             cfg.setting("keep_snapshot_count").source,
-            Source::Env(_)
+            Origin::Env(_)
         ));
         assert!(!cfg.settings.auto_cleanup);
         assert!(matches!(
             cfg.setting("auto_cleanup").source,
-            Source::File { line: 4, .. }
+            Origin::File { line: 4, .. }
         ));
     }
 
@@ -1238,5 +1229,26 @@ mod tests {
         let err = load_in(&root.join("a"), Some("missing"), &[]).unwrap_err();
         assert_eq!(crate::exit::code_of(&err), Code::Usage);
         assert!(crate::exit::one_line(&err).contains("missing (from --base-dir) does not exist"));
+    }
+
+    #[test]
+    fn names_from_templates() {
+        assert_eq!(
+            render("cellframe-stage-node-{n}", "node12").unwrap(),
+            "cellframe-stage-node-12"
+        );
+        assert_eq!(render("net_{node}", "node3").unwrap(), "net_node3");
+        assert!(render("x-{n}", "master").is_err());
+        assert_eq!(render("x-{node}", "master").unwrap(), "x-master");
+    }
+
+    #[test]
+    fn docker_name_rule() {
+        for ok in ["a", "cellframe-stage-node-1", "A_b.c-9"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a b", "a/b", "a{n}", "a:b"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
     }
 }

@@ -42,7 +42,6 @@ use rustix::io::Errno;
 use crate::exit::{Code, Error, fail};
 use crate::manifest::pieces::{self, PIECE};
 use crate::manifest::{self, ChangeCode, Entry, Kind, Manifest, Name, Xattr, walk};
-use crate::modes::RestoreStats;
 use crate::sys::{self, DirFd};
 use crate::{progress, signals};
 use blake3::hazmat::ChainingValue;
@@ -999,6 +998,24 @@ fn punch(dst: &File, from: u64, to: u64) -> std::io::Result<()> {
         pos += n as u64;
     }
     Ok(())
+}
+
+/// What a restore did, for the summary.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct RestoreStats {
+    /// Files rewritten because they differed or were missing.
+    pub files_rewritten: u64,
+    pub bytes_rewritten: u64,
+    /// Entries removed because the snapshot does not have them.
+    pub entries_deleted: u64,
+}
+
+impl RestoreStats {
+    pub fn add(&mut self, other: RestoreStats) {
+        self.files_rewritten += other.files_rewritten;
+        self.bytes_rewritten += other.bytes_rewritten;
+        self.entries_deleted += other.entries_deleted;
+    }
 }
 
 #[cfg(test)]

@@ -13,50 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::config::{Config, Quiesce, RestoreFallback};
+use crate::config::Config;
 use crate::exit::{Code, code_of, fail, one_line};
-use crate::modes::Mode;
 use crate::tools::{DOCKER, Found};
-use crate::tree::Live;
-
-/// Docker's rule for container names (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`).
-pub fn valid_name(name: &str) -> bool {
-    name.as_bytes()
-        .first()
-        .is_some_and(u8::is_ascii_alphanumeric)
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-/// `template` with `{node}` replaced by the node directory's name and `{n}` by its trailing number.
-pub fn render(template: &str, node: &str) -> Result<String, String> {
-    let digits = node.len() - node.trim_end_matches(|c: char| c.is_ascii_digit()).len();
-    let n = &node[node.len() - digits..];
-    if n.is_empty() && template.contains("{n}") {
-        return Err(format!(
-            "node directory {node} has no number for {{n}}; use {{node}} or list containers = {node}:NAME"
-        ));
-    }
-    Ok(template.replace("{node}", node).replace("{n}", n))
-}
-
-/// Why this configuration needs docker for a create (or, with `restore`, a restore):
-/// `recreate mode selected`, `quiesce = stop is set`…; None when it does not.
-pub fn needed_by(cfg: &Config, mode: &dyn Mode, restore: bool) -> Option<String> {
-    if mode.tools().contains(&DOCKER) {
-        Some(format!("{} mode selected", mode.kind().name()))
-    } else if matches!(cfg.settings.quiesce, Quiesce::Pause | Quiesce::Stop) {
-        Some(format!("quiesce = {} is set", cfg.settings.quiesce.name()))
-    } else if restore && cfg.settings.restore_fallback != RestoreFallback::None {
-        Some(format!(
-            "restore_fallback = {} is set",
-            cfg.settings.restore_fallback.name()
-        ))
-    } else {
-        None
-    }
-}
 
 /// A node directory (`data/node1`) and the container that mounts it.
 #[derive(Debug, Clone)]
@@ -68,7 +27,7 @@ pub struct NodeContainer {
 /// Every node directory under `cache_dir/data` with its container: from `containers` when
 /// set (then every node must be listed), else `container_name` rendered per node.
 pub fn node_containers(cfg: &Config) -> Result<Vec<NodeContainer>> {
-    let mut data = Live::from_config(cfg);
+    let mut data = cfg.live();
     data.include = vec![PathBuf::from("data")];
     let listed: Vec<(&str, &str)> = cfg
         .settings
@@ -81,7 +40,7 @@ pub fn node_containers(cfg: &Config) -> Result<Vec<NodeContainer>> {
         .map(|node| {
             let dir_name = node.rsplit('/').next().unwrap_or(&node);
             let container = if listed.is_empty() {
-                render(&cfg.settings.container_name, dir_name)
+                crate::config::render(&cfg.settings.container_name, dir_name)
                     .map_err(|why| fail(Code::Usage, format!("container_name: {why}")))?
             } else {
                 let (_, name) = listed.iter().find(|(n, _)| *n == dir_name).ok_or_else(|| {
@@ -608,17 +567,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_from_templates() {
-        assert_eq!(
-            render("cellframe-stage-node-{n}", "node12").unwrap(),
-            "cellframe-stage-node-12"
-        );
-        assert_eq!(render("net_{node}", "node3").unwrap(), "net_node3");
-        assert!(render("x-{n}", "master").is_err());
-        assert_eq!(render("x-{node}", "master").unwrap(), "x-master");
-    }
-
-    #[test]
     fn health_from_the_listed_status() {
         let listed = |status: &str| Listed {
             names: vec!["n".into()],
@@ -637,15 +585,5 @@ mod tests {
         assert_eq!(listed("Up 2 minutes").health(), None);
         assert_eq!(listed("Exited (137) 2 seconds ago").health(), None);
         assert_eq!(listed("Up 5 seconds (Paused)").health(), None);
-    }
-
-    #[test]
-    fn docker_name_rule() {
-        for ok in ["a", "cellframe-stage-node-1", "A_b.c-9"] {
-            assert!(valid_name(ok), "{ok}");
-        }
-        for bad in ["", "-a", "a b", "a/b", "a{n}", "a:b"] {
-            assert!(!valid_name(bad), "{bad}");
-        }
     }
 }

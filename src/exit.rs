@@ -120,6 +120,82 @@ pub enum Error {
         product: &'static str,
         package: &'static str,
     },
+    /// A setting whose value is not valid (`raw`, None where the file's line could not be
+    /// read as one), named as it was given.
+    #[error("{}: {why}", setting_at(key, raw.as_deref(), origin))]
+    Setting {
+        key: &'static str,
+        raw: Option<String>,
+        origin: Origin,
+        why: String,
+    },
+    /// A `--set` flag that is not `KEY=VALUE` of a known setting.
+    #[error("--set {item:?}: {why}")]
+    SetFlag { item: String, why: String },
+    /// A path given by a flag or the environment (`how`) that is not there as `expected`.
+    #[error("{what} {} (from {how}) does not exist or is not {expected}", .path.display())]
+    GivenPath {
+        what: &'static str,
+        path: PathBuf,
+        how: String,
+        expected: &'static str,
+    },
+    /// A valid setting that this machine or its tools cannot honour.
+    #[error("{key} = {raw} ({origin}): {why}")]
+    Unusable {
+        key: &'static str,
+        raw: String,
+        origin: Origin,
+        why: String,
+    },
+}
+
+/// A setting as it was given: `--set key="value"`, `config file F line N: [section] key =
+/// "value"`…
+fn setting_at(key: &str, raw: Option<&str>, origin: &Origin) -> String {
+    let value = |sep: &str| raw.map(|r| format!("{sep}{r:?}")).unwrap_or_default();
+    match origin {
+        Origin::Flag => format!("--set {key}{}", value("=")),
+        Origin::Env(var) => format!("environment {var}{}", value("=")),
+        Origin::File {
+            path,
+            line,
+            section,
+        } => format!(
+            "config file {} line {line}: [{section}] {key}{}",
+            path.display(),
+            value(" = ")
+        ),
+        Origin::Default => format!("default {key}{}", value(" = ")),
+    }
+}
+
+/// Where a setting's value came from, which the errors about it name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Flag,
+    Env(String),
+    File {
+        path: PathBuf,
+        line: usize,
+        section: String,
+    },
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag => f.write_str("flag --set"),
+            Origin::Env(var) => write!(f, "env {var}"),
+            Origin::File {
+                path,
+                line,
+                section,
+            } => write!(f, "{}:{line} [{section}]", path.display()),
+            Origin::Default => f.write_str("default"),
+        }
+    }
 }
 
 impl Error {
@@ -140,6 +216,10 @@ impl Error {
             Error::NotFound { .. } => Code::NotFound,
             Error::Locked { .. } => Code::Locked,
             Error::MissingTool { .. } => Code::MissingDependency,
+            Error::Setting { .. }
+            | Error::Unusable { .. }
+            | Error::SetFlag { .. }
+            | Error::GivenPath { .. } => Code::Usage,
         }
     }
 }
@@ -212,5 +292,71 @@ mod tests {
         let carried = anyhow::Error::new(std::io::Error::other(locked())).context("restore");
         assert_eq!(code_of(&carried), Code::Locked);
         assert_eq!(code_of(&anyhow::anyhow!("plain")), Code::Failure);
+    }
+
+    #[test]
+    fn a_setting_error_names_the_value_where_it_was_given() {
+        let setting = |raw: Option<&str>, origin| Error::Setting {
+            key: "quiesce",
+            raw: raw.map(str::to_string),
+            origin,
+            why: "not valid".into(),
+        };
+        let file = || Origin::File {
+            path: PathBuf::from("/b/stage-env.cfg"),
+            line: 4,
+            section: "suite_isolation".into(),
+        };
+        for (error, said) in [
+            (
+                setting(Some("x"), Origin::Flag),
+                "--set quiesce=\"x\": not valid",
+            ),
+            (
+                setting(Some("x"), Origin::Env("STAGESNAP_QUIESCE".into())),
+                "environment STAGESNAP_QUIESCE=\"x\": not valid",
+            ),
+            (
+                setting(Some("x"), file()),
+                "config file /b/stage-env.cfg line 4: [suite_isolation] quiesce = \"x\": not valid",
+            ),
+            (
+                setting(None, file()),
+                "config file /b/stage-env.cfg line 4: [suite_isolation] quiesce: not valid",
+            ),
+            (
+                setting(Some("x"), Origin::Default),
+                "default quiesce = \"x\": not valid",
+            ),
+        ] {
+            assert_eq!(error.to_string(), said);
+            assert_eq!(error.code(), Code::Usage);
+        }
+        let unusable = Error::Unusable {
+            key: "squashfs_level",
+            raw: "30".into(),
+            origin: file(),
+            why: "zstd takes levels 1-22".into(),
+        };
+        assert_eq!(
+            unusable.to_string(),
+            "squashfs_level = 30 (/b/stage-env.cfg:4 [suite_isolation]): zstd takes levels 1-22"
+        );
+        let flag = Error::SetFlag {
+            item: "mode".into(),
+            why: "expected KEY=VALUE".into(),
+        };
+        assert_eq!(flag.to_string(), "--set \"mode\": expected KEY=VALUE");
+        let given = Error::GivenPath {
+            what: "config file",
+            path: PathBuf::from("/x.cfg"),
+            how: "--config".into(),
+            expected: "a file",
+        };
+        assert_eq!(
+            given.to_string(),
+            "config file /x.cfg (from --config) does not exist or is not a file"
+        );
+        assert_eq!((flag.code(), given.code()), (Code::Usage, Code::Usage));
     }
 }

@@ -15,7 +15,6 @@ use walkdir::WalkDir;
 use crate::config::{Config, FilePatterns};
 use crate::exit::{Code, fail};
 use crate::signals;
-use crate::store::{Meta, Snapshot};
 
 /// What a snapshot's fingerprinted files looked like when it was made.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -63,10 +62,10 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// The fingerprinted files that changed since the snapshot was made, one per entry as
-    /// `PATH (changed|new|removed)`; empty when none did or it recorded none.
-    pub fn changes(&mut self, meta: &Meta) -> Result<Vec<String>> {
-        let Some(then) = &meta.fingerprint else {
+    /// The fingerprinted files that changed since a snapshot recorded `then`, one per entry
+    /// as `PATH (changed|new|removed)`; empty when none did or it recorded none.
+    pub fn changes(&mut self, then: Option<&Fingerprint>) -> Result<Vec<String>> {
+        let Some(then) = then else {
             return Ok(Vec::new());
         };
         if !self.now.contains_key(&then.patterns) {
@@ -92,13 +91,13 @@ impl Checker {
     }
 }
 
-/// Refuses (exit 1) to restore a stale snapshot unless `allow`, which only warns.
-pub fn guard(snap: &Snapshot, allow: bool) -> Result<()> {
-    let changes = Checker::default().changes(&snap.meta)?;
+/// Refuses (exit 1) to restore snapshot `name`, which recorded `then`, when it is stale,
+/// unless `allow`, which only warns.
+pub fn guard(name: &str, then: Option<&Fingerprint>, allow: bool) -> Result<()> {
+    let changes = Checker::default().changes(then)?;
     if changes.is_empty() {
         return Ok(());
     }
-    let name = &snap.meta.name;
     let files = listed(&changes);
     if allow {
         tracing::warn!(name = %name, files = changes.len(), "snapshot_stale: restoring {name} anyway (--allow-stale), although files named by fingerprint changed since it was made: {files}");

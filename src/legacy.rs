@@ -21,13 +21,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::choices::ModeKind;
 use crate::exit::{Code, fail};
-use crate::modes::ModeKind;
-use crate::store::{Lock, META_FILE, PAYLOAD_DIR, Staging, sync_dir, validate_name};
+use crate::names::validate_name;
+use crate::store::{
+    DIR_METADATA, IMAGE_EXT, Lock, PAYLOAD_DIR, Staging, is_legacy_dir, legacy_image, sync_dir,
+};
 
-/// The harness's metadata inside a filesystem snapshot.
-pub const DIR_METADATA: &str = ".snapshot_metadata";
-const IMAGE_EXT: &str = "sqfs";
 const METADATA_EXT: &str = "metadata";
 const MARKER_EXT: &str = "marker";
 /// Written inside the legacy directory before its first node moves; see [`recover`].
@@ -89,15 +89,6 @@ pub struct Summary {
     pub paths: Vec<String>,
 }
 
-/// Whether `dir`, an entry of snapshots_dir, is a legacy filesystem snapshot: a real directory
-/// with the harness's metadata and no meta.json.
-pub fn is_legacy_dir(dir: &Path) -> bool {
-    let exists = |p: &Path| p.symlink_metadata().is_ok();
-    dir.symlink_metadata().is_ok_and(|m| m.is_dir())
-        && !exists(&dir.join(META_FILE))
-        && exists(&dir.join(DIR_METADATA))
-}
-
 fn sibling(store: &Path, name: &str, ext: &str) -> PathBuf {
     store.join(format!("{name}.{ext}"))
 }
@@ -114,8 +105,7 @@ pub fn find(store: &Path, name: &str) -> Vec<Legacy> {
             path: dir,
         });
     }
-    let image = sibling(store, name, IMAGE_EXT);
-    if image.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+    if let Some(image) = legacy_image(store, name) {
         found.push(Legacy {
             name: name.to_string(),
             format: Format::Squashfs,
@@ -145,24 +135,6 @@ pub fn scan(store: &Path) -> Result<Vec<Legacy>> {
         }
     }
     Ok(names.iter().flat_map(|n| find(store, n)).collect())
-}
-
-/// Fails (exit 1) when `name` is a legacy snapshot and not a stagesnap one, saying to adopt
-/// it: what every command that reads a snapshot says instead of "damaged" or "not found".
-pub fn refuse(store: &Path, name: &str) -> Result<()> {
-    if store.join(name).join(META_FILE).symlink_metadata().is_ok() {
-        return Ok(());
-    }
-    match find(store, name).first() {
-        None => Ok(()),
-        Some(legacy) => Err(fail(
-            Code::Failure,
-            format!(
-                "snapshot {name} was made by the stage-env harness ({}); run `stagesnap adopt {name}` to use it",
-                legacy.path.display()
-            ),
-        )),
-    }
 }
 
 /// Removes the harness's files of `name` beside the snapshot directories (the image first,

@@ -4,6 +4,16 @@
 //! else lives here. Modules are `pub` only where `main.rs` or an integration test uses them,
 //! so the compiler finds what nothing calls.
 
+// The layers, bottom to top: a module uses only its own layer and those below, which
+// scripts/layers.py checks in CI (ARCHITECTURE.md draws them).
+// layer base: exit sys signals parallel span choices names testhook ini tools tree progress
+// layer engine: manifest delta
+// layer config: config capture fingerprint
+// layer store: store legacy retention docker
+// layer modes: modes
+// layer ops: ops quiesce
+// layer top: cli commands output
+
 pub(crate) mod capture;
 pub(crate) mod choices;
 pub mod cli;
@@ -17,6 +27,8 @@ pub mod ini;
 pub(crate) mod legacy;
 pub(crate) mod manifest;
 pub(crate) mod modes;
+pub(crate) mod names;
+pub(crate) mod ops;
 pub mod output;
 pub(crate) mod parallel;
 pub mod progress;

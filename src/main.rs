@@ -8,7 +8,8 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    progress::init(progress::wanted(&cli.global));
+    let g = &cli.global;
+    progress::init(progress::wanted(g.quiet || g.json || g.no_progress));
     init_logging(&cli);
     let result = signals::install().and_then(|()| commands::run(&cli));
     let code = match result {

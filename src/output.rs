@@ -96,11 +96,6 @@ fn write_stdout(text: &str) {
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
-/// Seconds rounded to milliseconds, for log fields and JSON (`seconds=0.412`).
-pub fn seconds(elapsed: std::time::Duration) -> f64 {
-    (elapsed.as_secs_f64() * 1000.0).round() / 1000.0
-}
-
 /// A plain text table with left-aligned columns.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::GlobalArgs;
 use crate::tree::{Live, Totals, human_bytes};
 
 struct Bars {
@@ -50,9 +49,10 @@ impl Bars {
     }
 }
 
-/// Whether this invocation may draw bars.
-pub fn wanted(g: &GlobalArgs) -> bool {
-    !(g.quiet || g.json || g.no_progress)
+/// Whether this invocation may draw bars: not when it was asked to keep quiet (`--quiet`,
+/// `--json`, `--no-progress`), nor on anything but a terminal.
+pub fn wanted(asked_quiet: bool) -> bool {
+    !asked_quiet
         && std::io::stderr().is_terminal()
         && std::env::var("TERM").is_ok_and(|t| !t.is_empty() && t != "dumb")
 }

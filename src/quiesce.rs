@@ -127,9 +127,9 @@ pub fn around<T>(
     let ended = held.end();
     tracing::debug!(
         %op,
-        quiesce = crate::output::seconds(quiesced),
-        work = crate::output::seconds(worked - quiesced),
-        resume = crate::output::seconds(clock.elapsed() - worked),
+        quiesce = crate::tree::seconds(quiesced),
+        work = crate::tree::seconds(worked - quiesced),
+        resume = crate::tree::seconds(clock.elapsed() - worked),
         "quiesce_phases"
     );
     match (result, ended) {

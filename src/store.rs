@@ -30,14 +30,21 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::choices::ModeKind;
 use crate::exit::{Code, Error, fail};
 use crate::fingerprint::Fingerprint;
 use crate::manifest::{Allowed, Manifest};
+use crate::names::validate_name;
 use crate::signals;
+use crate::tree::remove_tree;
 
 /// Version of meta.json's layout. Readers refuse newer ones.
 pub const SCHEMA: u32 = 1;
 pub const META_FILE: &str = "meta.json";
+/// The stage-env harness keeps its snapshots in the same folder (see [`crate::legacy`], which
+/// adopts them): a directory holding this metadata file, or an image `<name>.sqfs`.
+pub const DIR_METADATA: &str = ".snapshot_metadata";
+pub const IMAGE_EXT: &str = "sqfs";
 pub const PAYLOAD_DIR: &str = "payload";
 pub const MANIFEST_FILE: &str = "manifest.jsonl";
 /// The manifest's piece digests (see [`Manifest::pieces_to_bytes`]).
@@ -50,25 +57,22 @@ const STAGING_PREFIX: &str = ".staging-";
 const TRASH_PREFIX: &str = ".trash-";
 const PARKED_SUFFIX: &str = ".old";
 
-/// Snapshot names: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`, so a name is always one plain
-/// path component (no traversal, no hidden files).
-pub fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(fail(
-            Code::Usage,
-            format!(
-                "invalid snapshot name {name:?}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
-            ),
-        ))
-    }
+/// Whether `dir`, an entry of snapshots_dir, is a legacy filesystem snapshot: a real directory
+/// with the harness's metadata and no meta.json.
+pub fn is_legacy_dir(dir: &Path) -> bool {
+    let exists = |p: &Path| p.symlink_metadata().is_ok();
+    dir.symlink_metadata().is_ok_and(|m| m.is_dir())
+        && !exists(&dir.join(META_FILE))
+        && exists(&dir.join(DIR_METADATA))
+}
+
+/// The stage-env harness's image of snapshot `name` in snapshots_dir `store`, if it has one.
+pub fn legacy_image(store: &Path, name: &str) -> Option<PathBuf> {
+    let image = store.join(format!("{name}.{IMAGE_EXT}"));
+    image
+        .symlink_metadata()
+        .is_ok_and(|m| !m.is_dir())
+        .then_some(image)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -148,6 +152,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The mode the snapshot was made with.
+    pub fn mode(&self) -> Result<ModeKind> {
+        ModeKind::from_name(&self.meta.mode).ok_or_else(|| {
+            fail(
+                Code::Failure,
+                format!(
+                    "snapshot {} has unknown mode {:?}; it was made by another stagesnap",
+                    self.meta.name, self.meta.mode
+                ),
+            )
+        })
+    }
+
     pub fn payload(&self) -> PathBuf {
         self.dir.join(PAYLOAD_DIR)
     }
@@ -196,16 +213,9 @@ impl Snapshot {
         let Some(expected) = &self.meta.manifest else {
             return Err(fail(
                 Code::Failure,
-                if self.meta.mode == crate::modes::ModeKind::Recreate.name() {
-                    format!(
-                        "snapshot {name} ({} mode) stores no data, so there is nothing to compare or verify",
-                        self.meta.mode
-                    )
-                } else {
-                    format!(
-                        "snapshot {name} has no manifest (an older stagesnap made it); recreate it with `stagesnap create {name} --force`"
-                    )
-                },
+                format!(
+                    "snapshot {name} has no manifest (an older stagesnap made it); recreate it with `stagesnap create {name} --force`"
+                ),
             ));
         };
         let bytes = self.read_vouched(MANIFEST_FILE, &expected.blake3)?;
@@ -530,7 +540,7 @@ impl Store {
             if name.starts_with('.')
                 || !(kind.is_dir() || kind.is_symlink())
                 || validate_name(&name).is_err()
-                || crate::legacy::is_legacy_dir(&entry.path())
+                || is_legacy_dir(&entry.path())
             {
                 continue;
             }
@@ -556,11 +566,36 @@ impl Store {
     /// The snapshot `name`, or exit 4 when there is none, or an error naming what is wrong with it.
     pub fn get(&self, name: &str) -> Result<Snapshot> {
         validate_name(name)?;
-        crate::legacy::refuse(&self.dir, name)?;
+        self.refuse_legacy(name)?;
         if !self.exists(name) {
             return Err(self.not_found(name));
         }
         self.read(name)
+    }
+
+    /// Fails (exit 1) when `name` is the stage-env harness's snapshot and not a stagesnap
+    /// one, saying to adopt it: what every command that reads a snapshot says instead of
+    /// "damaged" or "not found".
+    pub fn refuse_legacy(&self, name: &str) -> Result<()> {
+        let dir = self.dir.join(name);
+        if dir.join(META_FILE).symlink_metadata().is_ok() {
+            return Ok(());
+        }
+        let found = if is_legacy_dir(&dir) {
+            Some(dir)
+        } else {
+            legacy_image(&self.dir, name)
+        };
+        match found {
+            None => Ok(()),
+            Some(path) => Err(fail(
+                Code::Failure,
+                format!(
+                    "snapshot {name} was made by the stage-env harness ({}); run `stagesnap adopt {name}` to use it",
+                    path.display()
+                ),
+            )),
+        }
     }
 
     fn not_found(&self, name: &str) -> anyhow::Error {
@@ -723,10 +758,7 @@ impl Store {
     /// when it died. Only safe under the lock, which guarantees no other process is building
     /// or deleting right now. A leftover that cannot be removed is only a warning: it is
     /// hidden and takes nothing but space.
-    pub fn clean_leftovers(&self, lock: &Lock) -> Result<usize> {
-        // First, so that the staging directory of an interrupted adopt is emptied of the
-        // legacy data it holds before it is removed.
-        crate::legacy::recover(&self.dir, lock)?;
+    pub fn clean_leftovers(&self, _lock: &Lock) -> Result<usize> {
         let mut removed = 0;
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return Ok(0);
@@ -1014,39 +1046,6 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("cannot sync {}", dir.display()))
-}
-
-/// `rm -rf` that first makes directories writable, so a snapshot holding read-only
-/// directories (copied faithfully from the data) can still be removed.
-/// Never follows a symlink: a link at `path` is removed itself, and the chmod pass opens
-/// each directory with O_NOFOLLOW and changes it through that descriptor.
-pub fn remove_tree(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Ok(m) if !m.is_dir() => {
-            return fs::remove_file(path)
-                .with_context(|| format!("cannot remove {}", path.display()));
-        }
-        _ => {}
-    }
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(_) => {
-            use std::os::unix::fs::PermissionsExt;
-            let walk = walkdir::WalkDir::new(path).follow_root_links(false);
-            for entry in walk.into_iter().flatten() {
-                if entry.file_type().is_dir() {
-                    let _ = OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
-                        .open(entry.path())
-                        .and_then(|d| d.set_permissions(fs::Permissions::from_mode(0o700)));
-                }
-            }
-            fs::remove_dir_all(path).with_context(|| format!("cannot remove {}", path.display()))
-        }
-    }
 }
 
 fn cstr(p: &Path) -> Result<CString> {

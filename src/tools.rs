@@ -30,55 +30,10 @@ pub struct Tool {
     pub exit_hints: &'static [(i32, &'static str, &'static str)],
 }
 
-pub const RSYNC: Tool = Tool {
-    program: "rsync",
-    package: "rsync",
-    product: "rsync",
-    version_args: &["--version"],
-    // stagesnap runs rsync only to copy live data into a snapshot. A file that vanishes while
-    // rsync reads its xattrs or ACLs makes it exit 23 instead of 24.
-    exit_hints: &[(24, "", VANISHED), (23, "vanished", VANISHED)],
-};
-
-const VANISHED: &str = "files vanished while rsync copied them, so the nodes are writing to their data: quiesce them during create (quiesce = pause or stop in [suite_isolation]) and create again";
-
 pub const DOCKER: Tool = Tool {
     program: "docker",
     package: "docker.io",
     product: "docker",
-    version_args: &["--version"],
-    exit_hints: &[],
-};
-
-pub const MKSQUASHFS: Tool = Tool {
-    program: "mksquashfs",
-    package: "squashfs-tools",
-    product: "squashfs-tools",
-    version_args: &["-version"],
-    exit_hints: &[],
-};
-
-pub const UNSQUASHFS: Tool = Tool {
-    program: "unsquashfs",
-    package: "squashfs-tools",
-    product: "squashfs-tools",
-    version_args: &["-version"],
-    exit_hints: &[],
-};
-
-/// mount and umount loop-mount squashfs images for the mount restore.
-pub const MOUNT: Tool = Tool {
-    program: "mount",
-    package: "mount",
-    product: "mount",
-    version_args: &["--version"],
-    exit_hints: &[],
-};
-
-pub const UMOUNT: Tool = Tool {
-    program: "umount",
-    package: "mount",
-    product: "umount",
     version_args: &["--version"],
     exit_hints: &[],
 };

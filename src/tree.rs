@@ -2,14 +2,14 @@
 //! and the path relations that make a configuration unsafe.
 
 use std::ffi::CString;
+use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::config::Config;
 use crate::exit::{Code, fail};
 
 /// Entry and byte counts of a tree.
@@ -63,6 +63,44 @@ pub fn totals(root: &Path) -> Result<Totals> {
     Ok(t)
 }
 
+/// `rm -rf` that first makes directories writable, so a snapshot holding read-only
+/// directories (copied faithfully from the data) can still be removed.
+/// Never follows a symlink: a link at `path` is removed itself, and the chmod pass opens
+/// each directory with O_NOFOLLOW and changes it through that descriptor.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Ok(m) if !m.is_dir() => {
+            return fs::remove_file(path)
+                .with_context(|| format!("cannot remove {}", path.display()));
+        }
+        _ => {}
+    }
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            use std::os::unix::fs::PermissionsExt;
+            let walk = walkdir::WalkDir::new(path).follow_root_links(false);
+            for entry in walk.into_iter().flatten() {
+                if entry.file_type().is_dir() {
+                    let _ = OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+                        .open(entry.path())
+                        .and_then(|d| d.set_permissions(fs::Permissions::from_mode(0o700)));
+                }
+            }
+            fs::remove_dir_all(path).with_context(|| format!("cannot remove {}", path.display()))
+        }
+    }
+}
+
+/// Seconds rounded to milliseconds, for log fields and JSON (`seconds=0.412`).
+pub fn seconds(elapsed: std::time::Duration) -> f64 {
+    (elapsed.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
 /// The live data a configuration points at.
 #[derive(Debug, Clone)]
 pub struct Live {
@@ -76,13 +114,6 @@ pub struct Live {
 pub const WORK_PREFIX: &str = ".stagesnap-extract-";
 
 impl Live {
-    pub fn from_config(cfg: &Config) -> Live {
-        Live {
-            cache_dir: cfg.settings.cache_dir.clone(),
-            include: cfg.settings.include.clone(),
-        }
-    }
-
     /// Removes what extracts whose process died (SIGKILL) left in cache_dir, a copy of part
     /// of the data each. A leftover that cannot be removed is a warning.
     pub fn remove_stale_work_dirs(&self) {
@@ -95,7 +126,7 @@ impl Live {
             }
             let stale = entry.path();
             let removed = if stale.is_dir() {
-                crate::store::remove_tree(&stale)
+                remove_tree(&stale)
             } else {
                 std::fs::remove_file(&stale).map_err(Into::into)
             };

@@ -3,14 +3,14 @@
 
 use anyhow::Result;
 
-use super::{load_config, store};
+use super::open;
 use crate::cli::GlobalArgs;
 use crate::output::Report;
 
 pub fn run(g: &GlobalArgs) -> Result<Report> {
-    let names: Vec<String> = load_config(g)
-        .and_then(|cfg| {
-            let store = store(&cfg);
+    let names: Vec<String> = open(g)
+        .and_then(|session| {
+            let store = session.store();
             let (snapshots, _) = store.list()?;
             // The stage-env harness's too, for `adopt` and `delete`.
             let legacy = crate::legacy::scan(store.dir())?;

@@ -1,77 +1,29 @@
 //! `stagesnap diff`: what differs between two snapshots, or a snapshot and the live data.
 
 use anyhow::Result;
-use serde::Serialize;
 
-use super::{changes_table, compared, load_config, store_to_compare};
+use super::{changes_table, open};
 use crate::cli::{DiffArgs, GlobalArgs};
-use crate::exit::{Code, fail};
-use crate::manifest::{self, Change, NodeSummary};
+use crate::exit::Code;
+use crate::ops::compare::could_not_compare;
 use crate::output::Report;
-use crate::store::validate_name;
-use crate::tree::Live;
-
-#[derive(Serialize)]
-struct Diff {
-    from: String,
-    /// A snapshot name, or "live".
-    to: String,
-    identical: bool,
-    nodes: Vec<NodeSummary>,
-    changes: Vec<Change>,
-}
 
 pub fn run(g: &GlobalArgs, args: &DiffArgs) -> Result<Report> {
-    compared(diff(g, args))
-}
-
-fn diff(g: &GlobalArgs, args: &DiffArgs) -> Result<Report> {
-    let cfg = load_config(g)?;
-    validate_name(&args.from)?;
-    if let Some(to) = &args.to {
-        validate_name(to)?;
-        if args.full {
-            return Err(fail(
-                Code::Usage,
-                "--full hashes the live data; between two snapshots every hash is already known, so leave it out",
-            ));
-        }
-    }
-    let (store, lock) = store_to_compare(g, &cfg)?;
-    let from = store.get(&args.from)?;
-    let old = crate::modes::manifest_to_compare(&from, &cfg, args.full)?;
-    let new = match &args.to {
-        Some(to) => store.get(to)?.manifest(&cfg.allowed())?,
-        None => {
-            let live = Live::from_config(&cfg);
-            live.check_present()?;
-            manifest::scan_live(&live.cache_dir, &from.meta.include, &old, args.full)?
-        }
-    };
-    drop(lock);
-    let changes = manifest::compare(&old, &new);
-    let nodes = manifest::summarize(&changes);
-    let text = if changes.is_empty() {
+    let session = open(g).map_err(could_not_compare)?;
+    let d = session.diff(&args.from, args.to.as_deref(), args.full)?;
+    let text = if d.identical {
         String::new()
     } else if args.stat {
         format!(
             "{}{} entries differ\n",
-            changes_table(&nodes),
-            changes.len()
+            changes_table(&d.nodes),
+            d.changes.len()
         )
     } else {
-        changes.iter().map(|c| c.line() + "\n").collect()
+        d.changes.iter().map(|c| c.line() + "\n").collect()
     };
-    let identical = changes.is_empty();
-    let diff = Diff {
-        from: args.from.clone(),
-        to: args.to.clone().unwrap_or_else(|| "live".into()),
-        identical,
-        nodes,
-        changes,
-    };
-    let report = Report::new("diff", &diff, text);
-    Ok(if identical {
+    let report = Report::new("diff", &d, text);
+    Ok(if d.identical {
         report
     } else {
         report.with_code(Code::Failure)

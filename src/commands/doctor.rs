@@ -3,13 +3,15 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{load_config, store};
+use super::load_config;
+use crate::choices::Choice;
 use crate::cli::GlobalArgs;
-use crate::config::{Config, RestoreFallback};
+use crate::config::{Config, Isolation, RestoreFallback};
 use crate::docker::{self, Docker, State};
 use crate::exit::{Code, code_of, one_line};
 use crate::modes::{Mode, ModeContext, Status};
 use crate::output::{Report, table};
+use crate::store::Store;
 use crate::tools::DOCKER;
 use crate::tree::{Live, dir_writable, first_unwritable, free_bytes, human_bytes};
 
@@ -103,17 +105,12 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
 }
 
 fn check_environment(cfg: &Config, checks: &mut Checks) {
-    let kind = cfg.settings.mode;
-    let Some(mode) = kind.implementation() else {
-        checks.add(
-            "mode",
-            Status::Fail,
-            format!("{} is not available in this version", kind.name()),
-            "choose filesystem or disabled",
-        );
+    let Isolation::Mode(kind) = cfg.settings.mode else {
+        checks.add("mode", Status::Ok, cfg.settings.mode.name(), "");
         return;
     };
     checks.add("mode", Status::Ok, kind.name(), "");
+    let mode = crate::modes::implementation(kind);
     let mut found = Vec::new();
     for tool in mode.tools() {
         match tool
@@ -132,13 +129,10 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
             }
         }
     }
-    if !mode.active() {
-        return;
-    }
     check_docker(cfg, mode.as_ref(), checks);
-    let live = Live::from_config(cfg);
+    let live = cfg.live();
     if found.len() == mode.tools().len() {
-        let ctx = ModeContext::new(cfg, &live, &found);
+        let ctx = ModeContext::new(cfg, &live, &found, &crate::ops::Quiesced);
         for f in mode.doctor(&ctx) {
             checks.add(&f.check, f.status, f.detail, f.hint);
         }
@@ -234,7 +228,9 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
             }
         }
     }
-    let (snapshots, unreadable) = store(cfg).list().unwrap_or_default();
+    let (snapshots, unreadable) = Store::new(&cfg.settings.snapshots_dir)
+        .list()
+        .unwrap_or_default();
     for u in unreadable {
         checks.add(
             &format!("snapshot {}", u.name),
@@ -275,7 +271,7 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
 /// Docker CLI and daemon versions and each node container. Problems fail the check when the
 /// configuration needs docker, and are warnings otherwise.
 fn check_docker(cfg: &Config, mode: &dyn Mode, checks: &mut Checks) {
-    let needed = docker::needed_by(cfg, mode, true);
+    let needed = crate::ops::docker_needed_by(cfg, mode, true);
     let bad = if needed.is_some() {
         Status::Fail
     } else {

@@ -1,4 +1,6 @@
-//! One module per subcommand. Each returns a [`Report`] or an error with an exit code.
+//! One module per subcommand, each a thin adapter: its arguments become an operation's
+//! options (`crate::ops`), the operation's outcome becomes a [`Report`] (its text, its JSON,
+//! its exit code). No command module uses another; what two share is here.
 
 use std::time::Duration;
 
@@ -6,14 +8,11 @@ use anyhow::Result;
 
 use crate::cli::{Cli, Command, GlobalArgs};
 use crate::config::{Config, Overrides};
-use crate::docker::{self, Docker};
-use crate::exit::{Code, fail, recode};
-use crate::modes::{Mode, ModeKind};
-use crate::output::Report;
-use crate::quiesce::Op;
-use crate::store::{Lock, Store, validate_name};
-use crate::tools::Found;
-use crate::tree::Live;
+use crate::ops::Session;
+use crate::ops::create::Created;
+use crate::ops::restore::Restored;
+use crate::output::{Report, summary};
+use crate::tree::human_bytes;
 
 mod adopt;
 mod complete_names;
@@ -71,57 +70,21 @@ pub fn name(command: &Command) -> &'static str {
     }
 }
 
-fn load_config(g: &GlobalArgs) -> Result<Config> {
-    Config::load(&Overrides {
+fn overrides(g: &GlobalArgs) -> Overrides {
+    Overrides {
         config: g.config.clone(),
         base_dir: g.base_dir.clone(),
         set: g.set.clone(),
-    })
-}
-
-/// The snapshot a command names, else `snapshot_name`, checked to be a valid name (exit 2).
-fn snapshot_named(cfg: &Config, name: Option<&str>) -> Result<String> {
-    let name = name.unwrap_or(&cfg.settings.snapshot_name).to_string();
-    validate_name(&name)?;
-    Ok(name)
-}
-
-fn store(cfg: &Config) -> Store {
-    Store::new(&cfg.settings.snapshots_dir)
-}
-
-/// The configured store, refused (exit 2) when it overlaps the live data: every command
-/// that locks the store checks this first, before it creates or locks anything.
-fn checked_store(cfg: &Config) -> Result<Store> {
-    Live::from_config(cfg).check_store_outside(&cfg.settings.snapshots_dir)?;
-    Ok(store(cfg))
-}
-
-/// The store that status and diff compare with, under its shared lock. It must exist:
-/// they only read, so they never create it.
-fn store_to_compare(g: &GlobalArgs, cfg: &Config) -> Result<(Store, Lock)> {
-    let store = checked_store(cfg)?;
-    if !store.dir().is_dir() {
-        return Err(fail(
-            Code::CouldNotCompare,
-            format!(
-                "snapshots_dir {} does not exist, so there is no snapshot to compare with; fix snapshots_dir or make a snapshot with `stagesnap create`",
-                store.dir().display()
-            ),
-        ));
     }
-    let lock = store.lock_shared(lock_timeout(g))?;
-    Ok((store, lock))
 }
 
-/// What status and diff return: a failure there means they could not compare (exit 7),
-/// which a script must be able to tell from "they differ" (exit 1).
-fn compared(result: Result<Report>) -> Result<Report> {
-    result.map_err(|e| recode(e, Code::Failure, Code::CouldNotCompare))
+fn load_config(g: &GlobalArgs) -> Result<Config> {
+    Config::load(&overrides(g))
 }
 
-fn lock_timeout(g: &GlobalArgs) -> Duration {
-    Duration::from_secs(g.lock_timeout)
+/// The session the command's operations run in: the configuration loaded once.
+fn open(g: &GlobalArgs) -> Result<Session> {
+    Session::open(&overrides(g), Duration::from_secs(g.lock_timeout))
 }
 
 /// Per-node counts of changes, for `status` and `diff --stat`.
@@ -145,92 +108,79 @@ fn changes_table(nodes: &[crate::manifest::NodeSummary]) -> String {
     )
 }
 
-/// What create and restore hold once they may begin.
-struct Session {
-    cfg: Config,
-    name: String,
-    mode: Box<dyn Mode>,
-    tools: Vec<Found>,
-    docker: Option<Docker>,
-    live: Live,
-    store: Store,
-    lock: Lock,
-}
+const DISABLED: &str = "suite isolation is disabled: nothing to do\n";
 
-enum Begun {
-    /// mode = disabled: nothing to do.
-    Disabled {
-        name: String,
-        mode: ModeKind,
-    },
-    Ready(Box<Session>),
-}
-
-/// The steps create and restore share, in order, each of which may stop them before anything
-/// changes: the configuration; the snapshot's name (`name`, else `snapshot_name`); the
-/// configured mode with its tools (exit 3 when one is missing); docker when the
-/// configuration needs it for `op`; the live data present and outside the store; the store
-/// locked, and cleared of what crashed runs left there and beside the live data.
-fn begin(g: &GlobalArgs, name: Option<&str>, op: Op) -> Result<Begun> {
-    let cfg = load_config(g)?;
-    let name = snapshot_named(&cfg, name)?;
-    let (mode, tools) = prepare_configured(&cfg)?;
-    if !mode.active() {
-        tracing::info!(command = %op, "suite_isolation_disabled");
-        return Ok(Begun::Disabled {
-            name,
-            mode: mode.kind(),
-        });
+/// The report of a create, also `run --keep-failed`'s.
+fn create_report(c: &Created) -> Report {
+    if c.skipped {
+        return Report::new("create", c, DISABLED.into());
     }
-    let docker = docker_for(&cfg, mode.as_ref(), op == Op::Restore)?;
-    let live = Live::from_config(&cfg);
-    live.check_present()?;
-    let store = checked_store(&cfg)?;
-    let lock = store.lock(&format!("{op} {name}"), lock_timeout(g))?;
-    store.clean_leftovers(&lock)?;
-    live.remove_stale_work_dirs();
-    Ok(Begun::Ready(Box::new(Session {
-        cfg,
-        name,
-        mode,
-        tools,
-        docker,
-        live,
-        store,
-        lock,
-    })))
+    let mut notes = String::new();
+    if c.replaced {
+        notes.push_str(", replacing the previous one");
+    }
+    if !c.pruned.is_empty() {
+        notes.push_str(&format!(", pruned {} older snapshots", c.pruned.len()));
+    }
+    Report::new("create", c, created_line(c, "", &notes))
 }
 
-/// The docker client when this configuration needs one for a create (or, with `restore`, a
-/// restore), checked before anything is touched: exit 3 when the CLI is missing or the
-/// daemon does not answer.
-fn docker_for(cfg: &Config, mode: &dyn Mode, restore: bool) -> Result<Option<Docker>> {
-    docker::needed_by(cfg, mode, restore)
-        .map(|why| Docker::connect(&why))
-        .transpose()
+/// The summary line of a create (`how` says why, for an auto-create).
+fn created_line(c: &Created, how: &str, notes: &str) -> String {
+    summary(
+        &format!("created {}{how} ({} mode)", c.name, c.mode),
+        c.covers_data.then_some((c.files, c.bytes)),
+        c.seconds,
+        &format!("stored {}{notes}", human_bytes(c.stored_bytes)),
+    )
 }
 
-/// [`prepare`] for the configured mode, whose settings are then checked against this
-/// machine too (exit 2), still before anything is touched.
-fn prepare_configured(cfg: &Config) -> Result<(Box<dyn Mode>, Vec<Found>)> {
-    let (mode, tools) = prepare(cfg.settings.mode)?;
-    mode.preflight(cfg, &tools)?;
-    Ok((mode, tools))
-}
-
-/// The mode's implementation with its tools located: the dependency check every command
-/// that touches snapshots or live data runs before anything else (exit 3).
-fn prepare(kind: ModeKind) -> Result<(Box<dyn Mode>, Vec<Found>)> {
-    let mode = kind.implementation().ok_or_else(|| {
-        fail(
-            Code::Usage,
-            format!("mode {} is not available in this version of stagesnap; choose filesystem or disabled", kind.name()),
+/// The report of a restore, also `run`'s before its suite; exit 6 after a fallback.
+fn restore_report(r: &Restored) -> Report {
+    let restarted = if r.restarted {
+        " and restarted them"
+    } else {
+        ""
+    };
+    let text = if r.skipped {
+        DISABLED.into()
+    } else if let Some(c) = &r.created {
+        created_line(c, " from the current data, as it did not exist", "")
+    } else if let Some(fallback) = &r.fallback {
+        summary(
+            &format!(
+                "restoring {} failed ({}), so it fell back to recreate (restore_fallback)",
+                r.name, fallback.error
+            ),
+            None,
+            r.seconds,
+            &format!(
+                "removed {} entries in the node containers{restarted}; the data is NOT the snapshot's",
+                r.stats.entries_deleted
+            ),
         )
-    })?;
-    let tools = mode
-        .tools()
-        .iter()
-        .map(|t| t.require(kind.name()))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((mode, tools))
+    } else if r.in_containers {
+        summary(
+            &format!("restored {} ({} mode)", r.name, r.mode),
+            None,
+            r.seconds,
+            &format!(
+                "removed {} entries in the node containers{restarted}",
+                r.stats.entries_deleted
+            ),
+        )
+    } else {
+        summary(
+            &format!("restored {} ({} mode)", r.name, r.mode),
+            Some((r.files, r.bytes)),
+            r.seconds,
+            &format!(
+                "rewrote {} files ({}), removed {} entries",
+                r.stats.files_rewritten,
+                human_bytes(r.stats.bytes_rewritten),
+                r.stats.entries_deleted
+            ),
+        )
+    };
+    Report::new("restore", r, text).with_code(r.code())
 }

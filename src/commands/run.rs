@@ -8,32 +8,35 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{load_config, snapshot_named};
-use crate::cli::{CreateArgs, GlobalArgs, RestoreArgs, RunArgs};
+use super::{create_report, open, restore_report};
+use crate::cli::{GlobalArgs, RunArgs};
 use crate::exit::{Code, code_of, fail, one_line};
-use crate::output::{Report, seconds};
-use crate::store::validate_name;
+use crate::names::validate_name;
+use crate::ops::create::{CreateOpts, Created};
+use crate::ops::restore::{RestoreOpts, Restored};
+use crate::output::Report;
+use crate::tree::seconds;
 
 #[derive(Serialize)]
 struct Ran {
     snapshot: String,
-    /// The restore command's record.
-    restore: serde_json::Value,
+    /// The restore's record, as `restore --json` gives it.
+    restore: Restored,
     restore_exit_code: u8,
     restore_seconds: f64,
     suite: Vec<String>,
     suite_exit_code: u8,
     suite_seconds: f64,
-    /// The create command's record of the `--keep-failed` snapshot.
+    /// The create's record of the `--keep-failed` snapshot, as `create --json` gives it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    kept: Option<serde_json::Value>,
+    kept: Option<Created>,
     #[serde(skip_serializing_if = "Option::is_none")]
     kept_error: Option<String>,
 }
 
 pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<Report> {
-    let cfg = load_config(g)?;
-    let name = snapshot_named(&cfg, args.snapshot.as_deref())?;
+    let session = open(g)?;
+    let name = session.snapshot_named(args.snapshot.as_deref())?;
     if args.keep_failed && validate_name(&kept_name(&name, jiff::Timestamp::UNIX_EPOCH)).is_err() {
         // Said now: once the suite has failed it is too late.
         return Err(fail(
@@ -44,21 +47,20 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<Report> {
         ));
     }
     let started = Instant::now();
-    let restored = super::restore::run(
-        g,
-        &RestoreArgs {
-            name: Some(name.clone()),
+    let restored = session.restore(
+        Some(&name),
+        RestoreOpts {
             verify: None,
             allow_stale: args.allow_stale,
         },
     )?;
     let restore_seconds = seconds(started.elapsed());
-    if restored.code != Code::Ok {
+    if restored.code() != Code::Ok {
         tracing::warn!(name = %name, "run_restore_degraded: the suite runs on data that is not the snapshot's");
     }
     if !g.json {
         // Before the suite's own output, where it belongs in time.
-        crate::output::print(&restored, false);
+        crate::output::print(&restore_report(&restored), false);
     }
 
     let shown = shown(&args.command);
@@ -71,8 +73,8 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<Report> {
 
     let mut ran = Ran {
         snapshot: name.clone(),
-        restore: restored.data,
-        restore_exit_code: restored.code.as_i32() as u8,
+        restore_exit_code: restored.code().as_i32() as u8,
+        restore: restored,
         restore_seconds,
         suite: args
             .command
@@ -93,20 +95,15 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<Report> {
             let kept = kept_name(&name, jiff::Timestamp::now());
             // --timeout bounds the restore and this snapshot, not the suite between them.
             crate::signals::arm(g.timeout);
-            let created = super::create::run(
-                g,
-                &CreateArgs {
-                    name: Some(kept.clone()),
-                    force: false,
-                    pin: true,
-                    allow_interrupted: false,
-                },
-            );
-            match created {
-                Ok(report) => {
-                    text.push_str(&report.text);
+            let opts = CreateOpts {
+                pin: true,
+                ..CreateOpts::default()
+            };
+            match session.create(Some(&kept), opts) {
+                Ok(created) => {
+                    text.push_str(&create_report(&created).text);
                     kept_as = format!("; its data is kept as {kept} (pinned)");
-                    ran.kept = Some(report.data);
+                    ran.kept = Some(created);
                 }
                 Err(e) if code_of(&e) == Code::Interrupted => return Err(e),
                 // The suite's exit code still says what matters; the error is not hidden.

@@ -1,98 +1,47 @@
 //! `stagesnap status`: is the live data identical to a snapshot?
 
 use anyhow::Result;
-use serde::Serialize;
 
-use super::{changes_table, compared, load_config, snapshot_named, store_to_compare};
+use super::{changes_table, open};
 use crate::cli::{GlobalArgs, StatusArgs};
 use crate::exit::Code;
-use crate::fingerprint::Checker;
-use crate::manifest::{self, NodeSummary};
+use crate::ops::compare::could_not_compare;
 use crate::output::Report;
-use crate::store::JournalRecord;
-use crate::tree::Live;
-
-#[derive(Serialize)]
-struct Status {
-    name: String,
-    identical: bool,
-    /// A restore that was interrupted or failed: the data is in an unknown state.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unfinished_restore: Option<JournalRecord>,
-    entries: usize,
-    differences: usize,
-    nodes: Vec<NodeSummary>,
-    /// Files named by `fingerprint` changed since the snapshot was made: restore refuses it.
-    stale: bool,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    stale_files: Vec<String>,
-}
 
 pub fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
-    compared(status(g, args))
-}
-
-fn status(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
-    let cfg = load_config(g)?;
-    let name = snapshot_named(&cfg, args.name.as_deref())?;
-    let live = Live::from_config(&cfg);
-    live.check_present()?;
-    let (store, lock) = store_to_compare(g, &cfg)?;
-    let unfinished = store.unfinished_restore(&lock)?;
-    let snap = store.get(&name)?;
-    let stale_files = Checker::default().changes(&snap.meta)?;
-    let expected = crate::modes::manifest_to_compare(&snap, &cfg, args.full)?;
-    let now = manifest::scan_live(&live.cache_dir, &snap.meta.include, &expected, args.full)?;
-    drop(lock);
-    let changes = manifest::compare(&expected, &now);
-    let nodes = manifest::summarize(&changes);
-
+    let session = open(g).map_err(could_not_compare)?;
+    let s = session.status(args.name.as_deref(), args.full)?;
+    let name = &s.name;
     let mut text = String::new();
-    if let Some(j) = &unfinished {
-        text.push_str(&format!(
-            "{}\n",
-            j.unknown_state(&cfg.settings.snapshot_name)
-        ));
+    if let Some(unknown) = &s.unknown_state {
+        text.push_str(&format!("{unknown}\n"));
     }
-    if !stale_files.is_empty() {
+    if s.stale {
         text.push_str(&format!(
             "snapshot {name} is stale: files named by fingerprint changed since it was made: {}; restore refuses it without --allow-stale\n",
-            stale_files.join(", ")
+            s.stale_files.join(", ")
         ));
     }
-    if changes.is_empty() && unfinished.is_some() {
-        // Never "identical" beside an unfinished restore: only a restore that succeeds
-        // vouches for the data again.
+    if s.differences == 0 && s.unfinished_restore.is_some() {
         text.push_str(&format!(
             "no differences from {name} found ({} entries), but that stays unconfirmed until a restore succeeds\n",
-            now.entries.len()
+            s.entries
         ));
-    } else if changes.is_empty() {
+    } else if s.differences == 0 {
         text.push_str(&format!(
             "live data is identical to {name} ({} entries)\n",
-            now.entries.len()
+            s.entries
         ));
     } else {
         text.push_str(&format!(
             "live data differs from {name}: {} entries in {} nodes\n{}see them with `stagesnap diff {name}`\n",
-            changes.len(),
-            nodes.len(),
-            changes_table(&nodes)
+            s.differences,
+            s.nodes.len(),
+            changes_table(&s.nodes)
         ));
     }
-    let identical = changes.is_empty() && unfinished.is_none();
-    let status = Status {
-        name,
-        identical,
-        unfinished_restore: unfinished,
-        entries: now.entries.len(),
-        differences: changes.len(),
-        nodes,
-        stale: !stale_files.is_empty(),
-        stale_files,
-    };
-    let report = Report::new("status", &status, text);
-    Ok(if identical {
+    let report = Report::new("status", &s, text);
+    Ok(if s.identical {
         report
     } else {
         report.with_code(Code::Failure)

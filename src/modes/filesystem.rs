@@ -16,10 +16,22 @@ use crate::exit::Error;
 use crate::manifest::{self, Manifest};
 use crate::progress;
 use crate::store::Snapshot;
-use crate::tools::{Found, RSYNC, Tool};
+use crate::tools::{Found, Tool};
 use crate::tree::Totals;
 
 pub struct Filesystem;
+
+const RSYNC: Tool = Tool {
+    program: "rsync",
+    package: "rsync",
+    product: "rsync",
+    version_args: &["--version"],
+    // stagesnap runs rsync only to copy live data into a snapshot. A file that vanishes while
+    // rsync reads its xattrs or ACLs makes it exit 23 instead of 24.
+    exit_hints: &[(24, "", VANISHED), (23, "vanished", VANISHED)],
+};
+
+const VANISHED: &str = "files vanished while rsync copied them, so the nodes are writing to their data: quiesce them during create (quiesce = pause or stop in [suite_isolation]) and create again";
 
 /// Everything rsync can preserve: hardlinks, ACLs, xattrs, sparse files, owners by number
 /// (container uids mean nothing on the host), plus -a's modes, times, symlinks and devices.

@@ -8,57 +8,55 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::capture::{self, Held};
+use crate::choices::ModeKind;
 use crate::config::Config;
-use crate::delta::{Content, Delta, Dir, Source};
+use crate::delta::{Content, Delta, Dir, RestoreStats, Source};
+use crate::docker::{Docker, Wait};
 use crate::exit::{Code, fail};
 use crate::manifest::{Entry, Kind, Manifest, Name};
 use crate::store::{Journal, Snapshot};
 use crate::tools::{Found, Tool};
 use crate::tree::{Live, Totals};
 
-mod disabled;
 mod filesystem;
 pub mod recreate;
 mod reflink;
-mod squashfs;
+pub mod squashfs;
 
-crate::choices::choices! {
-    /// `mode`; the names are in the order the docs list them.
-    #[derive(Serialize)]
-    #[serde(rename_all = "lowercase")]
-    pub enum ModeKind {
-        Disabled = "disabled",
-        Recreate = "recreate",
-        Filesystem = "filesystem",
-        Squashfs = "squashfs",
-        Reflink = "reflink",
-    }
+/// A mode's row: adding a mode is its file, its row here and its name in [`ModeKind`]. The
+/// row's constructor gives the mode, which says everything else about itself through
+/// [`Mode`] (its tools, settings check, doctor lines…).
+struct Row {
+    kind: ModeKind,
+    new: fn() -> Box<dyn Mode>,
 }
 
-impl ModeKind {
-    /// The mode `snapshot` was made with.
-    pub fn of(snapshot: &Snapshot) -> Result<ModeKind> {
-        ModeKind::from_name(&snapshot.meta.mode).ok_or_else(|| {
-            fail(
-                Code::Failure,
-                format!(
-                    "snapshot {} has unknown mode {:?}; it was made by another stagesnap",
-                    snapshot.meta.name, snapshot.meta.mode
-                ),
-            )
-        })
-    }
+const MODES: &[Row] = &[
+    Row {
+        kind: ModeKind::Recreate,
+        new: || Box::new(recreate::Recreate),
+    },
+    Row {
+        kind: ModeKind::Filesystem,
+        new: || Box::new(filesystem::Filesystem),
+    },
+    Row {
+        kind: ModeKind::Squashfs,
+        new: || Box::new(squashfs::Squashfs),
+    },
+    Row {
+        kind: ModeKind::Reflink,
+        new: || Box::new(reflink::Reflink),
+    },
+];
 
-    /// The implementation, or None for a mode this build does not have yet.
-    pub fn implementation(self) -> Option<Box<dyn Mode>> {
-        match self {
-            ModeKind::Disabled => Some(Box::new(disabled::Disabled)),
-            ModeKind::Filesystem => Some(Box::new(filesystem::Filesystem)),
-            ModeKind::Recreate => Some(Box::new(recreate::Recreate)),
-            ModeKind::Squashfs => Some(Box::new(squashfs::Squashfs)),
-            ModeKind::Reflink => Some(Box::new(reflink::Reflink)),
-        }
-    }
+/// The implementation of mode `kind`.
+pub fn implementation(kind: ModeKind) -> Box<dyn Mode> {
+    let row = MODES
+        .iter()
+        .find(|row| row.kind == kind)
+        .unwrap_or_else(|| panic!("mode {kind} has no row in MODES"));
+    (row.new)()
 }
 
 /// Content a source must fetch before the delta engine reads it (see [`Delta::before_change`]).
@@ -75,7 +73,7 @@ fn delta_restore(
     content: Content,
     fetch: Fetch,
 ) -> Result<Restoration> {
-    crate::quiesce::all_stopped()?;
+    ctx.containers.all_stopped()?;
     delta(ctx, target, source, content, fetch)
 }
 
@@ -114,7 +112,7 @@ pub fn manifest_to_compare(
     cfg: &Config,
     by_content: bool,
 ) -> Result<Manifest> {
-    let mut manifest = snapshot.manifest(&cfg.allowed())?;
+    let mut manifest = stored_manifest(snapshot, cfg)?;
     if by_content
         && manifest
             .entries
@@ -124,6 +122,26 @@ pub fn manifest_to_compare(
         manifest.hash(&snapshot.payload(), |e| e.blake3.is_none())?;
     }
     Ok(manifest)
+}
+
+/// The snapshot's manifest (see [`Snapshot::manifest`]), which a mode that stores no data
+/// does not have.
+pub fn stored_manifest(snapshot: &Snapshot, cfg: &Config) -> Result<Manifest> {
+    let allowed = cfg.allowed();
+    snapshot.check_include(&allowed)?;
+    if snapshot.meta.manifest.is_none()
+        && let Ok(kind) = snapshot.mode()
+        && !implementation(kind).writes_live_data()
+    {
+        return Err(fail(
+            Code::Failure,
+            format!(
+                "snapshot {} ({kind} mode) stores no data, so there is nothing to compare or verify",
+                snapshot.meta.name
+            ),
+        ));
+    }
+    snapshot.manifest(&allowed)
 }
 
 /// What a restore brings the live data to: the snapshot's manifest or, for a snapshot made
@@ -154,7 +172,7 @@ fn payload_restore(
     let source = Dir::snapshot(&payload)?;
     // Workers for nodes whose containers stopped, only while some are being stopped: a
     // restore that stops none would spawn threads for nothing.
-    let workers = if crate::quiesce::stopping() {
+    let workers = if ctx.containers.stopping() {
         crate::parallel::cores()
     } else {
         0
@@ -163,12 +181,12 @@ fn payload_restore(
         (0..workers).collect(),
         RestoreStats::default,
         |stats, _worker: usize| {
-            while let Some(node) = crate::quiesce::next_stopped()? {
+            while let Some(node) = ctx.containers.next_stopped()? {
                 let started = std::time::Instant::now();
                 if let Some(part) = node_part(&target, &node) {
                     stats.add(delta(ctx, &part, &source, content, &|_| Ok(()))?.stats);
                 }
-                tracing::debug!(node = %node, seconds = crate::output::seconds(started.elapsed()), "node_restored_early");
+                tracing::debug!(node = %node, seconds = crate::tree::seconds(started.elapsed()), "node_restored_early");
             }
             Ok(())
         },
@@ -207,12 +225,32 @@ fn node_part(target: &Manifest, node: &str) -> Option<Manifest> {
     Some(Manifest { header, entries })
 }
 
+/// The node containers as the operation quiesces them, asked through this handle since the
+/// quiesce is a policy of the layer above: which nodes' containers a restore has stopped so
+/// far (their data may be restored at once), and a restart of containers.
+pub trait Containers: Sync {
+    /// Whether containers are being stopped right now: only then does
+    /// [`Containers::next_stopped`] hand anything out.
+    fn stopping(&self) -> bool;
+
+    /// A node directory whose container has stopped and that no caller had yet, waiting for
+    /// one; None once every container has stopped and every such node was handed out.
+    fn next_stopped(&self) -> Result<Option<String>>;
+
+    /// Waits until every container being stopped has stopped.
+    fn all_stopped(&self) -> Result<()>;
+
+    /// Stops the containers `names`, then starts them again and waits for them as `wait` says.
+    fn restart(&self, docker: &Docker, names: Vec<String>, wait: Wait) -> Result<()>;
+}
+
 /// What a mode gets to work with.
 pub struct ModeContext<'a> {
     pub cfg: &'a Config,
     pub live: &'a Live,
     /// The mode's tools, located, in the order of [`Mode::tools`].
     pub tools: &'a [Found],
+    pub containers: &'a dyn Containers,
     /// A restore's journal, which [`ModeContext::changing`] writes.
     pub journal: Option<&'a Journal>,
     /// A restore that selects files by content (`restore --verify full`), so that it repairs
@@ -222,11 +260,17 @@ pub struct ModeContext<'a> {
 
 impl<'a> ModeContext<'a> {
     /// The context of anything but a restore: no journal, no selection by content.
-    pub fn new(cfg: &'a Config, live: &'a Live, tools: &'a [Found]) -> ModeContext<'a> {
+    pub fn new(
+        cfg: &'a Config,
+        live: &'a Live,
+        tools: &'a [Found],
+        containers: &'a dyn Containers,
+    ) -> ModeContext<'a> {
         ModeContext {
             cfg,
             live,
             tools,
+            containers,
             journal: None,
             by_content: false,
         }
@@ -250,24 +294,6 @@ impl<'a> ModeContext<'a> {
             .iter()
             .find(|f| f.tool == tool)
             .unwrap_or_else(|| panic!("{} is not among the mode's tools", tool.program))
-    }
-}
-
-/// What a restore did, for the summary.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-pub struct RestoreStats {
-    /// Files rewritten because they differed or were missing.
-    pub files_rewritten: u64,
-    pub bytes_rewritten: u64,
-    /// Entries removed because the snapshot does not have them.
-    pub entries_deleted: u64,
-}
-
-impl RestoreStats {
-    pub fn add(&mut self, other: RestoreStats) {
-        self.files_rewritten += other.files_rewritten;
-        self.bytes_rewritten += other.bytes_rewritten;
-        self.entries_deleted += other.entries_deleted;
     }
 }
 
@@ -333,11 +359,6 @@ pub trait Mode {
 
     /// External tools the mode needs; all are located before anything is touched.
     fn tools(&self) -> &'static [Tool];
-
-    /// False for modes that neither store nor restore data (`disabled`).
-    fn active(&self) -> bool {
-        true
-    }
 
     /// False for modes that never read or write the live data from the host (`recreate`
     /// works inside running containers): no quiescing, no host write-permission check.
@@ -453,6 +474,15 @@ pub trait Mode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_has_one_row_whose_mode_is_of_that_kind() {
+        for &name in ModeKind::NAMES {
+            let kind = ModeKind::from_name(name).unwrap();
+            assert_eq!(MODES.iter().filter(|row| row.kind == kind).count(), 1);
+            assert_eq!(implementation(kind).kind(), kind);
+        }
+    }
 
     #[test]
     fn a_node_part_holds_that_node_alone_and_none_with_a_hardlink_out() {

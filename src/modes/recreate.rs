@@ -7,12 +7,12 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::{Mode, ModeContext, ModeKind, Restoration, RestoreStats};
+use super::{Containers, Mode, ModeContext, ModeKind, Restoration};
 use crate::config::Config;
+use crate::delta::RestoreStats;
 use crate::docker::{Docker, State, Wait, concurrently, node_containers};
 use crate::exit::{Code, code_of, fail, one_line};
 use crate::manifest::Manifest;
-use crate::quiesce::Held;
 use crate::store::Snapshot;
 use crate::tools::{DOCKER, Tool};
 use crate::tree::resolve;
@@ -65,7 +65,7 @@ impl Mode for Recreate {
         let docker = Docker::new(ctx.tool(DOCKER).clone());
         ctx.changing()?;
         Ok(RestoreStats {
-            entries_deleted: clean(&docker, ctx.cfg)?,
+            entries_deleted: clean(&docker, ctx.cfg, ctx.containers)?,
             ..RestoreStats::default()
         }
         .into())
@@ -75,7 +75,7 @@ impl Mode for Recreate {
 /// The recreate cleanup in every node container, then (`recreate_restart`) their restart.
 /// Checks every container first, so a missing or stopped one fails before anything is removed.
 /// Also the `restore_fallback = recreate` path. Returns the number of entries removed.
-pub fn clean(docker: &Docker, cfg: &Config) -> Result<u64> {
+pub fn clean(docker: &Docker, cfg: &Config, containers: &dyn Containers) -> Result<u64> {
     let nodes = node_containers(cfg)?;
     if nodes.is_empty() {
         return Err(fail(
@@ -177,7 +177,7 @@ pub fn clean(docker: &Docker, cfg: &Config) -> Result<u64> {
     }
     if cfg.settings.recreate_restart {
         // Stopped in parallel, then started and waited for; started again on any way out.
-        Held::stop(docker, names, Wait::from_config(cfg))?.end()?;
+        containers.restart(docker, names, Wait::from_config(cfg))?;
     }
     Ok(removed)
 }

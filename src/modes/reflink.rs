@@ -37,7 +37,7 @@ impl Mode for Reflink {
     }
 
     fn preflight(&self, cfg: &Config, _: &[Found]) -> Result<()> {
-        probe(&cfg.settings.snapshots_dir, &Live::from_config(cfg))
+        probe(&cfg.settings.snapshots_dir, &cfg.live())
             .map(drop)
             .map_err(|why| fail(Code::Usage, why))
     }

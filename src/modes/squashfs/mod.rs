@@ -27,11 +27,43 @@ use crate::config::{Config, SquashfsCompression, SquashfsRestore};
 use crate::delta::{self, Content, Dir, Source, SourceFile};
 use crate::exit::{Code, Error, code_of, fail, one_line};
 use crate::manifest::{Entry, Kind, Manifest, Name};
-use crate::output::seconds;
 use crate::store::Snapshot;
-use crate::tools::{Found, MKSQUASHFS, MOUNT, Tool, UMOUNT, UNSQUASHFS};
-use crate::tree::{Live, WORK_PREFIX, cstring, human_bytes, left_by_dead_process};
+use crate::tools::{Found, Tool};
+use crate::tree::{Live, WORK_PREFIX, cstring, human_bytes, left_by_dead_process, seconds};
 use crate::{progress, signals};
+
+const MKSQUASHFS: Tool = Tool {
+    program: "mksquashfs",
+    package: "squashfs-tools",
+    product: "squashfs-tools",
+    version_args: &["-version"],
+    exit_hints: &[],
+};
+
+pub const UNSQUASHFS: Tool = Tool {
+    program: "unsquashfs",
+    package: "squashfs-tools",
+    product: "squashfs-tools",
+    version_args: &["-version"],
+    exit_hints: &[],
+};
+
+/// mount and umount loop-mount squashfs images for the mount restore.
+const MOUNT: Tool = Tool {
+    program: "mount",
+    package: "mount",
+    product: "mount",
+    version_args: &["--version"],
+    exit_hints: &[],
+};
+
+const UMOUNT: Tool = Tool {
+    program: "umount",
+    package: "mount",
+    product: "umount",
+    version_args: &["--version"],
+    exit_hints: &[],
+};
 
 pub struct Squashfs;
 
@@ -236,10 +268,6 @@ fn parse_compressors(help: &str) -> Vec<String> {
 /// `squashfs_restore = mount` possible here.
 fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
     let comp = Compression::from_config(cfg);
-    let origin = |key: &str| {
-        let s = cfg.setting(key);
-        format!("{key} = {} ({})", s.raw.trim(), s.source)
-    };
     let supported = compressors(mksquashfs)?;
     if supported.is_empty() {
         // A help text of an unknown shape: mksquashfs itself will refuse a missing compressor.
@@ -247,11 +275,10 @@ fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
     } else if comp.name != SquashfsCompression::None
         && !supported.iter().any(|c| c == comp.name.name())
     {
-        return Err(fail(
-            Code::Usage,
+        return Err(cfg.unusable(
+            "squashfs_compression",
             format!(
-                "{}: the installed mksquashfs {} ({}) was built without {}; it supports {}. Choose one of those, or none",
-                origin("squashfs_compression"),
+                "the installed mksquashfs {} ({}) was built without {}; it supports {}. Choose one of those, or none",
                 mksquashfs.version()?,
                 mksquashfs.path.display(),
                 comp.name,
@@ -262,21 +289,19 @@ fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
     if let Some(level) = cfg.settings.squashfs_level {
         match Compression::levels(comp.name) {
             None => {
-                return Err(fail(
-                    Code::Usage,
+                return Err(cfg.unusable(
+                    "squashfs_level",
                     format!(
-                        "{}: {} has no compression levels (gzip and lzo take 1-9, zstd 1-22); set squashfs_level = auto",
-                        origin("squashfs_level"),
+                        "{} has no compression levels (gzip and lzo take 1-9, zstd 1-22); set squashfs_level = auto",
                         comp.name
                     ),
                 ));
             }
             Some(range) if !range.contains(&level) => {
-                return Err(fail(
-                    Code::Usage,
+                return Err(cfg.unusable(
+                    "squashfs_level",
                     format!(
-                        "{}: {} takes levels {}-{}",
-                        origin("squashfs_level"),
+                        "{} takes levels {}-{}",
                         comp.name,
                         range.start(),
                         range.end()
@@ -289,11 +314,10 @@ fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
     if cfg.settings.squashfs_restore == SquashfsRestore::Mount
         && let Some(why) = mount_blocker()
     {
-        return Err(fail(
-            Code::Usage,
+        return Err(cfg.unusable(
+            "squashfs_restore",
             format!(
-                "{}: a loop mount is not possible here: {why}. Set squashfs_restore = auto or extract",
-                origin("squashfs_restore")
+                "a loop mount is not possible here: {why}. Set squashfs_restore = auto or extract"
             ),
         ));
     }
@@ -804,7 +828,7 @@ impl WorkDir {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        if let Err(e) = crate::store::remove_tree(&self.dir) {
+        if let Err(e) = crate::tree::remove_tree(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %one_line(&e), "squashfs_work_dir_left: remove it by hand");
         }
         let (parent, mtime) = &self.parent;

@@ -1,0 +1,425 @@
+//! Create: snapshot the live data, atomically.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{Begun, Session};
+use crate::capture;
+use crate::choices::Choice;
+use crate::config::{Config, Isolation};
+use crate::exit::{Code, fail, one_line};
+use crate::fingerprint::Fingerprint;
+use crate::manifest::Manifest;
+use crate::modes::{Mode, ModeContext};
+use crate::progress;
+use crate::quiesce::{self, Op};
+use crate::retention::{self, Rules};
+use crate::store::{Lock, ManifestRef, Meta, SCHEMA, Snapshot, Staging, Store};
+use crate::tools::Found;
+use crate::tree::{Live, Totals, free_bytes, human_bytes};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CreateOpts {
+    /// Replace a snapshot of that name.
+    pub force: bool,
+    pub pin: bool,
+    /// Create even while a restore's journal says the data is in an unknown state.
+    pub allow_interrupted: bool,
+}
+
+/// What a create did: `create --json`'s record.
+#[derive(Debug, Serialize)]
+pub struct Created {
+    pub name: String,
+    pub mode: &'static str,
+    pub files: u64,
+    pub bytes: u64,
+    pub stored_bytes: u64,
+    pub seconds: f64,
+    pub replaced: bool,
+    pub pinned: bool,
+    pub pruned: Vec<String>,
+    pub skipped: bool,
+    /// Whether the mode copied the live data (else `files` and `bytes` are not what it stored).
+    #[serde(skip)]
+    pub covers_data: bool,
+}
+
+impl Session {
+    /// Snapshot `name` (else `snapshot_name`) of the live data, with the containers quiesced
+    /// around the copy and the retention rules applied after it (`auto_cleanup`).
+    pub fn create(&self, name: Option<&str>, opts: CreateOpts) -> Result<Created> {
+        let ready = match self.begin(name, Op::Create)? {
+            Begun::Ready(ready) => *ready,
+            Begun::Disabled { name } => return Ok(Created::skipped(&name)),
+        };
+        let name = &ready.name;
+        if ready.store.exists(name) && !opts.force {
+            return Err(fail(
+                Code::Failure,
+                format!(
+                    "snapshot {name} already exists in {}; use --force to replace it",
+                    ready.store.dir().display()
+                ),
+            ));
+        }
+        let job = Job {
+            cfg: ready.cfg,
+            live: &ready.live,
+            store: &ready.store,
+            lock: &ready.lock,
+            mode: ready.mode.as_ref(),
+            tools: &ready.tools,
+            allow_interrupted: opts.allow_interrupted,
+        };
+        let started = Instant::now();
+        let replaced = ready.store.exists(name);
+        job.check_data(name)?;
+        let snap = quiesce::around(
+            ready.cfg,
+            ready.docker.as_ref(),
+            ready.mode.as_ref(),
+            Op::Create,
+            || job.create(name, opts.pin),
+        )?;
+        let pruned = job.auto_cleanup(name)?;
+        Ok(Created {
+            replaced,
+            pruned,
+            ..Created::of(
+                &snap,
+                ready.mode.as_ref(),
+                crate::tree::seconds(started.elapsed()),
+            )
+        })
+    }
+}
+
+impl Created {
+    fn skipped(name: &str) -> Created {
+        Created {
+            name: name.to_string(),
+            mode: Isolation::Disabled.name(),
+            files: 0,
+            bytes: 0,
+            stored_bytes: 0,
+            seconds: 0.0,
+            replaced: false,
+            pinned: false,
+            pruned: vec![],
+            skipped: true,
+            covers_data: false,
+        }
+    }
+
+    /// The record of `snap`, just made by `mode` in `seconds`.
+    pub(super) fn of(snap: &Snapshot, mode: &dyn Mode, seconds: f64) -> Created {
+        Created {
+            name: snap.meta.name.clone(),
+            mode: mode.kind().name(),
+            files: snap.meta.files,
+            bytes: snap.meta.bytes,
+            stored_bytes: snap.meta.stored_bytes,
+            seconds,
+            replaced: false,
+            pinned: snap.meta.pinned,
+            pruned: vec![],
+            skipped: false,
+            covers_data: mode.writes_live_data(),
+        }
+    }
+}
+
+/// The store's free space against what a snapshot needs.
+struct Space<'a> {
+    store: &'a Store,
+    /// What the mode says the snapshot will take, when it can tell beforehand.
+    needed: Option<u64>,
+    /// The included data's size on disk, the most any mode stores.
+    on_disk: u64,
+    /// Free in snapshots_dir before the create started.
+    free: u64,
+}
+
+impl<'a> Space<'a> {
+    /// Fails (exit 1), before anything is written, when the mode can tell that the
+    /// snapshot will not fit.
+    fn check(store: &'a Store, mode: &dyn Mode, data: &Totals, name: &str) -> Result<Space<'a>> {
+        let space = Space {
+            store,
+            needed: mode.space_needed(data),
+            on_disk: data.allocated,
+            free: free_bytes(store.dir())?,
+        };
+        if space.needed.is_some_and(|n| n > space.free) {
+            return Err(fail(
+                Code::Failure,
+                format!(
+                    "not enough space in snapshots_dir {} for snapshot {name}: it needs {}, {} are free; nothing was changed. Free space there or move snapshots_dir to a larger filesystem",
+                    store.dir().display(),
+                    space.needs(),
+                    human_bytes(space.free)
+                ),
+            ));
+        }
+        Ok(space)
+    }
+
+    fn needs(&self) -> String {
+        match self.needed {
+            Some(n) => format!("about {}", human_bytes(n)),
+            None => format!(
+                "up to {} (the included data's size on disk)",
+                human_bytes(self.on_disk)
+            ),
+        }
+    }
+
+    /// `err`, said as what it is when the store filled up (the data grew, another process
+    /// wrote there, or the mode could not tell beforehand). By then the partial snapshot is
+    /// gone: the staging directory removes itself when the create fails.
+    fn explain_if_full(&self, err: anyhow::Error, name: &str) -> anyhow::Error {
+        // Tools run with LC_ALL=C and Rust's own io errors are untranslated, so the text is stable.
+        let text = one_line(&err);
+        if !text.contains("No space left on device") && !text.contains("Disk quota exceeded") {
+            return err;
+        }
+        fail(
+            Code::Failure,
+            format!(
+                "snapshots_dir {} ran out of space while snapshot {name} was created ({text}): it needs {}, {} were free when it started. The partial snapshot was removed and existing snapshots are unchanged; free space there or move snapshots_dir to a larger filesystem",
+                self.store.dir().display(),
+                self.needs(),
+                human_bytes(self.free)
+            ),
+        )
+    }
+}
+
+/// What [`Job::seal`] records about a snapshot besides its payload and manifest.
+pub struct Sealed<'a> {
+    pub name: &'a str,
+    pub created_at: jiff::Timestamp,
+    /// Node directories, relative to cache_dir.
+    pub nodes: Vec<String>,
+    /// The captured data's totals.
+    pub data: Totals,
+    pub pin: bool,
+    /// The mode's details for meta.json.
+    pub payload: serde_json::Value,
+    pub fingerprint: Option<Fingerprint>,
+    /// What changed in the live data during the copy, for the capture check; None when
+    /// nothing was copied from it (adopt).
+    pub changes: Option<capture::Changes>,
+}
+
+/// Everything a create needs once the lock is held; restore reuses it for auto-create, adopt
+/// to seal what it moved or re-packed.
+pub struct Job<'a> {
+    pub cfg: &'a Config,
+    pub live: &'a Live,
+    pub store: &'a Store,
+    pub lock: &'a Lock,
+    pub mode: &'a dyn Mode,
+    pub tools: &'a [Found],
+    /// Create even while a restore's journal says the data is in an unknown state.
+    pub allow_interrupted: bool,
+}
+
+impl Job<'_> {
+    /// Builds snapshot `name` in staging and moves it into place (replacing any old one
+    /// atomically). The old snapshot is untouched until the new one is complete. Refuses to
+    /// start when the store has clearly too little space, and says how much is needed when
+    /// it fills up anyway.
+    pub fn create(&self, name: &str, pin: bool) -> Result<Snapshot> {
+        let data = self.live.totals()?;
+        let space = Space::check(self.store, self.mode, &data, name)?;
+        self.build(name, pin, data)
+            .map_err(|e| space.explain_if_full(e, name))
+    }
+
+    /// Refuses data that cannot be a clean state, before the containers are quiesced, so a
+    /// refusal changes nothing at all: none of the node directories that are a node's state
+    /// (exit 2: restoring such a snapshot would delete every node directory made since), or
+    /// data an interrupted or failed restore left half restored (exit 1: replacing the clean
+    /// snapshot with it would lose the clean state for good).
+    pub fn check_data(&self, name: &str) -> Result<()> {
+        if self.mode.writes_live_data() && self.live.nodes().is_empty() {
+            let paths: Vec<String> = self
+                .live
+                .include
+                .iter()
+                .map(|rel| self.live.path(rel).display().to_string())
+                .collect();
+            return Err(fail(
+                Code::Usage,
+                format!(
+                    "cannot create {name}: no node directories in {}; a snapshot would hold no node state. Start the environment so that its nodes create their directories, or fix include in [suite_isolation]; nothing was changed",
+                    paths.join(", ")
+                ),
+            ));
+        }
+        let Some(journal) = self.store.unfinished_restore(self.lock)? else {
+            return Ok(());
+        };
+        if self.allow_interrupted {
+            tracing::warn!(name = %name, "create_interrupted: {}; --allow-interrupted snapshots it as it is", journal.describe());
+            return Ok(());
+        }
+        let force = if self.store.exists(name) {
+            " --force"
+        } else {
+            ""
+        };
+        Err(fail(
+            Code::Failure,
+            format!(
+                "cannot create {name}: {} first, or snapshot the data as it is with `stagesnap create {name}{force} --allow-interrupted`; nothing was changed",
+                journal.unknown_state(&self.cfg.settings.snapshot_name)
+            ),
+        ))
+    }
+
+    fn build(&self, name: &str, pin: bool, data: Totals) -> Result<Snapshot> {
+        let started = Instant::now();
+        let mut staging = self.store.begin(name, self.lock)?;
+        let _bars = self
+            .mode
+            .writes_live_data()
+            .then(|| progress::Operation::create(format!("create {name}"), self.live));
+        let ctx = ModeContext::new(self.cfg, self.live, self.tools, &super::Quiesced);
+        // Before the copy: a pattern refused (past fingerprint::MAX_FILES) fails fast.
+        // Only data restored from a snapshot can disagree with the files beside it.
+        let fingerprint = if self.mode.writes_live_data() {
+            Fingerprint::capture(self.cfg)?
+        } else {
+            None
+        };
+        // Before the copy, so that a swap during it shows (see crate::capture).
+        let watch = self
+            .mode
+            .writes_live_data()
+            .then(|| capture::Watch::start(self.live))
+            .transpose()?;
+        crate::testhook::pause("create-before-copy");
+        let payload = self.mode.create(&ctx, &staging.payload())?;
+        crate::testhook::pause("create-after-copy");
+        let changes = watch.map(|w| w.changes(self.live)).transpose()?;
+        crate::signals::check()?;
+        let sealed = Sealed {
+            name,
+            created_at: jiff::Timestamp::now(),
+            nodes: self.live.nodes(),
+            data,
+            pin,
+            payload,
+            fingerprint,
+            changes,
+        };
+        let snap = self.seal(&mut staging, &ctx, sealed)?;
+        tracing::info!(name = %name,
+            mode = %self.mode.kind().name(),
+            files = snap.meta.files,
+            bytes = snap.meta.bytes,
+            seconds = crate::tree::seconds(started.elapsed()),
+            "snapshot_created"
+        );
+        Ok(snap)
+    }
+
+    /// Completes a snapshot whose payload `staging` holds: the manifest of what the mode
+    /// captured (the tree [`Mode::captured_tree`] names, under `self.live`'s included
+    /// paths), then meta.json, then the atomic move into place. Shared by create and adopt.
+    pub fn seal(
+        &self,
+        staging: &mut Staging,
+        ctx: &ModeContext,
+        sealed: Sealed,
+    ) -> Result<Snapshot> {
+        progress::step("writing the manifest");
+        let manifest = self.manifest(ctx, staging, sealed.changes.as_ref())?;
+        let stored = crate::tree::totals(staging.dir())?;
+        let meta = Meta {
+            schema: SCHEMA,
+            name: sealed.name.to_string(),
+            mode: self.mode.kind().name().to_string(),
+            created_at: sealed.created_at.to_string(),
+            stagesnap_version: env!("CARGO_PKG_VERSION").to_string(),
+            tools: self
+                .tools
+                .iter()
+                .map(|f| Ok((f.tool.program.to_string(), f.version()?.to_string())))
+                .collect::<Result<_>>()?,
+            cache_dir: self.live.cache_dir.clone(),
+            include: self.live.include.clone(),
+            nodes: sealed.nodes,
+            files: sealed.data.files,
+            bytes: sealed.data.bytes,
+            stored_bytes: stored.allocated,
+            pinned: sealed.pin,
+            payload: sealed.payload,
+            manifest,
+            fingerprint: sealed.fingerprint,
+        };
+        staging.commit(&meta, true)
+    }
+
+    /// Stores the manifest of what the mode just captured (while the data is still in the
+    /// page cache), once what it holds beneath the directories that changed during the copy
+    /// (see [`capture`]) proved to come from the live data; None for modes that capture no
+    /// data.
+    fn manifest(
+        &self,
+        ctx: &ModeContext,
+        staging: &Staging,
+        changes: Option<&capture::Changes>,
+    ) -> Result<Option<ManifestRef>> {
+        if !self.mode.writes_live_data() {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let tree = self.mode.captured_tree(ctx, &staging.payload());
+        let mut manifest = if self.mode.hashes_content() {
+            Manifest::capture(&tree, &self.live.include)?
+        } else {
+            Manifest::scan(&tree, &self.live.include)?
+        };
+        if let Some(changes) = changes.filter(|c| !c.suspects.is_empty()) {
+            let held =
+                self.mode
+                    .held_beneath(ctx, &staging.payload(), &manifest, &changes.suspects)?;
+            let tool = self.mode.tools().first().map_or("the copy", |t| t.program);
+            capture::check(self.live, changes, &held, tool)?;
+        }
+        self.mode.describe_captured(ctx, &mut manifest)?;
+        let stored = staging.write_manifest(&manifest)?;
+        let (files, bytes) = manifest.totals();
+        tracing::info!(
+            entries = stored.entries,
+            files,
+            bytes,
+            seconds = crate::tree::seconds(started.elapsed()),
+            "manifest_written"
+        );
+        Ok(Some(stored))
+    }
+
+    /// Retention after a create: never removes the new snapshot, snapshot_name or a pinned one.
+    pub fn auto_cleanup(&self, just_made: &str) -> Result<Vec<String>> {
+        if !self.cfg.settings.auto_cleanup {
+            return Ok(vec![]);
+        }
+        let rules = Rules {
+            just_made: Some(just_made),
+            ..Rules::configured(self.cfg)
+        };
+        let decisions = retention::prune(self.store, self.lock, &rules, false, "auto_cleanup")?;
+        Ok(decisions
+            .into_iter()
+            .filter(|d| d.remove())
+            .map(|d| d.name)
+            .collect())
+    }
+}
