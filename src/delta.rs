@@ -42,8 +42,9 @@ use rustix::io::Errno;
 use crate::exit::{Code, Error, fail};
 use crate::manifest::pieces::{self, PIECE};
 use crate::manifest::{self, ChangeCode, Entry, Kind, Manifest, Name, Xattr, walk};
+use crate::observe::Observer;
+use crate::signals;
 use crate::sys::{self, DirFd};
-use crate::{progress, signals};
 use blake3::hazmat::ChainingValue;
 
 /// How file content is brought over from the source.
@@ -187,6 +188,8 @@ pub struct Delta<'a> {
     /// Live files of the target's size are hashed and compared with the target's hashes too,
     /// so that bytes changed under an unchanged size and mtime are repaired.
     pub by_content: bool,
+    /// Told of what is rewritten and how far the work is.
+    pub observer: &'a dyn Observer,
     /// Called once before the first change, when there is one, with the target's regular files
     /// whose content may be read from `source`: a source that must be made ready first (a
     /// squashfs extract) fetches them then.
@@ -326,10 +329,11 @@ impl Delta<'_> {
                 work.stats.files_rewritten += files;
                 work.stats.bytes_rewritten += bytes;
                 if files > 0 {
-                    progress::wrote(Some(node), files, bytes);
+                    self.observer.wrote(Some(node), files, bytes);
                 }
             }
-            progress::share(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+            self.observer
+                .share(done.fetch_add(1, Ordering::Relaxed) + 1, total);
         }
         Ok(())
     }

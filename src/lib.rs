@@ -6,13 +6,13 @@
 
 // The layers, bottom to top: a module uses only its own layer and those below, which
 // scripts/layers.py checks in CI (ARCHITECTURE.md draws them).
-// layer base: exit sys signals parallel span choices names testhook ini tools tree progress
+// layer base: exit sys signals parallel span choices names testhook ini tools tree observe
 // layer engine: manifest delta
 // layer config: config capture fingerprint
 // layer store: store legacy retention docker
 // layer modes: modes
 // layer ops: ops quiesce
-// layer top: cli commands output
+// layer top: cli commands output progress
 
 pub(crate) mod capture;
 pub(crate) mod choices;
@@ -28,6 +28,7 @@ pub(crate) mod legacy;
 pub(crate) mod manifest;
 pub(crate) mod modes;
 pub(crate) mod names;
+pub(crate) mod observe;
 pub(crate) mod ops;
 pub mod output;
 pub(crate) mod parallel;

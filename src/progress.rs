@@ -3,23 +3,25 @@
 //! Bars are drawn only when stderr is a terminal that can move its cursor (`TERM` set and not
 //! `dumb`) and none of `-q`, `--json`, `--no-progress` is given. `NO_COLOR` takes only their
 //! colours away, as it does the logs'. Everywhere else this module draws nothing and costs
-//! nothing: the modes ask [`active`] before they ask their tools for progress output.
+//! nothing: the modes ask their observer whether it is active before they ask their tools for
+//! progress output.
 //!
-//! The modes feed the bars from what their tools print while they run (see
+//! The lower layers report to the [`Observer`] they are given; [`Terminal`] is the one that
+//! draws. The modes feed it from what their tools print while they run (see
 //! `modes::filesystem` and `modes::squashfs`) or from the delta engine's own work (`delta`):
-//! bytes and files written per node, or the share of the work done. Log lines go through [`LogWriter`], which lifts the bars, writes the line
-//! and draws them again, so neither tears the other. When the operation ends its bars vanish,
-//! leaving the command's one summary line.
+//! bytes and files written per node, or the share of the work done. Log lines go through
+//! [`LogWriter`], which lifts the bars, writes the line and draws them again, so neither tears
+//! the other. When the operation ends its bars vanish, leaving the command's one summary line.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::tree::{Live, Totals, human_bytes};
+use crate::observe::Observer;
+use crate::tree::{Live, Totals, human_bytes, node_of};
 
 struct Bars {
     multi: MultiProgress,
@@ -62,8 +64,7 @@ pub fn init(enabled: bool) {
     let _ = BARS.set(Bars::new(enabled));
 }
 
-/// True when bars are drawn; only then do the modes ask their tools for progress output.
-pub fn active() -> bool {
+fn active() -> bool {
     bars().enabled
 }
 
@@ -84,14 +85,19 @@ impl Write for LogWriter {
     }
 }
 
-/// A create or restore on screen. Dropping it clears its bars.
-#[must_use = "the bars vanish when this is dropped"]
-pub struct Operation(());
+/// The bars as the lower layers' [`Observer`]: a create or restore on screen at a time,
+/// cleared when it ends.
+pub struct Terminal;
 
-impl Operation {
+impl Observer for Terminal {
+    /// True when bars are drawn; only then do the modes ask their tools for progress output.
+    fn active(&self) -> bool {
+        active()
+    }
+
     /// Bars for copying the live data into a new snapshot: bytes and files in all, and per
     /// node. The totals are counted here, and only when bars are drawn.
-    pub fn create(label: String, live: &Live) -> Operation {
+    fn begin_create(&self, label: String, live: &Live) {
         start(|| {
             let (total, nodes) = planned(live);
             let main = bars()
@@ -116,25 +122,23 @@ impl Operation {
                 })
                 .collect();
             Drawn::new(main, true, total.files, nodes)
-        })
+        });
     }
 
     /// Bars for restoring a snapshot of `bytes`: the share of the work done (entries checked,
     /// or blocks extracted), what was rewritten, and per node what was rewritten (a node
     /// appears once something in it is).
-    pub fn restore(label: String, bytes: u64) -> Operation {
+    fn begin_restore(&self, label: String, bytes: u64) {
         start(|| {
             let main = bars()
                 .multi
                 .add(ProgressBar::new(bytes.max(1)).with_prefix(label));
             spin(&main, "restoring");
             Drawn::new(main, false, 0, BTreeMap::new())
-        })
+        });
     }
-}
 
-impl Drop for Operation {
-    fn drop(&mut self) {
+    fn end(&self) {
         let Some(drawn) = bars().current.lock().ok().and_then(|mut c| c.take()) else {
             return;
         };
@@ -145,63 +149,58 @@ impl Drop for Operation {
         drawn.main.finish_and_clear();
         bars().multi.remove(&drawn.main);
     }
+
+    fn wrote(&self, node: Option<&str>, files: u64, bytes: u64) {
+        with_drawn(|d| {
+            d.files += files;
+            d.bytes += bytes;
+            if d.copy {
+                d.main.inc(bytes);
+            }
+            if let Some(name) = node {
+                let copy = d.copy;
+                let node = d.nodes.entry(name.to_string()).or_insert_with(|| Node {
+                    bar: bars().multi.add(
+                        ProgressBar::new(0)
+                            .with_style(style(NODE_REWRITE))
+                            .with_prefix(name.to_string()),
+                    ),
+                    files: 0,
+                    files_total: None,
+                });
+                node.files += files;
+                node.bar.inc(bytes);
+                node.show(copy);
+            }
+            d.show();
+        });
+    }
+
+    fn share(&self, done: u64, total: u64) {
+        with_drawn(|d| {
+            if total > 0 {
+                let len = d.main.length().unwrap_or(0);
+                d.main
+                    .set_position((len as u128 * done.min(total) as u128 / total as u128) as u64);
+                d.show();
+            }
+        });
+    }
+
+    fn step(&self, what: &str) {
+        with_drawn(|d| {
+            d.numbers = false;
+            spin(&d.main, what);
+        });
+    }
 }
 
-fn start(draw: impl FnOnce() -> Drawn) -> Operation {
+fn start(draw: impl FnOnce() -> Drawn) {
     if active()
         && let Ok(mut current) = bars().current.lock()
     {
         *current = Some(draw());
     }
-    Operation(())
-}
-
-/// A tool wrote `bytes` more and started `files` more files below `node` (`data/node1`; None
-/// when it cannot say where).
-pub fn wrote(node: Option<&str>, files: u64, bytes: u64) {
-    with_drawn(|d| {
-        d.files += files;
-        d.bytes += bytes;
-        if d.copy {
-            d.main.inc(bytes);
-        }
-        if let Some(name) = node {
-            let copy = d.copy;
-            let node = d.nodes.entry(name.to_string()).or_insert_with(|| Node {
-                bar: bars().multi.add(
-                    ProgressBar::new(0)
-                        .with_style(style(NODE_REWRITE))
-                        .with_prefix(name.to_string()),
-                ),
-                files: 0,
-                files_total: None,
-            });
-            node.files += files;
-            node.bar.inc(bytes);
-            node.show(copy);
-        }
-        d.show();
-    });
-}
-
-/// A tool has done `done` of `total` units of its work (entries checked, blocks written).
-pub fn share(done: u64, total: u64) {
-    with_drawn(|d| {
-        if total > 0 {
-            let len = d.main.length().unwrap_or(0);
-            d.main
-                .set_position((len as u128 * done.min(total) as u128 / total as u128) as u64);
-            d.show();
-        }
-    });
-}
-
-/// The operation moved on to a step that reports no progress (hashing, checking).
-pub fn step(what: &str) {
-    with_drawn(|d| {
-        d.numbers = false;
-        spin(&d.main, what);
-    });
 }
 
 fn with_drawn(f: impl FnOnce(&mut Drawn)) {
@@ -333,31 +332,4 @@ fn planned(live: &Live) -> (Totals, Vec<(String, Totals)>) {
     let mut nodes: Vec<_> = nodes.into_iter().collect();
     nodes.sort_by_key(|(n, _)| crate::tree::natural_key(n));
     (total, nodes)
-}
-
-/// The node (`data/node1`) of a path below the included path `rel`, if it is inside one.
-pub fn node_of(rel: &Path, below: Option<&Path>) -> Option<String> {
-    let below = below?;
-    let mut parts = below.components();
-    let first = parts.next()?;
-    // An entry directly in the included path belongs to no node.
-    parts.next()?;
-    Some(rel.join(first).to_string_lossy().into_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::node_of;
-    use std::path::Path;
-
-    #[test]
-    fn nodes_of_paths() {
-        let data = Path::new("data");
-        assert_eq!(
-            node_of(data, Some(Path::new("node1/lib/x"))).as_deref(),
-            Some("data/node1")
-        );
-        assert_eq!(node_of(data, Some(Path::new("top-file"))), None);
-        assert_eq!(node_of(data, None), None);
-    }
 }

@@ -366,6 +366,16 @@ fn unescape_octal(field: &str) -> Vec<u8> {
     out
 }
 
+/// The node (`data/node1`) of a path below the included path `rel`, if it is inside one.
+pub fn node_of(rel: &Path, below: Option<&Path>) -> Option<String> {
+    let below = below?;
+    let mut parts = below.components();
+    let first = parts.next()?;
+    // An entry directly in the included path belongs to no node.
+    parts.next()?;
+    Some(rel.join(first).to_string_lossy().into_owned())
+}
+
 /// `node2` before `node10`.
 pub(crate) fn natural_key(s: &str) -> (String, u64) {
     let digits: String = s.chars().rev().take_while(char::is_ascii_digit).collect();
@@ -512,6 +522,17 @@ pub fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_of_paths() {
+        let data = Path::new("data");
+        assert_eq!(
+            node_of(data, Some(Path::new("node1/lib/x"))).as_deref(),
+            Some("data/node1")
+        );
+        assert_eq!(node_of(data, Some(Path::new("top-file"))), None);
+        assert_eq!(node_of(data, None), None);
+    }
 
     #[test]
     fn nodes_sort_naturally() {

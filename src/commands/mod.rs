@@ -84,7 +84,11 @@ fn load_config(g: &GlobalArgs) -> Result<Config> {
 
 /// The session the command's operations run in: the configuration loaded once.
 fn open(g: &GlobalArgs) -> Result<Session> {
-    Session::open(&overrides(g), Duration::from_secs(g.lock_timeout))
+    Session::open(
+        &overrides(g),
+        Duration::from_secs(g.lock_timeout),
+        &crate::progress::Terminal,
+    )
 }
 
 /// Per-node counts of changes, for `status` and `diff --stat`.

@@ -14,10 +14,10 @@ use super::{Mode, ModeContext, ModeKind, Restoration, Verified};
 use crate::delta::Content;
 use crate::exit::Error;
 use crate::manifest::{self, Manifest};
-use crate::progress;
+use crate::observe::Observer;
 use crate::store::Snapshot;
 use crate::tools::{Found, Tool};
-use crate::tree::Totals;
+use crate::tree::{Totals, node_of};
 
 pub struct Filesystem;
 
@@ -69,6 +69,7 @@ impl Mode for Filesystem {
                 std::fs::create_dir_all(parent)?;
             }
             sync(
+                ctx,
                 rsync,
                 (&src, &dst, rel),
                 &format!("copying {} into the snapshot", src.display()),
@@ -125,14 +126,19 @@ impl Mode for Filesystem {
 
 /// rsync `src` onto `dst`, the copies of the included path `rel`. For directories the
 /// trailing slash makes rsync fill `dst` in place instead of creating `dst/<name>`.
-fn sync(rsync: &Found, (src, dst, rel): (&Path, &Path, &Path), what: &str) -> Result<()> {
+fn sync(
+    ctx: &ModeContext,
+    rsync: &Found,
+    (src, dst, rel): (&Path, &Path, &Path),
+    what: &str,
+) -> Result<()> {
     let mut args: Vec<OsString> = PRESERVE.iter().map(OsString::from).collect();
     let (mut s, mut d) = (src.as_os_str().to_owned(), dst.as_os_str().to_owned());
     if src.is_dir() {
         s.push("/");
         d.push("/");
     }
-    if !progress::active() {
+    if !ctx.observer.active() {
         args.push(s);
         args.push(d);
         return rsync.run(args, what).map(drop);
@@ -141,6 +147,7 @@ fn sync(rsync: &Found, (src, dst, rel): (&Path, &Path, &Path), what: &str) -> Re
     args.push(s);
     args.push(d);
     let mut watch = Watch {
+        observer: ctx.observer,
         rel,
         node: None,
         bytes: 0,
@@ -152,6 +159,7 @@ fn sync(rsync: &Found, (src, dst, rel): (&Path, &Path, &Path), what: &str) -> Re
 
 /// Reads rsync's [`PROGRESS`] output into the progress bars.
 struct Watch<'a> {
+    observer: &'a dyn Observer,
     rel: &'a Path,
     /// The node of the file being transferred.
     node: Option<String>,
@@ -167,14 +175,15 @@ impl Watch<'_> {
                 let Ok(bytes) = bytes.replace(',', "").parse::<u64>() else {
                     return;
                 };
-                progress::wrote(self.node.as_deref(), 0, bytes.saturating_sub(self.bytes));
+                self.observer
+                    .wrote(self.node.as_deref(), 0, bytes.saturating_sub(self.bytes));
                 self.bytes = self.bytes.max(bytes);
             }
             [] => {}
             _ => {
-                self.node = progress::node_of(self.rel, Some(Path::new(line)));
+                self.node = node_of(self.rel, Some(Path::new(line)));
                 if !line.ends_with('/') {
-                    progress::wrote(self.node.as_deref(), 1, 0);
+                    self.observer.wrote(self.node.as_deref(), 1, 0);
                 }
             }
         }

@@ -14,6 +14,7 @@ use crate::delta::{Content, Delta, Dir, RestoreStats, Source};
 use crate::docker::{Docker, Wait};
 use crate::exit::{Code, fail};
 use crate::manifest::{Entry, Kind, Manifest, Name};
+use crate::observe::{Observer, Unobserved};
 use crate::store::{Journal, Snapshot};
 use crate::tools::{Found, Tool};
 use crate::tree::{Live, Totals};
@@ -91,6 +92,7 @@ fn delta(
         root: &ctx.live.cache_dir,
         content,
         by_content: ctx.by_content,
+        observer: ctx.observer,
         before_change: &|read| {
             fetch(read)?;
             ctx.changing()
@@ -256,6 +258,8 @@ pub struct ModeContext<'a> {
     /// A restore that selects files by content (`restore --verify full`), so that it repairs
     /// bytes changed under an unchanged size and mtime, which its check would find.
     pub by_content: bool,
+    /// Told of the work as it goes, for progress bars.
+    pub observer: &'a dyn Observer,
 }
 
 impl<'a> ModeContext<'a> {
@@ -273,7 +277,13 @@ impl<'a> ModeContext<'a> {
             containers,
             journal: None,
             by_content: false,
+            observer: &Unobserved,
         }
+    }
+
+    /// The same context, telling `observer` of its work.
+    pub fn observed(self, observer: &'a dyn Observer) -> ModeContext<'a> {
+        ModeContext { observer, ..self }
     }
 
     /// To be called by a restore just before its first change to the live data (a restore

@@ -18,6 +18,7 @@ use crate::exit::{Code, fail, one_line};
 use crate::legacy::{self, DATA_DIR, Format, Legacy};
 use crate::modes::squashfs::UNSQUASHFS;
 use crate::modes::{Mode, ModeContext};
+use crate::observe::Unobserved;
 use crate::store::{DIR_METADATA, Lock, Snapshot, Staging, Store};
 use crate::tools::Found;
 use crate::tree::{Live, remove_tree};
@@ -176,6 +177,8 @@ impl Adoption<'_> {
             lock: self.lock,
             mode: self.mode,
             tools: self.tools,
+            // Adopting draws no bars: it copies nothing.
+            observer: &Unobserved,
             // Adopting reads the harness's copy, never the live data a restore left.
             allow_interrupted: true,
         };

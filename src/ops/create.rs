@@ -13,7 +13,7 @@ use crate::exit::{Code, fail, one_line};
 use crate::fingerprint::Fingerprint;
 use crate::manifest::Manifest;
 use crate::modes::{Mode, ModeContext};
-use crate::progress;
+use crate::observe::{Observer, Watched};
 use crate::quiesce::{self, Op};
 use crate::retention::{self, Rules};
 use crate::store::{Lock, ManifestRef, Meta, SCHEMA, Snapshot, Staging, Store};
@@ -72,6 +72,7 @@ impl Session {
             lock: &ready.lock,
             mode: ready.mode.as_ref(),
             tools: &ready.tools,
+            observer: self.observer,
             allow_interrupted: opts.allow_interrupted,
         };
         let started = Instant::now();
@@ -224,6 +225,7 @@ pub struct Job<'a> {
     pub lock: &'a Lock,
     pub mode: &'a dyn Mode,
     pub tools: &'a [Found],
+    pub observer: &'a dyn Observer,
     /// Create even while a restore's journal says the data is in an unknown state.
     pub allow_interrupted: bool,
 }
@@ -285,11 +287,12 @@ impl Job<'_> {
     fn build(&self, name: &str, pin: bool, data: Totals) -> Result<Snapshot> {
         let started = Instant::now();
         let mut staging = self.store.begin(name, self.lock)?;
-        let _bars = self
+        let _watched = self
             .mode
             .writes_live_data()
-            .then(|| progress::Operation::create(format!("create {name}"), self.live));
-        let ctx = ModeContext::new(self.cfg, self.live, self.tools, &super::Quiesced);
+            .then(|| Watched::create(self.observer, format!("create {name}"), self.live));
+        let ctx = ModeContext::new(self.cfg, self.live, self.tools, &super::Quiesced)
+            .observed(self.observer);
         // Before the copy: a pattern refused (past fingerprint::MAX_FILES) fails fast.
         // Only data restored from a snapshot can disagree with the files beside it.
         let fingerprint = if self.mode.writes_live_data() {
@@ -338,7 +341,7 @@ impl Job<'_> {
         ctx: &ModeContext,
         sealed: Sealed,
     ) -> Result<Snapshot> {
-        progress::step("writing the manifest");
+        ctx.observer.step("writing the manifest");
         let manifest = self.manifest(ctx, staging, sealed.changes.as_ref())?;
         let stored = crate::tree::totals(staging.dir())?;
         let meta = Meta {

@@ -15,6 +15,7 @@ use crate::docker::{Docker, Wait};
 use crate::exit::{Code, fail};
 use crate::modes::{Containers, Mode};
 use crate::names::validate_name;
+use crate::observe::Observer;
 use crate::quiesce::Op;
 use crate::store::{Lock, Store};
 use crate::tools::{DOCKER, Found};
@@ -33,6 +34,8 @@ pub mod verify;
 pub struct Session {
     pub cfg: Config,
     pub lock_timeout: Duration,
+    /// Told what creates and restores do, for progress bars.
+    pub observer: &'static dyn Observer,
 }
 
 /// A mode with its tools located.
@@ -40,10 +43,15 @@ pub type Prepared = (Box<dyn Mode>, Vec<Found>);
 
 impl Session {
     /// Loads the configuration (exit 2 when it is not valid).
-    pub fn open(overrides: &Overrides, lock_timeout: Duration) -> Result<Session> {
+    pub fn open(
+        overrides: &Overrides,
+        lock_timeout: Duration,
+        observer: &'static dyn Observer,
+    ) -> Result<Session> {
         Ok(Session {
             cfg: Config::load(overrides)?,
             lock_timeout,
+            observer,
         })
     }
 

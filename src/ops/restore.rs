@@ -14,7 +14,7 @@ use crate::docker::Docker;
 use crate::exit::{Code, code_of, fail, one_line};
 use crate::manifest::{self, Manifest, VerifyLevel};
 use crate::modes::{Mode, ModeContext, recreate};
-use crate::progress;
+use crate::observe::{Observer, Watched};
 use crate::quiesce::{self, Op};
 use crate::store::{Lock, Snapshot, Store};
 use crate::tree::Live;
@@ -110,6 +110,7 @@ impl Session {
                 lock: &lock,
                 mode: configured_mode.as_ref(),
                 tools: &configured_tools,
+                observer: self.observer,
                 allow_interrupted: false,
             };
             job.check_data(&name)?;
@@ -141,6 +142,7 @@ impl Session {
             )?;
         }
         let guard = Guard {
+            observer: self.observer,
             store: &store,
             lock: &lock,
             verify: opts.verify.unwrap_or(cfg.settings.restore_verify),
@@ -190,6 +192,7 @@ impl Session {
 /// What wraps the mode's restore: the journal that `status` reads if it never ends, and the
 /// check of the result against the manifest (`restore_verify`).
 struct Guard<'a> {
+    observer: &'a dyn Observer,
     store: &'a Store,
     lock: &'a Lock,
     verify: VerifyLevel,
@@ -236,6 +239,7 @@ fn restore_snapshot(
         containers: &super::Quiesced,
         journal: Some(&journal),
         by_content: guard.verify == VerifyLevel::Full,
+        observer: guard.observer,
     };
     // Prove the snapshot usable before the first byte of live data changes. Its include
     // decides where everything after this looks, also for a snapshot without a manifest.
@@ -260,16 +264,16 @@ fn restore_snapshot(
             ),
         ));
     }
-    let _bars = mode
+    let _watched = mode
         .writes_live_data()
-        .then(|| progress::Operation::restore(format!("restore {name}"), snap.meta.bytes));
+        .then(|| Watched::restore(guard.observer, format!("restore {name}"), snap.meta.bytes));
     // Checked before the containers come back, which would change the data at once.
     let stats = quiesce::around(cfg, docker, mode.as_ref(), Op::Restore, || {
         let result = mode
             .restore(&ctx, snap, expected.as_ref())
             .and_then(|done| {
                 if let Some(expected) = expected.as_ref().filter(|_| check) {
-                    progress::step("checking the result");
+                    guard.observer.step("checking the result");
                     check_restored(
                         live,
                         snap,

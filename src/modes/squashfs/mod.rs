@@ -27,10 +27,10 @@ use crate::config::{Config, SquashfsCompression, SquashfsRestore};
 use crate::delta::{self, Content, Dir, Source, SourceFile};
 use crate::exit::{Code, Error, code_of, fail, one_line};
 use crate::manifest::{Entry, Kind, Manifest, Name};
+use crate::signals;
 use crate::store::Snapshot;
 use crate::tools::{Found, Tool};
 use crate::tree::{Live, WORK_PREFIX, cstring, human_bytes, left_by_dead_process, seconds};
-use crate::{progress, signals};
 
 const MKSQUASHFS: Tool = Tool {
     program: "mksquashfs",
@@ -774,7 +774,7 @@ fn unsquash(ctx: &ModeContext, snapshot: &Snapshot, image: &Path, dest: &Path) -
     let mut args: Vec<OsString> = ["-quiet", "-force", "-strict-errors", "-no-wildcards"]
         .map(OsString::from)
         .to_vec();
-    if !progress::active() {
+    if !ctx.observer.active() {
         args.push("-no-progress".into());
     }
     if let Some(n) = ctx.cfg.settings.squashfs_processors {
@@ -793,7 +793,7 @@ fn unsquash(ctx: &ModeContext, snapshot: &Snapshot, image: &Path, dest: &Path) -
             ),
             &mut |line| {
                 if let Some((done, total)) = blocks_done(line) {
-                    progress::share(done, total);
+                    ctx.observer.share(done, total);
                 }
             },
         )
