@@ -5,6 +5,7 @@
 //! so the compiler finds what nothing calls.
 
 pub(crate) mod capture;
+pub(crate) mod cgroup;
 pub(crate) mod choices;
 pub mod cli;
 pub mod commands;

@@ -156,9 +156,10 @@ fn containers(nodes: &[NodeContainer]) -> Vec<String> {
 }
 
 /// A restore's stop of the running node containers, run beside the restore itself: the
-/// restore begins with each node as soon as its container has stopped ([`next_stopped`])
-/// while the others still stop, and reads nothing else before every one has ([`all_stopped`]);
-/// no container starts before the whole restore is done. Returns the restore's result (or
+/// restore begins with each node as soon as its container has stopped ([`next_stopped`]; no
+/// process left, which may be before docker answers: see [`Docker::stop`]) while the others
+/// still stop, and reads nothing else before every one has ([`all_stopped`]); no container
+/// starts before the whole restore is done and docker has answered every stop. Returns the restore's result (or
 /// the stop's error, the cause), the containers to start again and how long stopping took.
 fn overlapped<'a, T>(
     docker: &'a Docker,
