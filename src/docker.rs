@@ -286,13 +286,15 @@ impl Docker {
     /// Where the container's cgroup is found on this host, `on_stopped` is told as soon as no
     /// process is left in it, before docker answers: the daemon still tears down the
     /// container's network and mounts then (~0.4 s for seven at once), and the data may be
-    /// written meanwhile. Docker answers only once it considers the container stopped, so a
-    /// start after this returns is never the no-op a start of a running container is.
+    /// written meanwhile. `on_answered` is told once docker has answered, as it does only once
+    /// it considers the container stopped: a start from then on is never the no-op a start of
+    /// a running container is.
     pub fn stop(
         &self,
         names: &[String],
         kill: bool,
         on_stopped: &(dyn Fn(&str) + Sync),
+        on_answered: &(dyn Fn(&str) + Sync),
     ) -> Result<()> {
         let verb = if kill { "kill" } else { "stop" };
         joined(concurrently(names, |name| {
@@ -335,6 +337,7 @@ impl Docker {
             if !emptied {
                 on_stopped(name);
             }
+            on_answered(name);
             Ok(())
         }))
     }
@@ -369,20 +372,32 @@ impl Docker {
         Cgroup::of(inspected.state.pid, &inspected.id)
     }
 
-    /// Starts the containers all at once, then waits until each runs and, with
-    /// `wait.healthy`, until each that has a HEALTHCHECK is healthy; uninterruptible, as it
-    /// undoes a stop. One that cannot start, stops again or is not up within `wait.timeout`
-    /// fails it (exit 1, naming it), once the others run.
-    pub fn start_running(&self, names: &[String], wait: Wait) -> Result<()> {
+    /// `docker start name`; uninterruptible, as it undoes a stop.
+    pub fn start(&self, name: &str) -> Result<()> {
+        let started = Instant::now();
+        self.act("start", name, true)?;
+        done(name, "start", "container_started", started);
+        Ok(())
+    }
+
+    /// Starts the containers all at once, then waits until each runs (those the caller has
+    /// started already too, given with how their start went) and, with `wait.healthy`, until
+    /// each that has a HEALTHCHECK is healthy; uninterruptible, as it undoes a stop. One that
+    /// cannot start, stops again or is not up within `wait.timeout` fails it (exit 1, naming
+    /// it), once the others run.
+    pub fn start_running(
+        &self,
+        names: &[String],
+        started_already: Vec<(String, Result<()>)>,
+        wait: Wait,
+    ) -> Result<()> {
         let started = Instant::now();
         let mut failed = Vec::new();
         let mut pending = Vec::new();
-        for (name, result) in names
-            .iter()
-            .zip(self.each("start", "container_started", names, true))
-        {
+        let starts = concurrently(names, |name| self.start(name));
+        for (name, result) in names.iter().cloned().zip(starts).chain(started_already) {
             match result {
-                Ok(()) => pending.push(name.clone()),
+                Ok(()) => pending.push(name),
                 Err(e) => failed.push(format!(
                     "container {name} did not start again ({})",
                     one_line(&e)
