@@ -3,6 +3,8 @@
 //! from node directories to the containers that mount them. Pause, stop, kill, start and the
 //! wait for running again go straight to the daemon's unix socket when the CLI would use one:
 //! one HTTP request costs about a millisecond, one CLI process per container ~40 ms of CPU.
+//! A stop also watches the container's cgroup ([`crate::cgroup`]) when the daemon is local,
+//! to tell when the data is free long before docker answers.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
