@@ -104,7 +104,85 @@ for i in $(seq "$RUNS"); do
   echo "harness total=$(echo "$t3 - $t0" | bc) quiesce=$(echo "$t1 - $t0" | bc) work=$(echo "$t2 - $t1" | bc) resume=$(echo "$t3 - $t2" | bc)"
 done >"$WORK/phases.txt"
 
-python3 - "$WORK/quiesce.json" "$WORK/phases.txt" >"$OUT" <<EOF
+# What the floor is made of, through the daemon's socket: for one container and for all at once,
+# how long until no process is left in the container's cgroup (cgroup.events on v2, cgroup.procs
+# on v1), until docker answers the kill (it then has torn down the network and mounts), and how
+# long a start takes; and the harness's start, one container after another.
+# shellcheck disable=SC2086
+python3 - "$RUNS" $NAMES >"$WORK/floor.txt" <<'EOF'
+import json, os, socket, statistics, sys, threading, time
+
+def api(method, path):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect("/var/run/docker.sock")
+    s.sendall(f"{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n\r\n".encode())
+    reply = b""
+    while chunk := s.recv(65536):
+        reply += chunk
+    return reply.split(b"\r\n\r\n", 1)[1]
+
+def populated(name):
+    c = json.loads(api("GET", f"/containers/{name}/json"))
+    line = next(l for l in open(f"/proc/{c['State']['Pid']}/cgroup") if c["Id"] in l)
+    hierarchy, controllers, path = line.strip().split(":", 2)
+    if not controllers:
+        d = next(r + path for r in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified") if os.path.exists(r + path + "/cgroup.events"))
+        return lambda: "populated 1" in open(d + "/cgroup.events").read()
+    d = "/sys/fs/cgroup/" + controllers.replace("name=", "") + path
+    return lambda: bool(open(d + "/cgroup.procs").read().strip())
+
+def at_once(names, verb, watch):
+    """Seconds until the last answer, and until the last cgroup is empty (watch)."""
+    probes = [populated(n) for n in names] if watch else []
+    answered, gone = [], []
+    t0 = time.time()
+    def ask(n):
+        api("POST", f"/containers/{n}/{verb}")
+        answered.append(time.time() - t0)
+    def poll(p):
+        while True:
+            try:
+                if not p():
+                    break
+            except OSError:  # the group removed: empty
+                break
+            time.sleep(0.002)
+        gone.append(time.time() - t0)
+    threads = [threading.Thread(target=ask, args=(n,)) for n in names]
+    threads += [threading.Thread(target=poll, args=(p,)) for p in probes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return max(answered), max(gone) if gone else None
+
+runs, names = int(sys.argv[1]), sys.argv[2:]
+rows = {}
+def add(key, v):
+    rows.setdefault(key, []).append(v)
+for _ in range(runs):
+    answered, gone = at_once(names[:1], "kill", True)
+    add("one: processes gone", gone); add("one: kill answered", answered)
+    time.sleep(0.3)
+    add("one: start", at_once(names[:1], "start", False)[0])
+    time.sleep(0.3)
+    answered, gone = at_once(names, "kill", True)
+    add(f"all {len(names)} at once: processes gone", gone); add(f"all {len(names)} at once: kill answered", answered)
+    time.sleep(0.3)
+    add(f"all {len(names)} at once: start", at_once(names, "start", False)[0])
+    time.sleep(0.3)
+    at_once(names, "kill", False)
+    time.sleep(0.3)
+    t0 = time.time()
+    for n in names:
+        api("POST", f"/containers/{n}/start")
+    add(f"all {len(names)}, one after another: start", time.time() - t0)
+    time.sleep(0.3)
+for key, v in rows.items():
+    print(f"| {key} | {statistics.median(v):.3f} | {min(v):.3f}–{max(v):.3f} |")
+EOF
+
+python3 - "$WORK/quiesce.json" "$WORK/phases.txt" "$WORK/floor.txt" >"$OUT" <<EOF
 import json, re, statistics, sys
 results = json.load(open(sys.argv[1]))["results"]
 med = [statistics.median(r["times"]) for r in results]
@@ -136,9 +214,10 @@ print()
 print("The same, interleaved: $RUNS rounds of (suite, stagesnap restore, suite, bare kill + start,")
 print("suite, harness), so that the machine's drifting load falls on all three alike. Medians")
 print("(seconds); stagesnap's phases from its \`quiesce_phases\` debug event (stop = kill all until")
-print("each has stopped, nodes being restored meanwhile; restore = what is left of the restore and")
-print("its check once all have stopped; start = start all and wait until each runs), the harness's")
-print("timed around its three commands.")
+print("no process is left in any container, nodes being restored meanwhile; restore = until the")
+print("restore and its check end, while docker tears the containers down; start = from then until")
+print("each runs, each started once docker has answered its kill), the harness's timed around its")
+print("three commands.")
 print()
 print("| way | total | stop | restore | start |")
 print("|---|---|---|---|---|")
@@ -149,5 +228,13 @@ for who, label in (("auto", "stagesnap restore (quiesce = auto)"), ("floor", "ba
 t = {who: statistics.median(p["total"]) for who, p in phases.items()}
 print()
 print(f"- interleaved: stagesnap restore ÷ bare kill + start: **{t['auto'] / t['floor']:.2f}×**; ÷ the harness's way: **{t['auto'] / t['harness']:.2f}×**")
+print()
+print("What the floor is made of: the docker daemon's kill and start through its socket, for one")
+print("container and for all $NODES at once, with the moment no process is left in the containers'")
+print("cgroups; the harness's start, one after another. Medians of $RUNS rounds (seconds).")
+print()
+print("| step | median | min–max |")
+print("|---|---|---|")
+print(open(sys.argv[3]).read(), end="")
 EOF
 cat "$OUT"

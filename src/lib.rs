@@ -6,7 +6,7 @@
 
 // The layers, bottom to top: a module uses only its own layer and those below, which
 // scripts/layers.py checks in CI (ARCHITECTURE.md draws them).
-// layer base: exit sys signals parallel span choices names testhook ini tools tree observe
+// layer base: exit sys signals parallel span choices names testhook ini tools tree observe cgroup
 // layer engine: manifest delta
 // layer config: config capture fingerprint
 // layer store: store legacy retention docker
@@ -15,6 +15,7 @@
 // layer top: cli commands output progress
 
 pub(crate) mod capture;
+pub(crate) mod cgroup;
 pub(crate) mod choices;
 pub mod cli;
 pub mod commands;

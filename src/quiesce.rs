@@ -99,7 +99,7 @@ pub fn around<T>(
     };
     let wait = Wait::from_config(cfg);
     let clock = Instant::now();
-    let (result, held, quiesced) = match (how, op) {
+    let (result, held, quiesced, worked) = match (how, op) {
         (Quiesce::Pause, _) | (Quiesce::Auto, Op::Create) => {
             if op == Op::Restore {
                 tracing::warn!(
@@ -108,12 +108,12 @@ pub fn around<T>(
             }
             let held = Held::pause(docker, containers(&running))?;
             let quiesced = clock.elapsed();
-            (f(), held, quiesced)
+            (f(), held, quiesced, clock.elapsed())
         }
         (_, Op::Create) => {
             let held = Held::stop(docker, containers(&running), wait)?;
             let quiesced = clock.elapsed();
-            (f(), held, quiesced)
+            (f(), held, quiesced, clock.elapsed())
         }
         (_, Op::Restore) => overlapped(
             docker,
@@ -123,7 +123,6 @@ pub fn around<T>(
             f,
         ),
     };
-    let worked = clock.elapsed();
     let ended = held.end();
     tracing::debug!(
         %op,
@@ -156,29 +155,35 @@ fn containers(nodes: &[NodeContainer]) -> Vec<String> {
 }
 
 /// A restore's stop of the running node containers, run beside the restore itself: the
-/// restore begins with each node as soon as its container has stopped ([`next_stopped`])
-/// while the others still stop, and reads nothing else before every one has ([`all_stopped`]);
-/// no container starts before the whole restore is done. Returns the restore's result (or
-/// the stop's error, the cause), the containers to start again and how long stopping took.
+/// restore begins with each node as soon as its container has stopped ([`next_stopped`]; no
+/// process left, which may be before docker answers: see [`Docker::stop`]) while the others
+/// still stop, and reads nothing else before every one has ([`all_stopped`]). No container
+/// starts before the whole restore is done; then each starts as soon as docker has answered
+/// its stop, while docker may still tear down the others. Returns the restore's result (or the
+/// stop's error, the cause), the containers to start again (or wait for), how long until every
+/// container had stopped and until the restore ended.
 fn overlapped<'a, T>(
     docker: &'a Docker,
     running: &[NodeContainer],
     kill: bool,
     wait: Wait,
     f: impl FnOnce() -> Result<T>,
-) -> (Result<T>, Held<'a>, Duration) {
-    let held = Held::hold(docker, containers(running), Some(wait));
+) -> (Result<T>, Held<'a>, Duration, Duration) {
+    let mut held = Held::hold(docker, containers(running), Some(wait));
     let stopping = Arc::new(Stopping {
         progress: Mutex::new(Progress {
             stopped: Vec::new(),
             left: running.len(),
             failed: false,
+            all_stopped: None,
+            answered: Vec::new(),
+            over: false,
         }),
         changed: Condvar::new(),
     });
     *lock(&STOPPING) = Some(stopping.clone());
     let started = Instant::now();
-    let (stopped, result) = std::thread::scope(|s| {
+    let (stopped, result, worked, early) = std::thread::scope(|s| {
         let stopper = s.spawn(|| {
             let _woken = Ended(&stopping);
             let on_stopped = |container: &str| {
@@ -186,17 +191,63 @@ fn overlapped<'a, T>(
                 let mut p = lock(&stopping.progress);
                 p.stopped.extend(node.map(|n| n.node.clone()));
                 p.left -= 1;
+                if p.left == 0 {
+                    p.all_stopped = Some(started.elapsed());
+                }
                 stopping.changed.notify_all();
             };
-            let stopped = docker.stop(&held.names, kill, &on_stopped);
-            (stopped, started.elapsed())
+            let on_answered = |container: &str| {
+                lock(&stopping.progress)
+                    .answered
+                    .push(container.to_string());
+                stopping.changed.notify_all();
+            };
+            docker.stop(&held.names, kill, &on_stopped, &on_answered)
         });
         let result = f();
-        (stopper.join().expect("the stop does not panic"), result)
+        let worked = started.elapsed();
+        let early = start_answered(docker, &stopping);
+        let stopped = stopper.join().expect("the stop does not panic");
+        (stopped, result, worked, early)
     });
     *lock(&STOPPING) = None;
-    let (stopped, took) = stopped;
-    (stopped.and(result), held, took)
+    held.started = early;
+    let quiesced = lock(&stopping.progress).all_stopped.unwrap_or(worked);
+    (stopped.and(result), held, quiesced, worked)
+}
+
+/// Starts each container as soon as docker has answered its stop, until the stop is over: the
+/// containers started, with how their start went.
+fn start_answered(docker: &Docker, stopping: &Stopping) -> Vec<(String, Result<()>)> {
+    std::thread::scope(|s| {
+        let mut starts = Vec::new();
+        loop {
+            let mut p = lock(&stopping.progress);
+            while p.answered.is_empty() && !p.over {
+                p = stopping
+                    .changed
+                    .wait(p)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            let answered = std::mem::take(&mut p.answered);
+            let over = p.over;
+            drop(p);
+            for name in answered {
+                let start = s.spawn({
+                    let name = name.clone();
+                    move || docker.start(&name)
+                });
+                starts.push((name, start));
+            }
+            if over {
+                break;
+            }
+        }
+        starts
+            .into_iter()
+            .map(|(name, start)| (name, start.join().expect("a start does not panic")))
+            .collect()
+    })
 }
 
 /// The containers a quiesced restore is stopping, while it runs (one restore at a time).
@@ -213,6 +264,12 @@ struct Progress {
     /// Containers still stopping.
     left: usize,
     failed: bool,
+    /// How long until every container had stopped, from the stop's start.
+    all_stopped: Option<Duration>,
+    /// Containers docker has answered the stop of, not yet started again.
+    answered: Vec<String>,
+    /// Docker has answered every stop, or the stop failed.
+    over: bool,
 }
 
 /// Ends a stop for those waiting on it, however it ends (a panic too): with containers left
@@ -225,6 +282,7 @@ impl Drop for Ended<'_> {
         if p.left > 0 {
             p.failed = true;
         }
+        p.over = true;
         self.0.changed.notify_all();
     }
 }
@@ -287,6 +345,8 @@ pub struct Held<'a> {
     names: Vec<String>,
     /// Stopped (then started and waited for so) rather than paused.
     stopped: Option<Wait>,
+    /// Those of `names` started again already, with how their start went: waited for alike.
+    started: Vec<(String, Result<()>)>,
     ended: bool,
 }
 
@@ -300,7 +360,7 @@ impl<'a> Held<'a> {
     /// Stopped gracefully (`docker stop`); [`Held::end`] starts them and waits as `wait` says.
     pub fn stop(docker: &'a Docker, names: Vec<String>, wait: Wait) -> Result<Held<'a>> {
         let held = Self::hold(docker, names, Some(wait));
-        docker.stop(&held.names, false, &|_| {})?;
+        docker.stop(&held.names, false, &|_| {}, &|_| {})?;
         Ok(held)
     }
 
@@ -311,6 +371,7 @@ impl<'a> Held<'a> {
             docker,
             names,
             stopped,
+            started: Vec::new(),
             ended: false,
         }
     }
@@ -320,12 +381,17 @@ impl<'a> Held<'a> {
         self.release()
     }
 
-    fn release(&self) -> Result<()> {
+    fn release(&mut self) -> Result<()> {
         if self.names.is_empty() {
             return Ok(());
         }
         if let Some(wait) = self.stopped {
-            return self.docker.start_running(&self.names, wait);
+            let started = std::mem::take(&mut self.started);
+            let left: Vec<String> = (self.names.iter())
+                .filter(|n| !started.iter().any(|(s, _)| s == *n))
+                .cloned()
+                .collect();
+            return self.docker.start_running(&left, started, wait);
         }
         // Only those still paused: unpausing a running container is an error.
         let states = self.docker.states(&self.names)?;

@@ -41,10 +41,17 @@ pub fn docker(args: &[&str]) -> String {
 pub struct Net {
     pub env: Env,
     pub names: Vec<String>,
+    /// What each node container runs (`sh -c`).
+    node: &'static str,
 }
 
 impl Net {
     pub fn start(nodes: u32) -> Net {
+        Net::running(nodes, TICKER)
+    }
+
+    /// [`Net::start`] with containers running `node` (`sh -c`) instead of [`TICKER`].
+    pub fn running(nodes: u32, node: &'static str) -> Net {
         let env = Env::sample(nodes, 2 * MB);
         // The temporary directory's random name keeps parallel tests' containers apart.
         let prefix = format!("ssnap-{}", env.root.file_name().unwrap().to_string_lossy());
@@ -52,6 +59,7 @@ impl Net {
         let mut net = Net {
             env,
             names: Vec::new(),
+            node,
         };
         for n in 1..=nodes {
             net.names.push(format!("{prefix}-{n}"));
@@ -73,7 +81,7 @@ impl Net {
         );
         let mut args = vec!["run", "-d", "--init", "--name", name, "-v", &mount];
         args.extend(extra);
-        args.extend([IMAGE, "sh", "-c", TICKER]);
+        args.extend([IMAGE, "sh", "-c", self.node]);
         docker(&args);
     }
 

@@ -115,6 +115,15 @@ impl Env {
         self.prepared(cmd)
     }
 
+    /// [`Env::std_cmd`] in a pid namespace of its own (with its own /proc), where no other
+    /// process is seen: root only.
+    pub fn std_cmd_in_own_pid_namespace(&self) -> Command {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--mount-proc"])
+            .arg(env!("CARGO_BIN_EXE_stagesnap"));
+        self.prepared(cmd)
+    }
+
     fn prepared(&self, mut cmd: Command) -> Command {
         cmd.current_dir(self.config().parent().unwrap());
         for (k, _) in std::env::vars() {
