@@ -88,7 +88,7 @@ impl Session {
                 ),
             ));
         }
-        let (mode, tools) = prepare(legacy.format.mode())?;
+        let (mode, tools) = prepare(legacy.format.mode(), cfg)?;
         mode.preflight(cfg, &tools)?;
         let started = Instant::now();
         let adoption = Adoption {
