@@ -68,7 +68,7 @@ const UMOUNT: Tool = Tool {
 
 choices! {
     /// `squashfs_compression`: the mksquashfs compressor, or none.
-    pub enum SquashfsCompression {
+    enum SquashfsCompression {
         None = "none",
         Gzip = "gzip",
         Lzo = "lzo",
@@ -80,7 +80,7 @@ choices! {
 
 choices! {
     /// `squashfs_restore`: how a squashfs snapshot is read back.
-    pub enum SquashfsRestore {
+    enum SquashfsRestore {
         Auto = "auto",
         Extract = "extract",
         Mount = "mount",
