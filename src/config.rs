@@ -67,27 +67,6 @@ const MODE_NAMES: [&str; ModeKind::NAMES.len() + 1] = {
 };
 
 choices! {
-    /// `squashfs_compression`: the mksquashfs compressor, or none.
-    pub enum SquashfsCompression {
-        None = "none",
-        Gzip = "gzip",
-        Lzo = "lzo",
-        Xz = "xz",
-        Zstd = "zstd",
-        Lz4 = "lz4",
-    }
-}
-
-choices! {
-    /// `squashfs_restore`: how a squashfs snapshot is read back.
-    pub enum SquashfsRestore {
-        Auto = "auto",
-        Extract = "extract",
-        Mount = "mount",
-    }
-}
-
-choices! {
     /// `quiesce`: what happens to running node containers around create and restore.
     pub enum Quiesce {
         Auto = "auto",
@@ -151,7 +130,7 @@ pub enum Kind {
 
 impl Kind {
     /// The kind of a setting whose typed value is `T`.
-    const fn choice<T: Choice>() -> Kind {
+    pub const fn choice<T: Choice>() -> Kind {
         Kind::Choice {
             names: T::NAMES,
             canonical: canonical::<T>,
@@ -159,7 +138,8 @@ impl Kind {
     }
 }
 
-/// One row of the settings table: adding a setting is adding a row.
+/// One row of the settings table: adding a setting is adding a row, to [`SPECS`] for one
+/// of config's own, to a mode's file (and its registry row) for one only that mode reads.
 #[derive(Debug)]
 pub struct Spec {
     pub key: &'static str,
@@ -168,37 +148,16 @@ pub struct Spec {
     pub kind: Kind,
 }
 
-pub const SPECS: &[Spec] = &[
-    Spec {
-        key: "mode",
-        section: SECTION,
-        default: "filesystem",
-        kind: Kind::choice::<Isolation>(),
-    },
-    Spec {
-        key: "squashfs_compression",
-        section: SECTION,
-        default: "none",
-        kind: Kind::choice::<SquashfsCompression>(),
-    },
-    Spec {
-        key: "squashfs_level",
-        section: SECTION,
-        default: "auto",
-        kind: Kind::CountOrAuto,
-    },
-    Spec {
-        key: "squashfs_processors",
-        section: SECTION,
-        default: "auto",
-        kind: Kind::CountOrAuto,
-    },
-    Spec {
-        key: "squashfs_restore",
-        section: SECTION,
-        default: "auto",
-        kind: Kind::choice::<SquashfsRestore>(),
-    },
+/// `mode`, which the modes' own settings follow (see [`Config::load`]).
+static MODE: Spec = Spec {
+    key: "mode",
+    section: SECTION,
+    default: "filesystem",
+    kind: Kind::choice::<Isolation>(),
+};
+
+/// The settings beside `mode` that are no single mode's.
+const SPECS: &[Spec] = &[
     Spec {
         key: "auto_create_on_startup",
         section: SECTION,
@@ -264,18 +223,6 @@ pub const SPECS: &[Spec] = &[
         section: SECTION,
         default: "/opt/cellframe-node/var",
         kind: Kind::ContainerPath,
-    },
-    Spec {
-        key: "recreate_paths",
-        section: SECTION,
-        default: "lib/wallet/*.dwallet lib/global_db/* lib/network/*/*/* log/*.log",
-        kind: Kind::Globs,
-    },
-    Spec {
-        key: "recreate_restart",
-        section: SECTION,
-        default: "true",
-        kind: Kind::Bool,
     },
     Spec {
         key: "quiesce",
@@ -372,8 +319,10 @@ pub struct Config {
     pub base: PathBuf,
     /// Why `base` is that folder.
     pub base_source: String,
-    /// Every value, typed.
+    /// config's own values, typed; a mode types its own (see [`Config::value`]).
     pub settings: Settings,
+    /// Every setting's row: `mode`, the modes' own, then the rest ([`Config::load`]).
+    specs: Vec<&'static Spec>,
     /// Every value as given, with its source, by key.
     values: BTreeMap<&'static str, Setting>,
 }
@@ -393,12 +342,6 @@ pub enum FilePatterns {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub mode: Isolation,
-    pub squashfs_compression: SquashfsCompression,
-    /// None for `auto`.
-    pub squashfs_level: Option<u32>,
-    /// None for `auto`.
-    pub squashfs_processors: Option<u32>,
-    pub squashfs_restore: SquashfsRestore,
     pub auto_create_on_startup: bool,
     pub snapshot_name: String,
     pub auto_cleanup: bool,
@@ -414,8 +357,6 @@ pub struct Settings {
     /// `node:container` pairs.
     pub containers: Vec<String>,
     pub container_data_path: String,
-    pub recreate_paths: Vec<String>,
-    pub recreate_restart: bool,
     pub quiesce: Quiesce,
     pub restore_stop: RestoreStop,
     pub wait_healthy: bool,
@@ -431,89 +372,135 @@ impl Settings {
     /// Types the validated values. A key or kind here that does not match SPECS panics on
     /// every load, so any test catches it.
     fn new(values: &BTreeMap<&'static str, Setting>) -> Settings {
-        let value = |key: &str| &setting(values, key).value;
-        let wrong = |key: &str, what: &str| -> ! {
-            panic!("setting {key} is not {what}: {:?}", value(key))
-        };
-        let text = |key| match value(key) {
-            Value::Text(s) => s.clone(),
-            _ => wrong(key, "text"),
-        };
-        let flag = |key| match value(key) {
-            Value::Bool(b) => *b,
-            _ => wrong(key, "a boolean"),
-        };
-        let count = |key| match value(key) {
-            Value::Count(n) => *n,
-            _ => wrong(key, "a count"),
-        };
-        let count_or_auto = |key| match value(key) {
-            Value::Count(n) => Some(*n),
-            Value::Text(auto) if auto == "auto" => None,
-            _ => wrong(key, "a count or auto"),
-        };
-        let span = |key| match value(key) {
-            Value::Span(span) => Some(span.clone()),
-            Value::Text(none) if none == "none" => None,
-            _ => wrong(key, "a span or none"),
-        };
-        let path = |key| match value(key) {
-            Value::Path(p) => p.clone(),
-            _ => wrong(key, "a path"),
-        };
-        let list = |key| match value(key) {
-            Value::List(items) => items.clone(),
-            _ => wrong(key, "a list"),
+        let value = |key: &'static str| Typed {
+            key,
+            value: &setting(values, key).value,
         };
         Settings {
-            mode: parse(&text("mode")),
-            squashfs_compression: parse(&text("squashfs_compression")),
-            squashfs_level: count_or_auto("squashfs_level"),
-            squashfs_processors: count_or_auto("squashfs_processors"),
-            squashfs_restore: parse(&text("squashfs_restore")),
-            auto_create_on_startup: flag("auto_create_on_startup"),
-            snapshot_name: text("snapshot_name"),
-            auto_cleanup: flag("auto_cleanup"),
-            keep_snapshot_count: count("keep_snapshot_count"),
-            keep_within: span("keep_within"),
-            keep_used_within: span("keep_used_within"),
-            snapshots_dir: path("snapshots_dir"),
-            include: match value("include") {
-                Value::Paths(p) => p.clone(),
-                _ => wrong("include", "a path list"),
-            },
-            container_name: text("container_name"),
-            containers: list("containers"),
-            container_data_path: text("container_data_path"),
-            recreate_paths: list("recreate_paths"),
-            recreate_restart: flag("recreate_restart"),
-            quiesce: parse(&text("quiesce")),
-            restore_stop: parse(&text("restore_stop")),
-            wait_healthy: flag("wait_healthy"),
-            start_timeout: count("start_timeout"),
-            restore_fallback: parse(&text("restore_fallback")),
-            restore_verify: parse(&text("restore_verify")),
-            restore_devices: flag("restore_devices"),
-            fingerprint: match value("fingerprint") {
-                Value::List(patterns) => FilePatterns::Listed(patterns.clone()),
-                Value::Text(auto) if auto == "auto" => FilePatterns::Auto,
-                Value::Text(none) if none == "none" => FilePatterns::None,
-                _ => wrong("fingerprint", "file patterns"),
-            },
-            cache_dir: path("cache_dir"),
+            mode: value("mode").choice(),
+            auto_create_on_startup: value("auto_create_on_startup").flag(),
+            snapshot_name: value("snapshot_name").text(),
+            auto_cleanup: value("auto_cleanup").flag(),
+            keep_snapshot_count: value("keep_snapshot_count").count(),
+            keep_within: value("keep_within").span_or_none(),
+            keep_used_within: value("keep_used_within").span_or_none(),
+            snapshots_dir: value("snapshots_dir").path(),
+            include: value("include").paths(),
+            container_name: value("container_name").text(),
+            containers: value("containers").list(),
+            container_data_path: value("container_data_path").text(),
+            quiesce: value("quiesce").choice(),
+            restore_stop: value("restore_stop").choice(),
+            wait_healthy: value("wait_healthy").flag(),
+            start_timeout: value("start_timeout").count(),
+            restore_fallback: value("restore_fallback").choice(),
+            restore_verify: value("restore_verify").choice(),
+            restore_devices: value("restore_devices").flag(),
+            fingerprint: value("fingerprint").file_patterns(),
+            cache_dir: value("cache_dir").path(),
         }
     }
 }
 
-/// A choice validated by [`Kind::choice`], typed.
-fn parse<T: Choice>(name: &str) -> T {
-    T::from_name(name).unwrap_or_else(|| panic!("{name:?} was validated against {:?}", T::NAMES))
+/// A validated value, typed by the code that knows its spec's [`Kind`]: config's own settings
+/// in [`Settings::new`], a mode's in that mode. A kind that does not match the spec panics
+/// on every load, so any test catches it.
+pub struct Typed<'a> {
+    key: &'static str,
+    value: &'a Value,
+}
+
+impl Typed<'_> {
+    fn wrong(&self, what: &str) -> ! {
+        panic!("setting {} is not {what}: {:?}", self.key, self.value)
+    }
+
+    pub fn text(&self) -> String {
+        match self.value {
+            Value::Text(s) => s.clone(),
+            _ => self.wrong("text"),
+        }
+    }
+
+    pub fn flag(&self) -> bool {
+        match self.value {
+            Value::Bool(b) => *b,
+            _ => self.wrong("a boolean"),
+        }
+    }
+
+    pub fn count(&self) -> u32 {
+        match self.value {
+            Value::Count(n) => *n,
+            _ => self.wrong("a count"),
+        }
+    }
+
+    /// None for `auto`.
+    pub fn count_or_auto(&self) -> Option<u32> {
+        match self.value {
+            Value::Count(n) => Some(*n),
+            Value::Text(auto) if auto == "auto" => None,
+            _ => self.wrong("a count or auto"),
+        }
+    }
+
+    /// None for `none`.
+    pub fn span_or_none(&self) -> Option<Span> {
+        match self.value {
+            Value::Span(span) => Some(span.clone()),
+            Value::Text(none) if none == "none" => None,
+            _ => self.wrong("a span or none"),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        match self.value {
+            Value::Path(p) => p.clone(),
+            _ => self.wrong("a path"),
+        }
+    }
+
+    pub fn paths(&self) -> Vec<PathBuf> {
+        match self.value {
+            Value::Paths(p) => p.clone(),
+            _ => self.wrong("a path list"),
+        }
+    }
+
+    pub fn list(&self) -> Vec<String> {
+        match self.value {
+            Value::List(items) => items.clone(),
+            _ => self.wrong("a list"),
+        }
+    }
+
+    pub fn file_patterns(&self) -> FilePatterns {
+        match self.value {
+            Value::List(patterns) => FilePatterns::Listed(patterns.clone()),
+            Value::Text(auto) if auto == "auto" => FilePatterns::Auto,
+            Value::Text(none) if none == "none" => FilePatterns::None,
+            _ => self.wrong("file patterns"),
+        }
+    }
+
+    /// A choice validated by [`Kind::choice`], typed.
+    pub fn choice<T: Choice>(&self) -> T {
+        T::from_name(&self.text()).unwrap_or_else(|| {
+            panic!(
+                "{} = {:?} was validated against {:?}",
+                self.key,
+                self.value,
+                T::NAMES
+            )
+        })
+    }
 }
 
 fn setting<'a>(values: &'a BTreeMap<&'static str, Setting>, key: &str) -> &'a Setting {
     values
         .get(key)
-        .unwrap_or_else(|| panic!("setting {key} is not in SPECS"))
+        .unwrap_or_else(|| panic!("setting {key} was not loaded: not in SPECS nor a mode's row"))
 }
 
 /// Command-line inputs that influence configuration.
@@ -541,11 +528,14 @@ impl Config {
         }
     }
 
-    /// Finds, reads and validates the configuration. Errors carry exit code 2.
-    pub fn load(overrides: &Overrides) -> Result<Config> {
+    /// Finds, reads and validates the configuration. Errors carry exit code 2. The modes,
+    /// above this layer, own their settings and pass their rows in `modes`; each is
+    /// validated, reported and refused as an unknown `--set` key like config's own, and
+    /// follows `mode` in `stagesnap config`.
+    pub fn load(overrides: &Overrides, modes: &[&'static Spec]) -> Result<Config> {
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
         let env: BTreeMap<String, String> = std::env::vars().collect();
-        Self::load_from(overrides, &cwd, &env)
+        Self::load_from(overrides, &cwd, &env, modes)
     }
 
     /// [`Config::load`] with the working directory and environment given, for tests.
@@ -553,7 +543,12 @@ impl Config {
         overrides: &Overrides,
         cwd: &Path,
         env: &BTreeMap<String, String>,
+        modes: &[&'static Spec],
     ) -> Result<Config> {
+        let specs: Vec<&'static Spec> = std::iter::once(&MODE)
+            .chain(modes.iter().copied())
+            .chain(SPECS)
+            .collect();
         let (file, file_source) = locate(overrides, cwd, env)?;
         let text = std::fs::read(&file).map_err(|e| {
             fail(
@@ -579,11 +574,11 @@ impl Config {
             )
         })?;
         let (base, base_source) = base_folder(overrides, &file, cwd, env)?;
-        let flags = parse_set_flags(&overrides.set)?;
-        warn_unknown_keys(&ini, &file);
+        let flags = parse_set_flags(&overrides.set, &specs)?;
+        warn_unknown_keys(&ini, &file, &specs);
 
         let mut values = BTreeMap::new();
-        for spec in SPECS {
+        for &spec in &specs {
             let (raw, source) = if let Some(v) = flags.get(spec.key) {
                 (v.clone(), Origin::Flag)
             } else if let Some(v) = env.get(&env_var(spec.key)) {
@@ -629,8 +624,18 @@ impl Config {
             base,
             base_source,
             settings: Settings::new(&values),
+            specs,
             values,
         })
+    }
+
+    /// The validated value of `spec`, a row passed to [`Config::load`]: taking the row, not
+    /// its key, so that a misspelt setting does not compile.
+    pub fn value(&self, spec: &Spec) -> Typed<'_> {
+        Typed {
+            key: spec.key,
+            value: &self.setting(spec.key).value,
+        }
     }
 
     /// A setting's raw value and source, for messages that name where a value came from.
@@ -640,10 +645,10 @@ impl Config {
 
     /// The error of a setting that is valid but cannot be honoured here (exit 2), naming its
     /// value and where that came from.
-    pub fn unusable(&self, key: &'static str, why: String) -> anyhow::Error {
-        let s = self.setting(key);
+    pub fn unusable(&self, spec: &Spec, why: String) -> anyhow::Error {
+        let s = self.setting(spec.key);
         Error::Unusable {
-            key,
+            key: spec.key,
             raw: s.raw.trim().to_string(),
             origin: s.source.clone(),
             why,
@@ -653,7 +658,7 @@ impl Config {
 
     /// Every setting in table order, for `stagesnap config`.
     pub fn report(&self) -> Vec<SettingReport> {
-        SPECS
+        self.specs
             .iter()
             .map(|spec| {
                 let s = self.setting(spec.key);
@@ -765,7 +770,7 @@ fn base_folder(
     }
 }
 
-fn parse_set_flags(set: &[String]) -> Result<BTreeMap<String, String>> {
+fn parse_set_flags(set: &[String], specs: &[&Spec]) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for item in set {
         let flag = |why: String| Error::SetFlag {
@@ -776,21 +781,25 @@ fn parse_set_flags(set: &[String]) -> Result<BTreeMap<String, String>> {
             return Err(flag("expected KEY=VALUE, e.g. --set mode=squashfs".into()).into());
         };
         let key = key.trim().to_ascii_lowercase();
-        if !SPECS.iter().any(|s| s.key == key) {
-            return Err(flag(format!("unknown setting {key:?}; valid: {}", known_keys())).into());
+        if !specs.iter().any(|s| s.key == key) {
+            return Err(flag(format!(
+                "unknown setting {key:?}; valid: {}",
+                known_keys(specs)
+            ))
+            .into());
         }
         out.insert(key, value.trim().to_string());
     }
     Ok(out)
 }
 
-fn known_keys() -> String {
-    SPECS.iter().map(|s| s.key).collect::<Vec<_>>().join(", ")
+fn known_keys(specs: &[&Spec]) -> String {
+    specs.iter().map(|s| s.key).collect::<Vec<_>>().join(", ")
 }
 
-fn warn_unknown_keys(ini: &Ini, file: &Path) {
+fn warn_unknown_keys(ini: &Ini, file: &Path, specs: &[&Spec]) {
     for (key, line) in ini.own_keys(SECTION) {
-        if !SPECS.iter().any(|s| s.section == SECTION && s.key == key) {
+        if !specs.iter().any(|s| s.section == SECTION && s.key == key) {
             tracing::warn!(
                 file = %file.display(),
                 line,
@@ -992,24 +1001,37 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
+/// The configuration of a file holding `text`, with `--set` flags `set`, environment `env`
+/// and the modes' settings `modes`: for the tests of config and of the modes.
+#[cfg(test)]
+pub fn load_text(
+    text: &str,
+    set: &[&str],
+    env: &[(&str, &str)],
+    modes: &[&'static Spec],
+) -> Result<Config> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(FILE_NAME), text).unwrap();
+    let overrides = Overrides {
+        config: None,
+        base_dir: None,
+        set: set.iter().map(|s| s.to_string()).collect(),
+    };
+    let env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    // Loading is lexical once the file is read, so the directory may go afterwards.
+    Config::load_from(&overrides, dir.path(), &env, modes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// With the modes' settings, as the product loads it.
     fn load(text: &str, set: &[&str], env: &[(&str, &str)]) -> Result<Config> {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(FILE_NAME), text).unwrap();
-        let overrides = Overrides {
-            config: None,
-            base_dir: None,
-            set: set.iter().map(|s| s.to_string()).collect(),
-        };
-        let env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        // Loading is lexical once the file is read, so the directory may go afterwards.
-        Config::load_from(&overrides, dir.path(), &env)
+        load_text(text, set, env, &crate::modes::settings())
     }
 
     #[test]
@@ -1077,7 +1099,7 @@ mod tests {
     #[test]
     fn choice_rows_round_trip_through_their_enums() {
         let mut rows = 0;
-        for spec in SPECS {
+        for spec in load("", &[], &[]).unwrap().specs {
             let Kind::Choice { names, canonical } = spec.kind else {
                 continue;
             };
@@ -1092,7 +1114,7 @@ mod tests {
 
     #[test]
     fn settings_are_typed_from_their_own_keys() {
-        let text = "[suite_isolation]\nquiesce = Stop\nrestore_stop = stop\nrestore_fallback = recreate\nrestore_verify = full\nsquashfs_restore = mount\nsquashfs_compression = zstd\nsquashfs_level = 7\nkeep_within = 7d\nfingerprint = none\n";
+        let text = "[suite_isolation]\nquiesce = Stop\nrestore_stop = stop\nrestore_fallback = recreate\nrestore_verify = full\nkeep_within = 7d\nfingerprint = none\n";
         let cfg = load(text, &[], &[]).unwrap();
         let s = &cfg.settings;
         assert_eq!(s.quiesce, Quiesce::Stop);
@@ -1100,9 +1122,6 @@ mod tests {
         assert_eq!(s.restore_stop, RestoreStop::Stop);
         assert_eq!(s.restore_fallback, RestoreFallback::Recreate);
         assert_eq!(s.restore_verify, VerifyLevel::Full);
-        assert_eq!(s.squashfs_restore, SquashfsRestore::Mount);
-        assert_eq!(s.squashfs_compression, SquashfsCompression::Zstd);
-        assert_eq!((s.squashfs_level, s.squashfs_processors), (Some(7), None));
         assert!(s.keep_within.is_some() && s.keep_used_within.is_none());
         assert_eq!(s.fingerprint, FilePatterns::None);
     }
@@ -1137,7 +1156,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.settings.containers, ["node1:a", "node2:b-2"]);
-        assert_eq!(cfg.settings.recreate_paths.len(), 4);
         assert_eq!(cfg.settings.container_data_path, "/opt/cellframe-node/var");
         for bad in [
             "container_name = fixed-name",
@@ -1177,7 +1195,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Config::load_from(&overrides, cwd, &env)
+        Config::load_from(&overrides, cwd, &env, &crate::modes::settings())
     }
 
     #[test]

@@ -110,7 +110,7 @@ fn check_environment(cfg: &Config, checks: &mut Checks) {
         return;
     };
     checks.add("mode", Status::Ok, kind.name(), "");
-    let mode = crate::modes::implementation(kind);
+    let mode = crate::modes::implementation(kind, cfg);
     let mut found = Vec::new();
     for tool in mode.tools() {
         match tool

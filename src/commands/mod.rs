@@ -79,7 +79,7 @@ fn overrides(g: &GlobalArgs) -> Overrides {
 }
 
 fn load_config(g: &GlobalArgs) -> Result<Config> {
-    Config::load(&overrides(g))
+    crate::ops::load_config(&overrides(g))
 }
 
 /// The session the command's operations run in: the configuration loaded once.

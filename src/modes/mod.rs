@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::capture::{self, Held};
 use crate::choices::ModeKind;
-use crate::config::Config;
+use crate::config::{Config, Spec};
 use crate::delta::{Content, Delta, Dir, RestoreStats, Source};
 use crate::docker::{Docker, Wait};
 use crate::exit::{Code, fail};
@@ -25,39 +25,51 @@ mod reflink;
 pub mod squashfs;
 
 /// A mode's row: adding a mode is its file, its row here and its name in [`ModeKind`]. The
-/// row's constructor gives the mode, which says everything else about itself through
-/// [`Mode`] (its tools, settings check, doctor lines…).
+/// row names the mode's own settings (defined in its file, which types them) and its
+/// constructor, which gives the mode with those settings typed; the mode says everything
+/// else about itself through [`Mode`] (its tools, settings check, doctor lines…).
 struct Row {
     kind: ModeKind,
-    new: fn() -> Box<dyn Mode>,
+    settings: &'static [Spec],
+    new: fn(&Config) -> Box<dyn Mode>,
 }
 
 const MODES: &[Row] = &[
     Row {
         kind: ModeKind::Recreate,
-        new: || Box::new(recreate::Recreate),
+        settings: recreate::SETTINGS,
+        new: |cfg| Box::new(recreate::Recreate::new(cfg)),
     },
     Row {
         kind: ModeKind::Filesystem,
-        new: || Box::new(filesystem::Filesystem),
+        settings: &[],
+        new: |_| Box::new(filesystem::Filesystem),
     },
     Row {
         kind: ModeKind::Squashfs,
-        new: || Box::new(squashfs::Squashfs),
+        settings: squashfs::SETTINGS,
+        new: |cfg| Box::new(squashfs::Squashfs::new(cfg)),
     },
     Row {
         kind: ModeKind::Reflink,
-        new: || Box::new(reflink::Reflink),
+        settings: &[],
+        new: |_| Box::new(reflink::Reflink),
     },
 ];
 
-/// The implementation of mode `kind`.
-pub fn implementation(kind: ModeKind) -> Box<dyn Mode> {
+/// Every mode's own settings, in registry order, for [`Config::load`] (below this layer, so
+/// it is given them).
+pub fn settings() -> Vec<&'static Spec> {
+    MODES.iter().flat_map(|row| row.settings).collect()
+}
+
+/// The implementation of mode `kind`, with its settings from `cfg`.
+pub fn implementation(kind: ModeKind, cfg: &Config) -> Box<dyn Mode> {
     let row = MODES
         .iter()
         .find(|row| row.kind == kind)
         .unwrap_or_else(|| panic!("mode {kind} has no row in MODES"));
-    (row.new)()
+    (row.new)(cfg)
 }
 
 /// Content a source must fetch before the delta engine reads it (see [`Delta::before_change`]).
@@ -133,7 +145,7 @@ pub fn stored_manifest(snapshot: &Snapshot, cfg: &Config) -> Result<Manifest> {
     snapshot.check_include(&allowed)?;
     if snapshot.meta.manifest.is_none()
         && let Ok(kind) = snapshot.mode()
-        && !implementation(kind).writes_live_data()
+        && !implementation(kind, cfg).writes_live_data()
     {
         return Err(fail(
             Code::Failure,
@@ -376,6 +388,12 @@ pub trait Mode {
         true
     }
 
+    /// Whether a restore restarts the node containers itself (`recreate` with
+    /// `recreate_restart`), which the restore's report says.
+    fn restarts_containers(&self) -> bool {
+        false
+    }
+
     /// Checks the mode's settings against this machine and the located tools, before
     /// anything is touched; a setting it cannot honour is a configuration error (exit 2).
     fn preflight(&self, _cfg: &Config, _tools: &[Found]) -> Result<()> {
@@ -487,10 +505,29 @@ mod tests {
 
     #[test]
     fn every_kind_has_one_row_whose_mode_is_of_that_kind() {
+        // Constructing each mode types its settings: one of another kind than its row's panics.
+        let cfg = crate::config::load_text("", &[], &[], &settings()).unwrap();
         for &name in ModeKind::NAMES {
             let kind = ModeKind::from_name(name).unwrap();
             assert_eq!(MODES.iter().filter(|row| row.kind == kind).count(), 1);
-            assert_eq!(implementation(kind).kind(), kind);
+            assert_eq!(implementation(kind, &cfg).kind(), kind);
+        }
+    }
+
+    #[test]
+    fn every_rows_settings_are_known_to_config() {
+        let cfg = crate::config::load_text("", &[], &[], &settings()).unwrap();
+        let listed: Vec<&str> = cfg.report().iter().map(|s| s.key).collect();
+        let mut unique = listed.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), listed.len(), "a key twice: {listed:?}");
+        for row in MODES {
+            for spec in row.settings {
+                assert!(listed.contains(&spec.key), "{} not listed", spec.key);
+                let set = format!("{}={}", spec.key, spec.default);
+                crate::config::load_text("", &[&set], &[], &settings()).unwrap();
+            }
         }
     }
 

@@ -89,7 +89,7 @@ impl Session {
                 ),
             ));
         }
-        let (mode, tools) = prepare(legacy.format.mode())?;
+        let (mode, tools) = prepare(legacy.format.mode(), cfg)?;
         mode.preflight(cfg, &tools)?;
         let started = Instant::now();
         let adoption = Adoption {

@@ -30,6 +30,12 @@ pub mod prune;
 pub mod restore;
 pub mod verify;
 
+/// Finds, reads and validates the configuration, with every mode's own settings (exit 2
+/// when it is not valid).
+pub fn load_config(overrides: &Overrides) -> Result<Config> {
+    Config::load(overrides, &crate::modes::settings())
+}
+
 /// One configuration, loaded once, and how long its operations wait for the store's lock.
 pub struct Session {
     pub cfg: Config,
@@ -49,7 +55,7 @@ impl Session {
         observer: &'static dyn Observer,
     ) -> Result<Session> {
         Ok(Session {
-            cfg: Config::load(overrides)?,
+            cfg: load_config(overrides)?,
             lock_timeout,
             observer,
         })
@@ -100,7 +106,7 @@ impl Session {
         let Isolation::Mode(kind) = self.cfg.settings.mode else {
             return Ok(None);
         };
-        let (mode, tools) = prepare(kind)?;
+        let (mode, tools) = prepare(kind, &self.cfg)?;
         mode.preflight(&self.cfg, &tools)?;
         Ok(Some((mode, tools)))
     }
@@ -215,8 +221,8 @@ fn docker_for(cfg: &Config, mode: &dyn Mode, restore: bool) -> Result<Option<Doc
 
 /// The mode's implementation with its tools located: the dependency check every operation
 /// that touches snapshots or live data runs before anything else (exit 3).
-pub fn prepare(kind: ModeKind) -> Result<Prepared> {
-    let mode = crate::modes::implementation(kind);
+pub fn prepare(kind: ModeKind, cfg: &Config) -> Result<Prepared> {
+    let mode = crate::modes::implementation(kind, cfg);
     let tools = mode
         .tools()
         .iter()

@@ -183,7 +183,7 @@ impl Session {
             seconds,
             stats,
             in_containers: !mode.writes_live_data(),
-            restarted: !mode.writes_live_data() && cfg.settings.recreate_restart,
+            restarted: mode.restarts_containers(),
             ..Restored::empty(&name, kind.name(), false)
         })
     }
@@ -214,7 +214,7 @@ fn restore_snapshot(
     let (mode, tools) = if kind == configured.0.kind() {
         configured
     } else {
-        prepare(kind)?
+        prepare(kind, cfg)?
     };
     let connected;
     let docker = match docker {
@@ -381,7 +381,8 @@ fn fall_back(
         error = %error,
         "restore_fallback: restoring {name} failed; restore_fallback = recreate, so the recreate cleanup runs instead and the data will not be the snapshot's"
     );
-    let removed = recreate::clean(docker, cfg, &super::Quiesced).map_err(|e| {
+    let recreate = recreate::Recreate::new(cfg);
+    let removed = recreate.clean(docker, cfg, &super::Quiesced).map_err(|e| {
         let code = match code_of(&e) {
             Code::Interrupted => Code::Interrupted,
             _ => Code::Failure,
@@ -398,7 +399,7 @@ fn fall_back(
     r.seconds = crate::tree::seconds(started.elapsed());
     r.stats.entries_deleted = removed;
     r.in_containers = true;
-    r.restarted = cfg.settings.recreate_restart;
+    r.restarted = recreate.restarts_containers();
     r.fallback = Some(Fallback {
         method: "recreate",
         error,

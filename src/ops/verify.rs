@@ -108,7 +108,7 @@ impl Session {
 /// The snapshot's manifest, its payload's presence, then the mode's read-back check.
 fn check(cfg: &Config, live: &Live, snap: &Snapshot) -> Result<Verified> {
     let kind = snap.mode()?;
-    let (mode, tools) = prepare(kind)?;
+    let (mode, tools) = prepare(kind, cfg)?;
     if !mode.writes_live_data() {
         return Ok(Verified {
             checked: format!("nothing: {} mode stores no data", kind.name()),

@@ -23,7 +23,8 @@ use sqfs_read::{Image, ImageFile};
 use self::fixups::{Fixups, Time};
 use super::{Finding, Mode, ModeContext, ModeKind, Restoration, Status, Verified};
 use crate::capture::{self, Held};
-use crate::config::{Config, SquashfsCompression, SquashfsRestore};
+use crate::choices::choices;
+use crate::config::{Config, Kind as SettingKind, SECTION, Spec};
 use crate::delta::{self, Content, Dir, Source, SourceFile};
 use crate::exit::{Code, Error, code_of, fail, one_line};
 use crate::manifest::{Entry, Kind, Manifest, Name};
@@ -65,7 +66,78 @@ const UMOUNT: Tool = Tool {
     exit_hints: &[],
 };
 
-pub struct Squashfs;
+choices! {
+    /// `squashfs_compression`: the mksquashfs compressor, or none.
+    enum SquashfsCompression {
+        None = "none",
+        Gzip = "gzip",
+        Lzo = "lzo",
+        Xz = "xz",
+        Zstd = "zstd",
+        Lz4 = "lz4",
+    }
+}
+
+choices! {
+    /// `squashfs_restore`: how a squashfs snapshot is read back.
+    enum SquashfsRestore {
+        Auto = "auto",
+        Extract = "extract",
+        Mount = "mount",
+    }
+}
+
+const COMPRESSION: Spec = Spec {
+    key: "squashfs_compression",
+    section: SECTION,
+    default: "none",
+    kind: SettingKind::choice::<SquashfsCompression>(),
+};
+
+const LEVEL: Spec = Spec {
+    key: "squashfs_level",
+    section: SECTION,
+    default: "auto",
+    kind: SettingKind::CountOrAuto,
+};
+
+const PROCESSORS: Spec = Spec {
+    key: "squashfs_processors",
+    section: SECTION,
+    default: "auto",
+    kind: SettingKind::CountOrAuto,
+};
+
+const RESTORE: Spec = Spec {
+    key: "squashfs_restore",
+    section: SECTION,
+    default: "auto",
+    kind: SettingKind::choice::<SquashfsRestore>(),
+};
+
+/// The squashfs settings, in the order `stagesnap config` lists them.
+pub const SETTINGS: &[Spec] = &[COMPRESSION, LEVEL, PROCESSORS, RESTORE];
+
+/// The mode with its settings, typed once from the configuration.
+pub struct Squashfs {
+    compression: SquashfsCompression,
+    /// None for `auto`.
+    level: Option<u32>,
+    /// None for `auto`.
+    processors: Option<u32>,
+    restore: SquashfsRestore,
+}
+
+impl Squashfs {
+    pub fn new(cfg: &Config) -> Squashfs {
+        Squashfs {
+            compression: cfg.value(&COMPRESSION).choice(),
+            level: cfg.value(&LEVEL).count_or_auto(),
+            processors: cfg.value(&PROCESSORS).count_or_auto(),
+            restore: cfg.value(&RESTORE).choice(),
+        }
+    }
+}
 
 const IMAGE: &str = "image.sqfs";
 const FIXUPS: &str = "fixups";
@@ -195,8 +267,8 @@ struct Compression {
 }
 
 impl Compression {
-    fn from_config(cfg: &Config) -> Compression {
-        let name = cfg.settings.squashfs_compression;
+    fn of(mode: &Squashfs) -> Compression {
+        let name = mode.compression;
         // Defaults chosen for create time: zstd's own default (15) is ~20x slower than 3 for
         // the same ratio on this data, gzip 9 barely beats 6.
         let default = match name {
@@ -206,7 +278,7 @@ impl Compression {
         };
         Compression {
             name,
-            level: cfg.settings.squashfs_level.or(default),
+            level: mode.level.or(default),
         }
     }
 
@@ -266,8 +338,8 @@ fn parse_compressors(help: &str) -> Vec<String> {
 /// Checks the squashfs settings against this machine (exit 2 naming the setting): the
 /// compressor must be in the installed build, the level in its range, and
 /// `squashfs_restore = mount` possible here.
-fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
-    let comp = Compression::from_config(cfg);
+fn check_settings(mode: &Squashfs, cfg: &Config, mksquashfs: &Found) -> Result<String> {
+    let comp = Compression::of(mode);
     let supported = compressors(mksquashfs)?;
     if supported.is_empty() {
         // A help text of an unknown shape: mksquashfs itself will refuse a missing compressor.
@@ -276,7 +348,7 @@ fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
         && !supported.iter().any(|c| c == comp.name.name())
     {
         return Err(cfg.unusable(
-            "squashfs_compression",
+            &COMPRESSION,
             format!(
                 "the installed mksquashfs {} ({}) was built without {}; it supports {}. Choose one of those, or none",
                 mksquashfs.version()?,
@@ -286,11 +358,11 @@ fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
             ),
         ));
     }
-    if let Some(level) = cfg.settings.squashfs_level {
+    if let Some(level) = mode.level {
         match Compression::levels(comp.name) {
             None => {
                 return Err(cfg.unusable(
-                    "squashfs_level",
+                    &LEVEL,
                     format!(
                         "{} has no compression levels (gzip and lzo take 1-9, zstd 1-22); set squashfs_level = auto",
                         comp.name
@@ -299,7 +371,7 @@ fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
             }
             Some(range) if !range.contains(&level) => {
                 return Err(cfg.unusable(
-                    "squashfs_level",
+                    &LEVEL,
                     format!(
                         "{} takes levels {}-{}",
                         comp.name,
@@ -311,11 +383,11 @@ fn check_settings(cfg: &Config, mksquashfs: &Found) -> Result<String> {
             Some(_) => {}
         }
     }
-    if cfg.settings.squashfs_restore == SquashfsRestore::Mount
+    if mode.restore == SquashfsRestore::Mount
         && let Some(why) = mount_blocker()
     {
         return Err(cfg.unusable(
-            "squashfs_restore",
+            &RESTORE,
             format!(
                 "a loop mount is not possible here: {why}. Set squashfs_restore = auto or extract"
             ),
@@ -375,8 +447,8 @@ fn mount_blocker() -> Option<String> {
 }
 
 /// The strategy `squashfs_restore` selects here, and why.
-fn strategy(cfg: &Config) -> (Strategy, String) {
-    match cfg.settings.squashfs_restore {
+fn strategy(restore: SquashfsRestore) -> (Strategy, String) {
+    match restore {
         SquashfsRestore::Extract => (Strategy::Extract, "squashfs_restore = extract".into()),
         SquashfsRestore::Mount => (Strategy::Mount, "squashfs_restore = mount".into()),
         // Reading the image directly is faster than through a loop mount (bench/), and
@@ -402,11 +474,11 @@ impl Mode for Squashfs {
             .iter()
             .find(|f| f.tool == MKSQUASHFS)
             .expect("located by prepare");
-        check_settings(cfg, mksquashfs).map(drop)
+        check_settings(self, cfg, mksquashfs).map(drop)
     }
 
     fn doctor(&self, ctx: &ModeContext) -> Vec<Finding> {
-        let compression = match check_settings(ctx.cfg, ctx.tool(MKSQUASHFS)) {
+        let compression = match check_settings(self, ctx.cfg, ctx.tool(MKSQUASHFS)) {
             Ok(detail) => Finding::new("squashfs settings", Status::Ok, detail, ""),
             Err(e) => Finding::new(
                 "squashfs settings",
@@ -415,7 +487,7 @@ impl Mode for Squashfs {
                 "fix the setting it names",
             ),
         };
-        let (strategy, why) = strategy(ctx.cfg);
+        let (strategy, why) = strategy(self.restore);
         let blocked = (strategy == Strategy::Mount).then(mount_blocker).flatten();
         let restore = match blocked {
             Some(blocker) => Finding::new(
@@ -449,7 +521,7 @@ impl Mode for Squashfs {
         signals::check()?;
 
         let image = payload.join(IMAGE);
-        let comp = Compression::from_config(ctx.cfg);
+        let comp = Compression::of(self);
         // The image root is cache_dir, so the image holds `data/...` as it sits there;
         // everything beside the included paths is excluded.
         let mut args: Vec<OsString> = vec![live.cache_dir.clone().into(), image.clone().into()];
@@ -463,7 +535,7 @@ impl Mode for Squashfs {
             ]
             .map(OsString::from),
         );
-        if let Some(n) = ctx.cfg.settings.squashfs_processors {
+        if let Some(n) = self.processors {
             args.extend(["-processors".into(), n.to_string().into()]);
         }
         args.extend(comp.args().into_iter().map(OsString::from));
@@ -595,10 +667,12 @@ impl Mode for Squashfs {
             .is_none()
             .then(|| Fixups::read(&snapshot.payload().join(&payload.fixups.file)))
             .transpose()?;
-        let (strategy, why) = strategy(ctx.cfg);
+        let (strategy, why) = strategy(self.restore);
         tracing::info!(strategy = %strategy.name(), reason = %why, "squashfs_restore_strategy");
         let done = match strategy {
-            Strategy::Extract => extract(ctx, snapshot, &payload, &image, manifest)?,
+            Strategy::Extract => {
+                extract(ctx, snapshot, &payload, &image, manifest, self.processors)?
+            }
             Strategy::Mount => by_mount(ctx, snapshot, &payload, &image, manifest)?,
         };
         let Some(fixups) = fixups else {
@@ -659,9 +733,10 @@ fn extract(
     payload: &Payload,
     image: &Path,
     manifest: Option<&Manifest>,
+    processors: Option<u32>,
 ) -> Result<Restoration> {
     let Some(manifest) = manifest else {
-        return extract_whole(ctx, snapshot, payload, image);
+        return extract_whole(ctx, snapshot, payload, image, processors);
     };
     let target = with_pieces(snapshot, manifest)?;
     let source = ImageSource {
@@ -737,6 +812,7 @@ fn extract_whole(
     snapshot: &Snapshot,
     payload: &Payload,
     image: &Path,
+    processors: Option<u32>,
 ) -> Result<Restoration> {
     let work = WorkDir::new(&ctx.live.cache_dir)?;
     let free = crate::tree::free_bytes(&ctx.live.cache_dir)?;
@@ -753,7 +829,7 @@ fn extract_whole(
         ));
     }
     std::thread::scope(|s| {
-        let extracting = s.spawn(|| unsquash(ctx, snapshot, image, &work.dir));
+        let extracting = s.spawn(|| unsquash(ctx, snapshot, image, &work.dir, processors));
         let checked = payload.image.check_digest(snapshot);
         let extracted = extracting.join().expect("the extraction does not panic");
         // A damaged image is the news, whatever the extraction made of it.
@@ -770,14 +846,21 @@ fn extract_whole(
 }
 
 /// Runs unsquashfs for the included paths into `dest`.
-fn unsquash(ctx: &ModeContext, snapshot: &Snapshot, image: &Path, dest: &Path) -> Result<()> {
+/// `processors` is `squashfs_processors` (None for `auto`).
+fn unsquash(
+    ctx: &ModeContext,
+    snapshot: &Snapshot,
+    image: &Path,
+    dest: &Path,
+    processors: Option<u32>,
+) -> Result<()> {
     let mut args: Vec<OsString> = ["-quiet", "-force", "-strict-errors", "-no-wildcards"]
         .map(OsString::from)
         .to_vec();
     if !ctx.observer.active() {
         args.push("-no-progress".into());
     }
-    if let Some(n) = ctx.cfg.settings.squashfs_processors {
+    if let Some(n) = processors {
         args.extend(["-processors".into(), n.to_string().into()]);
     }
     args.extend(["-dest".into(), dest.into(), image.into()]);
@@ -980,6 +1063,16 @@ fn set_mtime(path: &Path, t: Time) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_are_typed_from_their_own_keys() {
+        let text = "[suite_isolation]\nsquashfs_restore = mount\nsquashfs_compression = zstd\nsquashfs_level = 7\n";
+        let cfg = crate::config::load_text(text, &[], &[], &super::super::settings()).unwrap();
+        let s = Squashfs::new(&cfg);
+        assert_eq!(s.restore, SquashfsRestore::Mount);
+        assert_eq!(s.compression, SquashfsCompression::Zstd);
+        assert_eq!((s.level, s.processors), (Some(7), None));
+    }
 
     #[test]
     fn compressors_from_help() {
