@@ -21,6 +21,7 @@ pub mod output;
 pub(crate) mod parallel;
 pub mod progress;
 pub(crate) mod quiesce;
+pub(crate) mod remote;
 pub(crate) mod retention;
 pub mod signals;
 pub(crate) mod span;

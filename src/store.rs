@@ -944,7 +944,7 @@ pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     open_nofollow(path)?.read_to_end(&mut bytes)?;
     Ok(bytes)
@@ -995,7 +995,7 @@ fn lock_error(path: &Path, e: std::io::Error) -> anyhow::Error {
 
 /// The error for a store file that could not be written, saying what needs room when the
 /// filesystem is full.
-fn write_error(path: &Path, e: std::io::Error) -> anyhow::Error {
+pub(crate) fn write_error(path: &Path, e: std::io::Error) -> anyhow::Error {
     if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
         let dir = path.parent().unwrap_or(Path::new("/"));
         return fail(

@@ -19,6 +19,17 @@ pub fn run(g: &GlobalArgs, args: &DeleteArgs) -> Result<Report> {
     for name in &args.names {
         validate_name(name)?;
     }
+    if args.remote {
+        let remote = crate::remote::Remote::connect(&cfg.settings)?;
+        crate::remote::delete(&remote, &args.names)?;
+        let text: String = args
+            .names
+            .iter()
+            .map(|n| format!("deleted {n} from {}\n", remote.url))
+            .collect();
+        let deleted = args.names.clone();
+        return Ok(Report::new("delete", &Deleted { deleted }, text));
+    }
     prepare_configured(&cfg)?;
     let store = checked_store(&cfg)?;
     let lock = store.lock(&format!("delete {}", args.names.join(" ")), lock_timeout(g))?;

@@ -4,7 +4,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{load_config, store};
-use crate::cli::GlobalArgs;
+use crate::cli::{GlobalArgs, ListArgs};
+use crate::config::Config;
 use crate::fingerprint::Checker;
 use crate::legacy::{self, Format};
 use crate::output::{Report, table};
@@ -53,8 +54,11 @@ struct Listing {
     unreadable: Vec<Unreadable>,
 }
 
-pub fn run(g: &GlobalArgs) -> Result<Report> {
+pub fn run(g: &GlobalArgs, args: &ListArgs) -> Result<Report> {
     let cfg = load_config(g)?;
+    if args.remote {
+        return remote(&cfg);
+    }
     let store = store(&cfg);
     let (snapshots, unreadable) = store.list()?;
     for u in &unreadable {
@@ -199,4 +203,42 @@ fn short_time(rfc3339: &str) -> String {
         .parse::<jiff::Timestamp>()
         .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|_| rfc3339.to_string())
+}
+
+#[derive(Serialize)]
+struct RemoteListing {
+    remote: String,
+    snapshots: Vec<crate::remote::Listed>,
+}
+
+/// `list --remote`.
+fn remote(cfg: &Config) -> Result<Report> {
+    let remote = crate::remote::Remote::connect(&cfg.settings)?;
+    let snapshots = crate::remote::list(&remote)?;
+    let rows: Vec<Vec<String>> = snapshots
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.mode.clone(),
+                s.created_at.clone(),
+                s.files.to_string(),
+                human_bytes(s.bytes),
+                if s.pinned { "yes" } else { "" }.into(),
+            ]
+        })
+        .collect();
+    let text = if snapshots.is_empty() {
+        format!("no snapshots on {}\n", remote.url)
+    } else {
+        table(
+            &["NAME", "MODE", "CREATED", "FILES", "BYTES", "PINNED"],
+            &rows,
+        )
+    };
+    let listing = RemoteListing {
+        remote: remote.url.to_string(),
+        snapshots,
+    };
+    Ok(Report::new("list", &listing, text))
 }

@@ -23,6 +23,9 @@ struct Pruned {
 
 pub fn run(g: &GlobalArgs, args: &PruneArgs) -> Result<Report> {
     let cfg = load_config(g)?;
+    if args.remote {
+        return remote(&cfg, args);
+    }
     prepare_configured(&cfg)?;
     let configured = Rules::configured(&cfg);
     let rules = Rules {
@@ -67,5 +70,36 @@ pub fn run(g: &GlobalArgs, args: &PruneArgs) -> Result<Report> {
         kept,
         snapshots: decisions,
     };
+    Ok(Report::new("prune", &pruned, text))
+}
+
+/// `prune --remote`.
+fn remote(cfg: &crate::config::Config, args: &PruneArgs) -> Result<Report> {
+    let remote = crate::remote::Remote::connect(&cfg.settings)?;
+    let keep = args.keep.unwrap_or(cfg.settings.keep_snapshot_count);
+    let pruned = crate::remote::prune(
+        &remote,
+        keep as usize,
+        &cfg.settings.snapshot_name,
+        args.dry_run,
+    )?;
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    let text = format!(
+        "{verb} {} of {} snapshots on {} ({}), and {} unused packs ({})\n",
+        pruned.removed.len(),
+        pruned.removed.len() + pruned.kept.len(),
+        remote.url,
+        if pruned.removed.is_empty() {
+            "none".to_string()
+        } else {
+            pruned.removed.join(" ")
+        },
+        pruned.packs_removed,
+        crate::tree::human_bytes(pruned.bytes_freed)
+    );
     Ok(Report::new("prune", &pruned, text))
 }

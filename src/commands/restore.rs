@@ -70,7 +70,7 @@ pub fn run(g: &GlobalArgs, args: &RestoreArgs) -> Result<Report> {
     // fallback turn the refusal into a recreate.
     crate::legacy::refuse(store.dir(), &name)?;
 
-    if !store.exists(&name) {
+    if !store.exists(&name) && super::pull::auto_pull(&cfg, &store, &lock, &name)?.is_none() {
         if !cfg.settings.auto_create_on_startup {
             return Err(store.not_found_or(&name, " (or set auto_create_on_startup = true)"));
         }
