@@ -356,7 +356,6 @@ pub fn pull(
     let (pieces, _) = load_pieces(remote)?;
     let held = local::Local::scan(store)?;
     let packs_dir = store.dir().join(local::PULLED_DIR);
-    std::fs::create_dir_all(&packs_dir)?;
     let mut needed: HashSet<&str> = HashSet::new();
     let mut result = Pulled {
         name: name.to_string(),
@@ -406,7 +405,8 @@ pub fn pull(
         downloaded.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         // Complete packs only, under their name: an interrupted pull leaves none half written.
         let tmp = packs_dir.join(format!("{pack}.tmp"));
-        std::fs::write(&tmp, &bytes)
+        std::fs::create_dir_all(&packs_dir)
+            .and_then(|()| std::fs::write(&tmp, &bytes))
             .and_then(|()| std::fs::rename(&tmp, packs_dir.join(pack)))
             .map_err(|e| crate::store::write_error(&tmp, e))
     })?;
