@@ -58,9 +58,15 @@ struct Moto {
 
 impl Moto {
     fn start() -> Moto {
+        Self::start_with(&[])
+    }
+
+    /// With moto's own settings in its environment.
+    fn start_with(vars: &[(&str, &str)]) -> Moto {
         let port = free_port();
         let mut child = Command::new(moto_program())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -521,4 +527,36 @@ fn remote_prune_keeps_the_newest_and_removes_only_unreferenced_old_packs() {
     b.set("remote", &url);
     run(&b, &["pull", "two"], 0);
     run(&b, &["verify", "two"], 0);
+
+    // Packs two hours old, "two" gone: the packs only it used go, those "one" shares stay.
+    run(&a, &["push", "one"], 0);
+    run(&a, &["delete", "--remote", "two"], 0);
+    let old = std::fs::File::options();
+    for pack in std::fs::read_dir(archive.path().join("packs")).unwrap() {
+        let file = old.clone().write(true).open(pack.unwrap().path()).unwrap();
+        file.set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 3600))
+            .unwrap();
+    }
+    let pruned = json(&a, &["prune", "--remote"], 0);
+    assert!(num(&pruned, "packs_removed") >= 1, "{pruned}");
+    assert!(packs() < before);
+    let c = Env::sample(2, 8 << 20);
+    c.set("remote", &url);
+    run(&c, &["pull", "one"], 0);
+    run(&c, &["verify", "one"], 0);
+}
+
+#[test]
+fn credentials_the_server_refuses_are_one_line_and_exit_3() {
+    // moto checks credentials against its IAM users after the first N requests (here the
+    // bucket's creation); the test's keys belong to none.
+    let moto = Moto::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "1")]);
+    moto.bucket(BUCKET);
+    let env = env_on(moto.port);
+    run(&env, &["create"], 0);
+    let (_, err) = run(&env, &["push"], 3);
+    assert!(err.contains("refused the credentials"), "{err}");
+    assert!(err.contains("s3://fleet-snapshots/ci"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    run(&env, &["list", "--remote"], 3);
 }
