@@ -19,9 +19,16 @@ pub fn run(g: &GlobalArgs, args: &PullArgs) -> Result<Report> {
     let store = checked_store(&cfg)?;
     let lock = store.lock(&format!("pull {name}"), lock_timeout(g))?;
     store.clean_leftovers(&lock)?;
-    let pulled = remote::pull(&store, &lock, &name, &cfg.allowed(), &remote, args.force)?;
+    let pulled = remote::pull(&store, &lock, &name, &here(&cfg), &remote, args.force)?;
     let text = summary(&pulled);
     Ok(Report::new("pull", &pulled, text))
+}
+
+fn here(cfg: &Config) -> remote::Here<'_> {
+    remote::Here {
+        allowed: cfg.allowed(),
+        cache_dir: &cfg.settings.cache_dir,
+    }
 }
 
 fn summary(p: &Pulled) -> String {
@@ -49,7 +56,7 @@ pub fn auto_pull(cfg: &Config, store: &Store, lock: &Lock, name: &str) -> Result
         return Ok(None);
     }
     let remote = Remote::connect(&cfg.settings)?;
-    match remote::pull(store, lock, name, &cfg.allowed(), &remote, false) {
+    match remote::pull(store, lock, name, &here(cfg), &remote, false) {
         Ok(pulled) => {
             tracing::info!(name = %name, "snapshot_pulled: {}", summary(&pulled).trim_end());
             Ok(Some(pulled))

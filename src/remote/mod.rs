@@ -28,6 +28,13 @@ use format::{
 /// its packs before the index and snapshot that refer to them.
 pub const PRUNE_GRACE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 
+/// The environment a pull brings a snapshot into.
+pub struct Here<'a> {
+    /// What its configuration lets a snapshot hold.
+    pub allowed: Allowed<'a>,
+    pub cache_dir: &'a Path,
+}
+
 /// What a push did.
 #[derive(Debug, Serialize)]
 pub struct Pushed {
@@ -274,10 +281,11 @@ pub fn pull(
     store: &Store,
     lock: &Lock,
     name: &str,
-    allowed: &Allowed,
+    here: &Here,
     remote: &Remote,
     force: bool,
 ) -> Result<Pulled> {
+    let allowed = &here.allowed;
     let started = Instant::now();
     let key = remote.key(SNAPSHOTS, name);
     let Some((bytes, _)) = remote.get(&key)? else {
@@ -422,6 +430,11 @@ pub fn pull(
     materialize(&staging.payload(), &manifest, &source)?;
     local::write_content(staging.dir(), &object.content)
         .map_err(|e| crate::store::write_error(staging.dir(), e))?;
+    // Made on another machine, perhaps: its paths become this environment's.
+    meta.fingerprint = meta
+        .fingerprint
+        .map(|f| f.rebased(&meta.cache_dir, here.cache_dir));
+    meta.cache_dir = here.cache_dir.to_path_buf();
     meta.mode = "filesystem".into();
     meta.payload = serde_json::Value::Null;
     meta.stored_bytes = crate::tree::totals(&staging.payload())?.allocated;
