@@ -534,6 +534,9 @@ fn remote_prune_keeps_the_newest_and_removes_only_unreferenced_old_packs() {
     // Packs two hours old, "two" gone: the packs only it used go, those "one" shares stay.
     run(&a, &["push", "one"], 0);
     run(&a, &["delete", "--remote", "two"], 0);
+    // What a push cut off before its index leaves: a pack no index lists.
+    let orphan = archive.path().join("packs").join("0".repeat(64));
+    std::fs::write(&orphan, b"left by a push that died").unwrap();
     let old = std::fs::File::options();
     for pack in std::fs::read_dir(archive.path().join("packs")).unwrap() {
         let file = old.clone().write(true).open(pack.unwrap().path()).unwrap();
@@ -543,6 +546,7 @@ fn remote_prune_keeps_the_newest_and_removes_only_unreferenced_old_packs() {
     let pruned = json(&a, &["prune", "--remote"], 0);
     assert!(num(&pruned, "packs_removed") >= 1, "{pruned}");
     assert!(packs() < before);
+    assert!(!orphan.exists());
     let c = Env::sample(2, 8 << 20);
     c.set("remote", &url);
     run(&c, &["pull", "one"], 0);

@@ -516,8 +516,8 @@ pub fn delete(remote: &Remote, names: &[String]) -> Result<()> {
 }
 
 /// Keeps the newest `keep` snapshots on the remote (and the pinned ones, and `always`),
-/// removes the rest, then removes the packs that no remaining snapshot refers to and that
-/// are older than [`PRUNE_GRACE`], rewriting the indexes that listed them.
+/// removes the rest, then removes the packs older than [`PRUNE_GRACE`] that no remaining
+/// snapshot refers to (rewriting the indexes that listed them) or that no index lists.
 pub fn prune(remote: &Remote, keep: usize, always: &str, dry_run: bool) -> Result<Pruned> {
     let listed = list(remote)?;
     let mut kept = Vec::new();
@@ -582,6 +582,23 @@ pub fn prune(remote: &Remote, keep: usize, always: &str, dry_run: bool) -> Resul
                 .iter()
                 .all(|(d, ..)| format::parse_digest(d).is_none_or(|d| !referenced.contains(&d)))
     };
+    // Packs no index lists: what pushes that failed before writing their index left.
+    let listed: HashSet<&str> = indexes
+        .values()
+        .flat_map(|i| i.packs.iter().map(|p| p.id.as_str()))
+        .collect();
+    let orphans: Vec<String> = packs
+        .iter()
+        .filter(|(id, (modified, _))| !listed.contains(id.as_str()) && now - modified >= grace)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in orphans {
+        pruned.packs_removed += 1;
+        pruned.bytes_freed += packs[&id].1;
+        if !dry_run {
+            remote.delete(&remote.key(PACKS, &id))?;
+        }
+    }
     for (name, index) in indexes {
         let (gone, stay): (Vec<_>, Vec<_>) = index.packs.into_iter().partition(|p| unused(p));
         if gone.is_empty() {
