@@ -35,6 +35,9 @@ use crate::fingerprint::Fingerprint;
 use crate::manifest::{Allowed, Manifest};
 use crate::signals;
 
+mod share;
+pub use share::{own_and_shared, share_identical};
+
 /// Version of meta.json's layout. Readers refuse newer ones.
 pub const SCHEMA: u32 = 1;
 pub const META_FILE: &str = "meta.json";

@@ -404,6 +404,7 @@ impl Job<'_> {
         }
         self.mode.describe_captured(ctx, &mut manifest)?;
         let stored = staging.write_manifest(&manifest)?;
+        self.share_with_previous(staging, &manifest)?;
         let (files, bytes) = manifest.totals();
         tracing::info!(
             entries = stored.entries,
@@ -413,6 +414,29 @@ impl Job<'_> {
             "manifest_written"
         );
         Ok(Some(stored))
+    }
+
+    /// Filesystem mode: the new snapshot's files identical to the newest filesystem
+    /// snapshot's become hardlinks to them (see [`crate::store::share_identical`]).
+    fn share_with_previous(&self, staging: &Staging, manifest: &Manifest) -> Result<()> {
+        if self.mode.kind() != ModeKind::Filesystem {
+            return Ok(());
+        }
+        let (snapshots, _) = self.store.list()?;
+        let Some(previous) = snapshots
+            .iter()
+            .find(|s| s.meta.mode == ModeKind::Filesystem.name())
+        else {
+            return Ok(());
+        };
+        let shared = crate::store::share_identical(
+            &staging.payload(),
+            manifest,
+            previous,
+            &self.cfg.allowed(),
+        )?;
+        tracing::info!(previous = %previous.meta.name, bytes = shared, "files_shared");
+        Ok(())
     }
 
     /// Retention after a create: never removes the new snapshot, snapshot_name or a pinned one.

@@ -20,6 +20,11 @@ struct Row {
     /// None for a legacy squashfs image, whose content is not read to list it.
     bytes: Option<u64>,
     stored_bytes: u64,
+    /// Of stored_bytes, those no other snapshot shares (filesystem mode stores a file that
+    /// did not change since the previous snapshot once, hardlinked) and those shared; None
+    /// for a harness snapshot.
+    own_bytes: Option<u64>,
+    shared_bytes: Option<u64>,
     /// stored_bytes / bytes (compression shows below 1); None when the data is empty or unknown.
     ratio: Option<f64>,
     files: Option<u64>,
@@ -70,12 +75,15 @@ pub fn run(g: &GlobalArgs, args: &ListArgs) -> Result<Report> {
         .map(|s| {
             let stale_files = fingerprints.changes(&s.meta)?;
             let usage = s.usage();
+            let (own, shared) = crate::store::own_and_shared(s);
             let row = Row {
                 name: s.meta.name.clone(),
                 mode: s.meta.mode.clone(),
                 created_at: s.meta.created_at.clone(),
                 bytes: Some(s.meta.bytes),
                 stored_bytes: s.meta.stored_bytes,
+                own_bytes: Some(own),
+                shared_bytes: Some(shared),
                 ratio: ratio(s.meta.stored_bytes, Some(s.meta.bytes)),
                 files: Some(s.meta.files),
                 pinned: s.meta.pinned,
@@ -111,6 +119,8 @@ pub fn run(g: &GlobalArgs, args: &ListArgs) -> Result<Report> {
             created_at: summary.created.to_string(),
             bytes: summary.bytes,
             stored_bytes: summary.stored_bytes,
+            own_bytes: None,
+            shared_bytes: None,
             ratio: ratio(summary.stored_bytes, summary.bytes),
             files: summary.files,
             pinned: false,
@@ -141,6 +151,7 @@ pub fn run(g: &GlobalArgs, args: &ListArgs) -> Result<Report> {
                 short_time(&r.created_at),
                 r.bytes.map_or("-".into(), human_bytes),
                 human_bytes(r.stored_bytes),
+                r.shared_bytes.map_or("-".into(), human_bytes),
                 r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
                 r.files.map_or("-".into(), |n| n.to_string()),
                 if r.pinned {
@@ -164,6 +175,7 @@ pub fn run(g: &GlobalArgs, args: &ListArgs) -> Result<Report> {
                 "CREATED (UTC)",
                 "SIZE",
                 "STORED",
+                "SHARED",
                 "RATIO",
                 "FILES",
                 "PINNED",
