@@ -404,7 +404,10 @@ impl Job<'_> {
         }
         self.mode.describe_captured(ctx, &mut manifest)?;
         let stored = staging.write_manifest(&manifest)?;
-        self.share_with_previous(staging, &manifest)?;
+        // Only a copy: adopt's moved data goes back to the harness if the adopt fails.
+        if changes.is_some() {
+            self.share_with_previous(staging, &manifest)?;
+        }
         let (files, bytes) = manifest.totals();
         tracing::info!(
             entries = stored.entries,

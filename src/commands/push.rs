@@ -31,12 +31,13 @@ pub fn run(g: &GlobalArgs, args: &PushArgs) -> Result<Report> {
     }
     let payload = snapshot.payload();
     let source = Dir::snapshot(&payload)?;
-    let pushed = remote::push(&snapshot, &cfg.allowed(), &source, &remote)?;
+    let pushed = remote::push(&store, &snapshot, &cfg.allowed(), &source, &remote)?;
     let text = format!(
-        "pushed {name} to {}: {} pieces of {}, {} new: sent {} in {} packs in {:.2} s\n",
+        "pushed {name} to {}: {} pieces of {} ({} read), {} new: sent {} in {} packs in {:.2} s\n",
         pushed.remote,
         pushed.pieces,
         human_bytes(pushed.bytes),
+        human_bytes(pushed.bytes_read),
         pushed.pieces_uploaded,
         human_bytes(pushed.bytes_uploaded),
         pushed.packs_uploaded,

@@ -52,6 +52,10 @@ pub fn parse_digest(text: &str) -> Option<Digest> {
 pub struct Content {
     pub path: Name,
     pub pieces: String,
+    /// The file's blake3 as its manifest says (hex), tying these pieces to that version of
+    /// it; absent where the manifest holds none (reflink).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
 }
 
 impl Content {

@@ -14,7 +14,7 @@ use super::client::Client;
 use super::format::{self, Content, Digest, Location, PIECE, Pieces};
 use crate::delta::{Source, SourceFile};
 use crate::exit::Error;
-use crate::manifest::{Entry, Name};
+use crate::manifest::{self, Allowed, Entry, Name};
 use crate::store::{Snapshot, Store};
 
 /// Beside a snapshot's manifest: the content digests of its files' pieces (JSON lines of
@@ -84,6 +84,74 @@ impl Local {
         let mut buf = vec![0; size];
         file.read_exact_at(&mut buf, held.offset).ok()?;
         (blake3::hash(&buf).as_bytes() == digest).then_some(buf)
+    }
+}
+
+/// The pieces of a snapshot pushed or pulled before, by path, with its manifest entries
+/// (piece values included), for a push that need not read what did not change since.
+#[derive(Default)]
+pub struct Previous {
+    files: HashMap<Name, (Entry, Vec<Digest>)>,
+}
+
+impl Previous {
+    /// The newest of `snapshot` and the store's snapshots that has a content file; its
+    /// records count only where they are of the file its (vouched) manifest describes.
+    pub fn find(store: &Store, snapshot: &Snapshot, allowed: &Allowed) -> Previous {
+        let others = store.list().map(|(s, _)| s).unwrap_or_default();
+        for candidate in std::iter::once(snapshot).chain(&others) {
+            let content = read_content(candidate);
+            if content.is_empty() {
+                continue;
+            }
+            let Ok(manifest) = candidate.manifest_with_pieces(allowed) else {
+                continue;
+            };
+            let mut files = HashMap::new();
+            for c in content {
+                let Ok(i) = manifest.entries.binary_search_by(|e| e.path.cmp(&c.path)) else {
+                    continue;
+                };
+                let entry = &manifest.entries[i];
+                if let Some(digests) = c.digests()
+                    && entry.blake3.is_some()
+                    && entry.blake3 == c.blake3
+                    && digests.len() as u64 == entry.size.div_ceil(PIECE as u64)
+                {
+                    files.insert(c.path, (entry.clone(), digests));
+                }
+            }
+            return Previous { files };
+        }
+        Previous::default()
+    }
+
+    /// For each piece of `entry`, its digest when the manifests show its bytes unchanged
+    /// (the whole file's blake3, or the 1 MiB piece values around it) and the remote has it.
+    pub fn unchanged(&self, entry: &Entry, known: &Pieces) -> Vec<Option<Digest>> {
+        let Some((old, digests)) = self.files.get(&entry.path) else {
+            return Vec::new();
+        };
+        let have = |d: &Digest| known.contains_key(d).then_some(*d);
+        if old.size == entry.size && entry.blake3.is_some() && old.blake3 == entry.blake3 {
+            return digests.iter().map(have).collect();
+        }
+        let (Some(was), Some(now)) = (
+            old.pieces.as_deref().and_then(manifest::pieces::parse),
+            entry.pieces.as_deref().and_then(manifest::pieces::parse),
+        ) else {
+            return Vec::new();
+        };
+        let per = manifest::pieces::PIECE / PIECE;
+        let count = entry.size.div_ceil(PIECE as u64) as usize;
+        (0..count)
+            .map(|i| {
+                let region = i / per;
+                let same = was.get(region).is_some_and(|v| Some(v) == now.get(region));
+                // A region equal in both is as long in both: its pieces line up.
+                same.then(|| digests.get(i)).flatten().and_then(have)
+            })
+            .collect()
     }
 }
 

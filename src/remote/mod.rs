@@ -43,8 +43,10 @@ pub struct Pushed {
     /// Pieces of the snapshot's files, and those the remote did not have.
     pub pieces: u64,
     pub pieces_uploaded: u64,
-    /// Bytes of the files, and bytes sent (compressed packs, index and snapshot object).
+    /// Bytes of the files; those read (the rest the manifests showed unchanged since a
+    /// snapshot pushed or pulled before); bytes sent (compressed packs, index and snapshot).
     pub bytes: u64,
+    pub bytes_read: u64,
     pub bytes_uploaded: u64,
     pub packs_uploaded: u64,
     pub seconds: f64,
@@ -114,11 +116,14 @@ fn bad_object(remote: &Remote, key: &str, why: &str) -> anyhow::Error {
     )
 }
 
-/// Pushes `snapshot`, reading its files from `source`: the pieces the remote lacks, packed,
+/// Pushes `snapshot` of `store`, reading its files from `source`, except the 1 MiB regions
+/// that the manifests show unchanged since a snapshot pushed or pulled before (their pieces
+/// are known): the pieces the remote lacks, packed,
 /// then an index of them, then the snapshot object, written last and only if the remote's
 /// version of that name is still the one seen at the start (else another push won, exit 1).
 /// A failure before that last write leaves the remote's version as it was.
 pub fn push(
+    store: &Store,
     snapshot: &Snapshot,
     allowed: &Allowed,
     source: &dyn Source,
@@ -130,12 +135,14 @@ pub fn push(
     let key = remote.key(SNAPSHOTS, name);
     let seen = remote.get(&key)?.map(|(_, meta)| client::version(&meta));
     let (known, _) = load_pieces(remote)?;
+    let previous = local::Previous::find(store, snapshot, allowed);
     let mut pushed = Pushed {
         name: name.clone(),
         remote: remote.url.to_string(),
         pieces: 0,
         pieces_uploaded: 0,
         bytes: 0,
+        bytes_read: 0,
         bytes_uploaded: 0,
         packs_uploaded: 0,
         seconds: 0.0,
@@ -168,13 +175,24 @@ pub fn push(
                 .filter(|e| e.kind == Kind::File && e.size > 0)
             {
                 crate::signals::check()?;
-                let file = source.open(entry)?;
-                let mut digests =
-                    String::with_capacity(64 * entry.size.div_ceil(PIECE as u64) as usize);
-                let mut at = 0u64;
-                while at < entry.size {
+                let count = entry.size.div_ceil(PIECE as u64) as usize;
+                let mut digests = String::with_capacity(64 * count);
+                let unchanged = previous.unchanged(entry, &known);
+                let mut file = None;
+                for i in 0..count {
+                    let at = (i * PIECE) as u64;
+                    if let Some(digest) = unchanged.get(i).copied().flatten() {
+                        digests.push_str(&format::hex(&digest));
+                        pushed.pieces += 1;
+                        reused.insert(known[&digest].pack.clone());
+                        continue;
+                    }
                     let n = (entry.size - at).min(PIECE as u64) as usize;
-                    file.fill(&mut buf[..n], at)?;
+                    if file.is_none() {
+                        file = Some(source.open(entry)?);
+                    }
+                    file.as_ref().expect("opened").fill(&mut buf[..n], at)?;
+                    pushed.bytes_read += n as u64;
                     let digest = *blake3::hash(&buf[..n]).as_bytes();
                     digests.push_str(&format::hex(&digest));
                     pushed.pieces += 1;
@@ -192,12 +210,12 @@ pub fn push(
                             packs.push(entry);
                         }
                     }
-                    at += n as u64;
                 }
                 pushed.bytes += entry.size;
                 content.push(Content {
                     path: entry.path.clone(),
                     pieces: digests,
+                    blake3: entry.blake3.clone(),
                 });
             }
             if !packer.pieces.is_empty() {
