@@ -172,24 +172,18 @@ fn cmd(env: &Env) -> Command {
 }
 
 fn run(env: &Env, args: &[&str], code: i32) -> (String, String) {
-    let out = cmd(env).args(args).output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stagesnap {args:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    (stdout, stderr)
+    common::run_cmd(cmd(env), args, code)
 }
 
 fn json(env: &Env, args: &[&str], code: i32) -> serde_json::Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let (stdout, _) = run(env, &all, code);
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    common::json_cmd(cmd(env), args, code)
+}
+
+/// `stagesnap ARGS` started, stopped at pause point `point`.
+fn paused(env: &Env, args: &[&str], point: &str) -> Paused {
+    let mut c = cmd(env);
+    c.args(args);
+    Paused::start(c, point)
 }
 
 fn num(doc: &serde_json::Value, key: &str) -> u64 {
@@ -297,22 +291,8 @@ fn two_pushes_of_one_name_at_once_leave_one_whole_version() {
     run(&b, &["create"], 0);
     let (tree_a, tree_b) = (treestate(&a.data()), treestate(&b.data()));
     // Both read the remote (no clean_state yet) and stop just before writing their snapshot.
-    let first = Paused::start(
-        {
-            let mut c = cmd(&a);
-            c.arg("push");
-            c
-        },
-        "remote_push_snapshot",
-    );
-    let second = Paused::start(
-        {
-            let mut c = cmd(&b);
-            c.arg("push");
-            c
-        },
-        "remote_push_snapshot",
-    );
+    let first = paused(&a, &["push"], "remote_push_snapshot");
+    let second = paused(&b, &["push"], "remote_push_snapshot");
     let (code1, _, err1) = first.finish();
     let (code2, _, err2) = second.finish();
     let mut codes = [code1, code2];
@@ -339,14 +319,7 @@ fn a_network_cut_mid_push_leaves_the_remote_version_whole() {
     run(&a, &["push"], 0);
     a.suite(5);
     run(&a, &["create", "--force"], 0);
-    let pushing = Paused::start(
-        {
-            let mut c = cmd(&a);
-            c.arg("push");
-            c
-        },
-        "remote_push_pack",
-    );
+    let pushing = paused(&a, &["push"], "remote_push_pack");
     proxy.cut();
     let (code, _, err) = pushing.finish();
     assert_eq!(code, 1, "{err}");
@@ -378,14 +351,7 @@ fn a_network_cut_mid_pull_changes_nothing_and_the_next_pull_fetches_the_rest() {
     let proxy = Proxy::to(moto.port);
     let b = env_on(proxy.port);
     let before = store_listing(&b);
-    let pulling = Paused::start(
-        {
-            let mut c = cmd(&b);
-            c.arg("pull");
-            c
-        },
-        "remote_pull_pack",
-    );
+    let pulling = paused(&b, &["pull"], "remote_pull_pack");
     // The other downloads go on while one waits here; then the network goes.
     std::thread::sleep(Duration::from_millis(500));
     proxy.cut();

@@ -352,21 +352,24 @@ pub fn pull(
         meta: meta.clone(),
     }
     .manifest_with_pieces(allowed)?;
+    let mut result = Pulled {
+        name: name.to_string(),
+        remote: remote.url.to_string(),
+        pieces: 0,
+        pieces_local: 0,
+        packs_downloaded: 0,
+        bytes: meta.bytes,
+        bytes_downloaded: 0,
+        up_to_date: false,
+        seconds: 0.0,
+    };
     if let Ok(existing) = store.get(name) {
         let same = existing.meta.manifest.as_ref().map(|m| &m.blake3)
             == meta.manifest.as_ref().map(|m| &m.blake3);
         if same {
-            return Ok(Pulled {
-                name: name.to_string(),
-                remote: remote.url.to_string(),
-                pieces: 0,
-                pieces_local: 0,
-                packs_downloaded: 0,
-                bytes: meta.bytes,
-                bytes_downloaded: 0,
-                up_to_date: true,
-                seconds: started.elapsed().as_secs_f64(),
-            });
+            result.up_to_date = true;
+            result.seconds = started.elapsed().as_secs_f64();
+            return Ok(result);
         }
         if !force {
             return Err(fail(
@@ -383,17 +386,6 @@ pub fn pull(
     let held = local::Local::scan(store)?;
     let packs_dir = store.dir().join(local::PULLED_DIR);
     let mut needed: HashSet<&str> = HashSet::new();
-    let mut result = Pulled {
-        name: name.to_string(),
-        remote: remote.url.to_string(),
-        pieces: 0,
-        pieces_local: 0,
-        packs_downloaded: 0,
-        bytes: meta.bytes,
-        bytes_downloaded: 0,
-        up_to_date: false,
-        seconds: 0.0,
-    };
     for digest in files.values().flatten() {
         result.pieces += 1;
         if held.has(digest) {

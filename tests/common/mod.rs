@@ -126,25 +126,12 @@ impl Env {
 
     /// Runs stagesnap with `args`, asserting the exit code; returns (stdout, stderr).
     pub fn run(&self, args: &[&str], code: i32) -> (String, String) {
-        let out = self.cmd().args(args).output().unwrap();
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "stagesnap {args:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-        );
-        (stdout, stderr)
+        run_cmd(self.std_cmd(), args, code)
     }
 
     /// Like [`Env::run`] with `--json`, parsing stdout.
     pub fn json(&self, args: &[&str], code: i32) -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let (stdout, _) = self.run(&all, code);
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+        json_cmd(self.std_cmd(), args, code)
     }
 
     pub fn suite(&self, seed: u64) {
@@ -157,6 +144,29 @@ impl Env {
         )
         .expect("suite");
     }
+}
+
+/// Runs `cmd` (stagesnap) with `args`, asserting the exit code; returns (stdout, stderr).
+pub fn run_cmd(mut cmd: Command, args: &[&str], code: i32) -> (String, String) {
+    let out = cmd.args(args).output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stagesnap {args:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+/// Like [`run_cmd`] with `--json`, parsing stdout.
+pub fn json_cmd(cmd: Command, args: &[&str], code: i32) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (stdout, _) = run_cmd(cmd, &all, code);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 /// Canonical description of a tree (types, modes, owners, times, xattrs, hardlinks, sparseness,
