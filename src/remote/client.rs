@@ -191,18 +191,15 @@ impl Client {
         )
     }
 
-    /// The object at `key` with its version, None when there is none.
-    pub fn get(&self, key: &Key) -> Result<Option<(Vec<u8>, ObjectMeta)>> {
+    /// The object at `key`, None when there is none.
+    pub fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {
         self.runtime.block_on(async {
             match self.store.get(key).await {
-                Ok(got) => {
-                    let meta = got.meta.clone();
-                    let bytes = got
-                        .bytes()
-                        .await
-                        .map_err(|e| self.failed(&format!("reading {key}"), e))?;
-                    Ok(Some((bytes.to_vec(), meta)))
-                }
+                Ok(got) => got
+                    .bytes()
+                    .await
+                    .map(|b| Some(b.to_vec()))
+                    .map_err(|e| self.failed(&format!("reading {key}"), e)),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(self.failed(&format!("reading {key}"), e)),
             }
@@ -267,13 +264,21 @@ impl Client {
         }
     }
 
-    /// Whether an object is at `key`.
-    pub fn exists(&self, key: &Key) -> Result<bool> {
+    /// The version of the object at `key`, None when there is none.
+    pub fn version(&self, key: &Key) -> Result<Version> {
         match self.runtime.block_on(self.store.head(key)) {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Ok(meta) => Ok(Some(UpdateVersion {
+                e_tag: meta.e_tag,
+                version: meta.version,
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.failed(&format!("reading {key}"), e)),
         }
+    }
+
+    /// Whether an object is at `key`.
+    pub fn exists(&self, key: &Key) -> Result<bool> {
+        Ok(self.version(key)?.is_some())
     }
 
     /// Runs `jobs` (each a blocking call on this client) [`PARALLEL`] at a time, in
@@ -303,13 +308,6 @@ impl Client {
                 .collect::<Result<Vec<()>>>()
                 .map(drop)
         })
-    }
-}
-
-pub fn version(meta: &ObjectMeta) -> UpdateVersion {
-    UpdateVersion {
-        e_tag: meta.e_tag.clone(),
-        version: meta.version.clone(),
     }
 }
 

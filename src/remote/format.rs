@@ -150,7 +150,11 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 const MAX_OBJECT: usize = 1 << 30;
 
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> std::result::Result<T, String> {
-    let json = zstd::stream::decode_all(bytes).map_err(|e| format!("not zstd ({e})"))?;
+    use std::io::Read;
+    let mut json = Vec::new();
+    zstd::stream::read::Decoder::new(bytes)
+        .and_then(|d| d.take(MAX_OBJECT as u64 + 1).read_to_end(&mut json))
+        .map_err(|e| format!("not zstd ({e})"))?;
     if json.len() > MAX_OBJECT {
         return Err("larger than 1 GiB once decompressed".into());
     }

@@ -175,7 +175,7 @@ pub fn write_content(dir: &Path, content: &[Content]) -> std::io::Result<()> {
         serde_json::to_writer(&mut bytes, c).expect("content serializes");
         bytes.push(b'\n');
     }
-    let tmp = dir.join(format!("{CONTENT_FILE}.tmp"));
+    let tmp = dir.join(format!("{CONTENT_FILE}.{}.tmp", std::process::id()));
     let _ = fs::remove_file(&tmp);
     fs::write(&tmp, &bytes)?;
     fs::rename(&tmp, dir.join(CONTENT_FILE))
@@ -196,11 +196,12 @@ impl Pulled<'_> {
         if let Some(bytes) = self.local.read(digest, size) {
             return Ok(bytes);
         }
-        let location = self.remote.get(digest).ok_or_else(|| {
+        let location = self.remote.get(digest).filter(|l| l.size as usize == size);
+        let location = location.ok_or_else(|| {
             crate::exit::fail(
                 crate::exit::Code::Failure,
                 format!(
-                    "bad object on {}: piece {} is in no index; nothing was changed",
+                    "bad object on {}: piece {} is in no index (of its size); nothing was changed",
                     self.client.url,
                     format::hex(digest)
                 ),

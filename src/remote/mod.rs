@@ -95,7 +95,7 @@ fn load_pieces(remote: &Remote) -> Result<(Pieces, HashMap<String, IndexObject>)
     let mut indexes = HashMap::new();
     for object in remote.list(INDEX)? {
         let name = Remote::base_name(&object.location);
-        let Some((bytes, _)) = remote.get(&object.location)? else {
+        let Some(bytes) = remote.get(&object.location)? else {
             continue; // removed by a prune meanwhile
         };
         let index: IndexObject = format::decode(&bytes)
@@ -133,7 +133,7 @@ pub fn push(
     let name = &snapshot.meta.name;
     let manifest = snapshot.manifest_with_pieces(allowed)?;
     let key = remote.key(SNAPSHOTS, name);
-    let seen = remote.get(&key)?.map(|(_, meta)| client::version(&meta));
+    let seen = remote.version(&key)?;
     let (known, _) = load_pieces(remote)?;
     let previous = local::Previous::find(store, snapshot, allowed);
     let mut pushed = Pushed {
@@ -306,7 +306,7 @@ pub fn pull(
     let allowed = &here.allowed;
     let started = Instant::now();
     let key = remote.key(SNAPSHOTS, name);
-    let Some((bytes, _)) = remote.get(&key)? else {
+    let Some(bytes) = remote.get(&key)? else {
         return Err(fail(
             Code::NotFound,
             format!(
@@ -410,7 +410,7 @@ pub fn pull(
     remote.each(needed, |remote, pack| {
         let key = remote.key(PACKS, pack);
         crate::testhook::pause("remote_pull_pack");
-        let Some((bytes, _)) = remote.get(&key)? else {
+        let Some(bytes) = remote.get(&key)? else {
             return Err(bad_object(remote, key.as_ref(), "is missing"));
         };
         if blake3::hash(&bytes).to_hex().as_str() != pack {
@@ -484,7 +484,7 @@ fn materialize(payload: &Path, manifest: &Manifest, source: &dyn Source) -> Resu
 pub fn list(remote: &Remote) -> Result<Vec<Listed>> {
     let mut listed = Vec::new();
     for object in remote.list(SNAPSHOTS)? {
-        let Some((bytes, _)) = remote.get(&object.location)? else {
+        let Some(bytes) = remote.get(&object.location)? else {
             continue; // deleted meanwhile
         };
         let key = object.location.to_string();
@@ -560,7 +560,7 @@ pub fn prune(remote: &Remote, keep: usize, always: &str, dry_run: bool) -> Resul
         {
             continue; // a dry run's
         }
-        let Some((bytes, _)) = remote.get(&object.location)? else {
+        let Some(bytes) = remote.get(&object.location)? else {
             continue;
         };
         let key = object.location.to_string();
