@@ -540,3 +540,25 @@ fn credentials_the_server_refuses_are_one_line_and_exit_3() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     run(&env, &["list", "--remote"], 3);
 }
+
+#[test]
+fn a_squashfs_snapshot_is_pushed_from_its_image() {
+    let archive = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", archive.path().display());
+    let a = Env::sample(2, 8 << 20);
+    a.set("remote", &url);
+    a.set("mode", "squashfs");
+    a.set("squashfs_compression", "zstd");
+    run(&a, &["create"], 0);
+    let clean = treestate(&a.data());
+    let pushed = json(&a, &["push"], 0);
+    assert_eq!(num(&pushed, "bytes_read"), num(&pushed, "bytes"));
+
+    let b = Env::sample(2, 8 << 20);
+    b.set("remote", &url);
+    b.set("mode", "squashfs");
+    b.suite(3);
+    run(&b, &["pull"], 0);
+    run(&b, &["restore"], 0);
+    assert_same_tree(&treestate(&b.data()), &clean);
+}

@@ -4,7 +4,6 @@ use anyhow::Result;
 
 use super::{load_config, lock_timeout, snapshot_named, store};
 use crate::cli::{GlobalArgs, PushArgs};
-use crate::delta::Dir;
 use crate::exit::{Code, fail};
 use crate::modes::ModeKind;
 use crate::output::Report;
@@ -18,20 +17,24 @@ pub fn run(g: &GlobalArgs, args: &PushArgs) -> Result<Report> {
     let store = store(&cfg);
     let _lock = store.lock_shared(lock_timeout(g))?;
     let snapshot = store.get(&name)?;
-    // The modes whose payload is the tree of files itself.
-    let kind = ModeKind::of(&snapshot)?;
-    if !matches!(kind, ModeKind::Filesystem | ModeKind::Reflink) {
-        return Err(fail(
+    let mode = ModeKind::of(&snapshot)?.implementation().ok_or_else(|| {
+        fail(
             Code::Usage,
-            format!(
-                "snapshot {name} is a {} snapshot; push takes filesystem and reflink snapshots (make one with `stagesnap --set mode=filesystem create {name}-push`)",
-                kind.name()
-            ),
-        ));
-    }
-    let payload = snapshot.payload();
-    let source = Dir::snapshot(&payload)?;
-    let pushed = remote::push(&store, &snapshot, &cfg.allowed(), &source, &remote)?;
+            format!("snapshot {name} is of a mode this stagesnap does not have"),
+        )
+    })?;
+    let mut pushed = None;
+    mode.with_files(&snapshot, &mut |source| {
+        pushed = Some(remote::push(
+            &store,
+            &snapshot,
+            &cfg.allowed(),
+            source,
+            &remote,
+        )?);
+        Ok(())
+    })?;
+    let pushed = pushed.expect("with_files calls back once");
     let text = format!(
         "pushed {name} to {}: {} pieces of {} ({} read), {} new: sent {} in {} packs in {:.2} s\n",
         pushed.remote,

@@ -439,6 +439,17 @@ pub trait Mode {
         })
     }
 
+    /// Calls `read` with `snapshot`'s files as the delta engine reads them (what `push`
+    /// sends), once the payload passed the mode's integrity check; the default reads the
+    /// payload's tree of files.
+    fn with_files(
+        &self,
+        snapshot: &Snapshot,
+        read: &mut dyn FnMut(&dyn Source) -> Result<()>,
+    ) -> Result<()> {
+        read(&Dir::snapshot(&snapshot.payload())?)
+    }
+
     /// Brings the live data back to `snapshot`, in place: included directories and node
     /// directories keep their inodes. `manifest` is the snapshot's, already checked against
     /// its digest (None for snapshots made before manifests).
