@@ -123,11 +123,21 @@ impl Operation {
     /// or blocks extracted), what was rewritten, and per node what was rewritten (a node
     /// appears once something in it is).
     pub fn restore(label: String, bytes: u64) -> Operation {
+        Self::share_of(label, bytes, "restoring")
+    }
+
+    /// A bar for moving a snapshot of `bytes` to or from a remote (`push`, `pull`): the share
+    /// done, as [`share`] reports it, and what is being `done`.
+    pub fn transfer(label: String, bytes: u64, doing: &str) -> Operation {
+        Self::share_of(label, bytes, doing)
+    }
+
+    fn share_of(label: String, bytes: u64, doing: &str) -> Operation {
         start(|| {
             let main = bars()
                 .multi
                 .add(ProgressBar::new(bytes.max(1)).with_prefix(label));
-            spin(&main, "restoring");
+            spin(&main, doing);
             Drawn::new(main, false, 0, BTreeMap::new())
         })
     }

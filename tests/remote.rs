@@ -562,3 +562,27 @@ fn a_squashfs_snapshot_is_pushed_from_its_image() {
     run(&b, &["restore"], 0);
     assert_same_tree(&treestate(&b.data()), &clean);
 }
+
+#[test]
+fn push_and_pull_draw_a_bar_on_a_terminal() {
+    let archive = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", archive.path().display());
+    let a = Env::sample(2, 8 << 20);
+    a.set("remote", &url);
+    run(&a, &["create"], 0);
+    let screen = a.on_terminal("push", &[]);
+    // The bar, however briefly (a small push ends before it shows a share).
+    assert!(
+        screen.contains("push clean_state") && screen.contains("\x1b[2K"),
+        "{screen}"
+    );
+    assert!(screen.contains("pushed clean_state"), "{screen}");
+    let b = Env::sample(2, 8 << 20);
+    b.set("remote", &url);
+    let screen = b.on_terminal("pull", &[]);
+    assert!(screen.contains("pull clean_state"), "{screen}");
+    assert!(screen.contains("pulled clean_state"), "{screen}");
+    // Not where bars are not wanted.
+    let (_, stderr) = run(&b, &["pull"], 0);
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+}

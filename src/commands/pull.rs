@@ -8,6 +8,7 @@ use crate::cli::{GlobalArgs, PullArgs};
 use crate::config::Config;
 use crate::exit::{Code, code_of};
 use crate::output::Report;
+use crate::progress;
 use crate::remote::{self, Pulled, Remote};
 use crate::store::{Lock, Store};
 use crate::tree::human_bytes;
@@ -19,16 +20,26 @@ pub fn run(g: &GlobalArgs, args: &PullArgs) -> Result<Report> {
     let store = checked_store(&cfg)?;
     let lock = store.lock(&format!("pull {name}"), lock_timeout(g))?;
     store.clean_leftovers(&lock)?;
-    let pulled = remote::pull(&store, &lock, &name, &here(&cfg), &remote, args.force)?;
+    let pulled = pull(&store, &lock, &name, &cfg, &remote, args.force)?;
     let text = summary(&pulled);
     Ok(Report::new("pull", &pulled, text))
 }
 
-fn here(cfg: &Config) -> remote::Here<'_> {
-    remote::Here {
+/// [`remote::pull`] into this configuration's environment, with a progress bar.
+fn pull(
+    store: &Store,
+    lock: &Lock,
+    name: &str,
+    cfg: &Config,
+    remote: &Remote,
+    force: bool,
+) -> Result<Pulled> {
+    let _bars = progress::Operation::transfer(format!("pull {name}"), 100, "reading the remote");
+    let here = remote::Here {
         allowed: cfg.allowed(),
         cache_dir: &cfg.settings.cache_dir,
-    }
+    };
+    remote::pull(store, lock, name, &here, remote, force, &progress::share)
 }
 
 fn summary(p: &Pulled) -> String {
@@ -56,7 +67,7 @@ pub fn auto_pull(cfg: &Config, store: &Store, lock: &Lock, name: &str) -> Result
         return Ok(None);
     }
     let remote = Remote::connect(&cfg.settings)?;
-    match remote::pull(store, lock, name, &here(cfg), &remote, false) {
+    match pull(store, lock, name, cfg, &remote, false) {
         Ok(pulled) => {
             tracing::info!(name = %name, "snapshot_pulled: {}", summary(&pulled).trim_end());
             Ok(Some(pulled))

@@ -7,6 +7,7 @@ use crate::cli::{GlobalArgs, PushArgs};
 use crate::exit::{Code, fail};
 use crate::modes::ModeKind;
 use crate::output::Report;
+use crate::progress;
 use crate::remote::{self, Remote};
 use crate::tree::human_bytes;
 
@@ -23,6 +24,11 @@ pub fn run(g: &GlobalArgs, args: &PushArgs) -> Result<Report> {
             format!("snapshot {name} is of a mode this stagesnap does not have"),
         )
     })?;
+    let _bars = progress::Operation::transfer(
+        format!("push {name}"),
+        snapshot.meta.bytes,
+        "checking the snapshot",
+    );
     let mut pushed = None;
     mode.with_files(&snapshot, &mut |source| {
         pushed = Some(remote::push(
@@ -31,6 +37,7 @@ pub fn run(g: &GlobalArgs, args: &PushArgs) -> Result<Report> {
             &cfg.allowed(),
             source,
             &remote,
+            &progress::share,
         )?);
         Ok(())
     })?;

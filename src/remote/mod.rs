@@ -28,6 +28,10 @@ use format::{
 /// its packs before the index and snapshot that refer to them.
 pub const PRUNE_GRACE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 
+/// Told how much of a transfer is done: (done, total), in bytes read (push) or packs
+/// downloaded (pull); the commands draw it.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+
 /// The environment a pull brings a snapshot into.
 pub struct Here<'a> {
     /// What its configuration lets a snapshot hold.
@@ -128,6 +132,7 @@ pub fn push(
     allowed: &Allowed,
     source: &dyn Source,
     remote: &Remote,
+    progress: Progress,
 ) -> Result<Pushed> {
     let started = Instant::now();
     let name = &snapshot.meta.name;
@@ -212,6 +217,7 @@ pub fn push(
                     }
                 }
                 pushed.bytes += entry.size;
+                progress(pushed.bytes, snapshot.meta.bytes);
                 content.push(Content {
                     path: entry.path.clone(),
                     pieces: digests,
@@ -302,6 +308,7 @@ pub fn pull(
     here: &Here,
     remote: &Remote,
     force: bool,
+    progress: Progress,
 ) -> Result<Pulled> {
     let allowed = &here.allowed;
     let started = Instant::now();
@@ -407,6 +414,7 @@ pub fn pull(
     let needed: Vec<&str> = needed.into_iter().collect();
     result.packs_downloaded = needed.len() as u64;
     let downloaded = std::sync::atomic::AtomicU64::new(0);
+    let (packs_done, packs_total) = (std::sync::atomic::AtomicU64::new(0), needed.len() as u64);
     remote.each(needed, |remote, pack| {
         let key = remote.key(PACKS, pack);
         crate::testhook::pause("remote_pull_pack");
@@ -426,7 +434,10 @@ pub fn pull(
         std::fs::create_dir_all(&packs_dir)
             .and_then(|()| std::fs::write(&tmp, &bytes))
             .and_then(|()| std::fs::rename(&tmp, packs_dir.join(pack)))
-            .map_err(|e| crate::store::write_error(&tmp, e))
+            .map_err(|e| crate::store::write_error(&tmp, e))?;
+        let done = packs_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        progress(done, packs_total);
+        Ok(())
     })?;
     result.bytes_downloaded = downloaded.into_inner();
 

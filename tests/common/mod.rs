@@ -134,6 +134,35 @@ impl Env {
         json_cmd(self.std_cmd(), args, code)
     }
 
+    /// Runs stagesnap under `script`, on a pseudo-terminal of 120 columns; returns
+    /// everything the terminal received.
+    pub fn on_terminal(&self, args: &str, vars: &[(&str, &str)]) -> String {
+        let log = self.root.join("terminal.log");
+        let mut cmd = Command::new("script");
+        cmd.arg("-qec")
+            .arg(format!(
+                "stty cols 120; {} {args}",
+                env!("CARGO_BIN_EXE_stagesnap")
+            ))
+            .arg(&log)
+            .current_dir(self.config().parent().unwrap())
+            .env("TERM", "xterm-256color")
+            .env_remove("NO_COLOR")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("STAGESNAP_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let status = cmd.status().expect("script (util-linux) runs");
+        assert!(status.success(), "stagesnap {args} on a terminal: {status}");
+        String::from_utf8_lossy(&std::fs::read(log).unwrap()).into_owned()
+    }
+
     pub fn suite(&self, seed: u64) {
         sample::run_suite(
             &self.root,
