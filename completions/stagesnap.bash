@@ -40,6 +40,12 @@ _stagesnap() {
             stagesnap,prune)
                 cmd="stagesnap__subcmd__prune"
                 ;;
+            stagesnap,pull)
+                cmd="stagesnap__subcmd__pull"
+                ;;
+            stagesnap,push)
+                cmd="stagesnap__subcmd__push"
+                ;;
             stagesnap,restore)
                 cmd="stagesnap__subcmd__restore"
                 ;;
@@ -59,7 +65,7 @@ _stagesnap() {
 
     case "${cmd}" in
         stagesnap)
-            opts="-c -s -v -q -h -V --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help --version create restore list delete adopt prune doctor config verify status diff run"
+            opts="-c -s -v -q -h -V --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help --version create restore list delete adopt prune push pull doctor config verify status diff run"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -227,7 +233,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__delete)
-            opts="-c -s -v -q -h --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --remote --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -353,7 +359,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__list)
-            opts="-c -s -v -q -h --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --remote --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -395,7 +401,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__prune)
-            opts="-c -s -v -q -h --keep --keep-within --keep-used-within --dry-run --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --keep --keep-within --keep-used-within --dry-run --remote --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -413,6 +419,90 @@ _stagesnap() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --set)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        stagesnap__subcmd__pull)
+            opts="-c -s -v -q -h --force --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --set)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        stagesnap__subcmd__push)
+            opts="-c -s -v -q -h --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -639,7 +729,7 @@ _stagesnap_names() {
     (( COMP_CWORD > 0 )) && prev="${COMP_WORDS[COMP_CWORD-1]}"
     for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
         case "$w" in
-            create|restore|delete|adopt|verify|status|diff) sub="$w"; break ;;
+            create|restore|delete|adopt|push|pull|verify|status|diff) sub="$w"; break ;;
         esac
     done
     case "$prev" in

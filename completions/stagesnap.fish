@@ -41,6 +41,8 @@ complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "list" -d 'List 
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "delete" -d 'Remove snapshots'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "adopt" -d 'Turn a snapshot the stage-env harness left into a stagesnap snapshot (see `list`)'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "prune" -d 'Remove the oldest unpinned snapshots beyond a count'
+complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "push" -d 'Copy a snapshot to the configured remote, sending only the pieces it lacks'
+complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "pull" -d 'Copy a snapshot from the configured remote, fetching only the pieces not held here'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "doctor" -d 'Check that the configured mode can run here, and say why not'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "config" -d 'Show every effective setting and where it came from'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "verify" -d 'Check stored snapshots against their manifests (every file\'s hash)'
@@ -79,6 +81,7 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -l base-dir -d
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -l remote -d 'List the configured remote\'s snapshots instead'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand list" -s q -l quiet -d 'Only errors on stderr'
@@ -89,6 +92,7 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l base-dir 
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l remote -d 'Remove them from the configured remote instead (their pieces go at its next prune)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s q -l quiet -d 'Only errors on stderr'
@@ -114,11 +118,33 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s s -l set -
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l dry-run -d 'Only say, for every snapshot, which rule keeps or removes it'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l remote -d 'Prune the configured remote instead: keep the newest N (and pinned ones), then remove the packs no snapshot there refers to (those older than an hour)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s q -l quiet -d 'Only errors on stderr'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s h -l help -d 'Print help'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand push" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand push" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand push" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand push" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand push" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand push" -l json -d 'Print one JSON document to stdout instead of text'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand push" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand push" -s q -l quiet -d 'Only errors on stderr'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand push" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand push" -s h -l help -d 'Print help'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand pull" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand pull" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand pull" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand pull" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand pull" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand pull" -l force -d 'Replace a different local snapshot of that name'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand pull" -l json -d 'Print one JSON document to stdout instead of text'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand pull" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand pull" -s q -l quiet -d 'Only errors on stderr'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand pull" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand pull" -s h -l help -d 'Print help'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand doctor" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
@@ -188,5 +214,5 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l no-progress 
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -s h -l help -d 'Print help'
 
 # Snapshot names (added by stagesnap generate-assets).
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand create restore delete adopt verify status diff" -f -a "(stagesnap complete-names 2>/dev/null)"
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand create restore delete adopt push pull verify status diff" -f -a "(stagesnap complete-names 2>/dev/null)"
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l snapshot -x -a "(stagesnap complete-names 2>/dev/null)"

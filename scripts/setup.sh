@@ -6,7 +6,7 @@ set -euo pipefail
 
 # gcc and libc6-dev: the linker Rust uses, and the C compiler that builds the bundled zstd and
 # liblzma (squashfs image reading).
-packages=(gcc libc6-dev rsync squashfs-tools docker.io busybox-static xfsprogs btrfs-progs hyperfine attr acl python3 util-linux e2fsprogs gnuplot-nox)
+packages=(gcc libc6-dev rsync squashfs-tools docker.io busybox-static xfsprogs btrfs-progs hyperfine attr acl python3 python3-venv util-linux e2fsprogs gnuplot-nox rclone)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
@@ -40,6 +40,15 @@ if ! docker info >/dev/null 2>&1; then
     fi
 fi
 
+# moto_server, the S3 server that tests/remote.rs and bench/remote.sh start on localhost, in a
+# venv of its own (Debian's python refuses pip installs into the system, PEP 668).
+moto=/opt/stagesnap-moto
+if [ ! -x "$moto/bin/moto_server" ]; then
+    echo "setup: installing moto[server] into $moto" >&2
+    $SUDO python3 -m venv "$moto"
+    $SUDO "$moto/bin/pip" install -q 'moto[server]'
+fi
+
 # The test image: a busybox rootfs imported as an image, since no registry is reachable.
 image=stagesnap-test:busybox
 if ! docker image inspect "$image" >/dev/null 2>&1; then
@@ -55,4 +64,4 @@ if ! docker image inspect "$image" >/dev/null 2>&1; then
     echo 'root:x:0:' >"$rootfs/etc/group"
     tar -C "$rootfs" -c . | docker import -c 'CMD ["/bin/sh"]' - "$image" >/dev/null
 fi
-echo "setup: ready (rsync $(rsync --version | head -1 | awk '{print $3}'), $(mksquashfs -version 2>&1 | head -1), docker $(docker version --format '{{.Server.Version}}'))" >&2
+echo "setup: ready (moto $("$moto/bin/pip" show moto | awk '/^Version/ {print $2}'), rsync $(rsync --version | head -1 | awk '{print $3}'), $(mksquashfs -version 2>&1 | head -1), docker $(docker version --format '{{.Server.Version}}'))" >&2

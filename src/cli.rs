@@ -78,7 +78,7 @@ pub enum Command {
 
     /// List snapshots, newest first
     #[command(after_help = "Example: stagesnap list --json")]
-    List,
+    List(ListArgs),
 
     /// Remove snapshots
     #[command(after_help = "Example: stagesnap delete old_state other_state")]
@@ -91,6 +91,14 @@ pub enum Command {
     /// Remove the oldest unpinned snapshots beyond a count
     #[command(after_help = "Example: stagesnap prune --keep 3 --dry-run")]
     Prune(PruneArgs),
+
+    /// Copy a snapshot to the configured remote, sending only the pieces it lacks
+    #[command(after_help = "Example: stagesnap push clean_state")]
+    Push(PushArgs),
+
+    /// Copy a snapshot from the configured remote, fetching only the pieces not held here
+    #[command(after_help = "Example: stagesnap pull clean_state")]
+    Pull(PullArgs),
 
     /// Check that the configured mode can run here, and say why not
     #[command(after_help = "Example: stagesnap doctor")]
@@ -243,6 +251,33 @@ pub struct DeleteArgs {
     /// Snapshots to remove
     #[arg(required = true)]
     pub names: Vec<String>,
+
+    /// Remove them from the configured remote instead (their pieces go at its next prune)
+    #[arg(long)]
+    pub remote: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// List the configured remote's snapshots instead
+    #[arg(long)]
+    pub remote: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Snapshot name [default: snapshot_name from the config]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Snapshot name [default: snapshot_name from the config]
+    pub name: Option<String>,
+
+    /// Replace a different local snapshot of that name
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -262,4 +297,9 @@ pub struct PruneArgs {
     /// Only say, for every snapshot, which rule keeps or removes it
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Prune the configured remote instead: keep the newest N (and pinned ones), then remove
+    /// the packs no snapshot there refers to (those older than an hour)
+    #[arg(long, conflicts_with_all = ["keep_within", "keep_used_within"])]
+    pub remote: bool,
 }

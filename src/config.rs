@@ -126,6 +126,12 @@ pub enum Kind {
     /// `auto`, `none`, or space-separated paths or globs on this machine (relative ones
     /// relative to the base folder).
     FilePatterns,
+    /// Empty, `s3://BUCKET[/PREFIX]` or `file:///ABSOLUTE/PATH` ([`RemoteUrl`]).
+    RemoteUrl,
+    /// Empty, or an `http://` or `https://` URL.
+    EndpointUrl,
+    /// Empty, or an S3 region name (`eu-west-1`).
+    Region,
 }
 
 impl Kind {
@@ -273,6 +279,30 @@ const SPECS: &[Spec] = &[
         kind: Kind::FilePatterns,
     },
     Spec {
+        key: "remote",
+        section: SECTION,
+        default: "",
+        kind: Kind::RemoteUrl,
+    },
+    Spec {
+        key: "remote_endpoint",
+        section: SECTION,
+        default: "",
+        kind: Kind::EndpointUrl,
+    },
+    Spec {
+        key: "remote_region",
+        section: SECTION,
+        default: "",
+        kind: Kind::Region,
+    },
+    Spec {
+        key: "auto_pull",
+        section: SECTION,
+        default: "true",
+        kind: Kind::Bool,
+    },
+    Spec {
         key: "cache_dir",
         section: PATHS_SECTION,
         // The stage-env harness's own default when [paths] has no cache_dir.
@@ -365,7 +395,71 @@ pub struct Settings {
     pub restore_verify: VerifyLevel,
     pub restore_devices: bool,
     pub fingerprint: FilePatterns,
+    /// None when no remote is configured.
+    pub remote: Option<RemoteUrl>,
+    /// None for the service's own endpoint.
+    pub remote_endpoint: Option<String>,
+    /// None for the environment's or the default region.
+    pub remote_region: Option<String>,
+    pub auto_pull: bool,
     pub cache_dir: PathBuf,
+}
+
+/// `remote`: where pushed snapshots are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteUrl {
+    /// A bucket of an S3-compatible service, and the key prefix inside it ("" for none).
+    S3 { bucket: String, prefix: String },
+    /// A directory (a shared or network filesystem, or a local archive).
+    File(PathBuf),
+}
+
+impl RemoteUrl {
+    /// Parses `s3://BUCKET[/PREFIX]` or `file:///PATH`; the error says what is wrong.
+    pub fn parse(text: &str) -> std::result::Result<RemoteUrl, String> {
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let bucket_ok = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                })
+                && bucket.as_bytes()[0].is_ascii_alphanumeric();
+            if !bucket_ok {
+                return Err(format!(
+                    "{bucket:?} is not an S3 bucket name (3-63 lowercase letters, digits, '-' or '.')"
+                ));
+            }
+            let prefix = prefix.trim_matches('/');
+            if prefix
+                .split('/')
+                .any(|part| matches!(part, "." | "..") || (part.is_empty() && !prefix.is_empty()))
+            {
+                return Err(format!("prefix {prefix:?} has an empty, '.' or '..' part"));
+            }
+            return Ok(RemoteUrl::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.to_string(),
+            });
+        }
+        if let Some(path) = text.strip_prefix("file://") {
+            let p = Path::new(path);
+            if !p.is_absolute() || p.components().any(|c| c == Component::ParentDir) {
+                return Err("a file:// remote needs an absolute path without '..', e.g. file:///mnt/snapshots".into());
+            }
+            return Ok(RemoteUrl::File(normalize(p)));
+        }
+        Err("not s3://BUCKET/PREFIX or file:///PATH".into())
+    }
+}
+
+impl std::fmt::Display for RemoteUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RemoteUrl::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            RemoteUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            RemoteUrl::File(path) => write!(f, "file://{}", path.display()),
+        }
+    }
 }
 
 impl Settings {
@@ -397,6 +491,12 @@ impl Settings {
             restore_verify: value("restore_verify").choice(),
             restore_devices: value("restore_devices").flag(),
             fingerprint: value("fingerprint").file_patterns(),
+            remote: Some(value("remote").text())
+                .filter(|t| !t.is_empty())
+                .map(|t| RemoteUrl::parse(&t).expect("validated")),
+            remote_endpoint: Some(value("remote_endpoint").text()).filter(|t| !t.is_empty()),
+            remote_region: Some(value("remote_region").text()).filter(|t| !t.is_empty()),
+            auto_pull: value("auto_pull").flag(),
             cache_dir: value("cache_dir").path(),
         }
     }
@@ -914,6 +1014,29 @@ fn validate(spec: &Spec, raw: &str, base: &Path) -> std::result::Result<Value, S
                 raw.split_whitespace().map(str::to_string).collect(),
             ))
         }
+        Kind::RemoteUrl => match raw.trim() {
+            "" => Ok(Value::Text(String::new())),
+            url => RemoteUrl::parse(url).map(|_| Value::Text(url.to_string())),
+        },
+        Kind::EndpointUrl => match raw.trim() {
+            url if url.is_empty()
+                || ((url.starts_with("http://") || url.starts_with("https://"))
+                    && !url.contains(char::is_whitespace)) =>
+            {
+                Ok(Value::Text(url.to_string()))
+            }
+            _ => Err("not an http:// or https:// URL, e.g. http://127.0.0.1:9000".into()),
+        },
+        Kind::Region => match raw.trim() {
+            region
+                if region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+            {
+                Ok(Value::Text(region.to_string()))
+            }
+            _ => Err("not a region name, e.g. eu-west-1".into()),
+        },
         Kind::ContainerPath => {
             let path = raw.trim();
             if !path.starts_with('/') || path.split('/').any(|c| c == "..") {

@@ -40,6 +40,39 @@ impl Fingerprint {
     }
 }
 
+impl Fingerprint {
+    /// The same fingerprint for a copy of the environment at `to` (another runner's
+    /// cache_dir): patterns and files below `from`, the cache_dir it was made in, move there;
+    /// the digests stay, so the guard still compares content.
+    pub fn rebased(&self, from: &Path, to: &Path) -> Fingerprint {
+        let (old, new) = (
+            glob::Pattern::escape(&from.to_string_lossy()),
+            glob::Pattern::escape(&to.to_string_lossy()),
+        );
+        let moved = |p: &Path| match p.strip_prefix(from) {
+            Ok(rest) => to.join(rest),
+            Err(_) => p.to_path_buf(),
+        };
+        Fingerprint {
+            patterns: self
+                .patterns
+                .iter()
+                .map(|p| match p.strip_prefix(&old) {
+                    Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                        format!("{new}{rest}")
+                    }
+                    _ => p.clone(),
+                })
+                .collect(),
+            files: self
+                .files
+                .iter()
+                .map(|(p, d)| (moved(p), d.clone()))
+                .collect(),
+        }
+    }
+}
+
 /// The patterns the `fingerprint` setting stands for.
 fn patterns(cfg: &Config) -> Vec<String> {
     match &cfg.settings.fingerprint {

@@ -9,7 +9,7 @@
 // layer base: exit sys signals parallel span choices names testhook ini tools tree observe cgroup
 // layer engine: manifest delta
 // layer config: config capture fingerprint
-// layer store: store legacy retention docker
+// layer store: store legacy retention docker remote
 // layer modes: modes
 // layer ops: ops quiesce
 // layer top: cli commands output progress
@@ -35,6 +35,7 @@ pub mod output;
 pub(crate) mod parallel;
 pub mod progress;
 pub(crate) mod quiesce;
+pub(crate) mod remote;
 pub(crate) mod retention;
 pub mod signals;
 pub(crate) mod span;

@@ -43,7 +43,7 @@ impl Name {
         Name(p.as_os_str().as_bytes().to_vec())
     }
 
-    fn as_path(&self) -> &Path {
+    pub fn as_path(&self) -> &Path {
         Path::new(std::ffi::OsStr::from_bytes(&self.0))
     }
 

@@ -11,6 +11,8 @@ pub trait Observer: Sync {
     fn begin_create(&self, label: String, live: &Live);
     /// A restore of a snapshot of `bytes` begins.
     fn begin_restore(&self, label: String, bytes: u64);
+    /// A transfer of a snapshot of `bytes` to or from a remote begins, `doing` what it says.
+    fn begin_transfer(&self, label: String, bytes: u64, doing: &str);
     /// The operation begun last has ended.
     fn end(&self);
     /// `files` more files were started and `bytes` more bytes written below `node`
@@ -31,6 +33,7 @@ impl Observer for Unobserved {
     }
     fn begin_create(&self, _: String, _: &Live) {}
     fn begin_restore(&self, _: String, _: u64) {}
+    fn begin_transfer(&self, _: String, _: u64, _: &str) {}
     fn end(&self) {}
     fn wrote(&self, _: Option<&str>, _: u64, _: u64) {}
     fn share(&self, _: u64, _: u64) {}
@@ -49,6 +52,16 @@ impl<'a> Watched<'a> {
 
     pub fn restore(observer: &'a dyn Observer, label: String, bytes: u64) -> Watched<'a> {
         observer.begin_restore(label, bytes);
+        Watched(observer)
+    }
+
+    pub fn transfer(
+        observer: &'a dyn Observer,
+        label: String,
+        bytes: u64,
+        doing: &str,
+    ) -> Watched<'a> {
+        observer.begin_transfer(label, bytes, doing);
         Watched(observer)
     }
 }

@@ -129,13 +129,13 @@ impl Observer for Terminal {
     /// or blocks extracted), what was rewritten, and per node what was rewritten (a node
     /// appears once something in it is).
     fn begin_restore(&self, label: String, bytes: u64) {
-        start(|| {
-            let main = bars()
-                .multi
-                .add(ProgressBar::new(bytes.max(1)).with_prefix(label));
-            spin(&main, "restoring");
-            Drawn::new(main, false, 0, BTreeMap::new())
-        });
+        share_of(label, bytes, "restoring");
+    }
+
+    /// A bar for moving a snapshot of `bytes` to or from a remote (`push`, `pull`): the share
+    /// done, and what is being done.
+    fn begin_transfer(&self, label: String, bytes: u64, doing: &str) {
+        share_of(label, bytes, doing);
     }
 
     fn end(&self) {
@@ -193,6 +193,17 @@ impl Observer for Terminal {
             spin(&d.main, what);
         });
     }
+}
+
+/// A bar of the share of the work done, spinning with `doing` until numbers arrive.
+fn share_of(label: String, bytes: u64, doing: &str) {
+    start(|| {
+        let main = bars()
+            .multi
+            .add(ProgressBar::new(bytes.max(1)).with_prefix(label));
+        spin(&main, doing);
+        Drawn::new(main, false, 0, BTreeMap::new())
+    });
 }
 
 fn start(draw: impl FnOnce() -> Drawn) {

@@ -38,6 +38,9 @@ use crate::names::validate_name;
 use crate::signals;
 use crate::tree::remove_tree;
 
+mod share;
+pub use share::{own_and_shared, share_identical};
+
 /// Version of meta.json's layout. Readers refuse newer ones.
 pub const SCHEMA: u32 = 1;
 pub const META_FILE: &str = "meta.json";
@@ -976,7 +979,7 @@ pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     open_nofollow(path)?.read_to_end(&mut bytes)?;
     Ok(bytes)
@@ -1027,7 +1030,7 @@ fn lock_error(path: &Path, e: std::io::Error) -> anyhow::Error {
 
 /// The error for a store file that could not be written, saying what needs room when the
 /// filesystem is full.
-fn write_error(path: &Path, e: std::io::Error) -> anyhow::Error {
+pub(crate) fn write_error(path: &Path, e: std::io::Error) -> anyhow::Error {
     if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
         let dir = path.parent().unwrap_or(Path::new("/"));
         return fail(

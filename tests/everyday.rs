@@ -246,37 +246,10 @@ fn fingerprint_takes_paths_and_globs_relative_to_the_config_file() {
     env.run(&["list"], 2);
 }
 
-/// Runs stagesnap under `script`, on a pseudo-terminal of 120 columns; returns everything
-/// the terminal received.
-fn on_terminal(env: &Env, args: &str, vars: &[(&str, &str)]) -> String {
-    let log = env.root.join("terminal.log");
-    let mut cmd = Command::new("script");
-    cmd.arg("-qec")
-        .arg(format!("stty cols 120; {} {args}", bin().display()))
-        .arg(&log)
-        .current_dir(env.config().parent().unwrap())
-        .env("TERM", "xterm-256color")
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("STAGESNAP_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    cmd.assert()
-        .append_context("on a terminal", format!("stagesnap {args}"))
-        .success();
-    String::from_utf8_lossy(&fs::read(log).unwrap()).into_owned()
-}
-
 #[test]
 fn progress_bars_on_a_terminal_only() {
     let env = Env::sample(3, 24 * MB);
-    let screen = on_terminal(&env, "create", &[]);
+    let screen = env.on_terminal("create", &[]);
     assert!(
         screen.contains("create clean_state") && screen.contains(" files"),
         "no progress bar on the terminal:\n{screen}"
@@ -288,7 +261,7 @@ fn progress_bars_on_a_terminal_only() {
         "{screen}"
     );
     env.suite(1);
-    let screen = on_terminal(&env, "restore", &[("NO_COLOR", "1")]);
+    let screen = env.on_terminal("restore", &[("NO_COLOR", "1")]);
     assert!(screen.contains("restore clean_state"), "{screen}");
     assert!(!coloured(&screen), "NO_COLOR still coloured:\n{screen}");
 
@@ -299,7 +272,7 @@ fn progress_bars_on_a_terminal_only() {
         ("restore --json", vec![("NO_COLOR", "1")]),
         ("restore", vec![("TERM", "dumb")]),
     ] {
-        let screen = on_terminal(&env, args, &vars);
+        let screen = env.on_terminal(args, &vars);
         assert!(
             !screen.contains("% · ") && !screen.contains("\x1b[2K"),
             "stagesnap {args} drew a bar:\n{screen}"

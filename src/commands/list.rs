@@ -3,12 +3,15 @@
 use anyhow::Result;
 
 use super::open;
-use crate::cli::GlobalArgs;
+use crate::cli::{GlobalArgs, ListArgs};
 use crate::ops::list::LEGACY;
 use crate::output::{Report, table};
 use crate::tree::human_bytes;
 
-pub fn run(g: &GlobalArgs) -> Result<Report> {
+pub fn run(g: &GlobalArgs, args: &ListArgs) -> Result<Report> {
+    if args.remote {
+        return remote(g);
+    }
     let listing = open(g)?.list()?;
     let rows = &listing.snapshots;
     let cells: Vec<Vec<String>> = rows
@@ -23,6 +26,7 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
                 short_time(&r.created_at),
                 r.bytes.map_or("-".into(), human_bytes),
                 human_bytes(r.stored_bytes),
+                r.shared_bytes.map_or("-".into(), human_bytes),
                 r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
                 r.files.map_or("-".into(), |n| n.to_string()),
                 if r.pinned {
@@ -46,6 +50,7 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
                 "CREATED (UTC)",
                 "SIZE",
                 "STORED",
+                "SHARED",
                 "RATIO",
                 "FILES",
                 "PINNED",
@@ -62,6 +67,34 @@ pub fn run(g: &GlobalArgs) -> Result<Report> {
             r.name
         ));
     }
+    Ok(Report::new("list", &listing, text))
+}
+
+/// `list --remote`.
+fn remote(g: &GlobalArgs) -> Result<Report> {
+    let listing = open(g)?.remote_list()?;
+    let rows: Vec<Vec<String>> = listing
+        .snapshots
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.mode.clone(),
+                s.created_at.clone(),
+                s.files.to_string(),
+                human_bytes(s.bytes),
+                if s.pinned { "yes" } else { "" }.into(),
+            ]
+        })
+        .collect();
+    let text = if rows.is_empty() {
+        format!("no snapshots on {}\n", listing.remote)
+    } else {
+        table(
+            &["NAME", "MODE", "CREATED", "FILES", "BYTES", "PINNED"],
+            &rows,
+        )
+    };
     Ok(Report::new("list", &listing, text))
 }
 

@@ -24,6 +24,8 @@ mod doctor;
 mod generate_assets;
 mod list;
 mod prune;
+mod pull;
+mod push;
 mod restore;
 mod run;
 mod status;
@@ -35,10 +37,12 @@ pub fn run(cli: &Cli) -> Result<Report> {
     match &cli.command {
         Command::Create(args) => create::run(g, args),
         Command::Restore(args) => restore::run(g, args),
-        Command::List => list::run(g),
+        Command::List(args) => list::run(g, args),
         Command::Delete(args) => delete::run(g, args),
         Command::Adopt(args) => adopt::run(g, args),
         Command::Prune(args) => prune::run(g, args),
+        Command::Push(args) => push::run(g, args),
+        Command::Pull(args) => pull::run(g, args),
         Command::Doctor => doctor::run(g),
         Command::Config => config::run(g),
         Command::Verify(args) => verify::run(g, args),
@@ -55,10 +59,12 @@ pub fn name(command: &Command) -> &'static str {
     match command {
         Command::Create(_) => "create",
         Command::Restore(_) => "restore",
-        Command::List => "list",
+        Command::List(_) => "list",
         Command::Delete(_) => "delete",
         Command::Adopt(_) => "adopt",
         Command::Prune(_) => "prune",
+        Command::Push(_) => "push",
+        Command::Pull(_) => "pull",
         Command::Doctor => "doctor",
         Command::Config => "config",
         Command::Verify(_) => "verify",

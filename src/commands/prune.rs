@@ -6,8 +6,12 @@ use super::open;
 use crate::cli::{GlobalArgs, PruneArgs};
 use crate::ops::prune::PruneOpts;
 use crate::output::Report;
+use crate::tree::human_bytes;
 
 pub fn run(g: &GlobalArgs, args: &PruneArgs) -> Result<Report> {
+    if args.remote {
+        return remote(g, args);
+    }
     let pruned = open(g)?.prune(PruneOpts {
         keep: args.keep,
         keep_within: args.keep_within.as_ref(),
@@ -25,5 +29,28 @@ pub fn run(g: &GlobalArgs, args: &PruneArgs) -> Result<Report> {
         };
         lines + &done
     };
+    Ok(Report::new("prune", &pruned, text))
+}
+
+/// `prune --remote`.
+fn remote(g: &GlobalArgs, args: &PruneArgs) -> Result<Report> {
+    let (url, pruned) = open(g)?.remote_prune(args.keep, args.dry_run)?;
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    let text = format!(
+        "{verb} {} of {} snapshots on {url} ({}), and {} unused packs ({})\n",
+        pruned.removed.len(),
+        pruned.removed.len() + pruned.kept.len(),
+        if pruned.removed.is_empty() {
+            "none".to_string()
+        } else {
+            pruned.removed.join(" ")
+        },
+        pruned.packs_removed,
+        human_bytes(pruned.bytes_freed)
+    );
     Ok(Report::new("prune", &pruned, text))
 }

@@ -78,6 +78,11 @@ impl Mode for Filesystem {
         Ok(serde_json::Value::Null)
     }
 
+    /// A file a suite left alone is stored once, hardlinked from the previous snapshot.
+    fn shares_identical_files(&self) -> bool {
+        true
+    }
+
     fn verify(&self, _: &ModeContext, snapshot: &Snapshot) -> Result<()> {
         check_payload(snapshot)
     }

@@ -488,6 +488,23 @@ pub trait Mode {
         })
     }
 
+    /// Whether a new snapshot's files identical to the previous snapshot's of this mode may
+    /// become hardlinks to them (its payload is a tree of read-only copies).
+    fn shares_identical_files(&self) -> bool {
+        false
+    }
+
+    /// Calls `read` with `snapshot`'s files as the delta engine reads them (what `push`
+    /// sends), once the payload passed the mode's integrity check; the default reads the
+    /// payload's tree of files.
+    fn with_files(
+        &self,
+        snapshot: &Snapshot,
+        read: &mut dyn FnMut(&dyn Source) -> Result<()>,
+    ) -> Result<()> {
+        read(&Dir::snapshot(&snapshot.payload())?)
+    }
+
     /// Brings the live data back to `snapshot`, in place: included directories and node
     /// directories keep their inodes. `manifest` is the snapshot's, already checked against
     /// its digest (None for snapshots made before manifests).

@@ -398,6 +398,10 @@ impl Job<'_> {
         }
         self.mode.describe_captured(ctx, &mut manifest)?;
         let stored = staging.write_manifest(&manifest)?;
+        // Only a copy: adopt's moved data goes back to the harness if the adopt fails.
+        if changes.is_some() && self.mode.shares_identical_files() {
+            self.share_with_previous(staging, &manifest)?;
+        }
         let (files, bytes) = manifest.totals();
         tracing::info!(
             entries = stored.entries,
@@ -407,6 +411,24 @@ impl Job<'_> {
             "manifest_written"
         );
         Ok(Some(stored))
+    }
+
+    /// The new snapshot's files identical to the newest snapshot's of the same mode become
+    /// hardlinks to them (see [`crate::store::share_identical`]).
+    fn share_with_previous(&self, staging: &Staging, manifest: &Manifest) -> Result<()> {
+        let (snapshots, _) = self.store.list()?;
+        let mode = self.mode.kind().name();
+        let Some(previous) = snapshots.iter().find(|s| s.meta.mode == mode) else {
+            return Ok(());
+        };
+        let shared = crate::store::share_identical(
+            &staging.payload(),
+            manifest,
+            previous,
+            &self.cfg.allowed(),
+        )?;
+        tracing::info!(previous = %previous.meta.name, bytes = shared, "files_shared");
+        Ok(())
     }
 
     /// Retention after a create: never removes the new snapshot, snapshot_name or a pinned one.

@@ -20,6 +20,11 @@ pub struct Row {
     /// None for a legacy squashfs image, whose content is not read to list it.
     pub bytes: Option<u64>,
     pub stored_bytes: u64,
+    /// Of stored_bytes, those no other snapshot shares (filesystem mode stores a file that
+    /// did not change since the previous snapshot once, hardlinked) and those shared; None
+    /// for a harness snapshot.
+    pub own_bytes: Option<u64>,
+    pub shared_bytes: Option<u64>,
     /// stored_bytes / bytes (compression shows below 1); None when the data is empty or unknown.
     pub ratio: Option<f64>,
     pub files: Option<u64>,
@@ -69,12 +74,15 @@ impl Session {
             .map(|s| {
                 let stale_files = fingerprints.changes(s.meta.fingerprint.as_ref())?;
                 let usage = s.usage();
+                let (own, shared) = crate::store::own_and_shared(s);
                 let row = Row {
                     name: s.meta.name.clone(),
                     mode: s.meta.mode.clone(),
                     created_at: s.meta.created_at.clone(),
                     bytes: Some(s.meta.bytes),
                     stored_bytes: s.meta.stored_bytes,
+                    own_bytes: Some(own),
+                    shared_bytes: Some(shared),
                     ratio: ratio(s.meta.stored_bytes, Some(s.meta.bytes)),
                     files: Some(s.meta.files),
                     pinned: s.meta.pinned,
@@ -110,6 +118,8 @@ impl Session {
                 created_at: summary.created.to_string(),
                 bytes: summary.bytes,
                 stored_bytes: summary.stored_bytes,
+                own_bytes: None,
+                shared_bytes: None,
                 ratio: ratio(summary.stored_bytes, summary.bytes),
                 files: summary.files,
                 pinned: false,

@@ -27,6 +27,7 @@ pub mod create;
 pub mod delete;
 pub mod list;
 pub mod prune;
+pub mod remote;
 pub mod restore;
 pub mod verify;
 

@@ -98,7 +98,7 @@ impl Session {
         // fallback turn the refusal into a recreate.
         store.refuse_legacy(&name)?;
 
-        if !store.exists(&name) {
+        if !store.exists(&name) && self.auto_pull(&store, &lock, &name)?.is_none() {
             if !cfg.settings.auto_create_on_startup {
                 return Err(store.not_found_or(&name, " (or set auto_create_on_startup = true)"));
             }

@@ -152,6 +152,36 @@ impl Env {
         json_of(&self.assert(&all).code(code))
     }
 
+    /// Runs stagesnap under `script`, on a pseudo-terminal of 120 columns; returns
+    /// everything the terminal received.
+    pub fn on_terminal(&self, args: &str, vars: &[(&str, &str)]) -> String {
+        let log = self.root.join("terminal.log");
+        let mut cmd = Command::new("script");
+        cmd.arg("-qec")
+            .arg(format!(
+                "stty cols 120; {} {args}",
+                env!("CARGO_BIN_EXE_stagesnap")
+            ))
+            .arg(&log)
+            .current_dir(self.config().parent().unwrap())
+            .env("TERM", "xterm-256color")
+            .env_remove("NO_COLOR")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("STAGESNAP_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        cmd.assert()
+            .append_context("on a terminal", format!("stagesnap {args}"))
+            .success();
+        String::from_utf8_lossy(&std::fs::read(log).unwrap()).into_owned()
+    }
+
     /// stagesnap `args`, started in the background with its output captured, on `path` if
     /// given; [`finish`] waits for it.
     pub fn spawn(&self, args: &[&str], path: Option<&str>) -> std::process::Child {

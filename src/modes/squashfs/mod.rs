@@ -652,6 +652,22 @@ impl Mode for Squashfs {
         })
     }
 
+    /// The image's files, read straight from it once its digest holds.
+    fn with_files(
+        &self,
+        snapshot: &Snapshot,
+        read: &mut dyn FnMut(&dyn Source) -> Result<()>,
+    ) -> Result<()> {
+        let payload = Payload::of(snapshot)?;
+        payload.image.check_digest(snapshot)?;
+        let image = snapshot.payload().join(&payload.image.file);
+        let source = ImageSource {
+            path: &image,
+            opened: OnceLock::from(Image::open(&image)?),
+        };
+        read(&source)
+    }
+
     fn restore(
         &self,
         ctx: &ModeContext,
