@@ -29,3 +29,4 @@ pub(crate) mod sys;
 pub(crate) mod testhook;
 pub(crate) mod tools;
 pub(crate) mod tree;
+pub(crate) mod writers;

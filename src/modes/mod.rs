@@ -53,7 +53,7 @@ impl ModeKind {
     pub fn implementation(self) -> Option<Box<dyn Mode>> {
         match self {
             ModeKind::Disabled => Some(Box::new(disabled::Disabled)),
-            ModeKind::Filesystem => Some(Box::new(filesystem::Filesystem)),
+            ModeKind::Filesystem => Some(Box::<filesystem::Filesystem>::default()),
             ModeKind::Recreate => Some(Box::new(recreate::Recreate)),
             ModeKind::Squashfs => Some(Box::new(squashfs::Squashfs)),
             ModeKind::Reflink => Some(Box::new(reflink::Reflink)),
@@ -93,6 +93,7 @@ fn delta(
         root: &ctx.live.cache_dir,
         content,
         by_content: ctx.by_content,
+        recheck: false,
         before_change: &|read| {
             fetch(read)?;
             ctx.changing()
@@ -369,8 +370,16 @@ pub trait Mode {
         true
     }
 
+    /// The first pass of a two-phase create, run before the node containers are quiesced:
+    /// copies into `payload` what [`Mode::create`], quiesced, then only brings up to date.
+    /// The default copies nothing: the whole capture happens quiesced.
+    fn precopy(&self, _ctx: &ModeContext, _payload: &Path) -> Result<()> {
+        Ok(())
+    }
+
     /// Captures the live data into `payload` (an empty directory inside the staging
-    /// snapshot). Returns mode-specific details for meta.json.
+    /// snapshot, or what [`Mode::precopy`] put there). Returns mode-specific details for
+    /// meta.json.
     fn create(&self, ctx: &ModeContext, payload: &Path) -> Result<serde_json::Value>;
 
     /// Checks that `snapshot` is complete and intact, before a restore touches anything.

@@ -81,6 +81,7 @@ impl Mode for Reflink {
             root: payload,
             content: Content::Clone,
             by_content: false,
+            recheck: false,
             before_change: &|_| Ok(()),
         }
         .apply()?;

@@ -40,7 +40,11 @@ pub struct Net {
 
 impl Net {
     pub fn start(nodes: u32) -> Net {
-        let env = Env::sample(nodes, 2 * MB);
+        Self::start_with(Env::sample(nodes, 2 * MB), nodes, TICKER)
+    }
+
+    /// `nodes` containers over `env`'s node directories, each running `sh -c script`.
+    pub fn start_with(env: Env, nodes: u32, script: &str) -> Net {
         // The temporary directory's random name keeps parallel tests' containers apart.
         let prefix = format!("ssnap-{}", env.root.file_name().unwrap().to_string_lossy());
         env.set("container_name", &format!("{prefix}-{{n}}"));
@@ -50,7 +54,7 @@ impl Net {
         };
         for n in 1..=nodes {
             net.names.push(format!("{prefix}-{n}"));
-            net.run(n as usize - 1, &[]);
+            net.run_script(n as usize - 1, &[], script);
         }
         // Let every node write its first ticks.
         std::thread::sleep(Duration::from_millis(500));
@@ -60,6 +64,10 @@ impl Net {
     /// `docker run`s the container of node `i` (from 0), with `extra` arguments before the
     /// image, in place of the one there may be.
     pub fn run(&self, i: usize, extra: &[&str]) {
+        self.run_script(i, extra, TICKER);
+    }
+
+    fn run_script(&self, i: usize, extra: &[&str], script: &str) {
         let name = &self.names[i];
         let _ = Command::new("docker").args(["rm", "-f", name]).output();
         let mount = format!(
@@ -68,7 +76,7 @@ impl Net {
         );
         let mut args = vec!["run", "-d", "--init", "--name", name, "-v", &mount];
         args.extend(extra);
-        args.extend([IMAGE, "sh", "-c", TICKER]);
+        args.extend([IMAGE, "sh", "-c", script]);
         docker(&args);
     }
 

@@ -503,6 +503,13 @@ impl Paused {
         self.child.id()
     }
 
+    /// Lets the process go on without waiting for it; the pause point's directory must
+    /// outlive the moment it sees the go-ahead.
+    pub fn release(self) -> (std::process::Child, TempDir) {
+        std::fs::write(self.dir.path().join(format!("{}.go", self.point)), b"").unwrap();
+        (self.child, self.dir)
+    }
+
     /// Lets the process go on; its exit code, stdout and stderr.
     pub fn finish(self) -> (i32, String, String) {
         std::fs::write(self.dir.path().join(format!("{}.go", self.point)), b"").unwrap();
