@@ -10,7 +10,7 @@
 //!    device numbers, hardlink group, holes;
 //! 2. per node, on every core: extras removed (deepest first), then what is missing created
 //!    and what differs repaired. A regular file that changed in place is compared with the
-//!    source in 1 MiB chunks and only the 4 KiB pages that differ are written back (reads are
+//!    source in 128 KiB chunks and only the 4 KiB pages that differ are written back (reads are
 //!    ~10x cheaper than writes here, and a suite rewrites a few database pages, not whole
 //!    files); with [`Content::Clone`] it is cloned again instead. Other files are copied or
 //!    cloned under a temporary name in their directory and renamed over, keeping holes;
@@ -241,6 +241,10 @@ pub struct Outcome {
 /// Granularity of the in-place comparison: the page size of the databases it is for.
 const PAGE: usize = 4096;
 const CHUNK: usize = 1 << 20;
+/// What [`compare_write`] reads of each side at a time: both buffers stay in a core's cache
+/// between the read and the comparison. A restore comparing the 14 rewritten files (2.3 GB) of
+/// the large shape took 0.645 s with 128 KiB, 0.698 s with 1 MiB (means of 5, interleaved).
+const COMPARE: usize = 128 << 10;
 
 impl Delta<'_> {
     pub fn apply(&self) -> Result<Outcome> {
@@ -999,11 +1003,11 @@ fn patch_range(
 
 /// Writes the pages of `[from, to)` where `dst` differs from `src`.
 fn compare_write(src: &dyn SourceFile, dst: &File, from: u64, to: u64) -> std::io::Result<u64> {
-    let (mut a, mut b) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let (mut a, mut b) = (vec![0u8; COMPARE], vec![0u8; COMPARE]);
     let mut written = 0;
     let mut pos = from;
     while pos < to {
-        let n = ((to - pos) as usize).min(CHUNK);
+        let n = ((to - pos) as usize).min(COMPARE);
         src.fill(&mut a[..n], pos)?;
         dst.read_exact_at(&mut b[..n], pos)?;
         if a[..n] != b[..n] {
