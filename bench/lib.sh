@@ -13,6 +13,26 @@ bench_need() {
   done
 }
 
+# Fails (exit 3) when the docker image $1 (scripts/setup.sh builds it) is missing.
+bench_need_image() {
+  docker image inspect "$1" >/dev/null 2>&1 || {
+    echo "bench: image $1 is missing: run scripts/setup.sh" >&2
+    exit 3
+  }
+}
+
+# Names the bench's containers ($PREFIX-1 … $PREFIX-$NODES) in NAMES, and defines `cleanup`,
+# which removes them and $WORK, run on exit.
+bench_containers() {
+  NAMES=$(seq -f "$PREFIX-%g" "$NODES" | xargs)
+  trap cleanup EXIT
+}
+cleanup() {
+  # shellcheck disable=SC2086
+  docker rm -f $NAMES >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+
 # Builds the release binaries of stagesnap and of the dev tool stage-sample (crates/stage-sample);
 # sets BIN (their folder), SNAP (stagesnap) and SAMPLE (stage-sample).
 bench_build() {

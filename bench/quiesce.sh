@@ -25,19 +25,9 @@ PREFIX=stagesnap-bench-q
 
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (the node data is root-owned)" >&2; exit 1; }
 bench_need hyperfine docker curl python3
-docker image inspect "$IMAGE" >/dev/null 2>&1 || {
-  echo "bench: image $IMAGE is missing: run scripts/setup.sh" >&2
-  exit 3
-}
+bench_need_image "$IMAGE"
 bench_build
-
-NAMES=$(seq -f "$PREFIX-%g" "$NODES" | xargs)
-cleanup() {
-  # shellcheck disable=SC2086
-  docker rm -f $NAMES >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_containers
 cleanup
 mkdir -p "$WORK" "$(dirname "$OUT")"
 

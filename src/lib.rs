@@ -6,7 +6,7 @@
 
 // The layers, bottom to top: a module uses only its own layer and those below, which
 // scripts/layers.py checks in CI (ARCHITECTURE.md draws them).
-// layer base: exit sys signals parallel span choices names testhook ini tools tree observe cgroup
+// layer base: exit sys signals parallel span choices names testhook ini tools tree observe cgroup writers
 // layer engine: manifest delta
 // layer config: config capture fingerprint
 // layer store: store legacy retention docker remote
@@ -44,3 +44,4 @@ pub(crate) mod sys;
 pub(crate) mod testhook;
 pub(crate) mod tools;
 pub(crate) mod tree;
+pub(crate) mod writers;

@@ -595,6 +595,20 @@ impl Change {
         format!("{} {node} {}", self.code.symbol(), self.rel.display())
     }
 
+    /// A change in the content of regular file `e` that its metadata does not show (the delta
+    /// engine's recheck of files being written).
+    pub fn content(include: &[Name], e: &Entry) -> Change {
+        let (node, rel) = node_of(include, &e.path, false);
+        Change {
+            code: ChangeCode::Content,
+            node,
+            rel,
+            path: e.path.clone(),
+            fields: vec!["content"],
+            bytes: e.size,
+        }
+    }
+
     /// The line with what differs, for error messages.
     pub fn described(&self) -> String {
         if self.fields.is_empty() {

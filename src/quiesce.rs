@@ -39,6 +39,19 @@ pub fn around<T>(
     op: Op,
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
+    around_timed(cfg, docker, mode, op, f).map(|(value, _)| value)
+}
+
+/// [`around`], also saying how long the node containers were held: from the first pause (or
+/// stop) asked to the last unpause (or start) done; None when none was quiesced.
+pub fn around_timed<T>(
+    cfg: &Config,
+    docker: Option<&Docker>,
+    mode: &dyn Mode,
+    op: Op,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<(T, Option<Duration>)> {
+    let unheld = |f: Result<T>| f.map(|value| (value, None));
     let how = cfg.settings.quiesce;
     if !mode.writes_live_data() {
         if how != Quiesce::None {
@@ -49,14 +62,14 @@ pub fn around<T>(
                 mode.kind().name()
             );
         }
-        return f();
+        return unheld(f());
     }
     if how == Quiesce::None {
         // The probe behind the warning asks the docker daemon, which takes longer than a
         // restore with nothing to do: it runs beside the work.
         return std::thread::scope(|s| {
             s.spawn(|| warn_running(cfg, docker, op));
-            f()
+            unheld(f())
         });
     }
     let installed;
@@ -64,7 +77,7 @@ pub fn around<T>(
         // Quiesces only what runs on a daemon that answers; without one nothing runs.
         let Some((nodes, states)) = probe(cfg, docker) else {
             tracing::debug!("quiesce_auto: no docker daemon answers, so no node container runs");
-            return f();
+            return unheld(f());
         };
         let running: Vec<NodeContainer> = nodes
             .into_iter()
@@ -74,7 +87,7 @@ pub fn around<T>(
             .collect();
         if running.is_empty() {
             tracing::debug!("quiesce_auto: no node container runs");
-            return f();
+            return unheld(f());
         }
         let docker = match docker {
             Some(d) => d,
@@ -123,7 +136,15 @@ pub fn around<T>(
             f,
         ),
     };
+    let containers = held.names.len();
     let ended = held.end();
+    let held_for = clock.elapsed();
+    tracing::info!(
+        %op,
+        containers,
+        seconds = crate::tree::seconds(held_for),
+        "quiesce_held"
+    );
     tracing::debug!(
         %op,
         quiesce = crate::tree::seconds(quiesced),
@@ -132,7 +153,7 @@ pub fn around<T>(
         "quiesce_phases"
     );
     match (result, ended) {
-        (Ok(value), Ok(())) => Ok(value),
+        (Ok(value), Ok(())) => Ok((value, (containers > 0).then_some(held_for))),
         // What was done stays done: the message says so.
         (Ok(_), Err(undo)) if code_of(&undo) != Code::Interrupted => Err(fail(
             code_of(&undo),

@@ -126,6 +126,9 @@ fn create_report(c: &Created) -> Report {
         return Report::new("create", c, DISABLED.into());
     }
     let mut notes = String::new();
+    if let Some(paused) = c.paused_seconds {
+        notes.push_str(&format!(", nodes paused {paused:.2} s"));
+    }
     if c.replaced {
         notes.push_str(", replacing the previous one");
     }

@@ -3,23 +3,25 @@
 //! differs and never replaces the included or node directories themselves (containers' bind
 //! mounts stay valid).
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
 use super::{Mode, ModeContext, ModeKind, Restoration, Verified};
-use crate::delta::Content;
-use crate::exit::Error;
-use crate::manifest::{self, Manifest};
+use crate::delta::{Content, Delta};
+use crate::exit::{Code, Error, code_of, one_line};
+use crate::manifest::{self, Kind, Manifest, Name, walk};
 use crate::observe::Observer;
 use crate::store::Snapshot;
 use crate::tools::{Found, Tool};
 use crate::tree::{Totals, node_of};
-
-pub struct Filesystem;
+use crate::writers::FileId;
 
 const RSYNC: Tool = Tool {
     program: "rsync",
@@ -32,6 +34,28 @@ const RSYNC: Tool = Tool {
 };
 
 const VANISHED: &str = "files vanished while rsync copied them, so the nodes are writing to their data: quiesce them during create (quiesce = pause or stop in [suite_isolation]) and create again";
+
+/// Between a two-phase create's passes: what the first found (see [`Filesystem::precopy`]).
+#[derive(Default)]
+pub struct Filesystem {
+    first: Mutex<Option<FirstPass>>,
+}
+
+/// What the second pass of a two-phase create needs from the first to tell which files it
+/// must compare by content.
+struct FirstPass {
+    /// Live regular files with one name, as the first pass left them, by device and inode.
+    files: HashMap<FileId, Name>,
+    /// Files whose mtime is close to or after the first pass's start: a write in the same
+    /// clock tick as the copy's read leaves the mtime the copy got (git's "racily clean").
+    recent: Vec<Name>,
+    /// Files open for writing or mapped shared-writable when the first pass began.
+    writers: HashSet<FileId>,
+}
+
+/// How far before the first pass's start an mtime still counts as [`FirstPass::recent`]:
+/// more than a whole second, for filesystems that store no fraction.
+const RACY_MARGIN: Duration = Duration::from_millis(2020);
 
 /// Everything rsync can preserve: hardlinks, ACLs, xattrs, sparse files, owners by number
 /// (container uids mean nothing on the host), plus -a's modes, times, symlinks and devices.
@@ -60,21 +84,105 @@ impl Mode for Filesystem {
         Some(data.allocated)
     }
 
-    fn create(&self, ctx: &ModeContext, payload: &Path) -> Result<serde_json::Value> {
-        let rsync = ctx.tool(RSYNC);
+    /// The first pass: everything copied while the nodes run, then the live files indexed
+    /// (outside the pause) for the second pass's choice of what to compare by content.
+    fn precopy(&self, ctx: &ModeContext, payload: &Path) -> Result<()> {
+        let started = SystemTime::now();
+        let writers = crate::writers::scan();
+        copy(ctx, payload, None)?;
+        let since = started
+            .checked_sub(RACY_MARGIN)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i64);
+        let mut first = FirstPass {
+            files: HashMap::new(),
+            recent: Vec::new(),
+            writers,
+        };
         for rel in &ctx.live.include {
-            let src = ctx.live.path(rel);
-            let dst = payload.join(rel);
-            if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent)?;
+            let Ok(dev) = std::fs::metadata(ctx.live.path(rel)).map(|m| m.dev()) else {
+                continue;
+            };
+            for (entry, inode, (ino, _)) in
+                walk::scan_stamped(&ctx.live.cache_dir, std::slice::from_ref(rel))?
+            {
+                // Hardlinked files stay with rsync -H, which keeps their links in the copy.
+                if entry.kind != Kind::File || inode.is_some() || entry.path == Name::from_path(rel)
+                {
+                    continue;
+                }
+                if entry.mtime_ns >= since {
+                    first.recent.push(entry.path.clone());
+                }
+                first.files.insert((dev, ino), entry.path);
             }
-            sync(
-                ctx,
-                rsync,
-                (&src, &dst, rel),
-                &format!("copying {} into the snapshot", src.display()),
-            )?;
         }
+        *self.first.lock().unwrap_or_else(PoisonError::into_inner) = Some(first);
+        Ok(())
+    }
+
+    /// One pass, or after [`Filesystem::precopy`] the second: rsync's quick check (size and
+    /// mtime) brings the copy up to date, except for the files some process writes or that
+    /// changed close to the first pass, which the delta engine compares with the live ones
+    /// page by page, rewriting only the pages that differ.
+    fn create(&self, ctx: &ModeContext, payload: &Path) -> Result<serde_json::Value> {
+        let first = self
+            .first
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(first) = first else {
+            copy(ctx, payload, None)?;
+            return Ok(serde_json::Value::Null);
+        };
+        let suspects = first.suspects(crate::writers::scan());
+        // As they are now, and only those the copy has as a regular file: the others are new
+        // to rsync (or gone, for its --delete).
+        let mut target = Manifest::scan(&ctx.live.cache_dir, &suspects)?;
+        target.entries.retain(|e| {
+            e.kind == Kind::File
+                && std::fs::symlink_metadata(payload.join(OsStr::from_bytes(&e.path.0)))
+                    .is_ok_and(|m| m.is_file())
+        });
+        target.header.include = target.entries.iter().map(|e| e.path.clone()).collect();
+        let started = Instant::now();
+        copy(ctx, payload, Some(&target.entries))?;
+        let quick_checked = started.elapsed();
+        crate::testhook::pause("create-before-compare");
+        let compared = Delta {
+            target: &target,
+            source: &crate::delta::Dir::live(&ctx.live.cache_dir)?,
+            root: payload,
+            content: Content::Copy,
+            by_content: false,
+            recheck: true,
+            observer: ctx.observer,
+            before_change: &|_| Ok(()),
+        }
+        .apply();
+        let done = match compared {
+            Ok(done) => done,
+            Err(e) if code_of(&e) == Code::Interrupted => return Err(e),
+            Err(e) => {
+                // Nodes writing on through an unquiesced create: the suspects are copied again
+                // whole, as by a one-pass create (a half-compared file could keep the size and
+                // mtime that rsync's quick check would trust).
+                tracing::warn!(error = %one_line(&e), "second_pass_recopied: the files being compared changed meanwhile; they are copied again whole");
+                for e in &target.entries {
+                    std::fs::remove_file(payload.join(OsStr::from_bytes(&e.path.0)))?;
+                }
+                copy(ctx, payload, Some(&[]))?;
+                return Ok(serde_json::Value::Null);
+            }
+        };
+        tracing::info!(
+            compared = target.entries.len(),
+            files = done.stats.files_rewritten,
+            bytes = done.stats.bytes_rewritten,
+            rsync_seconds = crate::tree::seconds(quick_checked),
+            seconds = crate::tree::seconds(started.elapsed()),
+            "second_pass_compared"
+        );
         Ok(serde_json::Value::Null)
     }
 
@@ -129,15 +237,96 @@ impl Mode for Filesystem {
     }
 }
 
-/// rsync `src` onto `dst`, the copies of the included path `rel`. For directories the
-/// trailing slash makes rsync fill `dst` in place instead of creating `dst/<name>`.
+impl FirstPass {
+    /// The files the second pass compares by content: those written close to the first
+    /// pass, and those some process had open for writing or mapped shared-writable when the
+    /// first pass began or has now (`writers`).
+    fn suspects(self, writers: HashSet<FileId>) -> Vec<PathBuf> {
+        let mut paths: BTreeSet<Name> = self.recent.into_iter().collect();
+        for id in self.writers.iter().chain(&writers) {
+            if let Some(path) = self.files.get(id) {
+                paths.insert(path.clone());
+            }
+        }
+        paths
+            .into_iter()
+            .map(|p| PathBuf::from(OsString::from_vec(p.0)))
+            .collect()
+    }
+}
+
+/// rsync of every included path into `payload`; with `except`, quick-checked again with
+/// `--delete`, leaving out the files `except` holds (the delta engine's part).
+fn copy(ctx: &ModeContext, payload: &Path, except: Option<&[manifest::Entry]>) -> Result<()> {
+    let rsync = ctx.tool(RSYNC);
+    for rel in &ctx.live.include {
+        let src = ctx.live.path(rel);
+        let dst = payload.join(rel);
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut extra: Vec<OsString> = Vec::new();
+        let list = payload.with_file_name("second-pass-excluded");
+        if let Some(except) = except {
+            extra.push("--delete".into());
+            let top = Name::from_path(rel);
+            let mut patterns = Vec::new();
+            for e in except {
+                if let Some(below) = e.path.0.strip_prefix(top.0.as_slice())
+                    && below.first() == Some(&b'/')
+                {
+                    patterns.extend(literal(below));
+                    patterns.push(0);
+                }
+            }
+            if !patterns.is_empty() {
+                std::fs::write(&list, patterns)?;
+                extra.push("--from0".into());
+                let mut arg = OsString::from("--exclude-from=");
+                arg.push(&list);
+                extra.push(arg);
+            }
+        }
+        let synced = sync(
+            ctx,
+            rsync,
+            (&src, &dst, rel),
+            &extra,
+            &format!("copying {} into the snapshot", src.display()),
+        );
+        let _ = std::fs::remove_file(&list);
+        synced?;
+    }
+    Ok(())
+}
+
+/// An rsync filter pattern matching exactly the path `below` (`/node1/db`, anchored at the
+/// transfer's root): wildcard characters are escaped, which rsync honours only in a pattern
+/// holding one.
+fn literal(below: &[u8]) -> Vec<u8> {
+    let wild = below.iter().any(|b| b"*?[".contains(b));
+    let mut out = Vec::with_capacity(below.len() + 1);
+    for &b in below {
+        if wild && b"*?[\\".contains(&b) {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// rsync `src` onto `dst`, the copies of the included path `rel`, with `extra` options. For
+/// directories the trailing slash makes rsync fill `dst` in place instead of creating
+/// `dst/<name>`.
 fn sync(
     ctx: &ModeContext,
     rsync: &Found,
     (src, dst, rel): (&Path, &Path, &Path),
+    extra: &[OsString],
     what: &str,
 ) -> Result<()> {
     let mut args: Vec<OsString> = PRESERVE.iter().map(OsString::from).collect();
+    args.extend(extra.iter().cloned());
     let (mut s, mut d) = (src.as_os_str().to_owned(), dst.as_os_str().to_owned());
     if src.is_dir() {
         s.push("/");

@@ -43,7 +43,7 @@ const MODES: &[Row] = &[
     Row {
         kind: ModeKind::Filesystem,
         settings: &[],
-        new: |_| Box::new(filesystem::Filesystem),
+        new: |_| Box::<filesystem::Filesystem>::default(),
     },
     Row {
         kind: ModeKind::Squashfs,
@@ -105,6 +105,7 @@ fn delta(
         content,
         by_content: ctx.by_content,
         observer: ctx.observer,
+        recheck: false,
         before_change: &|read| {
             fetch(read)?;
             ctx.changing()
@@ -418,8 +419,16 @@ pub trait Mode {
         true
     }
 
+    /// The first pass of a two-phase create, run before the node containers are quiesced:
+    /// copies into `payload` what [`Mode::create`], quiesced, then only brings up to date.
+    /// The default copies nothing: the whole capture happens quiesced.
+    fn precopy(&self, _ctx: &ModeContext, _payload: &Path) -> Result<()> {
+        Ok(())
+    }
+
     /// Captures the live data into `payload` (an empty directory inside the staging
-    /// snapshot). Returns mode-specific details for meta.json.
+    /// snapshot, or what [`Mode::precopy`] put there). Returns mode-specific details for
+    /// meta.json.
     fn create(&self, ctx: &ModeContext, payload: &Path) -> Result<serde_json::Value>;
 
     /// Checks that `snapshot` is complete and intact, before a restore touches anything.

@@ -82,6 +82,7 @@ impl Mode for Reflink {
             content: Content::Clone,
             by_content: false,
             observer: ctx.observer,
+            recheck: false,
             before_change: &|_| Ok(()),
         }
         .apply()?;

@@ -16,7 +16,7 @@ use crate::modes::{Mode, ModeContext};
 use crate::observe::{Observer, Watched};
 use crate::quiesce::{self, Op};
 use crate::retention::{self, Rules};
-use crate::store::{Lock, ManifestRef, Meta, SCHEMA, Snapshot, Staging, Store};
+use crate::store::{Lock, Meta, SCHEMA, Snapshot, Staging, Store};
 use crate::tools::Found;
 use crate::tree::{Live, Totals, free_bytes, human_bytes};
 
@@ -38,6 +38,8 @@ pub struct Created {
     pub bytes: u64,
     pub stored_bytes: u64,
     pub seconds: f64,
+    /// How long the node containers were held paused (or stopped); None when none were.
+    pub paused_seconds: Option<f64>,
     pub replaced: bool,
     pub pinned: bool,
     pub pruned: Vec<String>,
@@ -78,17 +80,22 @@ impl Session {
         let started = Instant::now();
         let replaced = ready.store.exists(name);
         job.check_data(name)?;
-        let snap = quiesce::around(
+        // Two-phase: the mode's first pass runs while the nodes do, the pause covers only the
+        // second and the record of what it captured, and hashing follows the unpause.
+        let capture = job.begin_capture(name, opts.pin)?;
+        let (captured, paused) = quiesce::around_timed(
             ready.cfg,
             ready.docker.as_ref(),
             ready.mode.as_ref(),
             Op::Create,
-            || job.create(name, opts.pin),
+            || capture.quiesced(),
         )?;
+        let snap = captured.finish()?;
         let pruned = job.auto_cleanup(name)?;
         Ok(Created {
             replaced,
             pruned,
+            paused_seconds: paused.map(crate::tree::seconds),
             ..Created::of(
                 &snap,
                 ready.mode.as_ref(),
@@ -107,6 +114,7 @@ impl Created {
             bytes: 0,
             stored_bytes: 0,
             seconds: 0.0,
+            paused_seconds: None,
             replaced: false,
             pinned: false,
             pruned: vec![],
@@ -124,6 +132,7 @@ impl Created {
             bytes: snap.meta.bytes,
             stored_bytes: snap.meta.stored_bytes,
             seconds,
+            paused_seconds: None,
             replaced: false,
             pinned: snap.meta.pinned,
             pruned: vec![],
@@ -236,10 +245,55 @@ impl Job<'_> {
     /// start when the store has clearly too little space, and says how much is needed when
     /// it fills up anyway.
     pub fn create(&self, name: &str, pin: bool) -> Result<Snapshot> {
+        self.begin_capture(name, pin)?.quiesced()?.finish()
+    }
+
+    /// What a create does before the node containers are quiesced: the checks, the staging
+    /// snapshot, and the mode's first pass ([`Mode::precopy`]). [`Capture::quiesced`] follows.
+    pub fn begin_capture<'j>(&'j self, name: &'j str, pin: bool) -> Result<Capture<'j>> {
         let data = self.live.totals()?;
         let space = Space::check(self.store, self.mode, &data, name)?;
-        self.build(name, pin, data)
-            .map_err(|e| space.explain_if_full(e, name))
+        let started = Instant::now();
+        let staging = self.store.begin(name, self.lock)?;
+        let watched = self
+            .mode
+            .writes_live_data()
+            .then(|| Watched::create(self.observer, format!("create {name}"), self.live));
+        let ctx = ModeContext::new(self.cfg, self.live, self.tools, &super::Quiesced)
+            .observed(self.observer);
+        let begun = (|| {
+            // Before the copy: a pattern refused (past fingerprint::MAX_FILES) fails fast.
+            // Only data restored from a snapshot can disagree with the files beside it.
+            let fingerprint = if self.mode.writes_live_data() {
+                Fingerprint::capture(self.cfg)?
+            } else {
+                None
+            };
+            // Before the copy, so that a swap during it shows (see crate::capture).
+            let watch = self
+                .mode
+                .writes_live_data()
+                .then(|| capture::Watch::start(self.live))
+                .transpose()?;
+            crate::testhook::pause("create-before-copy");
+            self.mode.precopy(&ctx, &staging.payload())?;
+            crate::testhook::pause("create-between-passes");
+            Ok((fingerprint, watch))
+        })();
+        let (fingerprint, watch) = begun.map_err(|e| space.explain_if_full(e, name))?;
+        Ok(Capture {
+            job: self,
+            name,
+            pin,
+            data,
+            space,
+            started,
+            staging,
+            _watched: watched,
+            ctx,
+            fingerprint,
+            watch,
+        })
     }
 
     /// Refuses data that cannot be a clean state, before the containers are quiesced, so a
@@ -284,54 +338,6 @@ impl Job<'_> {
         ))
     }
 
-    fn build(&self, name: &str, pin: bool, data: Totals) -> Result<Snapshot> {
-        let started = Instant::now();
-        let mut staging = self.store.begin(name, self.lock)?;
-        let _watched = self
-            .mode
-            .writes_live_data()
-            .then(|| Watched::create(self.observer, format!("create {name}"), self.live));
-        let ctx = ModeContext::new(self.cfg, self.live, self.tools, &super::Quiesced)
-            .observed(self.observer);
-        // Before the copy: a pattern refused (past fingerprint::MAX_FILES) fails fast.
-        // Only data restored from a snapshot can disagree with the files beside it.
-        let fingerprint = if self.mode.writes_live_data() {
-            Fingerprint::capture(self.cfg)?
-        } else {
-            None
-        };
-        // Before the copy, so that a swap during it shows (see crate::capture).
-        let watch = self
-            .mode
-            .writes_live_data()
-            .then(|| capture::Watch::start(self.live))
-            .transpose()?;
-        crate::testhook::pause("create-before-copy");
-        let payload = self.mode.create(&ctx, &staging.payload())?;
-        crate::testhook::pause("create-after-copy");
-        let changes = watch.map(|w| w.changes(self.live)).transpose()?;
-        crate::signals::check()?;
-        let sealed = Sealed {
-            name,
-            created_at: jiff::Timestamp::now(),
-            nodes: self.live.nodes(),
-            data,
-            pin,
-            payload,
-            fingerprint,
-            changes,
-        };
-        let snap = self.seal(&mut staging, &ctx, sealed)?;
-        tracing::info!(name = %name,
-            mode = %self.mode.kind().name(),
-            files = snap.meta.files,
-            bytes = snap.meta.bytes,
-            seconds = crate::tree::seconds(started.elapsed()),
-            "snapshot_created"
-        );
-        Ok(snap)
-    }
-
     /// Completes a snapshot whose payload `staging` holds: the manifest of what the mode
     /// captured (the tree [`Mode::captured_tree`] names, under `self.live`'s included
     /// paths), then meta.json, then the atomic move into place. Shared by create and adopt.
@@ -341,8 +347,43 @@ impl Job<'_> {
         ctx: &ModeContext,
         sealed: Sealed,
     ) -> Result<Snapshot> {
-        ctx.observer.step("writing the manifest");
-        let manifest = self.manifest(ctx, staging, sealed.changes.as_ref())?;
+        let recorded = self.record(ctx, staging, sealed.changes.as_ref())?;
+        self.seal_recorded(staging, ctx, sealed, recorded)
+    }
+
+    /// [`Job::seal`] of a manifest [`Job::record`] took: its hashes, then meta.json, then the
+    /// atomic move into place.
+    fn seal_recorded(
+        &self,
+        staging: &mut Staging,
+        ctx: &ModeContext,
+        sealed: Sealed,
+        recorded: Option<Manifest>,
+    ) -> Result<Snapshot> {
+        let manifest = recorded
+            .map(|mut manifest| {
+                ctx.observer.step("writing the manifest");
+                let started = Instant::now();
+                if self.mode.hashes_content() {
+                    let tree = self.mode.captured_tree(ctx, &staging.payload());
+                    manifest.hash(&tree, |e| e.blake3.is_none())?;
+                }
+                let stored = staging.write_manifest(&manifest)?;
+                // Only a copy: adopt's moved data goes back to the harness if the adopt fails.
+                if sealed.changes.is_some() && self.mode.shares_identical_files() {
+                    self.share_with_previous(staging, &manifest)?;
+                }
+                let (files, bytes) = manifest.totals();
+                tracing::info!(
+                    entries = stored.entries,
+                    files,
+                    bytes,
+                    seconds = crate::tree::seconds(started.elapsed()),
+                    "manifest_written"
+                );
+                Ok::<_, anyhow::Error>(stored)
+            })
+            .transpose()?;
         let stored = crate::tree::totals(staging.dir())?;
         let meta = Meta {
             schema: SCHEMA,
@@ -369,26 +410,25 @@ impl Job<'_> {
         staging.commit(&meta, true)
     }
 
-    /// Stores the manifest of what the mode just captured (while the data is still in the
-    /// page cache), once what it holds beneath the directories that changed during the copy
-    /// (see [`capture`]) proved to come from the live data; None for modes that capture no
-    /// data.
-    fn manifest(
+    /// The manifest of what the mode just captured, once what it holds beneath the
+    /// directories that changed during the copy (see [`capture`]) proved to come from the
+    /// live data; None for modes that capture no data. Everything that reads the live data
+    /// is done here, quiesced: files are hashed now only when the captured tree is the live
+    /// data, else [`Job::seal_recorded`] hashes the rest from the copy after the unpause.
+    fn record(
         &self,
         ctx: &ModeContext,
         staging: &Staging,
         changes: Option<&capture::Changes>,
-    ) -> Result<Option<ManifestRef>> {
+    ) -> Result<Option<Manifest>> {
         if !self.mode.writes_live_data() {
             return Ok(None);
         }
-        let started = Instant::now();
         let tree = self.mode.captured_tree(ctx, &staging.payload());
-        let mut manifest = if self.mode.hashes_content() {
-            Manifest::capture(&tree, &self.live.include)?
-        } else {
-            Manifest::scan(&tree, &self.live.include)?
-        };
+        let mut manifest = Manifest::scan(&tree, &self.live.include)?;
+        if self.mode.hashes_content() && tree == self.live.cache_dir {
+            manifest.hash(&tree, |_| true)?;
+        }
         if let Some(changes) = changes.filter(|c| !c.suspects.is_empty()) {
             let held =
                 self.mode
@@ -397,20 +437,7 @@ impl Job<'_> {
             capture::check(self.live, changes, &held, tool)?;
         }
         self.mode.describe_captured(ctx, &mut manifest)?;
-        let stored = staging.write_manifest(&manifest)?;
-        // Only a copy: adopt's moved data goes back to the harness if the adopt fails.
-        if changes.is_some() && self.mode.shares_identical_files() {
-            self.share_with_previous(staging, &manifest)?;
-        }
-        let (files, bytes) = manifest.totals();
-        tracing::info!(
-            entries = stored.entries,
-            files,
-            bytes,
-            seconds = crate::tree::seconds(started.elapsed()),
-            "manifest_written"
-        );
-        Ok(Some(stored))
+        Ok(Some(manifest))
     }
 
     /// The new snapshot's files identical to the newest snapshot's of the same mode become
@@ -446,5 +473,87 @@ impl Job<'_> {
             .filter(|d| d.remove())
             .map(|d| d.name)
             .collect())
+    }
+}
+
+/// A create between [`Job::begin_capture`] and the pause: the mode's first pass is done.
+pub struct Capture<'j> {
+    job: &'j Job<'j>,
+    name: &'j str,
+    pin: bool,
+    data: Totals,
+    space: Space<'j>,
+    started: Instant,
+    staging: Staging,
+    _watched: Option<Watched<'j>>,
+    ctx: ModeContext<'j>,
+    fingerprint: Option<Fingerprint>,
+    watch: Option<capture::Watch>,
+}
+
+/// A create whose capture is complete and recorded: nothing of it reads the live data any
+/// more, so the node containers may run again before [`Captured::finish`].
+pub struct Captured<'j> {
+    capture: Capture<'j>,
+    sealed: Sealed<'j>,
+    manifest: Option<Manifest>,
+}
+
+impl<'j> Capture<'j> {
+    /// The part of a create that needs the node containers quiesced: the mode's capture (all
+    /// of it, or the second pass after [`Mode::precopy`]) and the record of what it captured
+    /// ([`Job::record`]).
+    pub fn quiesced(mut self) -> Result<Captured<'j>> {
+        let job = self.job;
+        let recorded = (|| {
+            let payload = job.mode.create(&self.ctx, &self.staging.payload())?;
+            crate::testhook::pause("create-after-copy");
+            let changes = self.watch.take().map(|w| w.changes(job.live)).transpose()?;
+            crate::signals::check()?;
+            let manifest = job.record(&self.ctx, &self.staging, changes.as_ref())?;
+            Ok((payload, changes, manifest))
+        })();
+        let (payload, changes, manifest) =
+            recorded.map_err(|e| self.space.explain_if_full(e, self.name))?;
+        let sealed = Sealed {
+            name: self.name,
+            created_at: jiff::Timestamp::now(),
+            nodes: job.live.nodes(),
+            data: self.data,
+            pin: self.pin,
+            payload,
+            fingerprint: self.fingerprint.take(),
+            changes,
+        };
+        Ok(Captured {
+            capture: self,
+            sealed,
+            manifest,
+        })
+    }
+}
+
+impl Captured<'_> {
+    /// The rest of a create, with the node containers running again: the hashes of what
+    /// was captured, meta.json, and the atomic move into place.
+    pub fn finish(self) -> Result<Snapshot> {
+        let Captured {
+            mut capture,
+            sealed,
+            manifest,
+        } = self;
+        let job = capture.job;
+        let name = capture.name;
+        let snap = job
+            .seal_recorded(&mut capture.staging, &capture.ctx, sealed, manifest)
+            .map_err(|e| capture.space.explain_if_full(e, name))?;
+        tracing::info!(name = %name,
+            mode = %job.mode.kind().name(),
+            files = snap.meta.files,
+            bytes = snap.meta.bytes,
+            seconds = crate::tree::seconds(capture.started.elapsed()),
+            "snapshot_created"
+        );
+        Ok(snap)
     }
 }

@@ -485,6 +485,7 @@ fn materialize(payload: &Path, manifest: &Manifest, source: &dyn Source) -> Resu
         root: payload,
         content: Copying::Copy,
         by_content: false,
+        recheck: false,
         // The pull's bar counts packs downloaded; building the tree is its last step.
         observer: &crate::observe::Unobserved,
         before_change: &|_| Ok(()),

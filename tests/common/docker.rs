@@ -42,7 +42,7 @@ pub struct Net {
     pub env: Env,
     pub names: Vec<String>,
     /// What each node container runs (`sh -c`).
-    node: &'static str,
+    node: String,
 }
 
 impl Net {
@@ -51,15 +51,19 @@ impl Net {
     }
 
     /// [`Net::start`] with containers running `node` (`sh -c`) instead of [`TICKER`].
-    pub fn running(nodes: u32, node: &'static str) -> Net {
-        let env = Env::sample(nodes, 2 * MB);
+    pub fn running(nodes: u32, node: &str) -> Net {
+        Net::start_with(Env::sample(nodes, 2 * MB), nodes, node)
+    }
+
+    /// `nodes` containers over `env`'s node directories, each running `sh -c node`.
+    pub fn start_with(env: Env, nodes: u32, node: &str) -> Net {
         // The temporary directory's random name keeps parallel tests' containers apart.
         let prefix = format!("ssnap-{}", env.root.file_name().unwrap().to_string_lossy());
         env.set("container_name", &format!("{prefix}-{{n}}"));
         let mut net = Net {
             env,
             names: Vec::new(),
-            node,
+            node: node.to_string(),
         };
         for n in 1..=nodes {
             net.names.push(format!("{prefix}-{n}"));
@@ -81,7 +85,7 @@ impl Net {
         );
         let mut args = vec!["run", "-d", "--init", "--name", name, "-v", &mount];
         args.extend(extra);
-        args.extend([IMAGE, "sh", "-c", self.node]);
+        args.extend([IMAGE, "sh", "-c", &self.node]);
         docker(&args);
     }
 

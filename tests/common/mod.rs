@@ -665,6 +665,13 @@ impl Paused {
         self.child.id()
     }
 
+    /// Lets the process go on without waiting for it; the pause point's directory must
+    /// outlive the moment it sees the go-ahead.
+    pub fn release(self) -> (std::process::Child, TempDir) {
+        std::fs::write(self.dir.path().join(format!("{}.go", self.point)), b"").unwrap();
+        (self.child, self.dir)
+    }
+
     /// Lets the process go on; its outcome, for assert_cmd's assertions.
     pub fn finish(self) -> Assert {
         std::fs::write(self.dir.path().join(format!("{}.go", self.point)), b"").unwrap();
