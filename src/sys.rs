@@ -4,14 +4,16 @@
 //! descriptor without following a symlink in any component, and each operation acts on the
 //! last component through its directory's descriptor (`*at` calls that never follow it).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustix::fs::{self as rfs, AtFlags, CWD, FileType, Mode, OFlags, ResolveFlags, Timestamps};
+use rustix::fs::{
+    self as rfs, AtFlags, CWD, FileType, Mode, OFlags, ResolveFlags, Stat, Timestamps,
+};
 use rustix::io::Errno;
 
 /// An open directory that the operations below act in.
@@ -134,10 +136,6 @@ impl DirFd {
             checked(to)?,
             AtFlags::empty(),
         )?)
-    }
-
-    pub fn as_raw_fd(&self) -> i32 {
-        self.0.as_raw_fd()
     }
 }
 
@@ -288,13 +286,86 @@ fn invalid(name: &[u8]) -> io::Error {
     )
 }
 
+/// Opens the directory `name` in `at` to read its entries, never through a symlink (ELOOP)
+/// and never a non-directory (ENOTDIR).
+pub fn open_dir_at(at: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rfs::openat(at, name, flags, Mode::empty())?)
+}
+
+/// The names in the directory `dir`, without `.` and `..`, read with getdents64 on the
+/// directory's own descriptor: readdir would need a duplicate of it (fdopendir takes over
+/// what it gets) and four more syscalls per directory.
+pub fn dir_names(dir: BorrowedFd<'_>) -> io::Result<Vec<CString>> {
+    let mut buf = Vec::with_capacity(16 << 10);
+    let mut entries = rfs::RawDir::new(dir, buf.spare_capacity_mut());
+    let mut out = Vec::new();
+    while let Some(entry) = entries.next() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !matches!(name.to_bytes(), b"." | b"..") {
+            out.push(name.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// The entry `name` in `at` itself (a symlink, not its target).
+pub fn stat_at(at: BorrowedFd<'_>, name: &CStr) -> io::Result<Stat> {
+    Ok(rfs::statat(at, name, AtFlags::SYMLINK_NOFOLLOW)?)
+}
+
+/// The target of the symlink `name` in `at`.
+pub fn read_link_at(at: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
+    Ok(rfs::readlinkat(at, name, Vec::new())?.into_bytes())
+}
+
+/// Linux 6.13's `listxattrat` on x86_64, which rustix does not wrap yet.
+const SYS_LISTXATTRAT: libc::c_long = 465;
+/// Set once the kernel answered ENOSYS.
+static NO_LISTXATTRAT: AtomicBool = AtomicBool::new(false);
+
+/// The names of the xattrs of the entry `name` in `at` itself, NUL-separated, listed
+/// relative to the directory (no path resolved again); None where the kernel (before 6.13)
+/// or the architecture has no `listxattrat`, and the caller lists them another way.
+pub fn xattr_names_at(at: BorrowedFd<'_>, name: &CStr) -> Option<io::Result<Vec<u8>>> {
+    if !cfg!(target_arch = "x86_64") || NO_LISTXATTRAT.load(Ordering::Relaxed) {
+        return None;
+    }
+    let nofollow = AtFlags::SYMLINK_NOFOLLOW.bits();
+    let list = |buf: &mut [u8]| {
+        // SAFETY: an open descriptor, a C string and a buffer of buf.len() writable bytes.
+        let n = unsafe {
+            libc::syscall(
+                SYS_LISTXATTRAT,
+                at.as_raw_fd(),
+                name.as_ptr(),
+                nofollow,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        let errno = || Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO);
+        usize::try_from(n).map_err(|_| errno())
+    };
+    // `sized` starts small: most entries have no xattrs, and the walk is the whole cost of a
+    // restore that finds nothing to do.
+    match sized(list) {
+        Err(e) if Errno::from_io_error(&e) == Some(Errno::NOSYS) => {
+            NO_LISTXATTRAT.store(true, Ordering::Relaxed);
+            None
+        }
+        listed => Some(listed),
+    }
+}
+
 /// Whether an error from [`DirFd::dir`] or a `*at` call means the tree is not what its walk
 /// (or manifest) said: a symlink or a non-directory where a directory was (ELOOP, ENOTDIR,
 /// EXDEV), a directory where a file was (EISDIR), an entry where there was none (EEXIST).
 pub fn swapped(e: &io::Error) -> bool {
     matches!(
-        e.raw_os_error(),
-        Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV | libc::EISDIR | libc::EEXIST)
+        Errno::from_io_error(e),
+        Some(Errno::LOOP | Errno::NOTDIR | Errno::XDEV | Errno::ISDIR | Errno::EXIST)
     )
 }
 
