@@ -15,6 +15,7 @@ use rustix::fs::{
     self as rfs, AtFlags, CWD, FileType, Mode, OFlags, ResolveFlags, Stat, Timestamps,
 };
 use rustix::io::Errno;
+use rustix::process::{Pid, Signal};
 
 /// An open directory that the operations below act in.
 pub struct DirFd(OwnedFd);
@@ -356,6 +357,42 @@ pub fn xattr_names_at(at: BorrowedFd<'_>, name: &CStr) -> Option<io::Result<Vec<
             None
         }
         listed => Some(listed),
+    }
+}
+
+/// Has the kernel kill the process `cmd` spawns (SIGKILL) when the thread that spawned it
+/// ends (PR_SET_PDEATHSIG), and the process kill itself when this one died before that
+/// took effect.
+pub fn die_with_this_process(cmd: &mut std::process::Command) {
+    use rustix::process as p;
+    use std::os::unix::process::CommandExt;
+    let parent = Pid::from_raw(std::process::id() as i32);
+    // SAFETY: the hook runs between fork and exec and makes only raw prctl, getppid, getpid
+    // and kill system calls (no allocation, no lock), which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            p::set_parent_process_death_signal(Some(Signal::KILL))?;
+            if p::getppid() != parent {
+                p::kill_process(p::getpid(), Signal::KILL)?;
+            }
+            Ok(())
+        })
+    };
+}
+
+/// Sends `signal` to the process group that `leader` leads (our own child, not reaped yet).
+pub fn signal_group(leader: u32, signal: Signal) -> io::Result<()> {
+    match Pid::from_raw(leader as i32) {
+        Some(pid) => Ok(rustix::process::kill_process_group(pid, signal)?),
+        None => Err(io::ErrorKind::InvalidInput.into()),
+    }
+}
+
+/// Passes the signal `sig` on to the process `pid`; one kill(2), async-signal-safe, for a
+/// signal handler.
+pub fn forward_signal(pid: i32, sig: i32) {
+    if let (Some(pid), Some(sig)) = (Pid::from_raw(pid), Signal::from_named_raw(sig)) {
+        let _ = rustix::process::kill_process(pid, sig);
     }
 }
 
