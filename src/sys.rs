@@ -3,6 +3,10 @@
 //! so nothing here resolves a path by name from `/`. Directories are opened beneath a root
 //! descriptor without following a symlink in any component, and each operation acts on the
 //! last component through its directory's descriptor (`*at` calls that never follow it).
+//!
+//! It also holds the crate's other system calls that rustix does not give a plain safe form
+//! or that several modules share (the walk's, the tools' process groups, the store's atomic
+//! renames, sparse files and reflinks), so that no other module holds `unsafe` or libc.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -12,7 +16,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{
-    self as rfs, AtFlags, CWD, FileType, Mode, OFlags, ResolveFlags, Stat, Timestamps,
+    self as rfs, AtFlags, CWD, FallocateFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags,
+    SeekFrom, Stat, Timestamps,
 };
 use rustix::io::Errno;
 use rustix::process::{Pid, Signal};
@@ -106,12 +111,12 @@ impl DirFd {
         Ok(rfs::symlinkat(&*target, &self.0, checked(name)?)?)
     }
 
-    /// A fifo, socket or device node; `kind` is its `S_IF*` bits.
-    pub fn mknod(&self, name: &[u8], kind: u32, mode: u32, dev: u64) -> io::Result<()> {
+    /// A fifo, socket or device node.
+    pub fn mknod(&self, name: &[u8], kind: FileType, mode: u32, dev: u64) -> io::Result<()> {
         Ok(rfs::mknodat(
             &self.0,
             checked(name)?,
-            FileType::from_raw_mode(kind),
+            kind,
             Mode::from_bits_truncate(mode),
             dev,
         )?)
@@ -181,20 +186,10 @@ impl Pinned {
 
     /// Sets the mtime, leaving the atime alone.
     pub fn set_mtime(&self, ns: i64) -> io::Result<()> {
-        let times = Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rfs::UTIME_OMIT,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: ns.div_euclid(1_000_000_000),
-                tv_nsec: ns.rem_euclid(1_000_000_000) as _,
-            },
-        };
         Ok(rfs::utimensat(
             CWD,
             &*self.proc(),
-            &times,
+            &mtime_only(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000)),
             AtFlags::empty(),
         )?)
     }
@@ -360,6 +355,131 @@ pub fn xattr_names_at(at: BorrowedFd<'_>, name: &CStr) -> Option<io::Result<Vec<
     }
 }
 
+/// The names of the xattrs of `path` itself (a symlink, not its target), NUL-separated.
+pub fn xattr_names_of(path: &Path) -> io::Result<Vec<u8>> {
+    sized(|buf| rfs::llistxattr(path, buf))
+}
+
+/// Sets the mtime of `path` itself (a symlink, not its target), leaving its atime.
+pub fn set_mtime_of(path: &Path, sec: i64, nsec: i64) -> io::Result<()> {
+    Ok(rfs::utimensat(
+        CWD,
+        path,
+        &mtime_only(sec, nsec),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?)
+}
+
+fn mtime_only(sec: i64, nsec: i64) -> Timestamps {
+    Timestamps {
+        last_access: rfs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rfs::UTIME_OMIT,
+        },
+        last_modification: rfs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec as _,
+        },
+    }
+}
+
+/// `OpenOptions::custom_flags` values: never through a symlink, a directory only, and
+/// without waiting for a fifo's writer.
+pub const NOFOLLOW: i32 = OFlags::NOFOLLOW.bits() as i32;
+pub const DIRECTORY: i32 = OFlags::DIRECTORY.bits() as i32;
+pub const NONBLOCK: i32 = OFlags::NONBLOCK.bits() as i32;
+
+/// Renames `from` to `to` unless `to` exists (EEXIST); EINVAL where the filesystem cannot.
+pub fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    Ok(rfs::renameat_with(
+        CWD,
+        from,
+        CWD,
+        to,
+        RenameFlags::NOREPLACE,
+    )?)
+}
+
+/// Swaps `a` and `b` in one step; EINVAL where the filesystem cannot, ENOENT when either
+/// is missing.
+pub fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+    Ok(rfs::renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE)?)
+}
+
+/// Where the next data region of `file` at or after `offset` starts (SEEK_DATA); None when
+/// only a hole follows.
+pub fn next_data(file: &File, offset: u64) -> io::Result<Option<u64>> {
+    seek_region(file, SeekFrom::Data(offset))
+}
+
+/// Where the next hole of `file` at or after `offset` starts (SEEK_HOLE; the end of the
+/// file counts as one); None past the end.
+pub fn next_hole(file: &File, offset: u64) -> io::Result<Option<u64>> {
+    seek_region(file, SeekFrom::Hole(offset))
+}
+
+fn seek_region(file: &File, to: SeekFrom) -> io::Result<Option<u64>> {
+    match rfs::seek(file, to) {
+        Ok(pos) => Ok(Some(pos)),
+        Err(Errno::NXIO) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deallocates `len` bytes of `file` at `offset`, keeping its size; EOPNOTSUPP where the
+/// filesystem cannot make holes.
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    Ok(rfs::fallocate(file, mode, offset, len)?)
+}
+
+/// The layout of the kernel's `struct file_clone_range`, FICLONERANGE's argument.
+#[repr(C)]
+struct FileCloneRange {
+    src_fd: i64,
+    src_offset: u64,
+    src_length: u64,
+    dest_offset: u64,
+}
+
+const FICLONERANGE: rustix::ioctl::Opcode =
+    rustix::ioctl::opcode::write::<FileCloneRange>(0x94, 13);
+
+/// Makes the first `len` bytes of `dst` share `src`'s (FICLONERANGE): rustix wraps only
+/// the whole-file FICLONE.
+pub fn clone_head(src: &File, dst: &File, len: u64) -> io::Result<()> {
+    let range = FileCloneRange {
+        src_fd: i64::from(src.as_raw_fd()),
+        src_offset: 0,
+        src_length: len,
+        dest_offset: 0,
+    };
+    // SAFETY: FICLONERANGE's opcode with the struct it reads; the kernel writes nothing back.
+    let clone = unsafe { rustix::ioctl::Setter::<FICLONERANGE, FileCloneRange>::new(range) };
+    // SAFETY: as above, on an open descriptor.
+    Ok(unsafe { rustix::ioctl::ioctl(dst, clone) }?)
+}
+
+/// The type (statfs f_type, the magic number) of the filesystem holding `path`.
+pub fn fs_magic(path: &Path) -> io::Result<u32> {
+    Ok(rfs::statfs(path)?.f_type as u32)
+}
+
+/// Bytes available to this user on the filesystem holding `path`.
+pub fn available_bytes(path: &Path) -> io::Result<u64> {
+    let st = rfs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Whether this user may create, replace and delete entries in the directory `dir`.
+pub fn dir_writable(dir: &Path) -> bool {
+    rfs::access(dir, rfs::Access::WRITE_OK | rfs::Access::EXEC_OK).is_ok()
+}
+
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
 /// Has the kernel kill the process `cmd` spawns (SIGKILL) when the thread that spawned it
 /// ends (PR_SET_PDEATHSIG), and the process kill itself when this one died before that
 /// took effect.
@@ -417,6 +537,12 @@ pub fn split(path: &[u8]) -> (&[u8], &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hand-written FICLONERANGE opcode (from its struct's size) is the kernel's.
+    #[test]
+    fn ficlonerange_is_the_kernels() {
+        assert_eq!(u64::from(FICLONERANGE), libc::FICLONERANGE);
+    }
 
     /// Both ways of opening beneath (openat2, and the per-component chain older kernels get)
     /// refuse a symlink in any component and `.`/`..`, and reach plain directories.
