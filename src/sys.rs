@@ -454,10 +454,10 @@ pub fn clone_head(src: &File, dst: &File, len: u64) -> io::Result<()> {
         src_length: len,
         dest_offset: 0,
     };
-    // SAFETY: FICLONERANGE's opcode with the struct it reads; the kernel writes nothing back.
-    let clone = unsafe { rustix::ioctl::Setter::<FICLONERANGE, FileCloneRange>::new(range) };
-    // SAFETY: as above, on an open descriptor.
-    Ok(unsafe { rustix::ioctl::ioctl(dst, clone) }?)
+    use rustix::ioctl::{Setter, ioctl};
+    // SAFETY: FICLONERANGE's opcode with the struct it reads, on an open descriptor; the
+    // kernel writes nothing back.
+    Ok(unsafe { ioctl(dst, Setter::<FICLONERANGE, FileCloneRange>::new(range)) }?)
 }
 
 /// The type (statfs f_type, the magic number) of the filesystem holding `path`.
