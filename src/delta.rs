@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
-use rustix::fs::{FallocateFlags, FileType, OFlags, SeekFrom};
+use rustix::fs::{FallocateFlags, FileType, OFlags};
 use rustix::io::Errno;
 
 use crate::exit::{Code, Error, fail};
@@ -87,11 +87,11 @@ impl SourceFile for File {
     }
 
     fn next_data(&self, pos: u64) -> std::io::Result<Option<u64>> {
-        seek(self, SeekFrom::Data(pos))
+        sys::next_data(self, pos)
     }
 
     fn next_hole(&self, pos: u64) -> std::io::Result<Option<u64>> {
-        seek(self, SeekFrom::Hole(pos))
+        sys::next_hole(self, pos)
     }
 
     fn file(&self) -> Option<&File> {
@@ -473,13 +473,13 @@ impl Delta<'_> {
             }
             Kind::Fifo | Kind::Socket | Kind::Char | Kind::Block => {
                 let kind = match want.kind {
-                    Kind::Fifo => libc::S_IFIFO,
-                    Kind::Socket => libc::S_IFSOCK,
-                    Kind::Char => libc::S_IFCHR,
-                    _ => libc::S_IFBLK,
+                    Kind::Fifo => FileType::Fifo,
+                    Kind::Socket => FileType::Socket,
+                    Kind::Char => FileType::CharacterDevice,
+                    _ => FileType::BlockDevice,
                 };
                 let [major, minor] = want.rdev.unwrap_or([0, 0]);
-                made(dir.mknod(name, kind, 0o600, libc::makedev(major, minor)))?;
+                made(dir.mknod(name, kind, 0o600, rustix::fs::makedev(major, minor)))?;
             }
         }
         Ok(0)
@@ -919,16 +919,6 @@ fn runs(buf: &[u8], keep: impl Fn(&[u8], usize) -> bool) -> Vec<(usize, usize)> 
     out
 }
 
-/// `lseek` SEEK_DATA/SEEK_HOLE; None past the end. Filesystems without hole support report
-/// the whole file as data.
-fn seek(file: &File, to: SeekFrom) -> std::io::Result<Option<u64>> {
-    match rustix::fs::seek(file, to) {
-        Ok(pos) => Ok(Some(pos)),
-        Err(Errno::NXIO) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Makes `dst` equal to `src` (`len` bytes) in place: the source's data is compared chunk by
 /// chunk and only differing pages are written; where the source has holes, data in a sparse
 /// `dst` is punched out. With the target's piece digests, a piece of `dst` that hashes to its digest
@@ -1031,7 +1021,7 @@ fn compare_write(src: &dyn SourceFile, dst: &File, from: u64, to: u64) -> std::i
 /// Makes `[from, to)` of `dst` a hole if it holds any data (zeros where the filesystem cannot
 /// punch holes).
 fn punch(dst: &File, from: u64, to: u64) -> std::io::Result<()> {
-    if to <= from || seek(dst, SeekFrom::Data(from))?.is_none_or(|d| d >= to) {
+    if to <= from || sys::next_data(dst, from)?.is_none_or(|d| d >= to) {
         return Ok(());
     }
     let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use rustix::io::Errno;
 use serde::Deserialize;
 
 use crate::cgroup::Cgroup;
@@ -600,8 +601,8 @@ pub fn states_via_socket(names: &[String]) -> SocketAnswer {
         Ok(listing) => SocketAnswer::States(states_among(&listing, names)),
         Err(e)
             if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOENT | libc::ECONNREFUSED | libc::ENOTDIR)
+                Errno::from_io_error(&e),
+                Some(Errno::NOENT | Errno::CONNREFUSED | Errno::NOTDIR)
             ) =>
         {
             SocketAnswer::NoDaemon

@@ -27,6 +27,7 @@ use crate::names::validate_name;
 use crate::store::{
     DIR_METADATA, IMAGE_EXT, Lock, PAYLOAD_DIR, Staging, is_legacy_dir, legacy_image, sync_dir,
 };
+use crate::sys;
 
 const METADATA_EXT: &str = "metadata";
 const MARKER_EXT: &str = "marker";
@@ -410,7 +411,7 @@ fn put_back(legacy: &Path, staging: &Path, nodes: &[String], mtime: [i64; 2]) ->
     if let (Ok(sec), Ok(nsec)) = (u64::try_from(mtime[0]), u32::try_from(mtime[1])) {
         fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+            .custom_flags(sys::NOFOLLOW | sys::DIRECTORY)
             .open(legacy)
             .and_then(|dir| {
                 dir.set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(sec, nsec))
@@ -469,7 +470,7 @@ pub fn recover(store: &Path, _lock: &Lock) -> Result<()> {
 fn read_limited(path: &Path) -> Result<Vec<u8>> {
     let f = fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .custom_flags(sys::NOFOLLOW | sys::NONBLOCK)
         .open(path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     if !f.metadata()?.is_file() {

@@ -41,8 +41,7 @@ fn on_signal(sig: i32) {
     let suite = SUITE.load(Ordering::SeqCst);
     if suite > 0 {
         if sig != signal_hook::consts::SIGINT {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe { libc::kill(suite, sig) };
+            crate::sys::forward_signal(suite, sig);
         }
         FLAG.store(true, Ordering::SeqCst);
         return;

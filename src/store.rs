@@ -18,16 +18,15 @@
 //! another file. A symlinked snapshots_dir itself is the user's configuration, and allowed.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use crate::choices::ModeKind;
@@ -36,6 +35,7 @@ use crate::fingerprint::Fingerprint;
 use crate::manifest::{Allowed, Manifest};
 use crate::names::validate_name;
 use crate::signals;
+use crate::sys;
 use crate::tree::remove_tree;
 
 mod share;
@@ -196,8 +196,10 @@ impl Snapshot {
         match replace_json(&path, &usage, false) {
             Ok(()) => {}
             Err(e)
-                if e.raw_os_error()
-                    .is_some_and(|c| [libc::EROFS, libc::EACCES, libc::EPERM].contains(&c)) =>
+                if matches!(
+                    Errno::from_io_error(&e),
+                    Some(Errno::ROFS | Errno::ACCESS | Errno::PERM)
+                ) =>
             {
                 tracing::debug!(path = %path.display(), error = %e, "usage_not_recorded");
             }
@@ -467,8 +469,8 @@ impl Store {
         let file = match open_lock(&path, true) {
             Err(e)
                 if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EROFS | libc::EACCES | libc::EPERM)
+                    Errno::from_io_error(&e),
+                    Some(Errno::ROFS | Errno::ACCESS | Errno::PERM)
                 ) =>
             {
                 open_lock(&path, false)
@@ -958,9 +960,9 @@ fn replace_json<T: Serialize>(path: &Path, value: &T, durable: bool) -> std::io:
             }
             // Renaming over a file makes ext4 write the new one's data first (auto_da_alloc),
             // which costs more than a no-change restore's scan; swapping the two does not.
-            match renameat2(&tmp, path, libc::RENAME_EXCHANGE) {
+            match sys::rename_exchange(&tmp, path) {
                 Ok(()) => fs::remove_file(&tmp),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => {
+                Err(e) if matches!(Errno::from_io_error(&e), Some(Errno::NOENT | Errno::INVAL)) => {
                     fs::rename(&tmp, path)
                 }
                 Err(e) => Err(e),
@@ -975,7 +977,7 @@ fn replace_json<T: Serialize>(path: &Path, value: &T, durable: bool) -> std::io:
 pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(sys::NOFOLLOW)
         .open(path)
 }
 
@@ -992,7 +994,7 @@ fn create_new(path: &Path) -> std::io::Result<File> {
         OpenOptions::new()
             .write(true)
             .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(sys::NOFOLLOW)
             .open(path)
     };
     match open() {
@@ -1011,12 +1013,12 @@ fn open_lock(path: &Path, create: bool) -> std::io::Result<File> {
         .write(create)
         .create(create)
         .truncate(false)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(sys::NOFOLLOW)
         .open(path)
 }
 
 fn lock_error(path: &Path, e: std::io::Error) -> anyhow::Error {
-    if e.raw_os_error() == Some(libc::ELOOP) {
+    if Errno::from_io_error(&e) == Some(Errno::LOOP) {
         return fail(
             Code::Failure,
             format!(
@@ -1031,7 +1033,7 @@ fn lock_error(path: &Path, e: std::io::Error) -> anyhow::Error {
 /// The error for a store file that could not be written, saying what needs room when the
 /// filesystem is full.
 pub(crate) fn write_error(path: &Path, e: std::io::Error) -> anyhow::Error {
-    if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+    if matches!(Errno::from_io_error(&e), Some(Errno::NOSPC | Errno::DQUOT)) {
         let dir = path.parent().unwrap_or(Path::new("/"));
         return fail(
             Code::Failure,
@@ -1051,34 +1053,9 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot sync {}", dir.display()))
 }
 
-fn cstr(p: &Path) -> Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).context("path contains a NUL byte")
-}
-
-fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
-    let (Ok(a), Ok(b)) = (cstr(from), cstr(to)) else {
-        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
-    };
-    // SAFETY: valid C strings; AT_FDCWD resolves them like rename(2).
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            flags,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
-    match renameat2(from, to, libc::RENAME_NOREPLACE) {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+    match sys::rename_no_replace(from, to) {
+        Err(e) if Errno::from_io_error(&e) == Some(Errno::INVAL) => {
             if to.exists() {
                 return Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists));
             }
@@ -1092,9 +1069,9 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
 /// with the old snapshot parked as `<a>.old` in between, where
 /// [`Store::clean_leftovers`] finds it if the process dies there.
 fn exchange(a: &Path, b: &Path) -> Result<()> {
-    match renameat2(a, b, libc::RENAME_EXCHANGE) {
+    match sys::rename_exchange(a, b) {
         Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+        Err(e) if Errno::from_io_error(&e) == Some(Errno::INVAL) => {
             let mut parked = a.as_os_str().to_owned();
             parked.push(PARKED_SUFFIX);
             let parked = PathBuf::from(parked);

@@ -3,16 +3,24 @@
 //! so nothing here resolves a path by name from `/`. Directories are opened beneath a root
 //! descriptor without following a symlink in any component, and each operation acts on the
 //! last component through its directory's descriptor (`*at` calls that never follow it).
+//!
+//! It also holds the crate's other system calls that rustix does not give a plain safe form
+//! or that several modules share (the walk's, the tools' process groups, the store's atomic
+//! renames, sparse files and reflinks), so that no other module holds `unsafe` or libc.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustix::fs::{self as rfs, AtFlags, CWD, FileType, Mode, OFlags, ResolveFlags, Timestamps};
+use rustix::fs::{
+    self as rfs, AtFlags, CWD, FallocateFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags,
+    SeekFrom, Stat, Timestamps,
+};
 use rustix::io::Errno;
+use rustix::process::{Pid, Signal};
 
 /// An open directory that the operations below act in.
 pub struct DirFd(OwnedFd);
@@ -103,12 +111,12 @@ impl DirFd {
         Ok(rfs::symlinkat(&*target, &self.0, checked(name)?)?)
     }
 
-    /// A fifo, socket or device node; `kind` is its `S_IF*` bits.
-    pub fn mknod(&self, name: &[u8], kind: u32, mode: u32, dev: u64) -> io::Result<()> {
+    /// A fifo, socket or device node.
+    pub fn mknod(&self, name: &[u8], kind: FileType, mode: u32, dev: u64) -> io::Result<()> {
         Ok(rfs::mknodat(
             &self.0,
             checked(name)?,
-            FileType::from_raw_mode(kind),
+            kind,
             Mode::from_bits_truncate(mode),
             dev,
         )?)
@@ -134,10 +142,6 @@ impl DirFd {
             checked(to)?,
             AtFlags::empty(),
         )?)
-    }
-
-    pub fn as_raw_fd(&self) -> i32 {
-        self.0.as_raw_fd()
     }
 }
 
@@ -182,20 +186,10 @@ impl Pinned {
 
     /// Sets the mtime, leaving the atime alone.
     pub fn set_mtime(&self, ns: i64) -> io::Result<()> {
-        let times = Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rfs::UTIME_OMIT,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: ns.div_euclid(1_000_000_000),
-                tv_nsec: ns.rem_euclid(1_000_000_000) as _,
-            },
-        };
         Ok(rfs::utimensat(
             CWD,
             &*self.proc(),
-            &times,
+            &mtime_only(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000)),
             AtFlags::empty(),
         )?)
     }
@@ -288,13 +282,247 @@ fn invalid(name: &[u8]) -> io::Error {
     )
 }
 
+/// Opens the directory `name` in `at` to read its entries, never through a symlink (ELOOP)
+/// and never a non-directory (ENOTDIR).
+pub fn open_dir_at(at: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rfs::openat(at, name, flags, Mode::empty())?)
+}
+
+/// The names in the directory `dir`, without `.` and `..`, read with getdents64 on the
+/// directory's own descriptor: readdir would need a duplicate of it (fdopendir takes over
+/// what it gets) and four more syscalls per directory.
+pub fn dir_names(dir: BorrowedFd<'_>) -> io::Result<Vec<CString>> {
+    let mut buf = Vec::with_capacity(16 << 10);
+    let mut entries = rfs::RawDir::new(dir, buf.spare_capacity_mut());
+    let mut out = Vec::new();
+    while let Some(entry) = entries.next() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !matches!(name.to_bytes(), b"." | b"..") {
+            out.push(name.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// The entry `name` in `at` itself (a symlink, not its target).
+pub fn stat_at(at: BorrowedFd<'_>, name: &CStr) -> io::Result<Stat> {
+    Ok(rfs::statat(at, name, AtFlags::SYMLINK_NOFOLLOW)?)
+}
+
+/// The target of the symlink `name` in `at`.
+pub fn read_link_at(at: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
+    Ok(rfs::readlinkat(at, name, Vec::new())?.into_bytes())
+}
+
+/// Linux 6.13's `listxattrat` on x86_64, which rustix does not wrap yet.
+const SYS_LISTXATTRAT: libc::c_long = 465;
+/// Set once the kernel answered ENOSYS.
+static NO_LISTXATTRAT: AtomicBool = AtomicBool::new(false);
+
+/// The names of the xattrs of the entry `name` in `at` itself, NUL-separated, listed
+/// relative to the directory (no path resolved again); None where the kernel (before 6.13)
+/// or the architecture has no `listxattrat`, and the caller lists them another way.
+pub fn xattr_names_at(at: BorrowedFd<'_>, name: &CStr) -> Option<io::Result<Vec<u8>>> {
+    if !cfg!(target_arch = "x86_64") || NO_LISTXATTRAT.load(Ordering::Relaxed) {
+        return None;
+    }
+    let nofollow = AtFlags::SYMLINK_NOFOLLOW.bits();
+    let list = |buf: &mut [u8]| {
+        // SAFETY: an open descriptor, a C string and a buffer of buf.len() writable bytes.
+        let n = unsafe {
+            libc::syscall(
+                SYS_LISTXATTRAT,
+                at.as_raw_fd(),
+                name.as_ptr(),
+                nofollow,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        let errno = || Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO);
+        usize::try_from(n).map_err(|_| errno())
+    };
+    // `sized` starts small: most entries have no xattrs, and the walk is the whole cost of a
+    // restore that finds nothing to do.
+    match sized(list) {
+        Err(e) if Errno::from_io_error(&e) == Some(Errno::NOSYS) => {
+            NO_LISTXATTRAT.store(true, Ordering::Relaxed);
+            None
+        }
+        listed => Some(listed),
+    }
+}
+
+/// The names of the xattrs of `path` itself (a symlink, not its target), NUL-separated.
+pub fn xattr_names_of(path: &Path) -> io::Result<Vec<u8>> {
+    sized(|buf| rfs::llistxattr(path, buf))
+}
+
+/// Sets the mtime of `path` itself (a symlink, not its target), leaving its atime.
+pub fn set_mtime_of(path: &Path, sec: i64, nsec: i64) -> io::Result<()> {
+    Ok(rfs::utimensat(
+        CWD,
+        path,
+        &mtime_only(sec, nsec),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?)
+}
+
+fn mtime_only(sec: i64, nsec: i64) -> Timestamps {
+    Timestamps {
+        last_access: rfs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rfs::UTIME_OMIT,
+        },
+        last_modification: rfs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec as _,
+        },
+    }
+}
+
+/// `OpenOptions::custom_flags` values: never through a symlink, a directory only, and
+/// without waiting for a fifo's writer.
+pub const NOFOLLOW: i32 = OFlags::NOFOLLOW.bits() as i32;
+pub const DIRECTORY: i32 = OFlags::DIRECTORY.bits() as i32;
+pub const NONBLOCK: i32 = OFlags::NONBLOCK.bits() as i32;
+
+/// Renames `from` to `to` unless `to` exists (EEXIST); EINVAL where the filesystem cannot.
+pub fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    Ok(rfs::renameat_with(
+        CWD,
+        from,
+        CWD,
+        to,
+        RenameFlags::NOREPLACE,
+    )?)
+}
+
+/// Swaps `a` and `b` in one step; EINVAL where the filesystem cannot, ENOENT when either
+/// is missing.
+pub fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+    Ok(rfs::renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE)?)
+}
+
+/// Where the next data region of `file` at or after `offset` starts (SEEK_DATA); None when
+/// only a hole follows.
+pub fn next_data(file: &File, offset: u64) -> io::Result<Option<u64>> {
+    seek_region(file, SeekFrom::Data(offset))
+}
+
+/// Where the next hole of `file` at or after `offset` starts (SEEK_HOLE; the end of the
+/// file counts as one); None past the end.
+pub fn next_hole(file: &File, offset: u64) -> io::Result<Option<u64>> {
+    seek_region(file, SeekFrom::Hole(offset))
+}
+
+fn seek_region(file: &File, to: SeekFrom) -> io::Result<Option<u64>> {
+    match rfs::seek(file, to) {
+        Ok(pos) => Ok(Some(pos)),
+        Err(Errno::NXIO) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deallocates `len` bytes of `file` at `offset`, keeping its size; EOPNOTSUPP where the
+/// filesystem cannot make holes.
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    Ok(rfs::fallocate(file, mode, offset, len)?)
+}
+
+/// The layout of the kernel's `struct file_clone_range`, FICLONERANGE's argument.
+#[repr(C)]
+struct FileCloneRange {
+    src_fd: i64,
+    src_offset: u64,
+    src_length: u64,
+    dest_offset: u64,
+}
+
+const FICLONERANGE: rustix::ioctl::Opcode =
+    rustix::ioctl::opcode::write::<FileCloneRange>(0x94, 13);
+
+/// Makes the first `len` bytes of `dst` share `src`'s (FICLONERANGE): rustix wraps only
+/// the whole-file FICLONE.
+pub fn clone_head(src: &File, dst: &File, len: u64) -> io::Result<()> {
+    let range = FileCloneRange {
+        src_fd: i64::from(src.as_raw_fd()),
+        src_offset: 0,
+        src_length: len,
+        dest_offset: 0,
+    };
+    use rustix::ioctl::{Setter, ioctl};
+    // SAFETY: FICLONERANGE's opcode with the struct it reads, on an open descriptor; the
+    // kernel writes nothing back.
+    Ok(unsafe { ioctl(dst, Setter::<FICLONERANGE, FileCloneRange>::new(range)) }?)
+}
+
+/// The type (statfs f_type, the magic number) of the filesystem holding `path`.
+pub fn fs_magic(path: &Path) -> io::Result<u32> {
+    Ok(rfs::statfs(path)?.f_type as u32)
+}
+
+/// Bytes available to this user on the filesystem holding `path`.
+pub fn available_bytes(path: &Path) -> io::Result<u64> {
+    let st = rfs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Whether this user may create, replace and delete entries in the directory `dir`.
+pub fn dir_writable(dir: &Path) -> bool {
+    rfs::access(dir, rfs::Access::WRITE_OK | rfs::Access::EXEC_OK).is_ok()
+}
+
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Has the kernel kill the process `cmd` spawns (SIGKILL) when the thread that spawned it
+/// ends (PR_SET_PDEATHSIG), and the process kill itself when this one died before that
+/// took effect.
+pub fn die_with_this_process(cmd: &mut std::process::Command) {
+    use rustix::process as p;
+    use std::os::unix::process::CommandExt;
+    let parent = Pid::from_raw(std::process::id() as i32);
+    // SAFETY: the hook runs between fork and exec and makes only raw prctl, getppid, getpid
+    // and kill system calls (no allocation, no lock), which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            p::set_parent_process_death_signal(Some(Signal::KILL))?;
+            if p::getppid() != parent {
+                p::kill_process(p::getpid(), Signal::KILL)?;
+            }
+            Ok(())
+        })
+    };
+}
+
+/// Sends `signal` to the process group that `leader` leads (our own child, not reaped yet).
+pub fn signal_group(leader: u32, signal: Signal) -> io::Result<()> {
+    match Pid::from_raw(leader as i32) {
+        Some(pid) => Ok(rustix::process::kill_process_group(pid, signal)?),
+        None => Err(io::ErrorKind::InvalidInput.into()),
+    }
+}
+
+/// Passes the signal `sig` on to the process `pid`; one kill(2), async-signal-safe, for a
+/// signal handler.
+pub fn forward_signal(pid: i32, sig: i32) {
+    if let (Some(pid), Some(sig)) = (Pid::from_raw(pid), Signal::from_named_raw(sig)) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
 /// Whether an error from [`DirFd::dir`] or a `*at` call means the tree is not what its walk
 /// (or manifest) said: a symlink or a non-directory where a directory was (ELOOP, ENOTDIR,
 /// EXDEV), a directory where a file was (EISDIR), an entry where there was none (EEXIST).
 pub fn swapped(e: &io::Error) -> bool {
     matches!(
-        e.raw_os_error(),
-        Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV | libc::EISDIR | libc::EEXIST)
+        Errno::from_io_error(e),
+        Some(Errno::LOOP | Errno::NOTDIR | Errno::XDEV | Errno::ISDIR | Errno::EXIST)
     )
 }
 
@@ -309,6 +537,12 @@ pub fn split(path: &[u8]) -> (&[u8], &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hand-written FICLONERANGE opcode (from its struct's size) is the kernel's.
+    #[test]
+    fn ficlonerange_is_the_kernels() {
+        assert_eq!(u64::from(FICLONERANGE), libc::FICLONERANGE);
+    }
 
     /// Both ways of opening beneath (openat2, and the per-component chain older kernels get)
     /// refuse a symlink in any component and `.`/`..`, and reach plain directories.

@@ -9,9 +9,11 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use rustix::process::Signal;
 
 use crate::exit::{Code, Error, fail};
 use crate::signals;
+use crate::sys;
 
 /// An external program stagesnap can drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,12 +202,12 @@ impl Found {
                     Ok(None) => match stopping {
                         None if stoppable => {
                             if let Some(why) = signals::stop() {
-                                signal_groups(&handle, libc::SIGTERM);
+                                signal_groups(&handle, Signal::TERM);
                                 stopping = Some((why, Instant::now()));
                             }
                         }
                         Some((_, since)) if !killed && since.elapsed() >= STOP_GRACE => {
-                            signal_groups(&handle, libc::SIGKILL);
+                            signal_groups(&handle, Signal::KILL);
                             killed = true;
                         }
                         _ => {}
@@ -213,7 +215,7 @@ impl Found {
                     Err(e) => {
                         // Nothing will wait for the tool any more: end it, or the reader
                         // waits for its stdout forever.
-                        signal_groups(&handle, libc::SIGKILL);
+                        signal_groups(&handle, Signal::KILL);
                         break Err(e);
                     }
                 }
@@ -273,28 +275,14 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// when the spawning *thread* ends: [`Found::exec`] waits for the tool on that thread.)
 fn tie_to_this_process(cmd: &mut std::process::Command) {
     cmd.process_group(0);
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the hook runs between fork and exec and only calls prctl, getppid and raise,
-    // which are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // stagesnap died before the prctl took effect.
-            if libc::getppid() != parent {
-                libc::raise(libc::SIGKILL);
-            }
-            Ok(())
-        })
-    };
+    sys::die_with_this_process(cmd);
 }
 
 /// Sends `signal` to the process group of every process the handle started.
-fn signal_groups(handle: &duct::ReaderHandle, signal: libc::c_int) {
+fn signal_groups(handle: &duct::ReaderHandle, signal: Signal) {
     for pid in handle.pids() {
-        // SAFETY: plain kill(2) on the process group our own child leads.
-        unsafe { libc::kill(-(pid as libc::pid_t), signal) };
+        // A group already gone has nothing left to stop.
+        let _ = sys::signal_group(pid, signal);
     }
 }
 

@@ -1,16 +1,17 @@
 //! Facts about directory trees on disk: sizes, node directories, writability, free space,
 //! and the path relations that make a configuration unsafe.
 
-use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use rustix::io::Errno;
 use serde::Serialize;
 
 use crate::exit::{Code, fail};
+use crate::sys;
 
 /// Entry and byte counts of a tree.
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -86,7 +87,7 @@ pub fn remove_tree(path: &Path) -> Result<()> {
                 if entry.file_type().is_dir() {
                     let _ = OpenOptions::new()
                         .read(true)
-                        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+                        .custom_flags(sys::NOFOLLOW | sys::DIRECTORY)
                         .open(entry.path())
                         .and_then(|d| d.set_permissions(fs::Permissions::from_mode(0o700)));
                 }
@@ -415,44 +416,19 @@ pub fn free_bytes(path: &Path) -> Result<u64> {
     while !p.exists() {
         p = p.parent().unwrap_or(Path::new("/"));
     }
-    let c = cstring(p)?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c is a valid C string and st a properly sized out-parameter.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("statvfs {}", p.display()));
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
-}
-
-/// `path` for a libc call.
-pub fn cstring(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .with_context(|| format!("path contains a NUL byte: {}", path.display()))
+    sys::available_bytes(p).with_context(|| format!("statvfs {}", p.display()))
 }
 
 /// The names of the xattrs of `path` itself (not of a symlink's target); none where the
 /// filesystem has no xattrs.
 pub fn xattr_names(path: &Path) -> Result<Vec<Vec<u8>>> {
-    let c = cstring(path)?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: c is a valid C string and buf a live buffer of the given length.
-        let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            buf.truncate(n as usize);
-            break;
+    let buf = match sys::xattr_names_of(path) {
+        Ok(buf) => buf,
+        Err(e) if Errno::from_io_error(&e) == Some(Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot list xattrs of {}", path.display()));
         }
-        let err = std::io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::ERANGE) => buf.resize(buf.len() * 4, 0),
-            Some(libc::ENOTSUP) => return Ok(Vec::new()),
-            _ => {
-                return Err(err)
-                    .with_context(|| format!("cannot list xattrs of {}", path.display()));
-            }
-        }
-    }
+    };
     Ok(buf
         .split(|&b| b == 0)
         .filter(|n| !n.is_empty())
@@ -460,20 +436,10 @@ pub fn xattr_names(path: &Path) -> Result<Vec<Vec<u8>>> {
         .collect())
 }
 
-/// Can this process create, replace and delete entries in `dir`?
-pub fn dir_writable(dir: &Path) -> bool {
-    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: valid C string.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
-}
-
 /// The first path under `root` whose entries this user could not rewrite during a restore
 /// (a directory it cannot write, or a file it does not own and so cannot restore metadata of).
 pub fn first_unwritable(root: &Path) -> Option<PathBuf> {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = sys::euid();
     if euid == 0 {
         return None;
     }
@@ -484,7 +450,7 @@ pub fn first_unwritable(root: &Path) -> Option<PathBuf> {
         let Ok(meta) = entry.path().symlink_metadata() else {
             return Some(entry.path().to_path_buf());
         };
-        if meta.uid() != euid || (meta.is_dir() && !dir_writable(entry.path())) {
+        if meta.uid() != euid || (meta.is_dir() && !sys::dir_writable(entry.path())) {
             return Some(entry.path().to_path_buf());
         }
     }

@@ -12,8 +12,9 @@ use crate::exit::{Code, code_of, one_line};
 use crate::modes::{Mode, ModeContext, Status};
 use crate::output::{Report, table};
 use crate::store::Store;
+use crate::sys::dir_writable;
 use crate::tools::DOCKER;
-use crate::tree::{Live, dir_writable, first_unwritable, free_bytes, human_bytes};
+use crate::tree::{Live, first_unwritable, free_bytes, human_bytes};
 
 #[derive(Debug, Serialize)]
 struct Check {

@@ -6,12 +6,13 @@
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
+use rustix::fs::FileType;
+use rustix::io::Errno;
 
 use super::{Entry, Kind, Name, Xattr, hex};
 use crate::exit::Error;
@@ -41,89 +42,23 @@ fn cstring(bytes: &[u8]) -> Result<CString> {
     CString::new(bytes).context("a name contains a NUL byte")
 }
 
-fn open_dir(at: RawFd, name: &CStr, full: &Path) -> Result<OwnedFd> {
-    // SAFETY: a valid C string; the descriptor returned is owned below.
-    let fd = unsafe {
-        libc::openat(
-            at,
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("cannot read {}", full.display()));
-    }
-    // SAFETY: fd was just opened and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn open_dir(at: BorrowedFd<'_>, name: &CStr, full: &Path) -> Result<OwnedFd> {
+    sys::open_dir_at(at, name).with_context(|| format!("cannot read {}", full.display()))
 }
 
-/// The names in a directory, without `.` and `..`, read with getdents64 on the directory's
-/// own descriptor: readdir would need a duplicate of it (fdopendir takes over what it gets)
-/// and four more syscalls per directory.
+/// The names in a directory, without `.` and `..`.
 fn names(dir: &Dir) -> Result<Vec<CString>> {
-    const BUF: usize = 16 << 10;
-    // Never read before the kernel wrote it: only the bytes getdents64 returns are looked at.
-    let mut buf: Vec<u8> = Vec::with_capacity(BUF);
-    let mut out = Vec::new();
-    loop {
-        // SAFETY: a directory descriptor we own and a buffer of BUF writable bytes.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_getdents64,
-                dir.fd.as_raw_fd(),
-                buf.as_mut_ptr(),
-                BUF,
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(Error::unreadable(&dir.full, e));
-        }
-        if n == 0 {
-            return Ok(out);
-        }
-        // SAFETY: the kernel initialised the first n bytes.
-        let records = unsafe { std::slice::from_raw_parts(buf.as_ptr(), n as usize) };
-        let mut at = 0;
-        // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name.
-        while let Some(record) = records
-            .get(at + 16..at + 18)
-            .map(|len| u16::from_ne_bytes([len[0], len[1]]) as usize)
-            .and_then(|len| records.get(at..at + len))
-        {
-            if record.len() <= 19 {
-                break;
-            }
-            let name = &record[19..];
-            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-            if !matches!(name, b"." | b"..") {
-                out.push(cstring(name)?);
-            }
-            at += record.len();
-        }
-    }
+    sys::dir_names(dir.fd.as_fd()).map_err(|e| Error::unreadable(&dir.full, e))
 }
 
-fn stat_at(at: RawFd, name: &CStr, full: &Path) -> Result<libc::stat> {
-    // SAFETY: zeroed stat is a valid out-parameter.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and out-parameter.
-    if unsafe { libc::fstatat(at, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("cannot stat {}", full.display()));
-    }
-    Ok(st)
-}
-
-fn kind_of(mode: libc::mode_t) -> Kind {
-    match mode & libc::S_IFMT {
-        libc::S_IFREG => Kind::File,
-        libc::S_IFDIR => Kind::Dir,
-        libc::S_IFLNK => Kind::Symlink,
-        libc::S_IFIFO => Kind::Fifo,
-        libc::S_IFSOCK => Kind::Socket,
-        libc::S_IFCHR => Kind::Char,
+fn kind_of(mode: u32) -> Kind {
+    match FileType::from_raw_mode(mode) {
+        FileType::RegularFile => Kind::File,
+        FileType::Directory => Kind::Dir,
+        FileType::Symlink => Kind::Symlink,
+        FileType::Fifo => Kind::Fifo,
+        FileType::Socket => Kind::Socket,
+        FileType::CharacterDevice => Kind::Char,
         _ => Kind::Block,
     }
 }
@@ -132,7 +67,7 @@ fn kind_of(mode: libc::mode_t) -> Kind {
 /// the manifest.
 /// None when it is gone by the time it is looked at: a walk of live data that nodes write
 /// to describes it as it is, and an entry removed meanwhile is not part of that.
-fn entry_at(at: RawFd, name: &CStr, full: &Path, path: Name) -> Result<Option<Found>> {
+fn entry_at(at: BorrowedFd<'_>, name: &CStr, full: &Path, path: Name) -> Result<Option<Found>> {
     match entry_at_or_gone(at, name, full, path) {
         Err(e) if gone(&e) => Ok(None),
         found => found.map(Some),
@@ -143,19 +78,16 @@ fn entry_at(at: RawFd, name: &CStr, full: &Path, path: Name) -> Result<Option<Fo
 fn gone(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOENT))
+            .is_some_and(|io| Errno::from_io_error(io) == Some(Errno::NOENT))
     })
 }
 
-fn entry_at_or_gone(at: RawFd, name: &CStr, full: &Path, path: Name) -> Result<Found> {
-    let st = stat_at(at, name, full)?;
+fn entry_at_or_gone(at: BorrowedFd<'_>, name: &CStr, full: &Path, path: Name) -> Result<Found> {
+    let st = sys::stat_at(at, name).with_context(|| format!("cannot stat {}", full.display()))?;
     let kind = kind_of(st.st_mode);
     let target = if kind == Kind::Symlink {
-        let t = sized(|buf, len| {
-            // SAFETY: valid C string and a buffer of `len` bytes (len > 0 here).
-            unsafe { libc::readlinkat(at, name.as_ptr(), buf.cast(), len) }
-        })
-        .with_context(|| format!("cannot read symlink {}", full.display()))?;
+        let t = sys::read_link_at(at, name)
+            .with_context(|| format!("cannot read symlink {}", full.display()))?;
         Some(Name(t))
     } else {
         None
@@ -166,7 +98,7 @@ fn entry_at_or_gone(at: RawFd, name: &CStr, full: &Path, path: Name) -> Result<F
         0
     };
     let rdev = matches!(kind, Kind::Char | Kind::Block)
-        .then(|| [libc::major(st.st_rdev), libc::minor(st.st_rdev)]);
+        .then(|| [rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev)]);
     let inode = (kind != Kind::Dir && st.st_nlink > 1).then_some((st.st_dev, st.st_ino));
     let entry = Entry {
         path,
@@ -177,7 +109,7 @@ fn entry_at_or_gone(at: RawFd, name: &CStr, full: &Path, path: Name) -> Result<F
         mtime_ns: st
             .st_mtime
             .saturating_mul(1_000_000_000)
-            .saturating_add(st.st_mtime_nsec),
+            .saturating_add(st.st_mtime_nsec as i64),
         size,
         blake3: None,
         pieces: None,
@@ -191,86 +123,31 @@ fn entry_at_or_gone(at: RawFd, name: &CStr, full: &Path, path: Name) -> Result<F
         st.st_ino,
         st.st_ctime
             .saturating_mul(1_000_000_000)
-            .saturating_add(st.st_ctime_nsec),
+            .saturating_add(st.st_ctime_nsec as i64),
     );
     Ok((entry, inode, stamp))
 }
-
-/// `readlinkat` and the like: calls `f(buf, len)` with a growing buffer until the result
-/// fits (readlink gives no size first).
-fn sized(f: impl Fn(*mut u8, usize) -> isize) -> std::io::Result<Vec<u8>> {
-    let mut len = 256;
-    loop {
-        let mut buf = vec![0u8; len];
-        let n = f(buf.as_mut_ptr(), len);
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if (n as usize) < len {
-            buf.truncate(n as usize);
-            return Ok(buf);
-        }
-        len *= 4;
-    }
-}
-
-/// Linux 6.13's `listxattrat`; older kernels answer ENOSYS and the path is used instead.
-const SYS_LISTXATTRAT: libc::c_long = 465;
-static NO_LISTXATTRAT: AtomicBool = AtomicBool::new(false);
 
 /// The entry's own xattrs, sorted by name. Listed relative to its directory where the kernel
 /// can (listxattrat, Linux 6.13); values, and lists on older kernels, through the entry
 /// pinned without following it: never by a full path, which a swapped directory could lead
 /// outside the tree.
-fn xattrs_at(at: RawFd, name: &CStr, full: &Path) -> Result<Vec<Xattr>> {
+fn xattrs_at(at: BorrowedFd<'_>, name: &CStr, full: &Path) -> Result<Vec<Xattr>> {
     let pinned = std::cell::OnceCell::new();
     let pin = || -> std::io::Result<&sys::Pinned> {
         if let Some(p) = pinned.get() {
             return Ok(p);
         }
-        // SAFETY: `at` is the walk's open directory descriptor for this call.
-        let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(at) };
-        let p = sys::pin_at(dir, name.to_bytes())?;
+        let p = sys::pin_at(at, name.to_bytes())?;
         Ok(pinned.get_or_init(|| p))
     };
-    // One call with a small buffer: most entries have no xattrs, and the walk is the whole
-    // cost of a restore that finds nothing to do.
-    let list_at = |buf: *mut u8, len: usize| -> isize {
-        // SAFETY: valid descriptor, C string and buffer of `len` bytes.
-        unsafe {
-            libc::syscall(
-                SYS_LISTXATTRAT,
-                at,
-                name.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-                buf,
-                len,
-            ) as isize
-        }
-    };
-    let listed = if cfg!(target_arch = "x86_64") && !NO_LISTXATTRAT.load(Ordering::Relaxed) {
-        let mut small = [0u8; 256];
-        let n = list_at(small.as_mut_ptr(), small.len());
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            _ if n >= 0 => Some(Ok(small[..n as usize].to_vec())),
-            Some(libc::ENOSYS) => {
-                NO_LISTXATTRAT.store(true, Ordering::Relaxed);
-                None
-            }
-            Some(libc::ERANGE) => Some(probe(list_at)),
-            _ => Some(Err(e)),
-        }
-    } else {
-        None
-    };
-    let names = match listed {
+    let names = match sys::xattr_names_at(at, name) {
         Some(names) => names,
         None => pin().and_then(|p| p.xattr_names()),
     };
     let names = match names {
         Ok(names) => names,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(vec![]),
+        Err(e) if Errno::from_io_error(&e) == Some(Errno::NOTSUP) => return Ok(vec![]),
         Err(e) => {
             return Err(e).with_context(|| format!("cannot list xattrs of {}", full.display()));
         }
@@ -287,7 +164,7 @@ fn xattrs_at(at: RawFd, name: &CStr, full: &Path) -> Result<Vec<Xattr>> {
                 value: hex(&v),
             }),
             // Removed between list and get.
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(e) if Errno::from_io_error(&e) == Some(Errno::NODATA) => {}
             Err(e) => {
                 return Err(e).with_context(|| {
                     format!(
@@ -301,27 +178,6 @@ fn xattrs_at(at: RawFd, name: &CStr, full: &Path) -> Result<Vec<Xattr>> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
-}
-
-/// Runs a size-probing syscall (`f(null, 0)` returns the size) until the value fits.
-fn probe(f: impl Fn(*mut u8, usize) -> isize) -> std::io::Result<Vec<u8>> {
-    loop {
-        let n = f(std::ptr::null_mut(), 0);
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut buf = vec![0u8; n as usize];
-        let got = f(buf.as_mut_ptr(), buf.len());
-        if got >= 0 {
-            buf.truncate(got as usize);
-            return Ok(buf);
-        }
-        let err = std::io::Error::last_os_error();
-        // ERANGE: the value grew between the two calls.
-        if err.raw_os_error() != Some(libc::ERANGE) {
-            return Err(err);
-        }
-    }
 }
 
 fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
@@ -338,13 +194,13 @@ fn walk(dir: &Dir, out: &mut Vec<Found>) -> Result<()> {
     for name in names(dir)? {
         let rel = join(&dir.rel, name.to_bytes());
         let full = dir.full.join(OsStr::from_bytes(name.to_bytes()));
-        let Some(found) = entry_at(dir.fd.as_raw_fd(), &name, &full, Name(rel.clone()))? else {
+        let Some(found) = entry_at(dir.fd.as_fd(), &name, &full, Name(rel.clone()))? else {
             continue;
         };
         let is_dir = found.0.kind == Kind::Dir;
         out.push(found);
         if is_dir {
-            match open_dir(dir.fd.as_raw_fd(), &name, &full) {
+            match open_dir(dir.fd.as_fd(), &name, &full) {
                 Ok(fd) => walk(&Dir { fd, full, rel }, out)?,
                 // Removed since its stat: it is empty as far as this walk can tell.
                 Err(e) if gone(&e) => {}
@@ -364,21 +220,10 @@ pub fn entry_in(dir: &DirFd, root: &Path, path: &Name) -> Result<Option<(Entry, 
 fn stamped_entry_in(dir: &DirFd, root: &Path, path: &Name) -> Result<Option<Found>> {
     let full = root.join(OsStr::from_bytes(&path.0));
     let cname = cstring(sys::split(&path.0).1)?;
-    // SAFETY: zeroed stat is a valid out-parameter.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: valid descriptor, C string and out-parameter.
-    if unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            cname.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    } != 0
-    {
+    if sys::stat_at(dir.as_fd(), &cname).is_err() {
         return Ok(None);
     }
-    entry_at(dir.as_raw_fd(), &cname, &full, path.clone())
+    entry_at(dir.as_fd(), &cname, &full, path.clone())
 }
 
 /// Every entry of `root/<include>…` (none for a missing one), unsorted, with the inodes of multiply linked ones; the
@@ -403,7 +248,7 @@ pub fn scan_stamped(root: &Path, include: &[PathBuf]) -> Result<Vec<Found>> {
         let parent = match at_root.dir(parent) {
             Ok(dir) => dir,
             // A missing included path has no entries (the commands check the live ones first).
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) if Errno::from_io_error(&e) == Some(Errno::NOENT) => continue,
             Err(e) => {
                 return Err(Error::unreadable(&full, e));
             }
@@ -417,18 +262,18 @@ pub fn scan_stamped(root: &Path, include: &[PathBuf]) -> Result<Vec<Found>> {
             continue;
         }
         let top = Dir {
-            fd: open_dir(parent.as_raw_fd(), &cstring(name)?, &full)?,
+            fd: open_dir(parent.as_fd(), &cstring(name)?, &full)?,
             full: full.clone(),
             rel: rel.as_os_str().as_bytes().to_vec(),
         };
         for name in names(&top)? {
             let rel = join(&top.rel, name.to_bytes());
             let full = full.join(OsStr::from_bytes(name.to_bytes()));
-            let Some(found) = entry_at(top.fd.as_raw_fd(), &name, &full, Name(rel.clone()))? else {
+            let Some(found) = entry_at(top.fd.as_fd(), &name, &full, Name(rel.clone()))? else {
                 continue;
             };
             if found.0.kind == Kind::Dir {
-                match open_dir(top.fd.as_raw_fd(), &name, &full) {
+                match open_dir(top.fd.as_fd(), &name, &full) {
                     Ok(fd) => units.push(Dir { fd, full, rel }),
                     Err(e) if gone(&e) => {}
                     Err(e) => return Err(e),
@@ -485,7 +330,7 @@ mod tests {
         }
         let root = CString::new(tmp.path().as_os_str().as_bytes()).unwrap();
         let dir = Dir {
-            fd: open_dir(libc::AT_FDCWD, &root, tmp.path()).unwrap(),
+            fd: open_dir(rustix::fs::CWD, &root, tmp.path()).unwrap(),
             full: tmp.path().to_path_buf(),
             rel: Vec::new(),
         };

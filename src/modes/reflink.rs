@@ -10,7 +10,6 @@
 //! (a suite's writes never reach the snapshot's blocks); `verify` checks its metadata.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -22,8 +21,9 @@ use crate::delta::{Content, Delta, clone};
 use crate::exit::{Code, fail};
 use crate::manifest::Manifest;
 use crate::store::Snapshot;
+use crate::sys;
 use crate::tools::{Found, Tool};
-use crate::tree::{Live, Totals, cstring};
+use crate::tree::{Live, Totals};
 
 pub struct Reflink;
 
@@ -189,18 +189,7 @@ fn clone_head(src: &File, dst: &File) -> std::io::Result<()> {
     if src.metadata()?.len() <= HEAD {
         return clone(src, dst);
     }
-    let range = libc::file_clone_range {
-        src_fd: i64::from(src.as_raw_fd()),
-        src_offset: 0,
-        src_length: HEAD,
-        dest_offset: 0,
-    };
-    // SAFETY: an open descriptor and a valid file_clone_range.
-    if unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONERANGE, &range) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    sys::clone_head(src, dst, HEAD)
 }
 
 /// The first non-empty regular file of the included paths.
@@ -216,16 +205,10 @@ fn first_file(live: &Live) -> Option<PathBuf> {
 
 /// The filesystem type of `path`, by statfs f_type.
 fn fs_name(path: &Path) -> String {
-    let Ok(c) = cstring(path) else {
+    let Ok(magic) = sys::fs_magic(path) else {
         return "an unknown filesystem".into();
     };
-    // SAFETY: zeroed statfs is a valid out-parameter.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and out-parameter.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return "an unknown filesystem".into();
-    }
-    let name = match st.f_type as u32 {
+    let name = match magic {
         0x5846_5342 => "xfs",
         0x9123_683e => "btrfs",
         0xca45_1a4e => "bcachefs",

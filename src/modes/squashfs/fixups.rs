@@ -11,13 +11,14 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use rustix::io::Errno;
 
 use super::set_mtime;
 use crate::exit::{Code, fail};
+use crate::sys;
 use crate::tree::{Live, xattr_names};
 
 const HEADER: &[u8] = b"stagesnap-fixups 1";
@@ -208,30 +209,13 @@ fn unstorable_xattr(path: &Path) -> Result<Option<String>> {
         .map(|n| String::from_utf8_lossy(&n).into_owned()))
 }
 
-/// `lseek(2)` with SEEK_DATA or SEEK_HOLE; None when there is no such region after `offset`.
-fn seek(file: &File, offset: u64, whence: libc::c_int) -> Result<Option<u64>> {
-    // SAFETY: plain lseek on an open descriptor.
-    let pos = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
-    if pos >= 0 {
-        return Ok(Some(pos as u64));
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ENXIO) {
-        Ok(None)
-    } else {
-        Err(err.into())
-    }
-}
-
 /// The holes of a sparse file, as the filesystem reports them (SEEK_HOLE/SEEK_DATA).
 fn hole_map(path: &Path, size: u64) -> Result<Vec<(u64, u64)>> {
     let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut holes = Vec::new();
     let mut pos = 0;
-    while let Some(hole) = seek(&file, pos, libc::SEEK_HOLE)?.filter(|&h| h < size) {
-        let data = seek(&file, hole, libc::SEEK_DATA)?
-            .unwrap_or(size)
-            .min(size);
+    while let Some(hole) = sys::next_hole(&file, pos)?.filter(|&h| h < size) {
+        let data = sys::next_data(&file, hole)?.unwrap_or(size).min(size);
         holes.push((hole, data - hole));
         pos = data;
     }
@@ -250,7 +234,7 @@ fn punch(path: &Path, holes: &[(u64, u64)]) -> Result<bool> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(sys::NOFOLLOW)
         .open(path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     let mut punched = false;
@@ -259,19 +243,8 @@ fn punch(path: &Path, holes: &[(u64, u64)]) -> Result<bool> {
         if end <= offset || !allocated_zeros(&file, offset, end)? {
             continue;
         }
-        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        // SAFETY: fallocate on an open descriptor with an in-file range.
-        let rc = unsafe {
-            libc::fallocate(
-                file.as_raw_fd(),
-                mode,
-                offset as libc::off_t,
-                (end - offset) as libc::off_t,
-            )
-        };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        if let Err(err) = sys::punch_hole(&file, offset, end - offset) {
+            if Errno::from_io_error(&err) == Some(Errno::OPNOTSUPP) {
                 // The filesystem cannot make holes: the content is right all the same.
                 break;
             }
@@ -290,8 +263,8 @@ fn allocated_zeros(file: &File, start: u64, end: u64) -> Result<bool> {
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = start;
     let mut allocated = false;
-    while let Some(data) = seek(file, pos, libc::SEEK_DATA)?.filter(|&d| d < end) {
-        let stop = seek(file, data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+    while let Some(data) = sys::next_data(file, pos)?.filter(|&d| d < end) {
+        let stop = sys::next_hole(file, data)?.unwrap_or(end).min(end);
         let mut at = data;
         while at < stop {
             let n = ((stop - at) as usize).min(buf.len());

@@ -30,8 +30,9 @@ use crate::exit::{Code, Error, code_of, fail, one_line};
 use crate::manifest::{Entry, Kind, Manifest, Name};
 use crate::signals;
 use crate::store::Snapshot;
+use crate::sys;
 use crate::tools::{Found, Tool};
-use crate::tree::{Live, WORK_PREFIX, cstring, human_bytes, left_by_dead_process, seconds};
+use crate::tree::{Live, WORK_PREFIX, human_bytes, left_by_dead_process, seconds};
 
 const MKSQUASHFS: Tool = Tool {
     program: "mksquashfs",
@@ -420,8 +421,7 @@ impl Strategy {
 
 /// Why this process cannot loop-mount an image, or None when it can.
 fn mount_blocker() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if sys::euid() != 0 {
         return Some("mounting needs root and this process is not root".into());
     }
     let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
@@ -1049,31 +1049,8 @@ impl Drop for Mounted<'_> {
 
 /// Sets the mtime of `path` itself (not a symlink's target), leaving its atime.
 fn set_mtime(path: &Path, t: Time) -> Result<()> {
-    let c = cstring(path)?;
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        libc::timespec {
-            tv_sec: t.sec,
-            tv_nsec: t.nsec,
-        },
-    ];
-    // SAFETY: valid C string and two timespecs.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("cannot set the mtime of {}", path.display()));
-    }
-    Ok(())
+    sys::set_mtime_of(path, t.sec, t.nsec)
+        .with_context(|| format!("cannot set the mtime of {}", path.display()))
 }
 
 #[cfg(test)]
