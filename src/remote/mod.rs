@@ -37,6 +37,11 @@ pub struct Here<'a> {
     /// What its configuration lets a snapshot hold.
     pub allowed: Allowed<'a>,
     pub cache_dir: &'a Path,
+    /// The configured mode's name, which the pulled snapshot takes.
+    pub mode: &'a str,
+    /// Makes the staging payload (its second argument, empty) the configured mode's snapshot
+    /// of the pulled tree of files (its first), returning meta.json's mode details.
+    pub take_tree: &'a dyn Fn(&Path, &Path) -> Result<serde_json::Value>,
 }
 
 /// What a push did.
@@ -296,8 +301,8 @@ pub fn push(
     Ok(pushed)
 }
 
-/// Pulls snapshot `name` into `store` as a filesystem-mode snapshot (a tree of files that
-/// any mode's configuration restores from): only the pieces that no local snapshot (nor
+/// Pulls snapshot `name` into `store` as a snapshot of the configured mode (built as a tree
+/// of files beside the staging snapshot, which [`Here::take_tree`] turns into its payload): only the pieces that no local snapshot (nor
 /// an interrupted pull) holds are downloaded, each checked against its digest, and the
 /// snapshot appears in one rename once whole. The manifest is checked like a local one's
 /// before anything is downloaded. Exit 4 when the remote has no such snapshot.
@@ -448,7 +453,11 @@ pub fn pull(
         packs_dir: &packs_dir,
         client: remote,
     };
-    materialize(&staging.payload(), &manifest, &source)?;
+    let tree = crate::tree::TreeBeside::new(staging.dir());
+    std::fs::create_dir(&tree.0).map_err(|e| crate::store::write_error(&tree.0, e))?;
+    materialize(&tree.0, &manifest, &source)?;
+    meta.payload = (here.take_tree)(&tree.0, &staging.payload())?;
+    meta.mode = here.mode.to_string();
     local::write_content(staging.dir(), &object.content)
         .map_err(|e| crate::store::write_error(staging.dir(), e))?;
     // Made on another machine, perhaps: its paths become this environment's.
@@ -456,8 +465,6 @@ pub fn pull(
         .fingerprint
         .map(|f| f.rebased(&meta.cache_dir, here.cache_dir));
     meta.cache_dir = here.cache_dir.to_path_buf();
-    meta.mode = "filesystem".into();
-    meta.payload = serde_json::Value::Null;
     meta.stored_bytes = crate::tree::totals(&staging.payload())?.allocated;
     let mut staging = staging;
     staging.commit(&meta, force)?;
