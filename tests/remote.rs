@@ -202,6 +202,19 @@ fn num(doc: &serde_json::Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} in {doc}"))
 }
 
+/// A `file://` archive (gone with the directory returned first), its url, and the tree of
+/// `clean_state` that a sample runner of `nodes` nodes and `size` bytes pushed to it.
+fn pushed_to_an_archive(nodes: u32, size: u64) -> (tempfile::TempDir, String, String) {
+    let archive = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", archive.path().display());
+    let a = Env::sample(nodes, size);
+    a.set("remote", &url);
+    run(&a, &["create"], 0);
+    let clean = treestate(&a.data());
+    run(&a, &["push"], 0);
+    (archive, url, clean)
+}
+
 /// The store's entries, for "nothing changed".
 fn store_listing(env: &Env) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(env.snapshots())
@@ -423,13 +436,7 @@ fn a_remote_that_is_not_there_is_one_line_and_exit_3() {
 
 #[test]
 fn a_file_remote_round_trips_and_restore_pulls_what_is_missing() {
-    let archive = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", archive.path().display());
-    let a = Env::sample(3, 16 << 20);
-    a.set("remote", &url);
-    run(&a, &["create"], 0);
-    let clean = treestate(&a.data());
-    run(&a, &["push"], 0);
+    let (_archive, url, clean) = pushed_to_an_archive(3, 16 << 20);
 
     let b = Env::sample(3, 16 << 20);
     b.set("remote", &url);
@@ -451,12 +458,7 @@ fn a_file_remote_round_trips_and_restore_pulls_what_is_missing() {
 
 #[test]
 fn a_damaged_pack_is_named_and_nothing_changes() {
-    let archive = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", archive.path().display());
-    let a = Env::sample(2, 8 << 20);
-    a.set("remote", &url);
-    run(&a, &["create"], 0);
-    run(&a, &["push"], 0);
+    let (archive, url, _) = pushed_to_an_archive(2, 8 << 20);
     let pack = std::fs::read_dir(archive.path().join("packs"))
         .unwrap()
         .next()
@@ -574,13 +576,7 @@ fn a_squashfs_snapshot_is_pushed_from_its_image() {
 /// A snapshot pushed to a `file://` archive from a filesystem-mode runner, restored on a
 /// runner of `mode` that does not have it: the pull builds it as that mode's snapshot.
 fn restored_from_an_archive_in(mode: &Mode) {
-    let archive = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", archive.path().display());
-    let a = Env::sample(2, 8 << 20);
-    a.set("remote", &url);
-    run(&a, &["create"], 0);
-    let clean = treestate(&a.data());
-    run(&a, &["push"], 0);
+    let (_archive, url, clean) = pushed_to_an_archive(2, 8 << 20);
 
     let b = mode.env(2, 8 << 20);
     b.set("remote", &url);
@@ -631,12 +627,7 @@ fn a_snapshot_only_in_an_archive_is_restored_as_a_reflink_snapshot() {
 
 #[test]
 fn recreate_and_disabled_refuse_to_pull_before_anything_moves() {
-    let archive = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", archive.path().display());
-    let a = Env::sample(2, 4 << 20);
-    a.set("remote", &url);
-    run(&a, &["create"], 0);
-    run(&a, &["push"], 0);
+    let (_archive, url, _) = pushed_to_an_archive(2, 4 << 20);
     let b = Env::sample(2, 4 << 20);
     b.set("remote", &url);
     for (mode, says) in [
