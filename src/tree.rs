@@ -64,6 +64,28 @@ pub fn totals(root: &Path) -> Result<Totals> {
     Ok(t)
 }
 
+/// A tree built in snapshots_dir beside a staging snapshot (whose size it must not count):
+/// an extracted image that adopt packs again, the files a pull builds before its mode takes
+/// them. Named after the staging directory, so that a crash leaves it to the same cleanup;
+/// removed when dropped.
+pub struct TreeBeside(pub PathBuf);
+
+impl TreeBeside {
+    pub fn new(staging: &Path) -> TreeBeside {
+        let mut name = staging.as_os_str().to_owned();
+        name.push(".tree");
+        TreeBeside(PathBuf::from(name))
+    }
+}
+
+impl Drop for TreeBeside {
+    fn drop(&mut self) {
+        if let Err(e) = remove_tree(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %crate::exit::one_line(&e), "tree_left: remove it by hand");
+        }
+    }
+}
+
 /// `rm -rf` that first makes directories writable, so a snapshot holding read-only
 /// directories (copied faithfully from the data) can still be removed.
 /// Never follows a symlink: a link at `path` is removed itself, and the chmod pass opens

@@ -1,6 +1,7 @@
 //! Incremental local storage (issue 16): in filesystem mode a snapshot's files identical to
 //! the previous snapshot's are hardlinks to them, so a second snapshot after a suite costs
-//! about what the suite changed; deleting or pruning one snapshot never damages another.
+//! about what the suite changed; in reflink mode they are clones sharing extents with the
+//! data and one another; deleting or pruning one snapshot never damages another.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use common::modes::Mode;
 use common::{Env, assert_same_tree, treestate};
 
 /// Bytes allocated under `dir`, each inode once (as the disk holds them).
@@ -44,6 +46,12 @@ fn changed_bytes(env: &Env, a: &str, b: &str) -> u64 {
         .filter(|(p, (hash, _))| old.get(*p).is_none_or(|(h, _)| h != hash))
         .map(|(_, (_, size))| size)
         .sum()
+}
+
+fn num(row: &serde_json::Value, key: &str) -> u64 {
+    row[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in {row}"))
 }
 
 fn row<'a>(listing: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -83,15 +91,21 @@ fn a_second_snapshot_stores_only_what_changed_and_each_survives_the_others_remov
     assert!(two["own_bytes"].as_u64().unwrap() > 0, "{listing}");
     // Stored files still match their manifests, directory times included.
     env.run(&["verify", "one", "two"], 0);
+    each_survives_the_others_removal(&env, &two_tree, &|listing| {
+        // Its files are then its own.
+        assert_eq!(row(listing, "two")["shared_bytes"], 0, "{listing}");
+    });
+}
 
-    // Removing one leaves the other whole, and its files are then its own.
+/// Snapshots `one` and `two` (the live data is `two_tree`): deleting `one` leaves `two` whole
+/// (`alone` checks `list` then), and pruning to the newest leaves that whole too.
+fn each_survives_the_others_removal(env: &Env, two_tree: &str, alone: &dyn Fn(&serde_json::Value)) {
     env.run(&["delete", "one"], 0);
     env.run(&["verify", "two"], 0);
-    let listing = env.json(&["list"], 0);
-    assert_eq!(row(&listing, "two")["shared_bytes"], 0, "{listing}");
+    alone(&env.json(&["list"], 0));
     env.suite(5);
     env.run(&["restore", "two"], 0);
-    assert_same_tree(&treestate(&env.data()), &two_tree);
+    assert_same_tree(&treestate(&env.data()), two_tree);
 
     // Pruning keeps the newest; it shares with the pruned one and stays whole.
     env.suite(6);
@@ -103,4 +117,41 @@ fn a_second_snapshot_stores_only_what_changed_and_each_survives_the_others_remov
     env.suite(7);
     env.run(&["restore", "three"], 0);
     assert_same_tree(&treestate(&env.data()), &three_tree);
+}
+
+/// Reflink snapshots share without links: each is a clone of the live data, so the files a
+/// suite leaves alone are the same extents in the data and in every snapshot of them.
+#[test]
+fn reflink_snapshots_share_extents_and_each_survives_the_others_removal() {
+    common::modes::require_root();
+    let env = Mode::Reflink("xfs").env(3, 24 << 20);
+    env.set("auto_cleanup", "false");
+    env.run(&["create", "one"], 0);
+    let listing = env.json(&["list"], 0);
+    let one = row(&listing, "one");
+    // Fresh clones: every data block is the live data's too.
+    // (Its own: directories' blocks, and preallocated extents, which a clone does not carry
+    // and the engine allocates again.)
+    let (own, shared) = (num(one, "own_bytes"), num(one, "shared_bytes"));
+    assert!(shared >= 20 << 20 && own * 10 < shared, "{listing}");
+
+    env.suite(4);
+    env.run(&["create", "two"], 0);
+    let two_tree = treestate(&env.data());
+    let listing = env.json(&["list"], 0);
+    let (one, two) = (row(&listing, "one"), row(&listing, "two"));
+    // The suite rewrote some of the data: one's old copies of those files are its own now.
+    assert!(one["own_bytes"].as_u64().unwrap() > 0, "{listing}");
+    assert!(
+        two["shared_bytes"].as_u64().unwrap() >= 20 << 20,
+        "{listing}"
+    );
+    env.run(&["verify", "one", "two"], 0);
+    each_survives_the_others_removal(&env, &two_tree, &|listing| {
+        // Still the live data's extents.
+        assert!(
+            row(listing, "two")["shared_bytes"].as_u64().unwrap() > 0,
+            "{listing}"
+        );
+    });
 }

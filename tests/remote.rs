@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use assert_cmd::assert::OutputAssertExt;
+use common::modes::Mode;
 use common::{Env, Paused, assert_same_tree, treestate};
 
 /// moto_server: the one setup.sh installs, else the one on PATH.
@@ -199,6 +200,19 @@ fn num(doc: &serde_json::Value, key: &str) -> u64 {
     doc[key]
         .as_u64()
         .unwrap_or_else(|| panic!("{key} in {doc}"))
+}
+
+/// A `file://` archive (gone with the directory returned first), its url, and the tree of
+/// `clean_state` that a sample runner of `nodes` nodes and `size` bytes pushed to it.
+fn pushed_to_an_archive(nodes: u32, size: u64) -> (tempfile::TempDir, String, String) {
+    let archive = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", archive.path().display());
+    let a = Env::sample(nodes, size);
+    a.set("remote", &url);
+    run(&a, &["create"], 0);
+    let clean = treestate(&a.data());
+    run(&a, &["push"], 0);
+    (archive, url, clean)
 }
 
 /// The store's entries, for "nothing changed".
@@ -422,13 +436,7 @@ fn a_remote_that_is_not_there_is_one_line_and_exit_3() {
 
 #[test]
 fn a_file_remote_round_trips_and_restore_pulls_what_is_missing() {
-    let archive = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", archive.path().display());
-    let a = Env::sample(3, 16 << 20);
-    a.set("remote", &url);
-    run(&a, &["create"], 0);
-    let clean = treestate(&a.data());
-    run(&a, &["push"], 0);
+    let (_archive, url, clean) = pushed_to_an_archive(3, 16 << 20);
 
     let b = Env::sample(3, 16 << 20);
     b.set("remote", &url);
@@ -450,12 +458,7 @@ fn a_file_remote_round_trips_and_restore_pulls_what_is_missing() {
 
 #[test]
 fn a_damaged_pack_is_named_and_nothing_changes() {
-    let archive = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", archive.path().display());
-    let a = Env::sample(2, 8 << 20);
-    a.set("remote", &url);
-    run(&a, &["create"], 0);
-    run(&a, &["push"], 0);
+    let (archive, url, _) = pushed_to_an_archive(2, 8 << 20);
     let pack = std::fs::read_dir(archive.path().join("packs"))
         .unwrap()
         .next()
@@ -568,6 +571,75 @@ fn a_squashfs_snapshot_is_pushed_from_its_image() {
     run(&b, &["pull"], 0);
     run(&b, &["restore"], 0);
     assert_same_tree(&treestate(&b.data()), &clean);
+}
+
+/// A snapshot pushed to a `file://` archive from a filesystem-mode runner, restored on a
+/// runner of `mode` that does not have it: the pull builds it as that mode's snapshot.
+fn restored_from_an_archive_in(mode: &Mode) {
+    let (_archive, url, clean) = pushed_to_an_archive(2, 8 << 20);
+
+    let b = mode.env(2, 8 << 20);
+    b.set("remote", &url);
+    b.set("auto_create_on_startup", "false");
+    b.suite(5);
+    let (_, err) = run(&b, &["restore"], 0);
+    assert!(err.contains("snapshot_pulled"), "{}: {err}", mode.label());
+    assert_same_tree(&treestate(&b.data()), &clean);
+    let listed = json(&b, &["list"], 0);
+    assert_eq!(
+        listed["snapshots"][0]["mode"],
+        mode.name(),
+        "{}",
+        mode.label()
+    );
+    let payload = b.snapshots().join("clean_state/payload");
+    let mut held: Vec<String> = std::fs::read_dir(&payload)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    held.sort();
+    match mode {
+        // The image and its fixups; the pulled tree is gone.
+        Mode::Squashfs { .. } => assert_eq!(held, ["fixups", "image.sqfs"]),
+        _ => assert_eq!(held, ["data"], "{}", mode.label()),
+    }
+    assert!(!b.snapshots().read_dir().unwrap().any(|e| {
+        let name = e.unwrap().file_name();
+        name.to_string_lossy().ends_with(".tree")
+    }));
+    // The pulled snapshot is whole as its mode checks it, and restores again.
+    run(&b, &["verify"], 0);
+    b.suite(6);
+    run(&b, &["restore"], 0);
+    assert_same_tree(&treestate(&b.data()), &clean);
+}
+
+#[test]
+fn a_snapshot_only_in_an_archive_is_restored_as_a_squashfs_snapshot() {
+    restored_from_an_archive_in(&Mode::squashfs("zstd", "extract"));
+}
+
+#[test]
+fn a_snapshot_only_in_an_archive_is_restored_as_a_reflink_snapshot() {
+    common::modes::require_root();
+    restored_from_an_archive_in(&Mode::Reflink("xfs"));
+}
+
+#[test]
+fn recreate_and_disabled_refuse_to_pull_before_anything_moves() {
+    let (_archive, url, _) = pushed_to_an_archive(2, 4 << 20);
+    let b = Env::sample(2, 4 << 20);
+    b.set("remote", &url);
+    for (mode, says) in [
+        ("recreate", "recreate mode keeps no data"),
+        ("disabled", "mode = disabled"),
+    ] {
+        let set = format!("mode={mode}");
+        let (_, err) = run(&b, &["-s", &set, "pull"], 2);
+        assert!(err.contains(says), "{mode}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(store_listing(&b).is_empty(), "{mode}");
+    }
 }
 
 #[test]

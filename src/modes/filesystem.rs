@@ -186,6 +186,11 @@ impl Mode for Filesystem {
         Ok(serde_json::Value::Null)
     }
 
+    /// The pulled tree is the payload as it stands.
+    fn take_tree(&self, ctx: &ModeContext, payload: &Path) -> Result<serde_json::Value> {
+        super::tree_as_payload(ctx, payload)
+    }
+
     /// A file a suite left alone is stored once, hardlinked from the previous snapshot.
     fn shares_identical_files(&self) -> bool {
         true

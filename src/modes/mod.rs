@@ -320,6 +320,20 @@ impl<'a> ModeContext<'a> {
     }
 }
 
+/// [`Mode::take_tree`] of the modes whose payload is a tree of files: the pulled tree
+/// becomes the payload by one rename (it lies in the store, on the payload's filesystem).
+fn tree_as_payload(ctx: &ModeContext, payload: &Path) -> Result<serde_json::Value> {
+    let tree = &ctx.live.cache_dir;
+    std::fs::rename(tree, payload).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot move {} to {} ({e}); nothing was changed",
+            tree.display(),
+            payload.display()
+        )
+    })?;
+    Ok(serde_json::Value::Null)
+}
+
 /// What a restore did, and what it saw.
 pub struct Restoration {
     pub stats: RestoreStats,
@@ -501,6 +515,20 @@ pub trait Mode {
     /// become hardlinks to them (its payload is a tree of read-only copies).
     fn shares_identical_files(&self) -> bool {
         false
+    }
+
+    /// Whether a snapshot pulled from a remote can become one of this mode; exit 2 saying why
+    /// not, checked before anything is downloaded.
+    fn takes_pulled(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Makes `payload` (empty) this mode's snapshot of `ctx.live`, a tree of files that a
+    /// pull built in the store; returns the mode's details for meta.json. The default
+    /// captures it as [`Mode::create`] captures the live data (squashfs packs it into an
+    /// image, with the configured compression).
+    fn take_tree(&self, ctx: &ModeContext, payload: &Path) -> Result<serde_json::Value> {
+        self.create(ctx, payload)
     }
 
     /// Calls `read` with `snapshot`'s files as the delta engine reads them (what `push`

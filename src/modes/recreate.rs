@@ -79,6 +79,14 @@ impl Mode for Recreate {
         Ok(serde_json::Value::Null)
     }
 
+    /// Its snapshots hold no data, so a pulled one would not be restored as pulled.
+    fn takes_pulled(&self) -> Result<()> {
+        Err(fail(
+            Code::Usage,
+            "recreate mode keeps no data in its snapshots, so it cannot take a pulled one; set mode = filesystem, squashfs or reflink to pull snapshots",
+        ))
+    }
+
     fn verify(&self, _: &ModeContext, _: &Snapshot) -> Result<()> {
         Ok(())
     }

@@ -63,6 +63,13 @@ impl Mode for Reflink {
         false
     }
 
+    /// The pulled tree is the payload as it stands: on a reflink filesystem, a reflink
+    /// snapshot like one [`Mode::create`] clones (its files share no blocks with the data
+    /// until a restore clones them back).
+    fn take_tree(&self, ctx: &ModeContext, payload: &Path) -> Result<serde_json::Value> {
+        super::tree_as_payload(ctx, payload)
+    }
+
     fn create(&self, ctx: &ModeContext, payload: &Path) -> Result<serde_json::Value> {
         let live = ctx.live;
         let target = Manifest::scan(&live.cache_dir, &live.include)?;

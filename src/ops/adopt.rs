@@ -5,7 +5,7 @@
 //! place the legacy one stays as it was, or is put back so (see [`crate::legacy::recover`]).
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -21,7 +21,7 @@ use crate::modes::{Mode, ModeContext};
 use crate::observe::Unobserved;
 use crate::store::{DIR_METADATA, Lock, Snapshot, Staging, Store};
 use crate::tools::Found;
-use crate::tree::{Live, remove_tree};
+use crate::tree::{Live, TreeBeside};
 
 /// What an adopt did: `adopt --json`'s record.
 #[derive(Debug, Serialize)]
@@ -247,7 +247,7 @@ impl Adoption<'_> {
     fn by_repack(&self) -> Result<Snapshot> {
         let image = &self.legacy.path;
         let mut staging = self.store.begin(&self.legacy.name, self.lock)?;
-        let tree = Extracted::beside(staging.dir());
+        let tree = TreeBeside::new(staging.dir());
         let root = tree.0.join(DATA_DIR);
         std::fs::create_dir(&tree.0)
             .with_context(|| format!("cannot create {}", tree.0.display()))?;
@@ -278,25 +278,5 @@ impl Adoption<'_> {
         let payload = self.mode.create(&ctx, &staging.payload())?;
         crate::signals::check()?;
         self.seal(&mut staging, &ctx, &nodes, payload)
-    }
-}
-
-/// An extracted legacy image, in snapshots_dir beside the staging snapshot (whose size it
-/// must not count): named after it, so that a crash leaves it to the same cleanup.
-struct Extracted(PathBuf);
-
-impl Extracted {
-    fn beside(staging: &Path) -> Extracted {
-        let mut name = staging.as_os_str().to_owned();
-        name.push(".tree");
-        Extracted(PathBuf::from(name))
-    }
-}
-
-impl Drop for Extracted {
-    fn drop(&mut self) {
-        if let Err(e) = remove_tree(&self.0) {
-            tracing::warn!(path = %self.0.display(), error = %one_line(&e), "adopt_tree_left: remove it by hand");
-        }
     }
 }

@@ -1,16 +1,20 @@
 //! The remote store's operations on a session: push, pull (also restore's auto-pull), and
 //! list, delete and prune on the remote (see [`crate::remote`]).
 
+use std::path::Path;
+
 use anyhow::Result;
 use serde::Serialize;
 
 use super::{Session, clean_leftovers};
-use crate::exit::{Code, code_of};
-use crate::modes;
+use crate::exit::{Code, code_of, fail};
+use crate::modes::{self, Mode, ModeContext};
 use crate::names::validate_name;
 use crate::observe::Watched;
 use crate::remote::{self, Here, Listed, Pruned, Pulled, Pushed, Remote};
 use crate::store::{Lock, Store};
+use crate::tools::Found;
+use crate::tree::Live;
 
 /// `list --remote --json`'s record.
 #[derive(Debug, Serialize)]
@@ -24,6 +28,14 @@ pub struct RemoteListing {
 pub struct RemoteDeleted {
     pub remote: String,
     pub deleted: Vec<String>,
+}
+
+/// Where a pull puts its snapshot: the locked store, in the configured mode (tools located).
+pub(super) struct PullInto<'a> {
+    pub store: &'a Store,
+    pub lock: &'a Lock,
+    pub mode: &'a dyn Mode,
+    pub tools: &'a [Found],
 }
 
 impl Session {
@@ -64,17 +76,30 @@ impl Session {
     /// `force` replaces a local snapshot of that name that differs.
     pub fn pull(&self, name: Option<&str>, force: bool) -> Result<Pulled> {
         let name = self.snapshot_named(name)?;
+        let Some((mode, tools)) = self.prepare_configured()? else {
+            return Err(fail(
+                Code::Usage,
+                "mode = disabled: a pulled snapshot needs a mode to be stored in; set mode = filesystem, squashfs or reflink",
+            ));
+        };
+        mode.takes_pulled()?;
         let remote = self.remote()?;
         let store = self.checked_store()?;
         let lock = store.lock(&format!("pull {name}"), self.lock_timeout)?;
         clean_leftovers(&store, &lock)?;
-        self.pull_into(&store, &lock, &name, &remote, force)
+        let into = PullInto {
+            store: &store,
+            lock: &lock,
+            mode: mode.as_ref(),
+            tools: &tools,
+        };
+        self.pull_into(&into, &name, &remote, force)
     }
 
+    /// Pulls `name` into `into.store` as a snapshot of the configured mode `into.mode`.
     fn pull_into(
         &self,
-        store: &Store,
-        lock: &Lock,
+        into: &PullInto,
         name: &str,
         remote: &Remote,
         force: bool,
@@ -85,30 +110,43 @@ impl Session {
             100,
             "reading the remote",
         );
+        let include = self.cfg.live().include;
+        let take_tree = |tree: &Path, payload: &Path| {
+            let live = Live {
+                cache_dir: tree.to_path_buf(),
+                include: include.clone(),
+            };
+            let ctx = ModeContext::new(&self.cfg, &live, into.tools, &super::Quiesced);
+            into.mode.take_tree(&ctx, payload)
+        };
         let here = Here {
             allowed: self.cfg.allowed(),
             cache_dir: &self.cfg.settings.cache_dir,
+            mode: into.mode.kind().name(),
+            take_tree: &take_tree,
         };
-        remote::pull(store, lock, name, &here, remote, force, &|done, total| {
-            self.observer.share(done, total)
-        })
+        remote::pull(
+            into.store,
+            into.lock,
+            name,
+            &here,
+            remote,
+            force,
+            &|done, total| self.observer.share(done, total),
+        )
     }
 
     /// Restore's first step for a snapshot missing here: pulls it when a remote is configured
     /// and `auto_pull` is on. None when it is off or the remote has no such snapshot (then
     /// auto-create applies); exit 3 naming the remote when it does not answer.
-    pub(super) fn auto_pull(
-        &self,
-        store: &Store,
-        lock: &Lock,
-        name: &str,
-    ) -> Result<Option<Pulled>> {
+    pub(super) fn auto_pull(&self, into: &PullInto, name: &str) -> Result<Option<Pulled>> {
         let settings = &self.cfg.settings;
         if settings.remote.is_none() || !settings.auto_pull {
             return Ok(None);
         }
+        into.mode.takes_pulled()?;
         let remote = self.remote()?;
-        match self.pull_into(store, lock, name, &remote, false) {
+        match self.pull_into(into, name, &remote, false) {
             Ok(pulled) => {
                 tracing::info!(
                     name = %name,

@@ -98,7 +98,13 @@ impl Session {
         // fallback turn the refusal into a recreate.
         store.refuse_legacy(&name)?;
 
-        if !store.exists(&name) && self.auto_pull(&store, &lock, &name)?.is_none() {
+        let into = super::remote::PullInto {
+            store: &store,
+            lock: &lock,
+            mode: configured_mode.as_ref(),
+            tools: &configured_tools,
+        };
+        if !store.exists(&name) && self.auto_pull(&into, &name)?.is_none() {
             if !cfg.settings.auto_create_on_startup {
                 return Err(store.not_found_or(&name, " (or set auto_create_on_startup = true)"));
             }

@@ -198,7 +198,8 @@ impl Client {
                 Ok(got) => got
                     .bytes()
                     .await
-                    .map(|b| Some(b.to_vec()))
+                    // Without a copy: the body is one buffer of its own.
+                    .map(|b| Some(Vec::from(b)))
                     .map_err(|e| self.failed(&format!("reading {key}"), e)),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(self.failed(&format!("reading {key}"), e)),

@@ -3,10 +3,11 @@
 //! one that does not match is fetched from the remote instead.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use anyhow::Result;
 
@@ -181,6 +182,65 @@ pub fn write_content(dir: &Path, content: &[Content]) -> std::io::Result<()> {
     fs::rename(&tmp, dir.join(CONTENT_FILE))
 }
 
+/// The packs a pull is downloading while it builds the snapshot: a piece in one of them is
+/// read once it has arrived.
+pub struct Arrivals {
+    state: Mutex<Arriving>,
+    changed: Condvar,
+}
+
+struct Arriving {
+    pending: HashSet<String>,
+    /// A download or the build failed: nobody waits any more.
+    stopped: bool,
+}
+
+impl Arrivals {
+    pub fn new(packs: &[&str]) -> Arrivals {
+        Arrivals {
+            state: Mutex::new(Arriving {
+                pending: packs.iter().map(|p| p.to_string()).collect(),
+                stopped: false,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Arriving> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn arrived(&self, pack: &str) {
+        self.lock().pending.remove(pack);
+        self.changed.notify_all();
+    }
+
+    pub fn stop(&self) {
+        self.lock().stopped = true;
+        self.changed.notify_all();
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.lock().stopped
+    }
+
+    /// Waits until `pack` is not on its way (arrived, or never awaited); an error once the
+    /// pull stopped.
+    fn wait(&self, pack: &str) -> Result<()> {
+        let mut state = self.lock();
+        while state.pending.contains(pack) && !state.stopped {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if state.stopped {
+            anyhow::bail!("the pull stopped before pack {pack} arrived");
+        }
+        Ok(())
+    }
+}
+
 /// The pulled snapshot's files as the delta engine reads them: each piece from a local
 /// snapshot, from a downloaded pack, or (when neither holds it intact) from the remote.
 pub struct Pulled<'a> {
@@ -189,6 +249,7 @@ pub struct Pulled<'a> {
     pub remote: &'a Pieces,
     pub packs_dir: &'a Path,
     pub client: &'a Client,
+    pub arrivals: &'a Arrivals,
 }
 
 impl Pulled<'_> {
@@ -208,6 +269,7 @@ impl Pulled<'_> {
             )
         })?;
         let end = location.offset + u64::from(location.stored);
+        self.arrivals.wait(&location.pack)?;
         let stored = match crate::store::open_nofollow(&self.packs_dir.join(&location.pack)) {
             Ok(file) => {
                 let mut buf = vec![0; location.stored as usize];

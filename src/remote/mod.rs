@@ -37,6 +37,11 @@ pub struct Here<'a> {
     /// What its configuration lets a snapshot hold.
     pub allowed: Allowed<'a>,
     pub cache_dir: &'a Path,
+    /// The configured mode's name, which the pulled snapshot takes.
+    pub mode: &'a str,
+    /// Makes the staging payload (its second argument, empty) the configured mode's snapshot
+    /// of the pulled tree of files (its first), returning meta.json's mode details.
+    pub take_tree: &'a dyn Fn(&Path, &Path) -> Result<serde_json::Value>,
 }
 
 /// What a push did.
@@ -296,8 +301,8 @@ pub fn push(
     Ok(pushed)
 }
 
-/// Pulls snapshot `name` into `store` as a filesystem-mode snapshot (a tree of files that
-/// any mode's configuration restores from): only the pieces that no local snapshot (nor
+/// Pulls snapshot `name` into `store` as a snapshot of the configured mode (built as a tree
+/// of files beside the staging snapshot, which [`Here::take_tree`] turns into its payload): only the pieces that no local snapshot (nor
 /// an interrupted pull) holds are downloaded, each checked against its digest, and the
 /// snapshot appears in one rename once whole. The manifest is checked like a local one's
 /// before anything is downloaded. Exit 4 when the remote has no such snapshot.
@@ -392,8 +397,12 @@ pub fn pull(
     let (pieces, _) = load_pieces(remote)?;
     let held = local::Local::scan(store)?;
     let packs_dir = store.dir().join(local::PULLED_DIR);
-    let mut needed: HashSet<&str> = HashSet::new();
-    for digest in files.values().flatten() {
+    // The packs to download, in the order the build first reads them (the manifest's), so
+    // that it waits little for the downloads it overlaps.
+    let mut needed: Vec<&str> = Vec::new();
+    let mut listed: HashSet<&str> = HashSet::new();
+    let in_order = manifest.entries.iter().filter_map(|e| files.get(&e.path));
+    for digest in in_order.flatten() {
         result.pieces += 1;
         if held.has(digest) {
             result.pieces_local += 1;
@@ -407,15 +416,18 @@ pub fn pull(
         })?;
         if packs_dir.join(&location.pack).is_file() {
             result.pieces_local += 1;
-        } else {
-            needed.insert(&location.pack);
+        } else if listed.insert(&location.pack) {
+            needed.push(&location.pack);
         }
     }
-    let needed: Vec<&str> = needed.into_iter().collect();
     result.packs_downloaded = needed.len() as u64;
     let downloaded = std::sync::atomic::AtomicU64::new(0);
     let (packs_done, packs_total) = (std::sync::atomic::AtomicU64::new(0), needed.len() as u64);
-    remote.each(needed, |remote, pack| {
+    let arrivals = local::Arrivals::new(&needed);
+    let download = |remote: &Remote, pack: &str| -> Result<()> {
+        if arrivals.stopped() {
+            return Ok(()); // the build failed: its error is told
+        }
         let key = remote.key(PACKS, pack);
         crate::testhook::pause("remote_pull_pack");
         let Some(bytes) = remote.get(&key)? else {
@@ -435,20 +447,44 @@ pub fn pull(
             .and_then(|()| std::fs::write(&tmp, &bytes))
             .and_then(|()| std::fs::rename(&tmp, packs_dir.join(pack)))
             .map_err(|e| crate::store::write_error(&tmp, e))?;
+        arrivals.arrived(pack);
         let done = packs_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         progress(done, packs_total);
         Ok(())
-    })?;
-    result.bytes_downloaded = downloaded.into_inner();
-
+    };
     let source = local::Pulled {
         files,
         local: &held,
         remote: &pieces,
         packs_dir: &packs_dir,
         client: remote,
+        arrivals: &arrivals,
     };
-    materialize(&staging.payload(), &manifest, &source)?;
+    let tree = crate::tree::TreeBeside::new(staging.dir());
+    std::fs::create_dir(&tree.0).map_err(|e| crate::store::write_error(&tree.0, e))?;
+    // The tree is built while the packs download: the build waits for a pack only when it
+    // reaches a piece in one still on its way. Either failing stops the other, and a
+    // download's error (naming the server) is the one told.
+    let (fetched, built) = std::thread::scope(|s| {
+        let fetching = s.spawn(|| {
+            let fetched = remote.each(needed, |remote, pack| download(remote, pack));
+            if fetched.is_err() {
+                arrivals.stop();
+            }
+            fetched
+        });
+        let built = materialize(&tree.0, &manifest, &source);
+        if built.is_err() {
+            arrivals.stop();
+        }
+        let fetched = fetching.join().expect("the download thread does not panic");
+        (fetched, built)
+    });
+    fetched?;
+    built?;
+    result.bytes_downloaded = downloaded.into_inner();
+    meta.payload = (here.take_tree)(&tree.0, &staging.payload())?;
+    meta.mode = here.mode.to_string();
     local::write_content(staging.dir(), &object.content)
         .map_err(|e| crate::store::write_error(staging.dir(), e))?;
     // Made on another machine, perhaps: its paths become this environment's.
@@ -456,8 +492,6 @@ pub fn pull(
         .fingerprint
         .map(|f| f.rebased(&meta.cache_dir, here.cache_dir));
     meta.cache_dir = here.cache_dir.to_path_buf();
-    meta.mode = "filesystem".into();
-    meta.payload = serde_json::Value::Null;
     meta.stored_bytes = crate::tree::totals(&staging.payload())?.allocated;
     let mut staging = staging;
     staging.commit(&meta, force)?;
@@ -486,7 +520,7 @@ fn materialize(payload: &Path, manifest: &Manifest, source: &dyn Source) -> Resu
         content: Copying::Copy,
         by_content: false,
         recheck: false,
-        // The pull's bar counts packs downloaded; building the tree is its last step.
+        // The pull's bar counts packs downloaded, which the build follows.
         observer: &crate::observe::Unobserved,
         before_change: &|_| Ok(()),
     }
