@@ -55,6 +55,21 @@ macro_rules! choices {
                 f.write_str(self.name())
             }
         }
+
+        // Written and read as its name, so files (meta.json) hold what people write.
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                $name::from_name(&name)
+                    .ok_or_else(|| serde::de::Error::unknown_variant(&name, $name::NAMES))
+            }
+        }
     };
 }
 pub(crate) use choices;

@@ -186,7 +186,7 @@ mod tests {
             meta: Meta {
                 schema: SCHEMA,
                 name: name.into(),
-                mode: "filesystem".into(),
+                mode: crate::choices::ModeKind::Filesystem,
                 created_at: ts.into(),
                 stagesnap_version: "0".into(),
                 tools: BTreeMap::new(),

@@ -82,7 +82,7 @@ pub fn legacy_image(store: &Path, name: &str) -> Option<PathBuf> {
 pub struct Meta {
     pub schema: u32,
     pub name: String,
-    pub mode: String,
+    pub mode: ModeKind,
     /// RFC 3339, UTC.
     pub created_at: String,
     pub stagesnap_version: String,
@@ -155,19 +155,6 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The mode the snapshot was made with.
-    pub fn mode(&self) -> Result<ModeKind> {
-        ModeKind::from_name(&self.meta.mode).ok_or_else(|| {
-            fail(
-                Code::Failure,
-                format!(
-                    "snapshot {} has unknown mode {:?}; it was made by another stagesnap",
-                    self.meta.name, self.meta.mode
-                ),
-            )
-        })
-    }
-
     pub fn payload(&self) -> PathBuf {
         self.dir.join(PAYLOAD_DIR)
     }
@@ -657,6 +644,7 @@ impl Store {
         #[derive(Deserialize)]
         struct Probe {
             schema: u32,
+            mode: Option<String>,
         }
         let probe: Probe =
             serde_json::from_slice(&text).map_err(|e| not_metadata(name, &path, &e))?;
@@ -667,6 +655,15 @@ impl Store {
                     "snapshot {name} was written by a newer stagesnap ({} schema {}, this one reads up to {SCHEMA}); upgrade stagesnap",
                     path.display(),
                     probe.schema
+                ),
+            ));
+        }
+        if let Some(mode) = probe.mode.filter(|m| ModeKind::from_name(m).is_none()) {
+            return Err(fail(
+                Code::Failure,
+                format!(
+                    "snapshot {name} has unknown mode {mode:?} ({}); it was made by another stagesnap",
+                    path.display()
                 ),
             ));
         }

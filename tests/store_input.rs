@@ -409,3 +409,25 @@ fn delete_removes_a_symlink_in_the_store_but_not_its_target() {
     );
     assert_same_tree(&treestate(outside.path()), &before);
 }
+
+/// meta.json's mode is a kind this stagesnap knows: one made by another stagesnap (or
+/// edited) is refused by name before anything is touched, and list says why.
+#[test]
+fn an_unknown_mode_is_refused_by_name() {
+    let (env, _canary) = setup();
+    let dirty = treestate(&env.data());
+    let meta_path = snapshot(&env).join("meta.json");
+    let mut meta: Value = serde_json::from_slice(&fs::read(&meta_path).unwrap()).unwrap();
+    meta["mode"] = json!("zfs");
+    fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
+    env.assert(&["restore"]).code(1).stderr(
+        contains("snapshot clean_state has unknown mode \"zfs\"")
+            .and(contains("made by another stagesnap")),
+    );
+    assert_same_tree(&treestate(&env.data()), &dirty);
+    let listed = env.json(&["list"], 0);
+    assert!(
+        listed["unreadable"].to_string().contains("unknown mode"),
+        "{listed}"
+    );
+}

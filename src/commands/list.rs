@@ -79,7 +79,7 @@ fn remote(g: &GlobalArgs) -> Result<Report> {
         .map(|s| {
             vec![
                 s.name.clone(),
-                s.mode.clone(),
+                s.mode.to_string(),
                 s.created_at.clone(),
                 s.files.to_string(),
                 human_bytes(s.bytes),

@@ -145,14 +145,13 @@ pub fn stored_manifest(snapshot: &Snapshot, cfg: &Config) -> Result<Manifest> {
     let allowed = cfg.allowed();
     snapshot.check_include(&allowed)?;
     if snapshot.meta.manifest.is_none()
-        && let Ok(kind) = snapshot.mode()
-        && !implementation(kind, cfg).writes_live_data()
+        && !implementation(snapshot.meta.mode, cfg).writes_live_data()
     {
         return Err(fail(
             Code::Failure,
             format!(
-                "snapshot {} ({kind} mode) stores no data, so there is nothing to compare or verify",
-                snapshot.meta.name
+                "snapshot {} ({} mode) stores no data, so there is nothing to compare or verify",
+                snapshot.meta.name, snapshot.meta.mode
             ),
         ));
     }

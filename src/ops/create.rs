@@ -388,7 +388,7 @@ impl Job<'_> {
         let meta = Meta {
             schema: SCHEMA,
             name: sealed.name.to_string(),
-            mode: self.mode.kind().name().to_string(),
+            mode: self.mode.kind(),
             created_at: sealed.created_at.to_string(),
             stagesnap_version: env!("CARGO_PKG_VERSION").to_string(),
             tools: self
@@ -444,8 +444,7 @@ impl Job<'_> {
     /// hardlinks to them (see [`crate::store::share_identical`]).
     fn share_with_previous(&self, staging: &Staging, manifest: &Manifest) -> Result<()> {
         let (snapshots, _) = self.store.list()?;
-        let mode = self.mode.kind().name();
-        let Some(previous) = snapshots.iter().find(|s| s.meta.mode == mode) else {
+        let Some(previous) = snapshots.iter().find(|s| s.meta.mode == self.mode.kind()) else {
             return Ok(());
         };
         let shared = crate::store::share_identical(

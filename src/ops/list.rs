@@ -77,7 +77,7 @@ impl Session {
                 let (own, shared) = crate::store::own_and_shared(s);
                 let row = Row {
                     name: s.meta.name.clone(),
-                    mode: s.meta.mode.clone(),
+                    mode: s.meta.mode.name().to_string(),
                     created_at: s.meta.created_at.clone(),
                     bytes: Some(s.meta.bytes),
                     stored_bytes: s.meta.stored_bytes,

@@ -50,7 +50,7 @@ impl Session {
         let store = self.store();
         let _lock = store.lock_shared(self.lock_timeout)?;
         let snapshot = store.get(&name)?;
-        let mode = modes::implementation(snapshot.mode()?, &self.cfg);
+        let mode = modes::implementation(snapshot.meta.mode, &self.cfg);
         let _watched = Watched::transfer(
             self.observer,
             format!("push {name}"),
@@ -122,7 +122,7 @@ impl Session {
         let here = Here {
             allowed: self.cfg.allowed(),
             cache_dir: &self.cfg.settings.cache_dir,
-            mode: into.mode.kind().name(),
+            mode: into.mode.kind(),
             take_tree: &take_tree,
         };
         remote::pull(

@@ -216,7 +216,7 @@ fn restore_snapshot(
     guard: &Guard,
 ) -> Result<(Box<dyn Mode>, RestoreStats)> {
     let name = &snap.meta.name;
-    let kind = snap.mode()?;
+    let kind = snap.meta.mode;
     let (mode, tools) = if kind == configured.0.kind() {
         configured
     } else {

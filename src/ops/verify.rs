@@ -92,7 +92,7 @@ impl Session {
             );
             results.push(Checked {
                 name: snap.meta.name.clone(),
-                mode: snap.meta.mode.clone(),
+                mode: snap.meta.mode.name().to_string(),
                 ok: verified.problems.is_empty(),
                 verified,
                 seconds: crate::tree::seconds(started.elapsed()),
@@ -107,7 +107,7 @@ impl Session {
 
 /// The snapshot's manifest, its payload's presence, then the mode's read-back check.
 fn check(cfg: &Config, live: &Live, snap: &Snapshot) -> Result<Verified> {
-    let kind = snap.mode()?;
+    let kind = snap.meta.mode;
     let (mode, tools) = prepare(kind, cfg)?;
     if !mode.writes_live_data() {
         return Ok(Verified {

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::choices::ModeKind;
 use crate::delta::{Content as Copying, Delta, Source};
 use crate::exit::{Code, fail};
 use crate::manifest::{Allowed, Kind, Manifest};
@@ -37,8 +38,8 @@ pub struct Here<'a> {
     /// What its configuration lets a snapshot hold.
     pub allowed: Allowed<'a>,
     pub cache_dir: &'a Path,
-    /// The configured mode's name, which the pulled snapshot takes.
-    pub mode: &'a str,
+    /// The configured mode, which the pulled snapshot takes.
+    pub mode: ModeKind,
     /// Makes the staging payload (its second argument, empty) the configured mode's snapshot
     /// of the pulled tree of files (its first), returning meta.json's mode details.
     pub take_tree: &'a dyn Fn(&Path, &Path) -> Result<serde_json::Value>,
@@ -82,7 +83,7 @@ pub struct Pulled {
 pub struct Listed {
     pub name: String,
     pub created_at: String,
-    pub mode: String,
+    pub mode: ModeKind,
     pub files: u64,
     pub bytes: u64,
     pub pinned: bool,
@@ -484,7 +485,7 @@ pub fn pull(
     built?;
     result.bytes_downloaded = downloaded.into_inner();
     meta.payload = (here.take_tree)(&tree.0, &staging.payload())?;
-    meta.mode = here.mode.to_string();
+    meta.mode = here.mode;
     local::write_content(staging.dir(), &object.content)
         .map_err(|e| crate::store::write_error(staging.dir(), e))?;
     // Made on another machine, perhaps: its paths become this environment's.
