@@ -142,6 +142,9 @@ impl Created {
     }
 }
 
+/// Free space below which a store whose copier failed counts as full.
+const NO_ROOM: u64 = 1 << 20;
+
 /// The store's free space against what a snapshot needs.
 struct Space<'a> {
     store: &'a Store,
@@ -192,9 +195,14 @@ impl<'a> Space<'a> {
     /// gone: the staging directory removes itself when the create fails.
     fn explain_if_full(&self, err: anyhow::Error, name: &str) -> anyhow::Error {
         // Tools run with LC_ALL=C and Rust's own io errors are untranslated, so the text is stable.
-        let text = one_line(&err);
+        let mut text = one_line(&err);
         if !text.contains("No space left on device") && !text.contains("Disk quota exceeded") {
-            return err;
+            // A copier whose writer died of ENOSPC may report only what that did to its other
+            // end (rsync's sender: "Broken pipe"): a store left with no room says it instead.
+            if !free_bytes(self.store.dir()).is_ok_and(|free| free < NO_ROOM) {
+                return err;
+            }
+            text = format!("No space left on device; {text}");
         }
         fail(
             Code::Failure,
