@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use common::modes::Mode;
 use common::{Env, assert_same_tree, texts, treestate};
 use tempfile::TempDir;
 
@@ -191,4 +192,27 @@ fn a_background_create_that_fails_keeps_the_old_snapshot_and_says_why() {
     // The next create of that name forgets the failure.
     env.run(&["create", "--force"], 0);
     assert_eq!(env.json(&["list"], 0)["background"], serde_json::json!([]));
+}
+
+/// The detached process finishes what each data-carrying mode captured (squashfs hashes its
+/// image on every core before the fork, reflink clones): a snapshot that verifies and restores
+/// the captured tree exactly.
+#[test]
+fn every_mode_finishes_in_the_background() {
+    common::modes::require_root();
+    for mode in [
+        Mode::Filesystem,
+        Mode::squashfs("zstd", "extract"),
+        Mode::Reflink("xfs"),
+    ] {
+        let env = mode.env(2, MB);
+        env.suite(3);
+        let captured = treestate(&env.data());
+        env.run(&["create", "--background"], 0);
+        env.run(&["wait"], 0);
+        env.run(&["verify", "clean_state"], 0);
+        env.suite(4);
+        env.run(&["restore"], 0);
+        assert_same_tree(&treestate(&env.data()), &captured);
+    }
 }
