@@ -499,17 +499,30 @@ impl Store {
         timeout: Duration,
         try_lock: fn(&File) -> std::result::Result<(), fs::TryLockError>,
     ) -> Result<()> {
+        self.poll(timeout, "lock_wait", || match try_lock(file) {
+            Ok(()) => Ok(Ok(())),
+            Err(fs::TryLockError::WouldBlock) => Ok(Err(read_holder(path))),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        })
+    }
+
+    /// Calls `attempt` until it gives a value, or for up to `timeout` while it names who
+    /// holds what it waits for: logged once as `event`, then in the exit-5 error.
+    fn poll<T>(
+        &self,
+        timeout: Duration,
+        event: &str,
+        mut attempt: impl FnMut() -> Result<std::result::Result<T, String>>,
+    ) -> Result<T> {
         let start = Instant::now();
         let mut announced = false;
         loop {
-            match try_lock(file) {
-                Ok(()) => return Ok(()),
-                Err(fs::TryLockError::WouldBlock) => {}
-                Err(fs::TryLockError::Error(e)) => {
-                    return Err(e).with_context(|| format!("cannot lock {}", path.display()));
-                }
-            }
-            let holder = read_holder(path);
+            let holder = match attempt()? {
+                Ok(value) => return Ok(value),
+                Err(holder) => holder,
+            };
             if start.elapsed() >= timeout {
                 return Err(Error::Locked {
                     store: self.dir.clone(),
@@ -519,7 +532,7 @@ impl Store {
                 .into());
             }
             if !announced {
-                tracing::info!(holder = %holder, "lock_wait");
+                tracing::info!(holder = %holder, "{event}");
                 announced = true;
             }
             signals::check()?;

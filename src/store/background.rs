@@ -14,13 +14,13 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{Lock, Store, open_nofollow, read_nofollow, sync_dir, write_json_atomic};
-use crate::exit::{Code, Error, fail};
+use crate::exit::{Code, fail};
 
 const FINISHING_PREFIX: &str = ".finishing-";
 const FAILED_PREFIX: &str = ".failed-";
@@ -176,29 +176,14 @@ impl Store {
     /// Waits up to `timeout` while a background create is finishing `name` (exit 5 after
     /// that); then where it stands.
     pub fn await_background(&self, name: &str, timeout: Duration) -> Result<Option<Background>> {
-        let start = Instant::now();
-        let mut announced = false;
-        loop {
-            let state = self.background(name)?;
-            let Some(Background::Finishing { .. }) = &state else {
-                return Ok(state);
-            };
-            let holder = format!("the background create of {name}");
-            if start.elapsed() >= timeout {
-                return Err(Error::Locked {
-                    store: self.dir.clone(),
-                    holder,
-                    waited_secs: timeout.as_secs(),
+        self.poll(timeout, "background_wait", || {
+            Ok(match self.background(name)? {
+                Some(Background::Finishing { .. }) => {
+                    Err(format!("the background create of {name}"))
                 }
-                .into());
-            }
-            if !announced {
-                tracing::info!(holder = %holder, "background_wait");
-                announced = true;
-            }
-            crate::signals::check()?;
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                ended => Ok(ended),
+            })
+        })
     }
 
     /// Forgets how the last background create of `name` ended (a failure, or a dead
