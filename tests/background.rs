@@ -53,6 +53,35 @@ impl Held {
     fn release(&self) {
         fs::write(self.dir.path().join(format!("{POINT}.go")), b"").unwrap();
     }
+
+    /// SIGKILLs the detached process where it is held (found by the pause point in its
+    /// environment, which only it has), and waits until it is gone.
+    fn kill(&self) {
+        let spec = format!(
+            "STAGESNAP_TEST_PAUSE={POINT}:{}\0",
+            self.dir.path().display()
+        );
+        let pid = fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                fs::read(p.join("environ"))
+                    .is_ok_and(|env| env.windows(spec.len()).any(|w| w == spec.as_bytes()))
+            })
+            .expect("the detached process");
+        let pid = pid.file_name().unwrap().to_str().unwrap().to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let stat = PathBuf::from("/proc").join(&pid).join("stat");
+        // Gone, or a zombie (its parent is init, which reaps it in its own time).
+        while fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z ")) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
 }
 
 fn meta(store: &Path, name: &str) -> Vec<u8> {
@@ -215,4 +244,30 @@ fn every_mode_finishes_in_the_background() {
         env.run(&["restore"], 0);
         assert_same_tree(&treestate(&env.data()), &captured);
     }
+}
+
+/// A detached process killed half way: `wait`, `list` and `status` say it died, the previous
+/// snapshot is whole, and the next create of that name clears what it left.
+#[test]
+fn a_killed_background_create_is_reported_and_cleared_by_the_next_create() {
+    let env = Env::sample(2, MB);
+    env.run(&["create"], 0);
+    let old = meta(&env.snapshots(), "clean_state");
+    env.suite(3);
+    let held = Held::start(&env, &["--force"]);
+    held.kill();
+
+    let (_, err) = env.run(&["wait"], 1);
+    assert!(
+        err.contains("error: the background create of clean_state (started ")
+            && err.contains("died before it finished"),
+        "{err}"
+    );
+    let (listing, _) = env.run(&["list"], 0);
+    assert!(listing.contains("died before it finished"), "{listing}");
+    assert_eq!(meta(&env.snapshots(), "clean_state"), old);
+    env.run(&["verify", "--all"], 0);
+    env.run(&["create", "--force"], 0);
+    assert_eq!(common::entries(&env.snapshots()), [".lock", "clean_state"]);
+    assert_eq!(env.json(&["list"], 0)["background"], serde_json::json!([]));
 }

@@ -96,14 +96,20 @@ impl Session {
             Op::Create,
             || capture.quiesced(),
         )?;
+        ready.store.forget_background(name, &ready.lock)?;
         if opts.background {
-            ready.store.forget_background(name, &ready.lock)?;
             let finishing = ready.store.begin_background(name, &ready.lock)?;
+            // A fork, not a new program: the child goes on with the capture as it is in
+            // memory (staging, manifest, payload, mode), nothing to write down and read back.
+            // No other thread runs here (the quiesce's and the copy's have ended, and no
+            // progress bar ticks with --background), as fork_detached needs.
             if crate::sys::fork_detached()? {
                 std::process::exit(self.finish_detached(&job, name, captured, finishing));
             }
             let data = captured.data();
-            // The staging directory is the detached process's now: not removed here.
+            // The staging directory is the detached process's now: not removed here. Closing
+            // this process's copies of the marker and the store's lock leaves both held by
+            // the child's (a flock belongs to the open file, which the fork shared).
             std::mem::forget(captured);
             tracing::info!(name = %name, "create_backgrounded");
             return Ok(Created {
@@ -122,7 +128,6 @@ impl Session {
                 covers_data: ready.mode.writes_live_data(),
             });
         }
-        ready.store.forget_background(name, &ready.lock)?;
         let snap = captured.finish()?;
         let pruned = job.auto_cleanup(name)?;
         Ok(Created {
