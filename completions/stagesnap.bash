@@ -58,6 +58,9 @@ _stagesnap() {
             stagesnap,verify)
                 cmd="stagesnap__subcmd__verify"
                 ;;
+            stagesnap,wait)
+                cmd="stagesnap__subcmd__wait"
+                ;;
             *)
                 ;;
         esac
@@ -65,7 +68,7 @@ _stagesnap() {
 
     case "${cmd}" in
         stagesnap)
-            opts="-c -s -v -q -h -V --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help --version create restore list delete adopt prune push pull doctor config verify status diff run"
+            opts="-c -s -v -q -h -V --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help --version create restore list delete adopt prune push pull doctor config verify status diff wait run"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -191,7 +194,7 @@ _stagesnap() {
             return 0
             ;;
         stagesnap__subcmd__create)
-            opts="-c -s -v -q -h --force --pin --allow-interrupted --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            opts="-c -s -v -q -h --force --pin --allow-interrupted --background --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -714,6 +717,48 @@ _stagesnap() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        stagesnap__subcmd__wait)
+            opts="-c -s -v -q -h --config --base-dir --set --json --verbose --quiet --no-progress --lock-timeout --timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --base-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --set)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
     esac
 }
 
@@ -729,7 +774,7 @@ _stagesnap_names() {
     (( COMP_CWORD > 0 )) && prev="${COMP_WORDS[COMP_CWORD-1]}"
     for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
         case "$w" in
-            create|restore|delete|adopt|push|pull|verify|status|diff) sub="$w"; break ;;
+            create|restore|delete|adopt|push|pull|verify|status|diff|wait) sub="$w"; break ;;
         esac
     done
     case "$prev" in

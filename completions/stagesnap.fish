@@ -48,6 +48,7 @@ complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "config" -d 'Sho
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "verify" -d 'Check stored snapshots against their manifests (every file\'s hash)'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "status" -d 'Is the live data identical to a snapshot? Exit 0 if so, 1 with a summary per node if not, 7 if it could not tell'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "diff" -d 'List what differs between two snapshots, or a snapshot and the live data. Exit 0 if nothing, 1 if something, 7 if it could not compare'
+complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "wait" -d 'Wait until a background create (`create --background`) of a snapshot ends; exit with its outcome'
 complete -c stagesnap -n "__fish_stagesnap_needs_command" -f -a "run" -d 'Restore a snapshot, run a test suite on it, and exit with the suite\'s exit code'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
@@ -57,6 +58,7 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l timeout -
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l force -d 'Replace an existing snapshot of that name (the old one stays usable until the new one is complete)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l pin -d 'Protect the snapshot from pruning'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l allow-interrupted -d 'Snapshot the data even though a restore was interrupted or failed, leaving it in an unknown state'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l background -d 'Return once the data is captured and the nodes run again; a detached low-priority process finishes the snapshot (see `stagesnap wait`)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand create" -s q -l quiet -d 'Only errors on stderr'
@@ -199,6 +201,16 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -s v -l verbos
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -s q -l quiet -d 'Only errors on stderr'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand diff" -s h -l help -d 'Print help'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand wait" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand wait" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand wait" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand wait" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand wait" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand wait" -l json -d 'Print one JSON document to stdout instead of text'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand wait" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand wait" -s q -l quiet -d 'Only errors on stderr'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand wait" -l no-progress -d 'No progress bars (they are only drawn when stderr is a terminal, and never with -q or --json)'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand wait" -s h -l help -d 'Print help'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l snapshot -d 'Snapshot to restore before the suite [default: snapshot_name from the config]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -s c -l config -d 'Config file [default: $STAGESNAP_CONFIG, else stage-env.cfg or config/stage-env.cfg in this or the nearest parent directory]' -r -F
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l base-dir -d 'The stage-env base folder that relative paths in the config file resolve against [default: $STAGESNAP_BASE_DIR, else the folder holding config/ for a file in config/, else the config file\'s folder]' -r -F
@@ -214,5 +226,5 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l no-progress 
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -s h -l help -d 'Print help'
 
 # Snapshot names (added by stagesnap generate-assets).
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand create restore delete adopt push pull verify status diff" -f -a "(stagesnap complete-names 2>/dev/null)"
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand create restore delete adopt push pull verify status diff wait" -f -a "(stagesnap complete-names 2>/dev/null)"
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand run" -l snapshot -x -a "(stagesnap complete-names 2>/dev/null)"

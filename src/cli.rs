@@ -120,6 +120,10 @@ pub enum Command {
     #[command(after_help = "Example: stagesnap diff clean_state --stat")]
     Diff(DiffArgs),
 
+    /// Wait until a background create (`create --background`) of a snapshot ends; exit with its outcome
+    #[command(after_help = "Example: stagesnap wait clean_state")]
+    Wait(WaitArgs),
+
     /// Restore a snapshot, run a test suite on it, and exit with the suite's exit code
     #[command(after_help = "Example: stagesnap run --keep-failed -- pytest -x tests/")]
     Run(RunArgs),
@@ -131,6 +135,14 @@ pub enum Command {
     /// Print the snapshot names, one per line, for shell completion
     #[command(hide = true, after_help = "Example: stagesnap complete-names")]
     CompleteNames,
+}
+
+impl Command {
+    /// Whether the command may fork a detached process (`create --background`), which is
+    /// only sound with no other thread running, so no progress bar ticking.
+    pub fn detaches(&self) -> bool {
+        matches!(self, Command::Create(args) if args.background)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +161,10 @@ pub struct CreateArgs {
     /// Snapshot the data even though a restore was interrupted or failed, leaving it in an unknown state
     #[arg(long)]
     pub allow_interrupted: bool,
+
+    /// Return once the data is captured and the nodes run again; a detached low-priority process finishes the snapshot (see `stagesnap wait`)
+    #[arg(long)]
+    pub background: bool,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +233,12 @@ pub struct StatusArgs {
     /// Hash every live file instead of only those whose size and mtime cannot tell
     #[arg(long)]
     pub full: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Snapshot name [default: snapshot_name from the config]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Args)]

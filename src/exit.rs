@@ -42,6 +42,14 @@ impl Code {
         self as i32
     }
 
+    /// The code numbered `n`, for one recorded on disk (a background create's failure).
+    pub fn from_i32(n: i32) -> Option<Code> {
+        Code::TABLE
+            .iter()
+            .map(|&(c, _)| c)
+            .find(|c| c.as_i32() == n)
+    }
+
     /// Stable machine-readable name used in `--json` error documents.
     pub fn kind(self) -> &'static str {
         match self {

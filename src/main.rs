@@ -9,7 +9,9 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let g = &cli.global;
-    progress::init(progress::wanted(g.quiet || g.json || g.no_progress));
+    progress::init(progress::wanted(
+        g.quiet || g.json || g.no_progress || cli.command.detaches(),
+    ));
     init_logging(&cli);
     let result = signals::install().and_then(|()| commands::run(&cli));
     let code = match result {

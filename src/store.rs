@@ -9,6 +9,8 @@
 //!   <name>/manifest.jsonl      every captured entry (see `manifest`); its digest is in meta.json
 //!   <name>/payload/…           mode-specific data
 //!   .staging-<name>-<pid>/     a create in progress (or a crashed one: removed by the next create/prune)
+//!   .finishing-<name>          a background create finishing <name> (see `background`)
+//!   .failed-<name>             how the last background create of <name> failed
 //!   .trash-<name>-<pid>/       a snapshot being deleted
 //! ```
 //! Snapshots appear and disappear only by `rename(2)`, so a reader never sees half of one.
@@ -38,7 +40,9 @@ use crate::signals;
 use crate::sys;
 use crate::tree::remove_tree;
 
+mod background;
 mod share;
+pub use background::{Background, Finishing};
 pub use share::{own_and_shared, share_identical};
 
 /// Version of meta.json's layout. Readers refuse newer ones.
@@ -442,7 +446,7 @@ impl Store {
         file.write_all_at(record.as_bytes(), 0)
             .and_then(|()| file.set_len(record.len() as u64))
             .with_context(|| format!("cannot record the lock's holder in {}", path.display()))?;
-        Ok(Lock { _file: Some(file) })
+        Ok(Lock { file: Some(file) })
     }
 
     /// Takes the store's lock shared, for commands that only read it: they run side by side,
@@ -466,11 +470,11 @@ impl Store {
         };
         let file = match file {
             Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lock { _file: None }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lock { file: None }),
             Err(e) => return Err(lock_error(&path, e)),
         };
         self.wait(&file, &path, timeout, File::try_lock_shared)?;
-        Ok(Lock { _file: Some(file) })
+        Ok(Lock { file: Some(file) })
     }
 
     /// Waits up to `timeout` until `try_lock` takes the lock on `file`, naming its holder
@@ -482,17 +486,30 @@ impl Store {
         timeout: Duration,
         try_lock: fn(&File) -> std::result::Result<(), fs::TryLockError>,
     ) -> Result<()> {
+        self.poll(timeout, "lock_wait", || match try_lock(file) {
+            Ok(()) => Ok(Ok(())),
+            Err(fs::TryLockError::WouldBlock) => Ok(Err(read_holder(path))),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        })
+    }
+
+    /// Calls `attempt` until it gives a value, or for up to `timeout` while it names who
+    /// holds what it waits for: logged once as `event`, then in the exit-5 error.
+    fn poll<T>(
+        &self,
+        timeout: Duration,
+        event: &str,
+        mut attempt: impl FnMut() -> Result<std::result::Result<T, String>>,
+    ) -> Result<T> {
         let start = Instant::now();
         let mut announced = false;
         loop {
-            match try_lock(file) {
-                Ok(()) => return Ok(()),
-                Err(fs::TryLockError::WouldBlock) => {}
-                Err(fs::TryLockError::Error(e)) => {
-                    return Err(e).with_context(|| format!("cannot lock {}", path.display()));
-                }
-            }
-            let holder = read_holder(path);
+            let holder = match attempt()? {
+                Ok(value) => return Ok(value),
+                Err(holder) => holder,
+            };
             if start.elapsed() >= timeout {
                 return Err(Error::Locked {
                     store: self.dir.clone(),
@@ -502,7 +519,7 @@ impl Store {
                 .into());
             }
             if !announced {
-                tracing::info!(holder = %holder, "lock_wait");
+                tracing::info!(holder = %holder, "{event}");
                 announced = true;
             }
             signals::check()?;
@@ -774,7 +791,9 @@ impl Store {
                     .with_context(|| format!("cannot put {} back", entry.path().display()))?;
                 sync_dir(&self.dir)?;
                 tracing::warn!(name = %parked, "snapshot_recovered: a create that replaced {parked} died half way; the previous {parked} is back");
-            } else if name.starts_with(STAGING_PREFIX) || name.starts_with(TRASH_PREFIX) {
+            } else if (name.starts_with(STAGING_PREFIX) && !self.staging_in_background(&name))
+                || name.starts_with(TRASH_PREFIX)
+            {
                 match remove_tree(&entry.path()) {
                     Ok(()) => {
                         tracing::info!(path = %entry.path().display(), "leftover_removed");
@@ -898,7 +917,19 @@ impl Drop for Staging {
 /// Proof that the store's lock is held; operations that change the store take it.
 /// No file where [`Store::lock_shared`] could take none.
 pub struct Lock {
-    _file: Option<File>,
+    file: Option<File>,
+}
+
+impl Lock {
+    /// Lets the lock go while its holder goes on: a background create's detached process,
+    /// which holds its snapshot's marker instead (see [`Store::begin_background`]), so that
+    /// commands on other snapshots run meanwhile. The process that forked it shares the
+    /// lock and is exiting.
+    pub fn release(&self) {
+        if let Some(file) = &self.file {
+            let _ = file.unlock();
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -500,6 +500,44 @@ pub fn die_with_this_process(cmd: &mut std::process::Command) {
     };
 }
 
+/// Forks this process into a detached one that carries on alone: its own session (no
+/// terminal's Ctrl-C reaches it), stdin, stdout and stderr on /dev/null (it records its
+/// outcome in the store, and nobody reads its output), and the
+/// lowest CPU priority (nice 19) and the idle I/O class, so that the tests running meanwhile
+/// are not slowed. Returns in both: `false` in the caller, `true` in the detached process.
+/// Only sound while no other thread holds a lock or is needed by the child: the child gets
+/// only the calling thread, and a lock another one held would stay held in it.
+pub fn fork_detached() -> io::Result<bool> {
+    // SAFETY: the caller is single-threaded here (see above), so the child's memory is
+    // consistent and it may run any code.
+    match unsafe { libc::fork() } {
+        -1 => return Err(io::Error::last_os_error()),
+        0 => {}
+        _ => return Ok(false),
+    }
+    rustix::process::setsid()?;
+    let null = rfs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
+    rustix::stdio::dup2_stdin(&null)?;
+    rustix::stdio::dup2_stdout(&null)?;
+    rustix::stdio::dup2_stderr(&null)?;
+    rustix::process::setpriority_process(None, 19)?;
+    // ioprio_set(IOPRIO_WHO_PROCESS, self, IOPRIO_PRIO_VALUE(IOPRIO_CLASS_IDLE, 0)); rustix
+    // has no wrapper. A kernel without it only leaves the I/O at normal priority.
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    // SAFETY: a plain system call on this process, with integer arguments.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0 as libc::c_long,
+            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+        )
+    };
+    Ok(true)
+}
+
 /// Sends `signal` to the process group that `leader` leads (our own child, not reaped yet).
 pub fn signal_group(leader: u32, signal: Signal) -> io::Result<()> {
     match Pid::from_raw(leader as i32) {

@@ -12,6 +12,7 @@ pub fn run(g: &GlobalArgs, args: &CreateArgs) -> Result<Report> {
         force: args.force,
         pin: args.pin,
         allow_interrupted: args.allow_interrupted,
+        background: args.background,
     };
     let created = open(g)?.create(args.name.as_deref(), opts)?;
     Ok(create_report(&created))

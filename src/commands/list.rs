@@ -61,6 +61,9 @@ pub fn run(g: &GlobalArgs, args: &ListArgs) -> Result<Report> {
             &cells,
         )
     };
+    for b in &listing.background {
+        text.push_str(&format!("{}\n", b.state.describe(&b.name)));
+    }
     if let Some(r) = rows.iter().find(|r| r.legacy.is_some()) {
         text.push_str(&format!(
             "{LEGACY}: made by the stage-env harness; `stagesnap adopt {}` makes one usable\n",

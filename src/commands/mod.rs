@@ -30,6 +30,7 @@ mod restore;
 mod run;
 mod status;
 mod verify;
+mod wait;
 
 pub fn run(cli: &Cli) -> Result<Report> {
     let g = &cli.global;
@@ -48,6 +49,7 @@ pub fn run(cli: &Cli) -> Result<Report> {
         Command::Verify(args) => verify::run(g, args),
         Command::Status(args) => status::run(g, args),
         Command::Diff(args) => diff::run(g, args),
+        Command::Wait(args) => wait::run(g, args),
         Command::Run(args) => run::run(g, args),
         Command::GenerateAssets(args) => generate_assets::run(args),
         Command::CompleteNames => complete_names::run(g),
@@ -70,6 +72,7 @@ pub fn name(command: &Command) -> &'static str {
         Command::Verify(_) => "verify",
         Command::Status(_) => "status",
         Command::Diff(_) => "diff",
+        Command::Wait(_) => "wait",
         Command::Run(_) => "run",
         Command::GenerateAssets(_) => "generate-assets",
         Command::CompleteNames => "complete-names",
@@ -134,6 +137,18 @@ fn create_report(c: &Created) -> Report {
     }
     if !c.pruned.is_empty() {
         notes.push_str(&format!(", pruned {} older snapshots", c.pruned.len()));
+    }
+    if c.background {
+        let text = summary(
+            &format!("captured {} ({} mode)", c.name, c.mode),
+            c.covers_data.then_some((c.files, c.bytes)),
+            c.seconds,
+            &format!(
+                "finishing in the background{notes}; `stagesnap wait {}` waits for it",
+                c.name
+            ),
+        );
+        return Report::new("create", c, text);
     }
     Report::new("create", c, created_line(c, "", &notes))
 }

@@ -13,6 +13,9 @@ pub fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<Report> {
     let s = session.status(args.name.as_deref(), args.full)?;
     let name = &s.name;
     let mut text = String::new();
+    if let Some(background) = &s.background {
+        text.push_str(&format!("{}\n", background.describe(name)));
+    }
     if let Some(unknown) = &s.unknown_state {
         text.push_str(&format!("{unknown}\n"));
     }

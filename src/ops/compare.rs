@@ -10,7 +10,7 @@ use crate::exit::{Code, fail, recode};
 use crate::fingerprint::Checker;
 use crate::manifest::{self, Change, NodeSummary};
 use crate::names::validate_name;
-use crate::store::JournalRecord;
+use crate::store::{Background, JournalRecord};
 
 /// `status --json`'s record.
 #[derive(Debug, Serialize)]
@@ -30,6 +30,10 @@ pub struct Status {
     /// What the unfinished restore means and what to do, in words.
     #[serde(skip)]
     pub unknown_state: Option<String>,
+    /// A background create of this name still finishing, or how its last one failed: the
+    /// comparison is with the snapshot of that name in place now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background: Option<Background>,
 }
 
 /// `diff --json`'s record.
@@ -57,6 +61,12 @@ impl Session {
         live.check_present()?;
         let (store, lock) = self.store_to_compare()?;
         let unfinished = store.unfinished_restore(&lock)?;
+        let background = store.background(&name)?;
+        if let Some(b) = &background
+            && !store.exists(&name)
+        {
+            return Err(fail(Code::CouldNotCompare, b.describe(&name)));
+        }
         let snap = store.get(&name)?;
         let stale_files = Checker::default().changes(snap.meta.fingerprint.as_ref())?;
         let expected = crate::modes::manifest_to_compare(&snap, cfg, full)?;
@@ -77,6 +87,7 @@ impl Session {
             nodes: manifest::summarize(&changes),
             stale: !stale_files.is_empty(),
             stale_files,
+            background,
         })
     }
 

@@ -16,7 +16,7 @@ use crate::modes::{Mode, ModeContext};
 use crate::observe::{Observer, Watched};
 use crate::quiesce::{self, Op};
 use crate::retention::{self, Rules};
-use crate::store::{Lock, Meta, SCHEMA, Snapshot, Staging, Store};
+use crate::store::{Background, Finishing, Lock, Meta, SCHEMA, Snapshot, Staging, Store};
 use crate::tools::Found;
 use crate::tree::{Live, Totals, free_bytes, human_bytes};
 
@@ -27,6 +27,9 @@ pub struct CreateOpts {
     pub pin: bool,
     /// Create even while a restore's journal says the data is in an unknown state.
     pub allow_interrupted: bool,
+    /// Return once the capture is done and the containers run again, and finish the
+    /// snapshot in a detached process.
+    pub background: bool,
 }
 
 /// What a create did: `create --json`'s record.
@@ -44,6 +47,9 @@ pub struct Created {
     pub pinned: bool,
     pub pruned: Vec<String>,
     pub skipped: bool,
+    /// The snapshot is being finished by a detached process (`create --background`):
+    /// `stored_bytes` and `pruned` are not known yet.
+    pub background: bool,
     /// Whether the mode copied the live data (else `files` and `bytes` are not what it stored).
     #[serde(skip)]
     pub covers_data: bool,
@@ -90,6 +96,40 @@ impl Session {
             Op::Create,
             || capture.quiesced(),
         )?;
+        ready.store.forget_background(name, &ready.lock)?;
+        if opts.background {
+            let finishing = ready.store.begin_background(name, &ready.lock)?;
+            // A fork, not a new program: the child goes on with the capture as it is in
+            // memory (staging, manifest, payload, mode), nothing to write down and read back.
+            // The quiesce's and the copy's threads have ended and no progress bar ticks with
+            // --background; what may remain are rayon's idle workers (squashfs's image digest),
+            // which hold no lock while they wait and which the child never uses: as
+            // fork_detached needs.
+            if crate::sys::fork_detached()? {
+                std::process::exit(self.finish_detached(&job, name, captured, finishing));
+            }
+            let data = captured.data();
+            // The staging directory is the detached process's now: not removed here. Closing
+            // this process's copies of the marker and the store's lock leaves both held by
+            // the child's (a flock belongs to the open file, which the fork shared).
+            std::mem::forget(captured);
+            tracing::info!(name = %name, "create_backgrounded");
+            return Ok(Created {
+                name: name.clone(),
+                mode: ready.mode.kind().name(),
+                files: data.files,
+                bytes: data.bytes,
+                stored_bytes: 0,
+                seconds: crate::tree::seconds(started.elapsed()),
+                paused_seconds: paused.map(crate::tree::seconds),
+                replaced,
+                pinned: opts.pin,
+                pruned: vec![],
+                skipped: false,
+                background: true,
+                covers_data: ready.mode.writes_live_data(),
+            });
+        }
         let snap = captured.finish()?;
         let pruned = job.auto_cleanup(name)?;
         Ok(Created {
@@ -102,6 +142,63 @@ impl Session {
                 crate::tree::seconds(started.elapsed()),
             )
         })
+    }
+}
+
+impl Session {
+    /// The detached process of a background create: lets the store's lock go (it holds
+    /// `finishing`, its snapshot's marker), finishes the snapshot, applies the retention
+    /// under the lock taken again, and records the outcome in the marker; its exit code.
+    fn finish_detached(
+        &self,
+        job: &Job,
+        name: &str,
+        captured: Captured,
+        finishing: Finishing,
+    ) -> i32 {
+        job.lock.release();
+        crate::testhook::pause("background-finish");
+        let result = captured.finish().and_then(|_| {
+            let lock = job
+                .store
+                .lock(&format!("create {name} (background)"), self.lock_timeout)?;
+            Job {
+                lock: &lock,
+                ..*job
+            }
+            .auto_cleanup(name)
+        });
+        let code = result
+            .as_ref()
+            .map_or_else(|e| crate::exit::code_of(e).as_i32(), |_| 0);
+        match finishing.end(&result) {
+            Ok(()) => code,
+            Err(_) => Code::Failure.as_i32(),
+        }
+    }
+}
+
+/// `wait --json`'s record.
+#[derive(Debug, Serialize)]
+pub struct Waited {
+    pub name: String,
+    /// Whether a background create was still finishing it.
+    pub waited: bool,
+}
+
+impl Session {
+    /// Waits, without limit, until no background create is finishing `name` (else
+    /// `snapshot_name`); Ok when the snapshot is then complete, else the failure's error
+    /// with its exit code, or exit 4 when there is no such snapshot.
+    pub fn wait(&self, name: Option<&str>) -> Result<Waited> {
+        let name = self.snapshot_named(name)?;
+        let store = self.checked_store()?;
+        let waited = matches!(store.background(&name)?, Some(Background::Finishing { .. }));
+        if let Some(ended) = store.await_background(&name, std::time::Duration::MAX)? {
+            ended.outcome(&name)?;
+        }
+        store.get(&name)?;
+        Ok(Waited { name, waited })
     }
 }
 
@@ -119,6 +216,7 @@ impl Created {
             pinned: false,
             pruned: vec![],
             skipped: true,
+            background: false,
             covers_data: false,
         }
     }
@@ -137,6 +235,7 @@ impl Created {
             pinned: snap.meta.pinned,
             pruned: vec![],
             skipped: false,
+            background: false,
             covers_data: mode.writes_live_data(),
         }
     }
@@ -541,6 +640,11 @@ impl<'j> Capture<'j> {
 }
 
 impl Captured<'_> {
+    /// The captured data's totals.
+    fn data(&self) -> Totals {
+        self.sealed.data
+    }
+
     /// The rest of a create, with the node containers running again: the hashes of what
     /// was captured, meta.json, and the atomic move into place.
     pub fn finish(self) -> Result<Snapshot> {

@@ -1,5 +1,7 @@
 //! Delete: remove snapshots, also damaged ones.
 
+use std::time::Duration;
+
 use anyhow::Result;
 use serde::Serialize;
 
@@ -25,7 +27,15 @@ impl Session {
         }
         self.prepare_configured()?;
         let store = self.checked_store()?;
+        // As create and restore do (see `Session::begin`): a snapshot being finished in the
+        // background is waited for, without the lock.
+        for name in names {
+            store.await_background(name, self.lock_timeout)?;
+        }
         let lock = store.lock(&format!("delete {}", names.join(" ")), self.lock_timeout)?;
+        for name in names {
+            store.await_background(name, Duration::ZERO)?;
+        }
         clean_leftovers(&store, &lock)?;
         // Every name must exist before anything is removed: a typo changes nothing. One that
         // is not a complete snapshot goes too (that is how a damaged one is cleared), named

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::Session;
 use crate::fingerprint::Checker;
 use crate::legacy::{self, Format};
-use crate::store::Unreadable;
+use crate::store::{Background, Unreadable};
 
 /// The mode `list` shows for a snapshot the stage-env harness left.
 pub const LEGACY: &str = "legacy";
@@ -58,6 +58,16 @@ pub struct Listing {
     pub snapshots_dir: String,
     pub snapshots: Vec<Row>,
     pub unreadable: Vec<Unreadable>,
+    /// Snapshots a background create is still finishing, or failed to.
+    pub background: Vec<BackgroundRow>,
+}
+
+/// A background create in `list --json`: the name and the [`Background`] state.
+#[derive(Debug, Serialize)]
+pub struct BackgroundRow {
+    pub name: String,
+    #[serde(flatten)]
+    pub state: Background,
 }
 
 impl Session {
@@ -141,6 +151,11 @@ impl Session {
             snapshots_dir: store.dir().display().to_string(),
             snapshots: rows.into_iter().map(|(_, row)| row).collect(),
             unreadable,
+            background: store
+                .backgrounds()?
+                .into_iter()
+                .map(|(name, state)| BackgroundRow { name, state })
+                .collect(),
         })
     }
 }

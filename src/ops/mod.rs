@@ -127,7 +127,11 @@ impl Session {
         let live = self.cfg.live();
         live.check_present()?;
         let store = self.checked_store()?;
+        // A background create still finishing this snapshot: waited for without the lock,
+        // which it takes to clean up when done, then refused if another began meanwhile.
+        store.await_background(&name, self.lock_timeout)?;
         let lock = store.lock(&format!("{op} {name}"), self.lock_timeout)?;
+        store.await_background(&name, Duration::ZERO)?;
         clean_leftovers(&store, &lock)?;
         live.remove_stale_work_dirs();
         Ok(Begun::Ready(Box::new(Ready {
