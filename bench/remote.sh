@@ -97,7 +97,7 @@ for shape in $SHAPES; do
   snaps_b=$WORK/b/testing/snapshots
   data_bytes=$(du_b "$WORK/a/testing/cache/data")
 
-  "$SNAP" -q -c "$cfg_a" create clean_state
+  "$SNAP" -q -c "$cfg_a" create clean_state >/dev/null
   suite=$("$SAMPLE" suite "$WORK/a")
   round=0
   "$SNAP" -q -c "$cfg_a" create after >/dev/null
