@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # push and pull side by side with rclone, against one moto S3 server on localhost. For each data
-# shape (a few large files per node, then tens of thousands of small ones), one run of each:
-#   1. first push of a snapshot    vs `rclone sync` of its directory to the same server;
-#   2. push after one simulated suite (a second snapshot) vs `rclone sync` of that one onto
-#      the first's copy (rclone then sends the changed files whole);
-#   3. pull into an empty store    vs `rclone copy` of the snapshot back into an empty folder;
-#   4. the second snapshot pushed to a file:// archive: how much the archive grows;
-#   5. a second local snapshot: how much the local store grows (filesystem mode).
+# shape (a few large files per node, then tens of thousands of small ones), ROUNDS interleaved
+# rounds of:
+#   1. a second local snapshot after one simulated suite: how much the local store grows
+#      (filesystem mode; the previous round's second snapshot is deleted first);
+#   2. first push of a snapshot    vs `rclone sync` of its directory to the same server;
+#   3. push of the second snapshot vs `rclone sync` of it onto the first's copy (rclone then
+#      sends the changed files whole);
+#   4. pull into an empty store    vs `rclone copy` of the snapshot back into an empty folder;
+#   5. both snapshots pushed to an empty file:// archive: how much the second grows it.
+# Each round uses fresh remote prefixes, store and folders, and alternates which tool goes first,
+# so load from other work on a shared machine lands on both tools alike; the report gives medians
+# and min–max over the rounds, and ratios of medians.
+# Cache: warm for both. The snapshot's files are read from the page cache (they were just
+# written; nothing drops caches between runs) and moto serves objects from memory.
 #
-# Usage: bench/remote.sh [SIZE] [NODES] [SHAPES]   (default 1G 4 "large small")
+# Usage: bench/remote.sh [SIZE] [NODES] [SHAPES] [ROUNDS]   (default 1G 4 "large small" 5)
 # Needs moto[server] (/opt/stagesnap-moto, scripts/setup.sh), rclone and python3. Writes
 # bench/results/remote.md and prints it. Bytes are what went over the wire: stagesnap's own
 # count (compressed packs, indexes, snapshot objects) and rclone's stats.
@@ -18,7 +25,10 @@ source bench/lib.sh
 SIZE=${1:-1G}
 NODES=${2:-4}
 SHAPES=${3:-large small}
+ROUNDS=${4:-5}
 WORK=$PWD/bench/work/remote
+# One line per measurement: shape step tool round seconds bytes.
+SAMPLES=$PWD/bench/work/remote-samples.tsv
 OUT=bench/results/remote.md
 MOTO=/opt/stagesnap-moto/bin/moto_server
 [ -x "$MOTO" ] || MOTO=$(command -v moto_server || true)
@@ -38,39 +48,44 @@ ENDPOINT=http://127.0.0.1:$PORT
 # rclone's remote "moto", from the environment.
 export RCLONE_CONFIG_MOTO_TYPE=s3 RCLONE_CONFIG_MOTO_PROVIDER=Other RCLONE_CONFIG_MOTO_ENDPOINT=$ENDPOINT
 export RCLONE_CONFIG_MOTO_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_MOTO_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
-rclone mkdir moto:bench
+rclone -q mkdir moto:bench
 
 now() { date +%s.%N; }
-# Seconds and bytes of one rclone run, from its JSON log's final stats: "SECONDS BYTES".
+# Appends one sample: record SHAPE STEP TOOL ROUND T0 T1 BYTES.
+record() {
+  python3 -c "import sys; print('\t'.join(sys.argv[1:4] + [sys.argv[4], f'{float(sys.argv[6]) - float(sys.argv[5]):.3f}', sys.argv[7]]))" "$@" >>"$SAMPLES"
+}
+# One rclone run, recorded with the bytes of its JSON log's final stats: rclone_run STEP ARGS...
 rclone_run() {
-  local t0 t1
+  local step=$1 t0 t1
+  shift
   t0=$(now)
   rclone "$@" --use-json-log --stats 1000h --stats-log-level NOTICE -v 2>"$WORK/rclone.log" >/dev/null
   t1=$(now)
-  python3 - "$t0" "$t1" "$WORK/rclone.log" <<'PY'
+  record "$shape" "$step" rclone "$round" "$t0" "$t1" "$(python3 - "$WORK/rclone.log" <<'PY'
 import json, sys
-stats = [json.loads(l)["stats"] for l in open(sys.argv[3]) if '"stats"' in l]
-print(f"{float(sys.argv[2]) - float(sys.argv[1]):.2f} {stats[-1]['bytes'] if stats else 0}")
+stats = [json.loads(l)["stats"] for l in open(sys.argv[1]) if '"stats"' in l]
+print(stats[-1]["bytes"] if stats else 0)
 PY
+)"
 }
-# Seconds and one number of a stagesnap --json run: "SECONDS VALUE".
+# One stagesnap --json run, recorded with one number of its output: snap_run STEP KEY ARGS...
 snap_run() {
-  local key=$1 t0 t1
-  shift
+  local step=$1 key=$2 t0 t1
+  shift 2
   t0=$(now)
   "$SNAP" "$@" --json >"$WORK/snap.json"
   t1=$(now)
-  python3 -c "import json,sys; d=json.load(open('$WORK/snap.json')); print(f'{$t1-$t0:.2f} {d[\"$key\"]}')"
+  record "$shape" "$step" stagesnap "$round" "$t0" "$t1" "$(python3 -c "import json; print(json.load(open('$WORK/snap.json'))['$key'])")"
 }
 du_b() { du -sb "$1" | cut -f1; }
+# Runs the stagesnap and the rclone side of one step, the order alternating with the round.
+pair() {
+  if [ $((round % 2)) = 1 ]; then "$1"; "$2"; else "$2"; "$1"; fi
+}
 
-echo "# push and pull vs rclone" >"$OUT"
-{
-  echo
-  echo "bench/remote.sh $SIZE $NODES \"$SHAPES\" on $(bench_machine "$PWD"); moto $("${MOTO%/*}/pip" show moto 2>/dev/null | awk '/^Version/ {print $2}'), $(rclone version | head -1)."
-  echo "One run each; seconds are wall-clock, bytes those sent or received."
-} >>"$OUT"
-
+load_before=$(uptime)
+rm -f "$SAMPLES"
 for shape in $SHAPES; do
   rm -rf "$WORK"
   mkdir -p "$WORK"
@@ -78,23 +93,16 @@ for shape in $SHAPES; do
   "$SAMPLE" generate "$WORK/b" --nodes "$NODES" --size "$SIZE" --shape "$shape" --files 20000 >/dev/null
   cfg_a=$WORK/a/stage-env/stage-env.cfg
   cfg_b=$WORK/b/stage-env/stage-env.cfg
-  S3="-s remote=s3://bench/$shape -s remote_endpoint=$ENDPOINT -s auto_cleanup=false"
-  A="-q -c $cfg_a $S3"
-  B="-q -c $cfg_b $S3"
   snaps_a=$WORK/a/testing/snapshots
+  snaps_b=$WORK/b/testing/snapshots
   data_bytes=$(du_b "$WORK/a/testing/cache/data")
 
-  "$SNAP" $A create clean_state
-  read -r push1_s push1_b < <(snap_run bytes_uploaded $A push clean_state)
-  read -r rsync1_s rsync1_b < <(rclone_run sync "$snaps_a/clean_state" "moto:bench/rclone-$shape/snap")
-
-  store_before=$(du_b "$snaps_a")
+  "$SNAP" -q -c "$cfg_a" create clean_state >/dev/null
   suite=$("$SAMPLE" suite "$WORK/a")
-  "$SNAP" $A create after
-  store_growth=$(( $(du_b "$snaps_a") - store_before ))
+  round=0
+  "$SNAP" -q -c "$cfg_a" create after >/dev/null
   changed=$(python3 - "$snaps_a" <<'PY'
 import json, sys
-sys.path.insert(0, "")
 a = {}
 for name in ("clean_state", "after"):
     a[name] = {}
@@ -105,39 +113,102 @@ for name in ("clean_state", "after"):
 print(sum(s for p, (h, s) in a["after"].items() if a["clean_state"].get(p, (None,))[0] != h))
 PY
 )
-  read -r push2_s push2_b < <(snap_run bytes_uploaded $A push after)
-  push2_read=$(python3 -c "import json; print(json.load(open('$WORK/snap.json'))['bytes_read'])")
-  read -r rsync2_s rsync2_b < <(rclone_run sync "$snaps_a/after" "moto:bench/rclone-$shape/snap")
+  echo -e "$shape\tmeta\t-\t0\t$data_bytes\t$changed\t$generated\t$suite" >>"$SAMPLES"
 
-  read -r pull_s pull_b < <(snap_run bytes_downloaded $B pull after)
-  rm -rf "$WORK/back"
-  read -r copy_s copy_b < <(rclone_run copy "moto:bench/rclone-$shape/snap" "$WORK/back")
+  for round in $(seq 1 "$ROUNDS"); do
+    echo "bench: $shape shape, round $round of $ROUNDS" >&2
+    S3="-s remote=s3://bench/$shape-$round -s remote_endpoint=$ENDPOINT -s auto_cleanup=false"
+    A="-q -c $cfg_a $S3"
+    B="-q -c $cfg_b $S3"
+    RC=moto:bench/rclone-$shape-$round
 
-  mkdir -p "$WORK/archive"
-  F="-q -c $cfg_a -s remote=file://$WORK/archive"
-  "$SNAP" $F push clean_state >/dev/null
-  archive1=$(du_b "$WORK/archive")
-  "$SNAP" $F push after >/dev/null
-  archive_growth=$(( $(du_b "$WORK/archive") - archive1 ))
+    "$SNAP" -q -c "$cfg_a" delete after >/dev/null
+    store_before=$(du_b "$snaps_a")
+    t0=$(now)
+    "$SNAP" -q -c "$cfg_a" create after >/dev/null
+    t1=$(now)
+    record "$shape" local stagesnap "$round" "$t0" "$t1" $(( $(du_b "$snaps_a") - store_before ))
 
-  python3 - "$shape" "$generated" "$suite" "$data_bytes" "$changed" "$store_growth" \
-    "$push1_s" "$push1_b" "$rsync1_s" "$rsync1_b" "$push2_s" "$push2_b" "$rsync2_s" "$rsync2_b" \
-    "$pull_s" "$pull_b" "$copy_s" "$copy_b" "$archive1" "$archive_growth" "$push2_read" >>"$OUT" <<'PY'
-import sys
-(shape, generated, suite, data, changed, growth, p1s, p1b, r1s, r1b, p2s, p2b, r2s, r2b,
- ps, pb, cs, cb, a1, ag, p2r) = sys.argv[1:]
-mib = lambda b: f"{int(b) / 2**20:.1f} MiB"
-ratio = lambda a, b: f"{float(a) / float(b):.2f}" if float(b) else "-"
-print(f"\n## {shape} shape\n\n{generated}; then {suite}\n")
-print("| step | stagesnap s | stagesnap bytes | rclone s | rclone bytes | time ratio | bytes ratio |")
-print("|---|---|---|---|---|---|---|")
-print(f"| first push / `rclone sync` | {p1s} | {mib(p1b)} | {r1s} | {mib(r1b)} | {ratio(p1s, r1s)} | {ratio(p1b, r1b)} |")
-print(f"| push after a suite / `rclone sync` onto the first | {p2s} | {mib(p2b)} | {r2s} | {mib(r2b)} | {ratio(p2s, r2s)} | {ratio(p2b, r2b)} |")
-print(f"| pull into an empty store / `rclone copy` back | {ps} | {mib(pb)} | {cs} | {mib(cb)} | {ratio(ps, cs)} | {ratio(pb, cb)} |")
-print()
-print(f"- second push vs first: {ratio(p2b, p1b)} of the bytes, {ratio(p2s, p1s)} of the time; it read {mib(p2r)} of the snapshot's files (the rest unchanged by the manifests).")
-print(f"- file:// archive: {mib(a1)} for the first snapshot of {mib(data)} of data; the second grew it by {mib(ag)} ({ratio(ag, data)} of the data).")
-print(f"- second local snapshot (filesystem mode): the store grew by {mib(growth)}, {ratio(growth, changed)} times the {mib(changed)} of files the suite changed.")
-PY
+    push1() { snap_run push1 bytes_uploaded $A push clean_state; }
+    sync1() { rclone_run push1 sync "$snaps_a/clean_state" "$RC"; }
+    pair push1 sync1
+    push2() {
+      snap_run push2 bytes_uploaded $A push after
+      record "$shape" push2-read stagesnap "$round" 0 0 "$(python3 -c "import json; print(json.load(open('$WORK/snap.json'))['bytes_read'])")"
+    }
+    sync2() { rclone_run push2 sync "$snaps_a/after" "$RC"; }
+    pair push2 sync2
+    rm -rf "$snaps_b" "$WORK/back"
+    pull() { snap_run pull bytes_downloaded $B pull after; }
+    copy() { rclone_run pull copy "$RC" "$WORK/back"; }
+    pair pull copy
+
+    rm -rf "$WORK/archive"
+    mkdir -p "$WORK/archive"
+    F="-q -c $cfg_a -s remote=file://$WORK/archive"
+    "$SNAP" $F push clean_state >/dev/null
+    archive1=$(du_b "$WORK/archive")
+    t0=$(now)
+    "$SNAP" $F push after >/dev/null
+    t1=$(now)
+    record "$shape" archive1 stagesnap "$round" 0 0 "$archive1"
+    record "$shape" archive2 stagesnap "$round" "$t0" "$t1" $(( $(du_b "$WORK/archive") - archive1 ))
+
+    # Moto keeps every object in memory: drop this round's before the next.
+    rclone -q purge "moto:bench/$shape-$round"
+    rclone -q purge "$RC"
+  done
 done
+rm -rf "$WORK"
+
+python3 - "$SAMPLES" "$SIZE" "$NODES" "$SHAPES" "$ROUNDS" "$(bench_machine "$PWD")" \
+  "$("${MOTO%/*}/pip" show moto 2>/dev/null | awk '/^Version/ {print $2}')" "$(rclone version | head -1)" \
+  "$load_before" "$(uptime)" >"$OUT" <<'PY'
+import statistics, sys
+from collections import defaultdict
+samples, size, nodes, shapes, rounds, machine, moto, rclone, load0, load1 = sys.argv[1:]
+runs, meta = defaultdict(list), {}
+for line in open(samples):
+    shape, step, tool, rnd, *rest = line.rstrip("\n").split("\t")
+    if step == "meta":
+        meta[shape] = rest
+    else:
+        runs[shape, step, tool].append((float(rest[0]), int(rest[1])))
+med = lambda xs: statistics.median(xs)
+secs = lambda k: [s for s, _ in runs[k]]
+nbytes = lambda k: med([b for _, b in runs[k]])
+mib = lambda b: f"{b / 2**20:.1f} MiB"
+ratio = lambda a, b: f"{a / b:.2f}" if b else "-"
+def spread(k):
+    s = secs(k)
+    return f"{med(s):.2f} ({min(s):.2f}–{max(s):.2f})"
+print("# push and pull vs rclone\n")
+print(f'bench/remote.sh {size} {nodes} "{shapes}" {rounds} on {machine}; moto {moto}, {rclone}.')
+print(f"{rounds} interleaved rounds (fresh remote prefixes, store and folders each round; the tool going first alternates);")
+print("seconds are wall-clock, median (min–max); bytes those sent or received (median); ratios are of medians.")
+print("Cache warm for both tools: the snapshot files are read from the page cache, moto serves from memory.\n")
+print(f"Load before: `{load0.strip()}`  \nLoad after: `{load1.strip()}`")
+for shape in shapes.split():
+    data, changed, generated, suite = meta[shape]
+    data, changed = int(data), int(changed)
+    print(f"\n## {shape} shape\n\n{generated}; then {suite}\n")
+    print("| step | stagesnap s | stagesnap bytes | rclone s | rclone bytes | time ratio | bytes ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for step, label in (("push1", "first push / `rclone sync`"),
+                        ("push2", "push after a suite / `rclone sync` onto the first"),
+                        ("pull", "pull into an empty store / `rclone copy` back")):
+        s, r = (shape, step, "stagesnap"), (shape, step, "rclone")
+        print(f"| {label} | {spread(s)} | {mib(nbytes(s))} | {spread(r)} | {mib(nbytes(r))} "
+              f"| {ratio(med(secs(s)), med(secs(r)))} | {ratio(nbytes(s), nbytes(r))} |")
+    p1, p2 = (shape, "push1", "stagesnap"), (shape, "push2", "stagesnap")
+    a2, local = (shape, "archive2", "stagesnap"), (shape, "local", "stagesnap")
+    growth = [b for _, b in runs[local]]
+    print()
+    print(f"- second push vs first: {ratio(nbytes(p2), nbytes(p1))} of the bytes, {ratio(med(secs(p2)), med(secs(p1)))} of the time "
+          f"(medians); it read {mib(nbytes((shape, 'push2-read', 'stagesnap')))} of the snapshot's files (the rest unchanged by the manifests).")
+    print(f"- file:// archive: {mib(nbytes((shape, 'archive1', 'stagesnap')))} for the first snapshot of {mib(data)} of data; "
+          f"the second grew it by {mib(nbytes(a2))} ({ratio(nbytes(a2), data)} of the data) in {spread(a2)} s.")
+    print(f"- second local snapshot (filesystem mode): the store grew by {mib(med(growth))} ({mib(min(growth))}–{mib(max(growth))}), "
+          f"{ratio(med(growth), changed)} times the {mib(changed)} of files the suite changed; created in {spread(local)} s.")
+PY
 cat "$OUT"

@@ -194,7 +194,15 @@ pub struct Packer {
 impl Packer {
     /// Adds a piece's content, compressed.
     pub fn add(&mut self, digest: Digest, plain: &[u8]) {
-        let stored = zstd::bulk::compress(plain, 1).expect("compressing in memory does not fail");
+        thread_local! {
+            // One context per thread, as `unpack` keeps: making one per 64 KiB piece is wasted work.
+            static COMPRESSOR: RefCell<zstd::bulk::Compressor<'static>> = RefCell::new(
+                zstd::bulk::Compressor::new(1).expect("a zstd context needs only memory"),
+            );
+        }
+        let stored = COMPRESSOR
+            .with_borrow_mut(|compressor| compressor.compress(plain))
+            .expect("compressing in memory does not fail");
         self.pieces.push((
             digest,
             self.bytes.len() as u64,
