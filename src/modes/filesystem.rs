@@ -12,6 +12,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
+use rustix::fs::OFlags;
 
 use super::{Mode, ModeContext, ModeKind, Restoration, Verified};
 use crate::delta::{Content, Delta};
@@ -19,6 +20,7 @@ use crate::exit::{Code, Error, code_of, one_line};
 use crate::manifest::{self, Kind, Manifest, Name, walk};
 use crate::observe::Observer;
 use crate::store::Snapshot;
+use crate::sys::{self, DirFd};
 use crate::tools::{Found, Tool};
 use crate::tree::{Totals, node_of};
 use crate::writers::FileId;
@@ -139,10 +141,15 @@ impl Mode for Filesystem {
         // As they are now, and only those the copy has as a regular file: the others are new
         // to rsync (or gone, for its --delete).
         let mut target = Manifest::scan(&ctx.live.cache_dir, &suspects)?;
+        // The copy is resolved beneath the payload, never through a symlink the live data
+        // had (rsync copies those as they are).
+        let copied = DirFd::open(payload)?;
         target.entries.retain(|e| {
             e.kind == Kind::File
-                && std::fs::symlink_metadata(payload.join(OsStr::from_bytes(&e.path.0)))
-                    .is_ok_and(|m| m.is_file())
+                && copied_file(&copied, &e.path).is_ok_and(|(dir, name)| {
+                    dir.open_file(name, OFlags::PATH, 0)
+                        .is_ok_and(|f| f.metadata().is_ok_and(|m| m.is_file()))
+                })
         });
         target.header.include = target.entries.iter().map(|e| e.path.clone()).collect();
         let started = Instant::now();
@@ -169,7 +176,14 @@ impl Mode for Filesystem {
                 // mtime that rsync's quick check would trust).
                 tracing::warn!(error = %one_line(&e), "second_pass_recopied: the files being compared changed meanwhile; they are copied again whole");
                 for e in &target.entries {
-                    std::fs::remove_file(payload.join(OsStr::from_bytes(&e.path.0)))?;
+                    // One whose directory is no longer one beneath the payload is not there to
+                    // remove: rsync's recopy below replaces what is.
+                    if let Ok((dir, name)) = copied_file(&copied, &e.path) {
+                        match dir.remove(name, false) {
+                            Err(gone) if gone.kind() == std::io::ErrorKind::NotFound => {}
+                            removed => removed?,
+                        }
+                    }
                 }
                 copy(ctx, payload, Some(&[]))?;
                 return Ok(serde_json::Value::Null);
@@ -258,6 +272,13 @@ impl FirstPass {
             .map(|p| PathBuf::from(OsString::from_vec(p.0)))
             .collect()
     }
+}
+
+/// The directory of the copy's file `path` beneath `copied` (no symlink followed) and the
+/// file's name in it.
+fn copied_file<'p>(copied: &DirFd, path: &'p Name) -> std::io::Result<(DirFd, &'p [u8])> {
+    let (dir, name) = sys::split(&path.0);
+    Ok((copied.dir(dir)?, name))
 }
 
 /// rsync of every included path into `payload`; with `except`, quick-checked again with
