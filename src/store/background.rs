@@ -12,6 +12,7 @@
 //! and [`Store::clean_leftovers`] leaves its staging directory alone.
 
 use std::fs::{self, File, OpenOptions};
+use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -115,7 +116,12 @@ impl Store {
         let path = self.finishing_path(name);
         match open_nofollow(&path) {
             Ok(file) => {
-                let started = match serde_json::from_slice(&read_nofollow(&path)?) {
+                // From the file just opened, the one whose lock is tried below.
+                let mut text = Vec::new();
+                (&file)
+                    .read_to_end(&mut text)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let started = match serde_json::from_slice(&text) {
                     Ok(Background::Finishing { started }) => started,
                     _ => "at an unknown time".into(),
                 };
