@@ -4,8 +4,8 @@
 //! mounts stay valid).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -146,7 +146,7 @@ impl Mode for Filesystem {
         let copied = DirFd::open(payload)?;
         target.entries.retain(|e| {
             e.kind == Kind::File
-                && copied_file(&copied, &e.path).is_ok_and(|(dir, name)| {
+                && file_beneath(&copied, &e.path).is_ok_and(|(dir, name)| {
                     dir.open_file(name, OFlags::PATH, 0)
                         .is_ok_and(|f| f.metadata().is_ok_and(|m| m.is_file()))
                 })
@@ -178,7 +178,7 @@ impl Mode for Filesystem {
                 for e in &target.entries {
                     // One whose directory is no longer one beneath the payload is not there to
                     // remove: rsync's recopy below replaces what is.
-                    if let Ok((dir, name)) = copied_file(&copied, &e.path) {
+                    if let Ok((dir, name)) = file_beneath(&copied, &e.path) {
                         match dir.remove(name, false) {
                             Err(gone) if gone.kind() == std::io::ErrorKind::NotFound => {}
                             removed => removed?,
@@ -225,12 +225,16 @@ impl Mode for Filesystem {
     /// captured: `status` right after `create` finds no difference, and a restore keeps it
     /// dense. Only the copy's sparse files are looked at (one lstat each); the copy keeps its
     /// holes, which `verify` accepts (holes appearing is no difference).
+    /// The live file is resolved beneath the data directory without following symlinks: a
+    /// node that swapped a directory for a symlink gets no host file looked at.
     fn describe_captured(&self, ctx: &ModeContext, manifest: &mut Manifest) -> Result<()> {
+        let live = DirFd::open(&ctx.live.cache_dir)?;
         for entry in manifest.entries.iter_mut().filter(|e| e.sparse) {
-            let live = ctx.live.cache_dir.join(OsStr::from_bytes(&entry.path.0));
-            if std::fs::symlink_metadata(&live)
-                .is_ok_and(|st| st.is_file() && st.blocks().saturating_mul(512) >= st.len())
-            {
+            let dense = file_beneath(&live, &entry.path)
+                .and_then(|(dir, name)| dir.open_file(name, OFlags::PATH, 0))
+                .and_then(|f| f.metadata())
+                .is_ok_and(|st| st.is_file() && st.blocks().saturating_mul(512) >= st.len());
+            if dense {
                 entry.sparse = false;
             }
         }
@@ -274,11 +278,11 @@ impl FirstPass {
     }
 }
 
-/// The directory of the copy's file `path` beneath `copied` (no symlink followed) and the
-/// file's name in it.
-fn copied_file<'p>(copied: &DirFd, path: &'p Name) -> std::io::Result<(DirFd, &'p [u8])> {
+/// The directory of the file `path` beneath `root` (no symlink followed) and the file's name
+/// in it.
+fn file_beneath<'p>(root: &DirFd, path: &'p Name) -> std::io::Result<(DirFd, &'p [u8])> {
     let (dir, name) = sys::split(&path.0);
-    Ok((copied.dir(dir)?, name))
+    Ok((root.dir(dir)?, name))
 }
 
 /// rsync of every included path into `payload`; with `except`, quick-checked again with
