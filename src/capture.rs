@@ -28,7 +28,7 @@ use rustix::fs::OFlags;
 use crate::exit::{Code, Error, fail};
 use crate::manifest::walk::{self, Stamp};
 use crate::manifest::{Kind, Name};
-use crate::sys::{self, DirFd};
+use crate::sys::DirFd;
 use crate::tree::Live;
 
 /// How far past a directory's ctime the clock must be before the copy starts: more than a
@@ -202,10 +202,9 @@ pub fn check(live: &Live, changes: &Changes, held: &[Held], tool: &str) -> Resul
 /// The BLAKE3 (hex) of the first `len` bytes of the live regular file `path`, reached
 /// without following a symlink; None when there is no such file or it is shorter.
 fn live_prefix(root: &DirFd, path: &Name, len: u64) -> Result<Option<String>> {
-    let (dir, name) = sys::split(&path.0);
     let opened = root
-        .dir(dir)
-        .and_then(|d| d.open_file(name, OFlags::RDONLY | OFlags::NONBLOCK, 0));
+        .parent_of(&path.0)
+        .and_then(|(d, name)| d.open_file(name, OFlags::RDONLY | OFlags::NONBLOCK, 0));
     let Ok(file) = opened else {
         return Ok(None);
     };

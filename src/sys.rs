@@ -71,6 +71,13 @@ impl DirFd {
         Ok(DirFd(at))
     }
 
+    /// The directory holding `path` (a manifest path) beneath this one, as [`DirFd::dir`]
+    /// opens it, and `path`'s last component.
+    pub fn parent_of<'p>(&self, path: &'p [u8]) -> io::Result<(DirFd, &'p [u8])> {
+        let (dir, name) = split(path);
+        Ok((self.dir(dir)?, name))
+    }
+
     /// Opens the file `name` in this directory, never following a symlink there (ELOOP).
     pub fn open_file(&self, name: &[u8], flags: OFlags, mode: u32) -> io::Result<File> {
         let fd = rfs::openat(
@@ -158,6 +165,11 @@ pub struct Pinned {
 }
 
 impl Pinned {
+    /// The entry's own status (fstat works on `O_PATH` descriptors).
+    pub fn stat(&self) -> io::Result<Stat> {
+        Ok(rfs::fstat(&self.fd)?)
+    }
+
     pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
         let (uid, gid) = (
             rfs::Uid::from_raw_unchecked(uid),

@@ -500,3 +500,63 @@ fn extract_reads_the_image_itself() {
     assert!(stagesnap_mounts().is_empty());
     assert_same_tree(&treestate(&env.data()), &clean);
 }
+
+/// The fixups file is read from the store, which is untrusted: a record naming a path above the
+/// data directory, or one reached through a symlink the image put there, changes nothing
+/// outside (no hole punched, no mtime set); the restore itself still succeeds.
+#[test]
+fn fixups_never_reach_outside_the_data_directory() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Mode::squashfs("none", "extract").env(2, 64 << 10);
+    let outside = env.cache().parent().unwrap().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    // Allocated zeros: what a hole record would punch, were it followed.
+    fs::write(outside.join("zeros"), vec![0u8; 256 << 10]).unwrap();
+    symlink(&outside, env.data().join("node1/link")).unwrap();
+    env.run(&["create"], 0);
+    let before = fs::metadata(outside.join("zeros")).unwrap();
+
+    let dir = env.snapshots().join("clean_state");
+    let mut m = meta(&env, "clean_state");
+    m.as_object_mut().unwrap().remove("manifest");
+    let fixups_path = dir.join("payload/fixups");
+    let mut fixups = fs::read(&fixups_path).unwrap();
+    for record in [
+        "t1000000000 0 ../outside/zeros",
+        "t1000000000 0 data/node1/link/zeros",
+        "h0+262144 data/node1/link/zeros",
+        "h0+262144 ../outside/zeros",
+    ] {
+        fixups.extend_from_slice(record.as_bytes());
+        fixups.push(0);
+    }
+    fs::write(&fixups_path, &fixups).unwrap();
+    // meta.json vouches for the edited file, as a forged store would.
+    fn vouch(v: &mut serde_json::Value, blake3: &str, bytes: u64) {
+        match v {
+            serde_json::Value::Object(o) if o.get("file").is_some_and(|f| f == "fixups") => {
+                o.insert("blake3".into(), blake3.into());
+                o.insert("bytes".into(), bytes.into());
+            }
+            serde_json::Value::Object(o) => o.values_mut().for_each(|v| vouch(v, blake3, bytes)),
+            _ => {}
+        }
+    }
+    let digest = blake3::hash(&fixups).to_hex().to_string();
+    vouch(&mut m, &digest, fixups.len() as u64);
+    fs::write(
+        dir.join("meta.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    fs::remove_file(dir.join("manifest.jsonl")).unwrap();
+
+    env.suite(3);
+    env.assert(&["restore"]).success();
+    let after = fs::metadata(outside.join("zeros")).unwrap();
+    assert_eq!(
+        (after.mtime(), after.mtime_nsec(), after.blocks()),
+        (before.mtime(), before.mtime_nsec(), before.blocks()),
+        "a file outside the data directory was changed by the fixups"
+    );
+}

@@ -20,7 +20,7 @@ use crate::exit::{Code, Error, code_of, one_line};
 use crate::manifest::{self, Kind, Manifest, Name, walk};
 use crate::observe::Observer;
 use crate::store::Snapshot;
-use crate::sys::{self, DirFd};
+use crate::sys::DirFd;
 use crate::tools::{Found, Tool};
 use crate::tree::{Totals, node_of};
 use crate::writers::FileId;
@@ -146,7 +146,7 @@ impl Mode for Filesystem {
         let copied = DirFd::open(payload)?;
         target.entries.retain(|e| {
             e.kind == Kind::File
-                && file_beneath(&copied, &e.path).is_ok_and(|(dir, name)| {
+                && copied.parent_of(&e.path.0).is_ok_and(|(dir, name)| {
                     dir.open_file(name, OFlags::PATH, 0)
                         .is_ok_and(|f| f.metadata().is_ok_and(|m| m.is_file()))
                 })
@@ -178,7 +178,7 @@ impl Mode for Filesystem {
                 for e in &target.entries {
                     // One whose directory is no longer one beneath the payload is not there to
                     // remove: rsync's recopy below replaces what is.
-                    if let Ok((dir, name)) = file_beneath(&copied, &e.path) {
+                    if let Ok((dir, name)) = copied.parent_of(&e.path.0) {
                         match dir.remove(name, false) {
                             Err(gone) if gone.kind() == std::io::ErrorKind::NotFound => {}
                             removed => removed?,
@@ -230,7 +230,8 @@ impl Mode for Filesystem {
     fn describe_captured(&self, ctx: &ModeContext, manifest: &mut Manifest) -> Result<()> {
         let live = DirFd::open(&ctx.live.cache_dir)?;
         for entry in manifest.entries.iter_mut().filter(|e| e.sparse) {
-            let dense = file_beneath(&live, &entry.path)
+            let dense = live
+                .parent_of(&entry.path.0)
                 .and_then(|(dir, name)| dir.open_file(name, OFlags::PATH, 0))
                 .and_then(|f| f.metadata())
                 .is_ok_and(|st| st.is_file() && st.blocks().saturating_mul(512) >= st.len());
@@ -276,13 +277,6 @@ impl FirstPass {
             .map(|p| PathBuf::from(OsString::from_vec(p.0)))
             .collect()
     }
-}
-
-/// The directory of the file `path` beneath `root` (no symlink followed) and the file's name
-/// in it.
-fn file_beneath<'p>(root: &DirFd, path: &'p Name) -> std::io::Result<(DirFd, &'p [u8])> {
-    let (dir, name) = sys::split(&path.0);
-    Ok((root.dir(dir)?, name))
 }
 
 /// rsync of every included path into `payload`; with `except`, quick-checked again with

@@ -63,8 +63,8 @@ pub fn share_identical(
         .collect();
     for dir in touched.keys() {
         if let Some(entry) = dirs.get(dir) {
-            let (parent, name) = sys::split(dir);
-            new_root.dir(parent)?.pin(name)?.set_mtime(entry.mtime_ns)?;
+            let (parent, name) = new_root.parent_of(dir)?;
+            parent.pin(name)?.set_mtime(entry.mtime_ns)?;
         }
     }
     Ok(shared)

@@ -7,18 +7,18 @@
 //! Format: NUL-terminated records (paths are raw bytes, relative to cache_dir): a header
 //! `stagesnap-fixups 1`, then `t<sec> <nsec> <path>` and `h<offset>+<length>,… <path>`.
 
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::{File, Metadata};
 use std::io::{BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use rustix::fs::{OFlags, Stat};
 use rustix::io::Errno;
 
-use super::set_mtime;
 use crate::exit::{Code, fail};
-use crate::sys;
+use crate::sys::{self, DirFd, Pinned};
 use crate::tree::{Live, xattr_names};
 
 const HEADER: &[u8] = b"stagesnap-fixups 1";
@@ -38,6 +38,13 @@ impl Time {
         Time {
             sec: meta.mtime(),
             nsec: meta.mtime_nsec(),
+        }
+    }
+
+    fn of_stat(stat: &Stat) -> Time {
+        Time {
+            sec: stat.st_mtime,
+            nsec: stat.st_mtime_nsec as i64,
         }
     }
 
@@ -128,23 +135,32 @@ impl Fixups {
     /// Puts back holes, then exact mtimes. A time goes back only where the entry's mtime falls
     /// in the second the image holds (the restore wrote it, or left a directory it
     /// changed within that second), and a hole only where the file holds zeros: an entry
-    /// that changed while the snapshot was taken is left as the image has it.
+    /// that changed while the snapshot was taken is left as the image has it. Each entry is
+    /// resolved beneath cache_dir without following a symlink (the restored tree came from
+    /// the image, untrusted); one that is not there that way is left alone.
     pub fn apply(&self, cache_dir: &Path) -> Result<Applied> {
+        let root = DirFd::open(cache_dir)
+            .with_context(|| format!("cannot open {}", cache_dir.display()))?;
         let mut applied = Applied::default();
         // Holes first: punching one changes the file's mtime, which is then put back.
         for (rel, holes) in &self.holes {
-            if punch(&cache_dir.join(rel), holes)? {
+            let Ok((dir, name)) = root.parent_of(rel.as_os_str().as_bytes()) else {
+                continue;
+            };
+            if punch(&dir, name, &cache_dir.join(rel), holes)? {
                 applied.holed_files += 1;
             }
         }
         for (rel, recorded) in &self.times {
-            let path = cache_dir.join(rel);
-            let Ok(meta) = path.symlink_metadata() else {
+            let Ok(entry) = root
+                .parent_of(rel.as_os_str().as_bytes())
+                .and_then(|(dir, name)| dir.pin(name))
+            else {
                 continue;
             };
-            let live = Time::of(&meta);
+            let live = Time::of_stat(&entry.stat()?);
             if live != *recorded && live.sec == recorded.in_image().sec {
-                set_mtime(&path, *recorded)?;
+                set_mtime(&entry, *recorded, &cache_dir.join(rel))?;
                 applied.times += 1;
             }
         }
@@ -222,24 +238,23 @@ fn hole_map(path: &Path, size: u64) -> Result<Vec<(u64, u64)>> {
     Ok(holes)
 }
 
-/// Punches the recorded holes of `path` that hold zeros but are allocated (unsquashfs wrote
-/// them out), keeping the file's mtime. True when it punched any.
-fn punch(path: &Path, holes: &[(u64, u64)]) -> Result<bool> {
-    let Ok(meta) = path.symlink_metadata() else {
+/// Punches the recorded holes of the regular file `name` in `dir` (`path` for messages) that
+/// hold zeros but are allocated (unsquashfs wrote them out), keeping the file's mtime. True
+/// when it punched any.
+fn punch(dir: &DirFd, name: &[u8], path: &Path, holes: &[(u64, u64)]) -> Result<bool> {
+    let Ok(file) = dir.open_file(name, OFlags::RDWR | OFlags::NONBLOCK, 0) else {
         return Ok(false);
     };
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?;
     if !meta.is_file() {
+        // A fifo or device there: never read or written as if it were the file.
         return Ok(false);
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(sys::NOFOLLOW)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
     let mut punched = false;
     for &(offset, len) in holes {
-        let end = (offset + len).min(meta.len());
+        let end = offset.saturating_add(len).min(meta.len());
         if end <= offset || !allocated_zeros(&file, offset, end)? {
             continue;
         }
@@ -253,9 +268,21 @@ fn punch(path: &Path, holes: &[(u64, u64)]) -> Result<bool> {
         punched = true;
     }
     if punched {
-        set_mtime(path, Time::of(&meta))?;
+        set_mtime(&dir.pin(name)?, Time::of(&meta), path)?;
     }
     Ok(punched)
+}
+
+/// Sets the mtime of a pinned entry (`path` for messages).
+fn set_mtime(entry: &Pinned, t: Time, path: &Path) -> Result<()> {
+    let ns = t
+        .sec
+        .checked_mul(1_000_000_000)
+        .and_then(|s| s.checked_add(t.nsec))
+        .with_context(|| format!("the mtime recorded for {} is out of range", path.display()))?;
+    entry
+        .set_mtime(ns)
+        .with_context(|| format!("cannot set the mtime of {}", path.display()))
 }
 
 /// True when `[start, end)` of `file` has allocated blocks and they all hold zeros.
