@@ -21,7 +21,8 @@ NODES=7
 WORK=$PWD/bench/work/quiesce
 OUT=bench/results/quiesce.md
 IMAGE=stagesnap-test:busybox
-PREFIX=stagesnap-bench-q
+# Per run, so two benches on one machine never remove each other's containers.
+PREFIX=stagesnap-bench-q-$$
 
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (the node data is root-owned)" >&2; exit 1; }
 bench_need hyperfine docker curl python3
