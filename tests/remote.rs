@@ -482,6 +482,26 @@ fn a_damaged_pack_is_named_and_nothing_changes() {
     assert_eq!(store_listing(&b), before);
 }
 
+/// Sets the mtime of every object under `dir` of a file:// archive two hours back: older
+/// than the prune's grace period.
+fn age(archive: &Path, dir: &str) {
+    let Ok(objects) = std::fs::read_dir(archive.join(dir)) else {
+        return;
+    };
+    for object in objects {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(object.unwrap().path())
+            .unwrap();
+        file.set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 3600))
+            .unwrap();
+    }
+}
+
+fn count(archive: &Path, dir: &str) -> usize {
+    std::fs::read_dir(archive.join(dir)).map_or(0, |d| d.count())
+}
+
 #[test]
 fn remote_prune_keeps_the_newest_and_removes_only_unreferenced_old_packs() {
     let archive = tempfile::tempdir().unwrap();
@@ -493,11 +513,7 @@ fn remote_prune_keeps_the_newest_and_removes_only_unreferenced_old_packs() {
     a.suite(2);
     run(&a, &["create", "two"], 0);
     run(&a, &["push", "two"], 0);
-    let packs = || {
-        std::fs::read_dir(archive.path().join("packs"))
-            .unwrap()
-            .count()
-    };
+    let packs = || count(archive.path(), "packs");
     let before = packs();
 
     let dry = json(&a, &["prune", "--remote", "--keep", "1", "--dry-run"], 0);
@@ -505,7 +521,13 @@ fn remote_prune_keeps_the_newest_and_removes_only_unreferenced_old_packs() {
     let pruned = json(&a, &["prune", "--remote", "--keep", "1"], 0);
     assert_eq!(pruned["removed"], serde_json::json!(["one"]));
     // Every pack is younger than the grace period: a push may still be using it.
-    assert_eq!(pruned["packs_removed"], 0);
+    assert_eq!(
+        (
+            pruned["packs_removed"].as_u64(),
+            pruned["packs_condemned"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
     assert_eq!(packs(), before);
 
     // "two" is whole on the remote.
@@ -514,26 +536,123 @@ fn remote_prune_keeps_the_newest_and_removes_only_unreferenced_old_packs() {
     run(&b, &["pull", "two"], 0);
     run(&b, &["verify", "two"], 0);
 
-    // Packs two hours old, "two" gone: the packs only it used go, those "one" shares stay.
+    // Packs two hours old, "two" gone: the packs only it used are condemned, those "one"
+    // shares stay; what a push cut off before its index left (a pack no index lists) goes.
     run(&a, &["push", "one"], 0);
     run(&a, &["delete", "--remote", "two"], 0);
-    // What a push cut off before its index leaves: a pack no index lists.
     let orphan = archive.path().join("packs").join("0".repeat(64));
     std::fs::write(&orphan, b"left by a push that died").unwrap();
-    let old = std::fs::File::options();
-    for pack in std::fs::read_dir(archive.path().join("packs")).unwrap() {
-        let file = old.clone().write(true).open(pack.unwrap().path()).unwrap();
-        file.set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 3600))
-            .unwrap();
-    }
+    age(archive.path(), "packs");
     let pruned = json(&a, &["prune", "--remote"], 0);
-    assert!(num(&pruned, "packs_removed") >= 1, "{pruned}");
-    assert!(packs() < before);
+    assert_eq!(num(&pruned, "packs_removed"), 1, "{pruned}");
+    assert!(num(&pruned, "packs_condemned") >= 1, "{pruned}");
     assert!(!orphan.exists());
+    assert_eq!(
+        packs(),
+        before,
+        "a condemned pack went before the grace period"
+    );
+    // A prune within the grace period removes nothing more; one after it removes them.
+    let again = json(&a, &["prune", "--remote"], 0);
+    assert_eq!(num(&again, "packs_removed"), 0, "{again}");
+    age(archive.path(), "condemned");
+    let swept = json(&a, &["prune", "--remote"], 0);
+    assert_eq!(
+        num(&swept, "packs_removed"),
+        num(&pruned, "packs_condemned"),
+        "{swept}"
+    );
+    assert!(packs() < before);
+    assert_eq!(count(archive.path(), "condemned"), 0);
     let c = Env::sample(2, 8 << 20);
     c.set("remote", &url);
     run(&c, &["pull", "one"], 0);
     run(&c, &["verify", "one"], 0);
+}
+
+/// A push that counted on packs a prune then finds unused publishes a whole snapshot: the
+/// prune only condemns them, and the prune after the grace period keeps the ones it needs.
+#[test]
+fn a_prune_during_a_push_never_removes_what_the_push_refers_to() {
+    let archive = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", archive.path().display());
+    let a = Env::sample(2, 8 << 20);
+    a.set("remote", &url);
+    run(&a, &["create", "one"], 0);
+    let clean = treestate(&a.data());
+    let first = json(&a, &["push", "one"], 0);
+    run(&a, &["delete", "--remote", "one"], 0);
+    age(archive.path(), "packs");
+    // The push finds every piece there, checks its packs, and stops before publishing.
+    let pushing = paused(&a, &["push", "one"], "remote_push_snapshot");
+    let pruned = json(&a, &["prune", "--remote"], 0);
+    assert!(num(&pruned, "packs_condemned") >= 1, "{pruned}");
+    pushing.finish().success();
+    age(archive.path(), "condemned");
+    let swept = json(&a, &["prune", "--remote"], 0);
+    assert_eq!(num(&swept, "packs_removed"), 0, "{swept}");
+    let b = Env::sample(2, 8 << 20);
+    b.set("remote", &url);
+    run(&b, &["pull", "one"], 0);
+    run(&b, &["restore", "one"], 0);
+    assert_same_tree(&treestate(&b.data()), &clean);
+    // Condemned packs are reused by no later push: this one uploads their pieces again.
+    run(&a, &["delete", "--remote", "one"], 0);
+    json(&a, &["prune", "--remote"], 0);
+    let pushed = json(&a, &["push", "one"], 0);
+    assert_eq!(
+        num(&pushed, "pieces_uploaded"),
+        num(&first, "pieces_uploaded"),
+        "{pushed}"
+    );
+}
+
+/// A pack whose pieces are mostly unneeded is repacked: the needed ones are copied into a new
+/// pack, and the old pack goes after the grace period, freeing the rest.
+#[test]
+fn remote_prune_repacks_mostly_unused_packs() {
+    let archive = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", archive.path().display());
+    let a = Env::sample(2, 8 << 20);
+    a.set("remote", &url);
+    run(&a, &["create", "one"], 0);
+    run(&a, &["push", "one"], 0);
+    // Every file but the smallest gets new content: "one"'s pack is mostly unneeded by "two".
+    let mut files: Vec<(u64, PathBuf)> = walkdir::WalkDir::new(a.data())
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file() && e.metadata().unwrap().len() > 0)
+        .map(|e| (e.metadata().unwrap().len(), e.into_path()))
+        .collect();
+    files.sort();
+    for (len, path) in &files[1..] {
+        let fresh: Vec<u8> = (0..*len).map(|i| (i * 7 + len) as u8 ^ 0x5c).collect();
+        std::fs::write(path, fresh).unwrap();
+    }
+    run(&a, &["create", "two"], 0);
+    let clean = treestate(&a.data());
+    run(&a, &["push", "two"], 0);
+    run(&a, &["delete", "--remote", "one"], 0);
+    let bytes = || -> u64 {
+        std::fs::read_dir(archive.path().join("packs"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let before = bytes();
+    age(archive.path(), "packs");
+    let pruned = json(&a, &["prune", "--remote"], 0);
+    assert!(num(&pruned, "packs_repacked") >= 1, "{pruned}");
+    assert!(num(&pruned, "bytes_repacked") > 0, "{pruned}");
+    age(archive.path(), "condemned");
+    let swept = json(&a, &["prune", "--remote"], 0);
+    assert!(num(&swept, "packs_removed") >= 1, "{swept}");
+    assert!(bytes() < before, "{} of {before}", bytes());
+    let b = Env::sample(2, 8 << 20);
+    b.set("remote", &url);
+    run(&b, &["pull", "two"], 0);
+    run(&b, &["restore", "two"], 0);
+    assert_same_tree(&treestate(&b.data()), &clean);
 }
 
 #[test]

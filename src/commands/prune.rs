@@ -40,7 +40,7 @@ fn remote(g: &GlobalArgs, args: &PruneArgs) -> Result<Report> {
     } else {
         "removed"
     };
-    let text = format!(
+    let mut text = format!(
         "{verb} {} of {} snapshots on {url} ({}), and {} unused packs ({})\n",
         pruned.removed.len(),
         pruned.removed.len() + pruned.kept.len(),
@@ -52,5 +52,18 @@ fn remote(g: &GlobalArgs, args: &PruneArgs) -> Result<Report> {
         pruned.packs_removed,
         human_bytes(pruned.bytes_freed)
     );
+    if pruned.packs_condemned > 0 {
+        text += &format!(
+            "{} {} packs ({}, {} of them repacked) that no snapshot needs; a prune an hour or more later removes them\n",
+            if args.dry_run {
+                "would condemn"
+            } else {
+                "condemned"
+            },
+            pruned.packs_condemned,
+            human_bytes(pruned.bytes_condemned),
+            pruned.packs_repacked
+        );
+    }
     Ok(Report::new("prune", &pruned, text))
 }

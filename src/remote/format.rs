@@ -6,6 +6,9 @@
 //!                    last, so a snapshot is there whole or not at all
 //! index/<blake3>     zstd JSON: for each pack a push wrote, where each of its pieces lies
 //! packs/<blake3>     zstd-compressed pieces back to back; named by the blake3 of its bytes
+//! condemned/<blake3> zstd JSON: packs a prune found unused (or repacked); a prune at least
+//!                    an hour later removes those still unused, and pushes meanwhile reuse
+//!                    none of their pieces
 //! ```
 //!
 //! A piece is [`PIECE`] bytes of one file at a multiple of [`PIECE`], named by the blake3
@@ -13,7 +16,8 @@
 //! is stored once. Objects are named by their content digest, so one is never rewritten.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -37,6 +41,7 @@ pub const FORMAT: u32 = 1;
 pub const SNAPSHOTS: &str = "snapshots";
 pub const INDEX: &str = "index";
 pub const PACKS: &str = "packs";
+pub const CONDEMNED: &str = "condemned";
 
 pub type Digest = [u8; 32];
 
@@ -88,7 +93,7 @@ pub struct SnapshotObject {
 /// Where one piece lies in a pack: its digest (hex), offset, compressed and plain length.
 pub type Located = (String, u64, u32, u32);
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PackEntry {
     pub id: String,
     pub pieces: Vec<Located>,
@@ -99,6 +104,13 @@ pub struct PackEntry {
 pub struct IndexObject {
     pub format: u32,
     pub packs: Vec<PackEntry>,
+}
+
+/// `condemned/<blake3>`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CondemnedObject {
+    pub format: u32,
+    pub packs: Vec<String>,
 }
 
 /// One piece in the remote.
@@ -114,8 +126,13 @@ pub struct Location {
 pub type Pieces = HashMap<Digest, Location>;
 
 impl IndexObject {
-    /// Adds this index's pieces to `pieces`; the error names what is malformed.
-    pub fn add_to(&self, pieces: &mut Pieces) -> std::result::Result<(), String> {
+    /// Adds this index's pieces to `pieces`, where a piece is listed twice keeping a location
+    /// outside the `condemned` packs; the error names what is malformed.
+    pub fn add_to(
+        &self,
+        pieces: &mut Pieces,
+        condemned: &HashSet<String>,
+    ) -> std::result::Result<(), String> {
         for pack in &self.packs {
             if parse_digest(&pack.id).is_none() {
                 return Err(format!("pack id {:?} is not a digest", pack.id));
@@ -126,15 +143,21 @@ impl IndexObject {
                 if *size as usize > PIECE {
                     return Err(format!("piece {digest} is larger than a piece"));
                 }
-                pieces.insert(
-                    d,
-                    Location {
-                        pack: pack.id.clone(),
-                        offset: *offset,
-                        stored: *stored,
-                        size: *size,
-                    },
-                );
+                let here = Location {
+                    pack: pack.id.clone(),
+                    offset: *offset,
+                    stored: *stored,
+                    size: *size,
+                };
+                match pieces.entry(d) {
+                    Entry::Occupied(mut there) if condemned.contains(&there.get().pack) => {
+                        there.insert(here);
+                    }
+                    Entry::Occupied(_) => {}
+                    Entry::Vacant(slot) => {
+                        slot.insert(here);
+                    }
+                }
             }
         }
         Ok(())

@@ -19,15 +19,14 @@ use crate::store::{Lock, Meta, Snapshot, Store};
 mod client;
 mod format;
 mod local;
+mod prune;
 
 pub use client::Client as Remote;
 use format::{
-    Content, Digest, INDEX, IndexObject, PACKS, PIECE, Packer, Pieces, SNAPSHOTS, SnapshotObject,
+    CONDEMNED, CondemnedObject, Content, Digest, INDEX, IndexObject, PACKS, PIECE, Packer, Pieces,
+    SNAPSHOTS, SnapshotObject,
 };
-
-/// Packs younger than this are never removed by a remote prune: a push in progress uploads
-/// its packs before the index and snapshot that refer to them.
-pub const PRUNE_GRACE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+pub use prune::{Pruned, prune};
 
 /// Told how much of a transfer is done: (done, total), in bytes read (push) or packs
 /// downloaded (pull); the commands draw it.
@@ -89,31 +88,84 @@ pub struct Listed {
     pub pinned: bool,
 }
 
-/// What a remote prune did (or would do).
-#[derive(Debug, Serialize)]
-pub struct Pruned {
-    pub removed: Vec<String>,
-    pub kept: Vec<String>,
-    pub packs_removed: u64,
-    pub bytes_freed: u64,
-    pub dry_run: bool,
+/// What the remote's indexes and condemned objects say.
+struct Catalog {
+    /// Every piece the indexes list, at a location outside the condemned packs where there
+    /// is one.
+    pieces: Pieces,
+    /// The indexes by name.
+    indexes: HashMap<String, IndexObject>,
+    condemned: Vec<Condemned>,
+    /// Every pack the condemned objects name.
+    condemned_packs: HashSet<String>,
 }
 
-/// Every piece the remote's indexes list, and the indexes themselves (name → packs).
-fn load_pieces(remote: &Remote) -> Result<(Pieces, HashMap<String, IndexObject>)> {
-    let mut pieces = Pieces::new();
-    let mut indexes = HashMap::new();
-    for object in remote.list(INDEX)? {
-        let name = Remote::base_name(&object.location);
-        let Some(bytes) = remote.get(&object.location)? else {
-            continue; // removed by a prune meanwhile
-        };
-        let index: IndexObject = format::decode(&bytes)
-            .and_then(|i: IndexObject| i.add_to(&mut pieces).map(|()| i))
-            .map_err(|why| bad_object(remote, object.location.as_ref(), &why))?;
-        indexes.insert(name, index);
+/// One `condemned/` object: its name, when it was written (Unix seconds, the remote's
+/// clock) and the packs it names.
+struct Condemned {
+    name: String,
+    written: i64,
+    packs: Vec<String>,
+}
+
+impl Catalog {
+    fn load(remote: &Remote) -> Result<Catalog> {
+        let mut condemned = Vec::new();
+        let mut condemned_packs = HashSet::new();
+        for object in remote.list(CONDEMNED)? {
+            let Some(bytes) = remote.get(&object.location)? else {
+                continue; // swept by a prune meanwhile
+            };
+            let key = object.location.to_string();
+            let listed: CondemnedObject =
+                format::decode(&bytes).map_err(|why| bad_object(remote, &key, &why))?;
+            if let Some(bad) = listed
+                .packs
+                .iter()
+                .find(|p| format::parse_digest(p).is_none())
+            {
+                return Err(bad_object(
+                    remote,
+                    &key,
+                    &format!("names pack {bad:?}, not a digest"),
+                ));
+            }
+            condemned_packs.extend(listed.packs.iter().cloned());
+            condemned.push(Condemned {
+                name: Remote::base_name(&object.location),
+                written: object.last_modified.timestamp(),
+                packs: listed.packs,
+            });
+        }
+        let mut pieces = Pieces::new();
+        let mut indexes = HashMap::new();
+        for object in remote.list(INDEX)? {
+            let name = Remote::base_name(&object.location);
+            let Some(bytes) = remote.get(&object.location)? else {
+                continue; // removed by a prune meanwhile
+            };
+            let index: IndexObject = format::decode(&bytes)
+                .and_then(|i: IndexObject| i.add_to(&mut pieces, &condemned_packs).map(|()| i))
+                .map_err(|why| bad_object(remote, object.location.as_ref(), &why))?;
+            indexes.insert(name, index);
+        }
+        Ok(Catalog {
+            pieces,
+            indexes,
+            condemned,
+            condemned_packs,
+        })
     }
-    Ok((pieces, indexes))
+
+    /// The pieces a push may count on: none of a condemned pack, which a prune removes once
+    /// the grace period is over whatever a push in progress then means to refer to.
+    fn reusable(&self) -> Pieces {
+        self.pieces
+            .iter()
+            .filter(|(_, l)| !self.condemned_packs.contains(&l.pack))
+            .map(|(d, l)| (*d, l.clone()))
+            .collect()
+    }
 }
 
 fn bad_object(remote: &Remote, key: &str, why: &str) -> anyhow::Error {
@@ -145,7 +197,7 @@ pub fn push(
     let manifest = snapshot.manifest_with_pieces(allowed)?;
     let key = remote.key(SNAPSHOTS, name);
     let seen = remote.version(&key)?;
-    let (known, _) = load_pieces(remote)?;
+    let known = Catalog::load(remote)?.reusable();
     let previous = local::Previous::find(store, snapshot, allowed);
     let mut pushed = Pushed {
         name: name.clone(),
@@ -395,7 +447,7 @@ pub fn pull(
         }
     }
 
-    let (pieces, _) = load_pieces(remote)?;
+    let pieces = Catalog::load(remote)?.pieces;
     let held = local::Local::scan(store)?;
     let packs_dir = store.dir().join(local::PULLED_DIR);
     // The packs to download, in the order the build first reads them (the manifest's), so
@@ -572,118 +624,4 @@ pub fn delete(remote: &Remote, names: &[String]) -> Result<()> {
         remote.delete(&remote.key(SNAPSHOTS, name))?;
     }
     Ok(())
-}
-
-/// Keeps the newest `keep` snapshots on the remote (and the pinned ones, and `always`),
-/// removes the rest, then removes the packs older than [`PRUNE_GRACE`] that no remaining
-/// snapshot refers to (rewriting the indexes that listed them) or that no index lists.
-pub fn prune(remote: &Remote, keep: usize, always: &str, dry_run: bool) -> Result<Pruned> {
-    let listed = list(remote)?;
-    let mut kept = Vec::new();
-    let mut removed = Vec::new();
-    for snapshot in listed {
-        if snapshot.pinned || snapshot.name == always || kept.len() < keep {
-            kept.push(snapshot.name);
-        } else {
-            removed.push(snapshot.name);
-        }
-    }
-    let mut pruned = Pruned {
-        removed,
-        kept,
-        packs_removed: 0,
-        bytes_freed: 0,
-        dry_run,
-    };
-    if !dry_run {
-        for name in &pruned.removed {
-            remote.delete(&remote.key(SNAPSHOTS, name))?;
-        }
-    }
-    // Pieces referred to by the snapshots that stay, read after the removals.
-    let mut referenced: HashSet<Digest> = HashSet::new();
-    for object in remote.list(SNAPSHOTS)? {
-        if pruned
-            .removed
-            .contains(&Remote::base_name(&object.location))
-        {
-            continue; // a dry run's
-        }
-        let Some(bytes) = remote.get(&object.location)? else {
-            continue;
-        };
-        let key = object.location.to_string();
-        let object: SnapshotObject =
-            format::decode(&bytes).map_err(|why| bad_object(remote, &key, &why))?;
-        for c in &object.content {
-            referenced.extend(c.digests().unwrap_or_default());
-        }
-    }
-    let (_, indexes) = load_pieces(remote)?;
-    let now = jiff::Timestamp::now().as_second();
-    let packs: HashMap<String, (i64, u64)> = remote
-        .list(PACKS)?
-        .into_iter()
-        .map(|o| {
-            (
-                Remote::base_name(&o.location),
-                (o.last_modified.timestamp(), o.size),
-            )
-        })
-        .collect();
-    let grace = PRUNE_GRACE.as_secs() as i64;
-    let unused = |pack: &format::PackEntry| {
-        packs
-            .get(&pack.id)
-            .is_some_and(|(modified, _)| now - modified >= grace)
-            && pack
-                .pieces
-                .iter()
-                .all(|(d, ..)| format::parse_digest(d).is_none_or(|d| !referenced.contains(&d)))
-    };
-    // Packs no index lists: what pushes that failed before writing their index left.
-    let listed: HashSet<&str> = indexes
-        .values()
-        .flat_map(|i| i.packs.iter().map(|p| p.id.as_str()))
-        .collect();
-    let orphans: Vec<String> = packs
-        .iter()
-        .filter(|(id, (modified, _))| !listed.contains(id.as_str()) && now - modified >= grace)
-        .map(|(id, _)| id.clone())
-        .collect();
-    for id in orphans {
-        pruned.packs_removed += 1;
-        pruned.bytes_freed += packs[&id].1;
-        if !dry_run {
-            remote.delete(&remote.key(PACKS, &id))?;
-        }
-    }
-    for (name, index) in indexes {
-        let (gone, stay): (Vec<_>, Vec<_>) = index.packs.into_iter().partition(|p| unused(p));
-        if gone.is_empty() {
-            continue;
-        }
-        for pack in &gone {
-            pruned.packs_removed += 1;
-            pruned.bytes_freed += packs.get(&pack.id).map_or(0, |(_, size)| *size);
-        }
-        if dry_run {
-            continue;
-        }
-        // The index without them goes in before the old one goes: a reader always finds
-        // every remaining pack listed.
-        if !stay.is_empty() {
-            let bytes = format::encode(&IndexObject {
-                format: format::FORMAT,
-                packs: stay,
-            });
-            let id = blake3::hash(&bytes).to_hex().to_string();
-            remote.put(&remote.key(INDEX, &id), bytes)?;
-        }
-        remote.delete(&remote.key(INDEX, &name))?;
-        for pack in gone {
-            remote.delete(&remote.key(PACKS, &pack.id))?;
-        }
-    }
-    Ok(pruned)
 }
