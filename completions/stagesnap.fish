@@ -94,7 +94,7 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l base-dir 
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s s -l set -d 'Override a [suite_isolation] setting (or cache_dir) for this run; repeatable' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l remote -d 'Remove them from the configured remote instead (their pieces go at its next prune)'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l remote -d 'Remove them from the configured remote instead (their pieces go at its prunes)'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand delete" -s q -l quiet -d 'Only errors on stderr'
@@ -120,7 +120,7 @@ complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s s -l set -
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l lock-timeout -d 'Seconds to wait for another stagesnap holding the store\'s lock' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l timeout -d 'Give up after this many seconds (exit 1), cleaning up as for Ctrl-C; `run` does not count the suite [default: no limit]' -r
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l dry-run -d 'Only say, for every snapshot, which rule keeps or removes it'
-complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l remote -d 'Prune the configured remote instead: keep the newest N (and pinned ones), then remove the packs no snapshot there refers to (those older than an hour)'
+complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l remote -d 'Prune the configured remote instead: keep the newest N (and pinned ones), condemn the packs no snapshot there needs (older than an hour), remove those condemned an hour ago'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -l json -d 'Print one JSON document to stdout instead of text'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s v -l verbose -d 'More log output on stderr (-v debug, -vv trace); RUST_LOG overrides'
 complete -c stagesnap -n "__fish_stagesnap_using_subcommand prune" -s q -l quiet -d 'Only errors on stderr'

@@ -274,7 +274,7 @@ pub struct DeleteArgs {
     #[arg(required = true)]
     pub names: Vec<String>,
 
-    /// Remove them from the configured remote instead (their pieces go at its next prune)
+    /// Remove them from the configured remote instead (their pieces go at its prunes)
     #[arg(long)]
     pub remote: bool,
 }
@@ -320,8 +320,8 @@ pub struct PruneArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Prune the configured remote instead: keep the newest N (and pinned ones), then remove
-    /// the packs no snapshot there refers to (those older than an hour)
+    /// Prune the configured remote instead: keep the newest N (and pinned ones), condemn the
+    /// packs no snapshot there needs (older than an hour), remove those condemned an hour ago
     #[arg(long, conflicts_with_all = ["keep_within", "keep_used_within"])]
     pub remote: bool,
 }
