@@ -133,7 +133,7 @@ impl Mode for Filesystem {
         let started = SystemTime::now();
         let writers = crate::writers::scan();
         let (copied, names) = mpsc::channel();
-        let hashed = std::thread::scope(|s| {
+        let (mut hashed, behind) = std::thread::scope(|s| {
             let hasher = s.spawn(|| hash_copied(payload, names));
             let done = copy(ctx, payload, None, Some(&copied));
             drop(copied);
@@ -142,9 +142,26 @@ impl Mode for Filesystem {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             done.map(|()| hashed)
         })?;
+        // What the hasher had not reached when rsync ended, on every core now.
+        let caught_up = Instant::now();
+        let top = DirFd::open(payload)?;
+        for (_, more) in crate::parallel::each(
+            behind,
+            || (vec![0u8; pieces::PIECE], Vec::new()),
+            |(buf, more), path| {
+                crate::signals::check()?;
+                if let Ok(Some(h)) = stamped_digest(&top, &path, buf) {
+                    more.push((path, h));
+                }
+                Ok(())
+            },
+        )? {
+            hashed.extend(more);
+        }
         tracing::info!(
             files = hashed.len(),
             seconds = crate::tree::seconds(started.elapsed().unwrap_or_default()),
+            behind_seconds = crate::tree::seconds(caught_up.elapsed()),
             "first_pass_hashed"
         );
         *self.hashed.lock().unwrap_or_else(PoisonError::into_inner) = hashed;
@@ -408,15 +425,19 @@ type Copied = Option<Name>;
 /// once it is in place: rsync writes a file under a temporary name and renames it once it is
 /// complete, and a file of the first pass is written to no more (see [`Stamp`]). Each is
 /// stamped before and after; one that changed meanwhile, or that is no regular file, or is not
-/// there when rsync ended, is left out, to be hashed after the unpause.
-fn hash_copied(payload: &Path, names: mpsc::Receiver<Copied>) -> HashMap<Name, Hashed> {
+/// there when rsync ended, is left out, to be hashed after the unpause. Returns once every
+/// sender is gone (rsync ended), with the files named but not reached yet.
+fn hash_copied(
+    payload: &Path,
+    names: mpsc::Receiver<Copied>,
+) -> (HashMap<Name, Hashed>, Vec<Name>) {
     let mut hashed = HashMap::new();
     let Ok(top) = DirFd::open(payload) else {
-        return hashed;
+        return (hashed, Vec::new());
     };
     let mut buf = vec![0u8; pieces::PIECE];
     let mut pending: VecDeque<Copied> = VecDeque::new();
-    // Whether more may come: false once every sender is gone (rsync did not start).
+    // Whether more may come: false once every sender is gone.
     let mut open = true;
     let take = |pending: &mut VecDeque<Copied>, open: &mut bool| loop {
         match names.try_recv() {
@@ -430,6 +451,9 @@ fn hash_copied(payload: &Path, names: mpsc::Receiver<Copied>) -> HashMap<Name, H
     };
     loop {
         take(&mut pending, &mut open);
+        if !open {
+            return (hashed, pending.into_iter().flatten().collect());
+        }
         let Some(next) = pending.pop_front() else {
             match names.recv() {
                 Ok(copied) => pending.push_back(copied),
@@ -442,7 +466,7 @@ fn hash_copied(payload: &Path, names: mpsc::Receiver<Copied>) -> HashMap<Name, H
         };
         let digest = loop {
             if crate::signals::stop().is_some() {
-                return hashed;
+                return (hashed, Vec::new());
             }
             match stamped_digest(&top, &path, &mut buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -462,27 +486,16 @@ fn hash_copied(payload: &Path, names: mpsc::Receiver<Copied>) -> HashMap<Name, H
                 done => break done.ok().flatten(),
             }
         };
-        if let Some((stamp, digest)) = digest {
-            hashed.insert(
-                path,
-                Hashed {
-                    stamp,
-                    digest,
-                    patched: None,
-                },
-            );
+        if let Some(h) = digest {
+            hashed.insert(path, h);
         }
     }
-    hashed
+    (hashed, Vec::new())
 }
 
 /// The digest of the regular file `path` beneath `top`, with its stamp, which was the same
 /// before and after the read; None when it is no regular file or changed meanwhile.
-fn stamped_digest(
-    top: &DirFd,
-    path: &Name,
-    buf: &mut [u8],
-) -> std::io::Result<Option<(Stamp, Digest)>> {
+fn stamped_digest(top: &DirFd, path: &Name, buf: &mut [u8]) -> std::io::Result<Option<Hashed>> {
     let f = manifest::open_beneath(top, path)?;
     let before = f.metadata()?;
     if !before.is_file() {
@@ -490,7 +503,11 @@ fn stamped_digest(
     }
     let digest = pieces::digest(&f, buf)?;
     let stamp = Stamp::of(&before);
-    Ok((Stamp::of(&f.metadata()?) == stamp).then_some((stamp, digest)))
+    Ok((Stamp::of(&f.metadata()?) == stamp).then_some(Hashed {
+        stamp,
+        digest,
+        patched: None,
+    }))
 }
 
 /// The digest of the copy's file `path` (beneath `top`) that `h` holds, brought up to date
