@@ -533,6 +533,7 @@ impl Delta<'_> {
         let written = match self.content {
             Content::Clone => {
                 dst.set_len(0).with_context(what)?;
+                dst.note(0, want.size);
                 clone(cloneable(&*src)?, &dst).with_context(what)?;
                 allocate(&dst, want).with_context(what)?;
                 Ok(want.size)
