@@ -235,6 +235,8 @@ pub struct Delta<'a> {
 /// What [`Delta::apply`] did.
 pub struct Outcome {
     pub stats: RestoreStats,
+    /// The files repaired in place, each with the byte ranges written to it (sorted, apart).
+    pub written: Vec<(Name, Vec<(u64, u64)>)>,
     /// The tree as the engine left it, as [`Manifest::scan`] would describe it: the walk's
     /// entries, with every entry it changed read again afterwards.
     pub tree: Manifest,
@@ -317,6 +319,7 @@ impl Delta<'_> {
         let tree = self.observe(&top, live, inodes, &work)?;
         Ok(Outcome {
             stats: work.stats,
+            written: work.written,
             tree,
         })
     }
@@ -424,7 +427,7 @@ impl Delta<'_> {
                     // A dense file that became sparse gets its holes filled by a fresh copy.
                     && (want.sparse || !have.sparse)));
         let written = if in_place {
-            self.repair(want, &dir, name)?
+            self.repair(want, &dir, name, work)?
         } else {
             let tmp = temp_name();
             let written = self
@@ -500,7 +503,8 @@ impl Delta<'_> {
                 Ok(want.size)
             }
             Content::Copy | Content::CopyByPieces if want.sparse => {
-                let n = write_range(&*src, &dst, 0, want.size, true).with_context(what)?;
+                let n = write_range(&*src, &Written::new(&dst), 0, want.size, true)
+                    .with_context(what)?;
                 dst.set_len(want.size).with_context(what)?;
                 Ok(n)
             }
@@ -514,20 +518,22 @@ impl Delta<'_> {
     }
 
     /// Brings an existing regular file's content back in place (its inode stays).
-    fn repair(&self, want: &Entry, dir: &DirFd, name: &[u8]) -> Result<u64> {
+    fn repair(&self, want: &Entry, dir: &DirFd, name: &[u8], work: &mut Work) -> Result<u64> {
         let src = self.source.open(want)?;
-        let dst = dir
+        let file = dir
             .open_file(name, OFlags::RDWR | OFlags::NONBLOCK, 0)
             .map_err(|e| self.failed(e, &want.path, "open"))?;
+        let dst = Written::new(&file);
         if !dst.metadata().is_ok_and(|m| m.is_file()) {
             // A fifo or device swapped in: never read or written as if it were the file.
             return Err(changed(&self.full(&want.path)));
         }
         let full = self.full(&want.path);
         let what = || format!("cannot repair {}", full.display());
-        match self.content {
+        let written = match self.content {
             Content::Clone => {
                 dst.set_len(0).with_context(what)?;
+                dst.note(0, want.size);
                 clone(cloneable(&*src)?, &dst).with_context(what)?;
                 allocate(&dst, want).with_context(what)?;
                 Ok(want.size)
@@ -541,7 +547,9 @@ impl Delta<'_> {
                     .filter(|d| d.len() as u64 == want.size.div_ceil(PIECE as u64));
                 patch(&*src, &dst, want.size, want.sparse, digests.as_deref()).with_context(what)
             }
-        }
+        };
+        work.written.push((want.path.clone(), dst.into_ranges()));
+        written
     }
 
     /// Hardlinks: every member of a group whose first path was (re)created, or that differs
@@ -723,6 +731,8 @@ struct Work {
     dirty_dirs: Vec<Name>,
     /// Hardlink groups' first paths that are new inodes.
     relink: HashSet<Name>,
+    /// See [`Outcome::written`].
+    written: Vec<(Name, Vec<(u64, u64)>)>,
 }
 
 impl Work {
@@ -732,6 +742,7 @@ impl Work {
         self.deleted.extend(other.deleted);
         self.dirty_dirs.extend(other.dirty_dirs);
         self.relink.extend(other.relink);
+        self.written.extend(other.written);
     }
 
     fn dirty(&mut self, path: &Name) {
@@ -845,7 +856,7 @@ fn allocate(dst: &File, want: &Entry) -> std::io::Result<()> {
 /// clone where the filesystem can), falling back to reads and writes across filesystems.
 fn copy_range(src: &dyn SourceFile, dst: &File, len: u64) -> std::io::Result<u64> {
     let Some(file) = src.file() else {
-        return write_range(src, dst, 0, len, false);
+        return write_range(src, &Written::new(dst), 0, len, false);
     };
     let mut done = 0u64;
     while done < len {
@@ -865,7 +876,7 @@ fn copy_range(src: &dyn SourceFile, dst: &File, len: u64) -> std::io::Result<u64
                 signals::check_io()?;
             }
             Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) => {
-                return Ok(done + write_range(src, dst, done, len, false)?);
+                return Ok(done + write_range(src, &Written::new(dst), done, len, false)?);
             }
             Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
@@ -878,7 +889,7 @@ fn copy_range(src: &dyn SourceFile, dst: &File, len: u64) -> std::io::Result<u64
 /// are left unwritten (holes in a new file). Returns the bytes written.
 fn write_range(
     src: &dyn SourceFile,
-    dst: &File,
+    dst: &Written,
     from: u64,
     to: u64,
     sparse: bool,
@@ -925,7 +936,7 @@ fn runs(buf: &[u8], keep: impl Fn(&[u8], usize) -> bool) -> Vec<(usize, usize)> 
 /// is left alone without reading the source. Returns the bytes written.
 fn patch(
     src: &dyn SourceFile,
-    dst: &File,
+    dst: &Written,
     len: u64,
     sparse: bool,
     digests: Option<&[ChainingValue]>,
@@ -960,7 +971,7 @@ fn patch(
 /// [`patch`] of `[from, to)`; `common` is where the old content of `dst` ended.
 fn patch_range(
     src: &dyn SourceFile,
-    dst: &File,
+    dst: &Written,
     from: u64,
     to: u64,
     common: u64,
@@ -995,7 +1006,7 @@ fn patch_range(
 }
 
 /// Writes the pages of `[from, to)` where `dst` differs from `src`.
-fn compare_write(src: &dyn SourceFile, dst: &File, from: u64, to: u64) -> std::io::Result<u64> {
+fn compare_write(src: &dyn SourceFile, dst: &Written, from: u64, to: u64) -> std::io::Result<u64> {
     let (mut a, mut b) = (vec![0u8; COMPARE], vec![0u8; COMPARE]);
     let mut written = 0;
     let mut pos = from;
@@ -1020,12 +1031,13 @@ fn compare_write(src: &dyn SourceFile, dst: &File, from: u64, to: u64) -> std::i
 
 /// Makes `[from, to)` of `dst` a hole if it holds any data (zeros where the filesystem cannot
 /// punch holes).
-fn punch(dst: &File, from: u64, to: u64) -> std::io::Result<()> {
+fn punch(dst: &Written, from: u64, to: u64) -> std::io::Result<()> {
     if to <= from || sys::next_data(dst, from)?.is_none_or(|d| d >= to) {
         return Ok(());
     }
+    dst.note(from, to);
     let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
-    match rustix::fs::fallocate(dst, mode, from, to - from) {
+    match rustix::fs::fallocate(dst.file, mode, from, to - from) {
         Ok(()) => return Ok(()),
         Err(Errno::OPNOTSUPP) => {}
         Err(e) => return Err(e.into()),
@@ -1038,6 +1050,66 @@ fn punch(dst: &File, from: u64, to: u64) -> std::io::Result<()> {
         pos += n as u64;
     }
     Ok(())
+}
+
+/// A file the engine writes, and the byte ranges it wrote so far ([`Outcome::written`]).
+/// Reads go to the file itself.
+struct Written<'a> {
+    file: &'a File,
+    ranges: std::cell::RefCell<Vec<(u64, u64)>>,
+}
+
+impl<'a> Written<'a> {
+    fn new(file: &'a File) -> Written<'a> {
+        Written {
+            file,
+            ranges: Default::default(),
+        }
+    }
+
+    /// Notes `[from, to)` as written, before it is (a failed write may have written part).
+    fn note(&self, from: u64, to: u64) {
+        let mut ranges = self.ranges.borrow_mut();
+        match ranges.last_mut() {
+            // Writes mostly come in order of offset: a neighbour merges at once.
+            Some(last) if from >= last.0 && from <= last.1 => last.1 = last.1.max(to),
+            _ => ranges.push((from, to)),
+        }
+    }
+
+    /// The ranges written, sorted, overlapping and touching ones merged.
+    fn into_ranges(self) -> Vec<(u64, u64)> {
+        let mut ranges = self.ranges.into_inner();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (a, b) in ranges {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        merged
+    }
+
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> std::io::Result<()> {
+        self.note(pos, pos + buf.len() as u64);
+        self.file.write_all_at(buf, pos)
+    }
+
+    /// Bytes cut off or added (as zeros) count as written.
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        let old = self.file.metadata()?.len();
+        self.note(old.min(len), old.max(len));
+        self.file.set_len(len)
+    }
+}
+
+impl std::ops::Deref for Written<'_> {
+    type Target = File;
+
+    fn deref(&self) -> &File {
+        self.file
+    }
 }
 
 /// What a restore did, for the summary.
@@ -1140,14 +1212,28 @@ mod tests {
         want[9 * PAGE] ^= 1;
         let src = file_with(dir.path(), "src", &want);
         let dst = file_with(dir.path(), "dst", &have);
-        let written = patch(&src, &dst, want.len() as u64, false, None).unwrap();
+        let tracked = Written::new(&dst);
+        let written = patch(&src, &tracked, want.len() as u64, false, None).unwrap();
         assert_eq!(written, 2 * PAGE as u64);
         assert_eq!(std::fs::read(dir.path().join("dst")).unwrap(), want);
+        // The two pages, and the tail cut off (touching the second, so merged with it).
+        assert_eq!(
+            tracked.into_ranges(),
+            [
+                (3 * PAGE as u64, 4 * PAGE as u64),
+                (9 * PAGE as u64, 10 * PAGE as u64 + 19)
+            ]
+        );
 
         // Shorter than the source: the tail is written.
         let short = file_with(dir.path(), "short", &want[..PAGE + 10]);
-        patch(&src, &short, want.len() as u64, false, None).unwrap();
+        let tracked = Written::new(&short);
+        patch(&src, &tracked, want.len() as u64, false, None).unwrap();
         assert_eq!(std::fs::read(dir.path().join("short")).unwrap(), want);
+        assert_eq!(
+            tracked.into_ranges(),
+            [(PAGE as u64 + 10, want.len() as u64)]
+        );
     }
 
     #[test]
@@ -1168,7 +1254,14 @@ mod tests {
         source[10] ^= 0xff;
         let src = file_with(dir.path(), "src", &source);
         let dst = file_with(dir.path(), "dst", &have);
-        let written = patch(&src, &dst, want.len() as u64, false, Some(&digests)).unwrap();
+        let written = patch(
+            &src,
+            &Written::new(&dst),
+            want.len() as u64,
+            false,
+            Some(&digests),
+        )
+        .unwrap();
         assert_eq!(written, (PAGE + PIECE / 2 - 100) as u64);
         assert_eq!(std::fs::read(dir.path().join("dst")).unwrap(), want);
     }
@@ -1183,7 +1276,7 @@ mod tests {
         drop(src);
         let src = File::open(&src_path).unwrap();
         let dst = File::create(dir.path().join("copy")).unwrap();
-        let n = write_range(&src, &dst, 0, 8 << 20, true).unwrap();
+        let n = write_range(&src, &Written::new(&dst), 0, 8 << 20, true).unwrap();
         dst.set_len(8 << 20).unwrap();
         assert_eq!(n, PAGE as u64);
         assert_eq!(

@@ -248,6 +248,14 @@ pub struct HashStats {
     pub seconds: f64,
 }
 
+/// A file's digest taken before its manifest entry was scanned, which holds for the entry
+/// of this size and mtime (the one who took it vouches that nothing else changed since).
+pub struct Known {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub digest: pieces::Digest,
+}
+
 impl Manifest {
     /// Walks `root/<include>…` (never following symlinks) into a manifest without content
     /// hashes; [`Manifest::hash`] adds them.
@@ -287,6 +295,25 @@ impl Manifest {
         }
         stats.seconds = started.elapsed().as_secs_f64();
         Ok(stats)
+    }
+
+    /// Gives the regular files not hashed yet the digest `known` holds for them at their
+    /// size and mtime; returns how many got one.
+    pub fn take_known(&mut self, mut known: std::collections::HashMap<Name, Known>) -> u64 {
+        let mut taken = 0;
+        for e in &mut self.entries {
+            if e.kind != Kind::File || e.blake3.is_some() {
+                continue;
+            }
+            if let Some(k) = known.remove(&e.path)
+                && (k.size, k.mtime_ns) == (e.size, e.mtime_ns)
+            {
+                e.blake3 = Some(k.digest.blake3);
+                e.pieces = k.digest.pieces;
+                taken += 1;
+            }
+        }
+        taken
     }
 
     /// Hashes the files whose content cannot be judged from size and mtime alone against
@@ -513,9 +540,7 @@ fn hash_files(root: &Path, paths: &[&Name]) -> Result<Vec<pieces::Digest>> {
     Ok(hashed.into_iter().map(|(_, h)| h).collect())
 }
 
-/// Reads `path` beneath `top` (the tree at `root`) without following a symlink in any
-/// component, so a directory swapped for a symlink since the scan fails instead of leading
-/// the read outside; O_NONBLOCK, so a file swapped for a fifo fails instead of blocking.
+/// Reads `path` beneath `top` (the tree at `root`) with [`open_beneath`].
 fn hash_file(
     top: &crate::sys::DirFd,
     root: &Path,
@@ -523,18 +548,21 @@ fn hash_file(
     buf: &mut [u8],
 ) -> Result<pieces::Digest> {
     let unreadable = |e: std::io::Error| Error::unreadable(&root.join(path.as_path()), e);
-    let (dir, name) = crate::sys::split(&path.0);
-    let f: File = top
-        .dir(dir)
-        .and_then(|d| {
-            d.open_file(
-                name,
-                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK,
-                0,
-            )
-        })
-        .map_err(unreadable)?;
+    let f = open_beneath(top, path).map_err(unreadable)?;
     pieces::digest(f, buf).map_err(unreadable)
+}
+
+/// Opens `path` beneath `top` for reading without following a symlink in any component, so
+/// a directory swapped for a symlink since the scan fails instead of leading the read
+/// outside; O_NONBLOCK, so a file swapped for a fifo fails instead of blocking.
+pub fn open_beneath(top: &crate::sys::DirFd, path: &Name) -> std::io::Result<File> {
+    top.parent_of(&path.0).and_then(|(d, name)| {
+        d.open_file(
+            name,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK,
+            0,
+        )
+    })
 }
 
 /// What happened to an entry between two trees.

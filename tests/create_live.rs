@@ -143,3 +143,141 @@ fn files_written_during_an_unquiesced_comparison_are_copied_again_whole() {
     assert!(std::fs::read(held).unwrap() == std::fs::read(&log).unwrap());
     env.run(&["verify", "unquiesced"], 0);
 }
+
+/// The first pass hashes the copy as rsync makes it; the second pass changes some of those
+/// files, and the manifest must still hold exactly the digests (and piece values) of the
+/// copy as it ends: here a held-open file patched across a 1 MiB piece boundary with its
+/// mtime put back, one that grows, one that shrinks (the delta engine's in-place work), and
+/// one rewritten whole that rsync replaces.
+#[test]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
+fn digests_taken_during_the_first_pass_end_up_those_of_the_copy() {
+    const MIB: usize = 1 << 20;
+    let env = Env::sample(1, 1 << 20);
+    env.set("quiesce", "none");
+    let lib = env.data().join("node1/lib");
+    let file = |name: &str, size: usize| {
+        let path = lib.join(name);
+        let bytes: Vec<u8> = (0..size).map(|i| (i * 31 + i / 4093) as u8).collect();
+        std::fs::write(&path, bytes).unwrap();
+        // Old, so that only being held open makes the patched ones suspects.
+        sh(&format!("touch -d 2020-01-01 '{}'", path.display()));
+        path
+    };
+    let boundary = file("boundary.dat", 4 * MIB);
+    let grows = file("grows.dat", 3 * MIB + 100);
+    let shrinks = file("shrinks.dat", 5 * MIB);
+    let replaced = file("replaced.dat", 3 * MIB);
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<>'{}' 4<>'{}' 5<>'{}'; exec sleep 600",
+            boundary.display(),
+            grows.display(),
+            shrinks.display()
+        ))
+        .spawn()
+        .unwrap();
+
+    let mut cmd = env.std_cmd();
+    cmd.args(["create", "hashed"]);
+    let paused = Paused::start(cmd, "create-between-passes");
+    sh(&format!(
+        "dd if=/dev/urandom of='{0}' bs=4096 count=2 seek=255 conv=notrunc 2>/dev/null \
+         && dd if=/dev/urandom of='{0}' bs=4096 count=1 seek=767 conv=notrunc 2>/dev/null \
+         && touch -d 2020-01-01 '{0}' \
+         && head -c 2097157 /dev/urandom >> '{1}' \
+         && truncate -s 1048586 '{2}' \
+         && head -c 3145728 /dev/urandom > '{3}'",
+        boundary.display(),
+        grows.display(),
+        shrinks.display(),
+        replaced.display()
+    ));
+    let (_, stderr) = common::texts(&paused.finish().success());
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(!stderr.contains("second_pass_recopied"), "{stderr}");
+    // The patched files kept their first-pass digests: after the unpause only the replaced
+    // file (and nothing of the patched ones' size) was read whole again.
+    let logged = |field: &str| -> u64 {
+        stderr
+            .split("captured_hashed ")
+            .nth(1)
+            .and_then(|rest| rest.split(&format!("{field}=")).nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no captured_hashed {field}: {stderr}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(logged("known") >= 3, "{stderr}");
+    assert!(logged("bytes") < 4 * MIB as u64, "{stderr}");
+
+    let snapshot = env.snapshots().join("hashed");
+    for path in [&boundary, &grows, &shrinks, &replaced] {
+        let held = snapshot
+            .join("payload")
+            .join(path.strip_prefix(env.cache()).unwrap());
+        assert!(std::fs::read(held).unwrap() == std::fs::read(path).unwrap());
+    }
+    assert_digests_are_the_payloads(&snapshot);
+    env.run(&["verify", "hashed"], 0);
+}
+
+/// Every file of the snapshot's manifest has the blake3 of its payload copy and, beyond one
+/// piece, the chaining values of its 1 MiB pieces (computed here with blake3's own API).
+fn assert_digests_are_the_payloads(snapshot: &std::path::Path) {
+    use blake3::hazmat::HasherExt;
+    const PIECE: usize = 1 << 20;
+    let lines = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(snapshot.join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let pieces: std::collections::HashMap<String, String> = lines("pieces.jsonl")
+        .into_iter()
+        .map(|l| {
+            (
+                l["path"].as_str().unwrap().to_string(),
+                l["pieces"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut checked = 0;
+    for entry in lines("manifest.jsonl")
+        .iter()
+        .filter(|e| e["type"] == "file")
+    {
+        let path = entry["path"].as_str().unwrap();
+        let bytes = std::fs::read(snapshot.join("payload").join(path)).unwrap();
+        assert_eq!(
+            entry["blake3"].as_str(),
+            Some(blake3::hash(&bytes).to_hex().as_str()),
+            "{path}"
+        );
+        let values: String = if bytes.len() > PIECE {
+            bytes
+                .chunks(PIECE)
+                .enumerate()
+                .flat_map(|(i, piece)| {
+                    blake3::Hasher::new()
+                        .set_input_offset((i * PIECE) as u64)
+                        .update(piece)
+                        .finalize_non_root()
+                })
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        } else {
+            String::new()
+        };
+        assert_eq!(
+            pieces.get(path).cloned().unwrap_or_default(),
+            values,
+            "{path}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 4);
+}

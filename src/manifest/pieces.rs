@@ -15,6 +15,7 @@ pub const PIECE: usize = 1 << 20;
 
 /// A file's digest: its BLAKE3 hash (hex) and, for a file of two pieces or more, the
 /// chaining value of each piece (hex, 64 digits per piece).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Digest {
     pub blake3: String,
     pub pieces: Option<String>,
@@ -72,30 +73,77 @@ pub fn digest(mut source: impl Read, buf: &mut [u8]) -> std::io::Result<Digest> 
         }
     }
     Ok(match latest {
-        None => Digest {
-            blake3: blake3::hash(b"").to_hex().to_string(),
-            pieces: None,
-        },
+        None => of(&[]),
         Some(only) if values.is_empty() => Digest {
             blake3: only.finalize().to_hex().to_string(),
             pieces: None,
         },
         Some(last) => {
             values.push(last.finalize_non_root());
-            let (left, right) = values.split_at(left_len(values.len()));
-            let root = merge_subtrees_root(&subtree(left), &subtree(right), Mode::Hash);
-            Digest {
-                blake3: root.to_hex().to_string(),
-                pieces: Some(
-                    values
-                        .iter()
-                        .flatten()
-                        .map(|b| format!("{b:02x}"))
-                        .collect(),
-                ),
-            }
+            of(&values)
         }
     })
+}
+
+/// The digest of a file whose pieces have the chaining values `values`: two or more (for an
+/// empty file, none).
+fn of(values: &[ChainingValue]) -> Digest {
+    if values.is_empty() {
+        return Digest {
+            blake3: blake3::hash(b"").to_hex().to_string(),
+            pieces: None,
+        };
+    }
+    let (left, right) = values.split_at(left_len(values.len()));
+    let root = merge_subtrees_root(&subtree(left), &subtree(right), Mode::Hash);
+    Digest {
+        blake3: root.to_hex().to_string(),
+        pieces: Some(
+            values
+                .iter()
+                .flatten()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        ),
+    }
+}
+
+/// The digest of `file`, now `size` bytes, which had digest `old` at `old_size` bytes and
+/// since then was written only in the byte ranges `written`: the pieces those touch (and
+/// those from where the shorter of the two sizes ends) are read and hashed again, the others
+/// keep their values. A file of one piece, before or after, is read whole.
+pub fn patched(
+    file: &std::fs::File,
+    old: &Digest,
+    old_size: u64,
+    size: u64,
+    written: &[(u64, u64)],
+    buf: &mut [u8],
+) -> std::io::Result<Digest> {
+    use std::os::unix::fs::FileExt;
+    let count = size.div_ceil(PIECE as u64);
+    let kept = old
+        .pieces
+        .as_deref()
+        .and_then(parse)
+        .filter(|v| v.len() as u64 == old_size.div_ceil(PIECE as u64));
+    let (Some(mut values), true) = (kept, count > 1) else {
+        let mut from_start = file;
+        std::io::Seek::seek(&mut from_start, std::io::SeekFrom::Start(0))?;
+        return digest(from_start, buf);
+    };
+    let piece = PIECE as u64;
+    let unchanged_below = old_size.min(size) / piece;
+    values.resize(count as usize, [0; 32]);
+    for (i, v) in values.iter_mut().enumerate() {
+        let (start, end) = (i as u64 * piece, (i as u64 + 1) * piece);
+        if i as u64 >= unchanged_below || written.iter().any(|&(a, b)| a < end && b > start) {
+            let n = (size - start).min(piece) as usize;
+            file.read_exact_at(&mut buf[..n], start)?;
+            *v = value(&buf[..n], i as u64);
+        }
+    }
+    Ok(of(&values))
 }
 
 /// Reads until `buf` is full or the source ends; returns the bytes read.
@@ -159,6 +207,44 @@ mod tests {
                     "{size} piece {i}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_patched_digest_is_the_full_digest_of_the_file_as_it_is() {
+        use std::io::Write;
+        let mut buf = vec![0u8; PIECE];
+        let data: Vec<u8> = (0..5 * PIECE + 77)
+            .map(|i| (i * 13 + i / 999) as u8)
+            .collect();
+        let old = digest(&data[..], &mut buf).unwrap();
+        let p = PIECE as u64;
+        // (new size, ranges written): at a piece boundary, across one, grown, shrunk, shrunk
+        // to one piece, grown from the last partial piece.
+        let cases: &[(u64, &[(u64, u64)])] = &[
+            (data.len() as u64, &[(2 * p - 4096, 2 * p)]),
+            (data.len() as u64, &[(3 * p - 10, 3 * p + 10), (0, 1)]),
+            (9 * p + 5, &[(data.len() as u64, 9 * p + 5)]),
+            (2 * p + 3, &[]),
+            (p - 1, &[]),
+            (5 * p + 100, &[(5 * p + 77, 5 * p + 100)]),
+        ];
+        for &(size, written) in cases {
+            let mut now = data.clone();
+            now.resize(size as usize, 0);
+            for &(a, b) in written {
+                for i in a.min(size)..b.min(size) {
+                    now[i as usize] = now[i as usize].wrapping_add(1 + (i % 7) as u8);
+                }
+            }
+            let mut f = tempfile::tempfile().unwrap();
+            f.write_all(&now).unwrap();
+            let got = patched(&f, &old, data.len() as u64, size, written, &mut buf).unwrap();
+            assert_eq!(
+                got,
+                digest(&now[..], &mut buf).unwrap(),
+                "{size} {written:?}"
+            );
         }
     }
 

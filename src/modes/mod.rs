@@ -2,6 +2,7 @@
 //! [`ModeKind`]; the commands never look inside a mode.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -13,7 +14,7 @@ use crate::config::{Config, Spec};
 use crate::delta::{Content, Delta, Dir, RestoreStats, Source};
 use crate::docker::{Docker, Wait};
 use crate::exit::{Code, fail};
-use crate::manifest::{Entry, Kind, Manifest, Name};
+use crate::manifest::{Entry, Kind, Known, Manifest, Name};
 use crate::observe::{Observer, Unobserved};
 use crate::store::{Journal, Snapshot};
 use crate::tools::{Found, Tool};
@@ -452,6 +453,13 @@ pub trait Mode {
     /// quiesced create has not let change since.
     fn captured_tree(&self, ctx: &ModeContext, _payload: &Path) -> PathBuf {
         ctx.live.cache_dir.clone()
+    }
+
+    /// Digests of files of the captured tree the mode took while capturing (`filesystem`:
+    /// as its first pass copied them), each for the file at the size and mtime it gives,
+    /// which the mode vouches for; create hashes the others. Handed out once.
+    fn known_digests(&self, _ctx: &ModeContext, _payload: &Path) -> Result<HashMap<Name, Known>> {
+        Ok(HashMap::new())
     }
 
     /// Corrects the manifest of [`Mode::captured_tree`] where the capture changed an attribute

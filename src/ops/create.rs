@@ -472,8 +472,17 @@ impl Job<'_> {
                 ctx.observer.step("writing the manifest");
                 let started = Instant::now();
                 if self.mode.hashes_content() {
-                    let tree = self.mode.captured_tree(ctx, &staging.payload());
-                    manifest.hash(&tree, |e| e.blake3.is_none())?;
+                    let payload = staging.payload();
+                    let tree = self.mode.captured_tree(ctx, &payload);
+                    let known = manifest.take_known(self.mode.known_digests(ctx, &payload)?);
+                    let hashed = manifest.hash(&tree, |e| e.blake3.is_none())?;
+                    tracing::info!(
+                        known,
+                        files = hashed.files,
+                        bytes = hashed.bytes,
+                        seconds = crate::tree::seconds(started.elapsed()),
+                        "captured_hashed"
+                    );
                 }
                 let stored = staging.write_manifest(&manifest)?;
                 // Only a copy: adopt's moved data goes back to the harness if the adopt fails.
