@@ -550,6 +550,13 @@ pub fn fork_detached() -> io::Result<bool> {
     Ok(true)
 }
 
+/// Gives the calling thread the lowest CPU priority (nice 19; on Linux a thread's nice value
+/// is its own): it then takes only the time no other work wants.
+pub fn lowest_thread_priority() -> io::Result<()> {
+    let tid = rustix::thread::gettid();
+    Ok(rustix::process::setpriority_process(Some(tid), 19)?)
+}
+
 /// Sends `signal` to the process group that `leader` leads (our own child, not reaped yet).
 pub fn signal_group(leader: u32, signal: Signal) -> io::Result<()> {
     match Pid::from_raw(leader as i32) {

@@ -134,7 +134,14 @@ impl Mode for Filesystem {
         let writers = crate::writers::scan();
         let (copied, names) = mpsc::channel();
         let (mut hashed, behind) = std::thread::scope(|s| {
-            let hasher = s.spawn(|| hash_copied(payload, names));
+            // At the lowest priority: where rsync (or the nodes) want both cores, the copy is
+            // not slowed, and what the hasher has not reached by rsync's end is hashed then.
+            let hasher = s.spawn(|| {
+                if let Err(e) = crate::sys::lowest_thread_priority() {
+                    tracing::debug!(error = %e, "hasher_priority_unchanged");
+                }
+                hash_copied(payload, names)
+            });
             let done = copy(ctx, payload, None, Some(&copied));
             drop(copied);
             let hashed = hasher
