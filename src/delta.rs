@@ -28,7 +28,7 @@
 //! source supplies only file content; every attribute comes from the manifest, so a source
 //! that cannot hold them (a squashfs image's whole-second mtimes) restores exactly too.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -228,6 +228,10 @@ pub struct Delta<'a> {
     /// shared mapping leaves the mtime as it was), in place: the copy keeps its holes. The
     /// copy is the snapshot's, which only this process writes: it is read through mappings.
     pub recheck: bool,
+    /// With `recheck`, the tree's files that are mapped already, by path (create maps them, and
+    /// has their pages faulted in, while the nodes still run); the others are mapped when
+    /// compared.
+    pub mapped: Option<&'a HashMap<Name, sys::Mapped>>,
     /// Called once before the first change, when there is one, with the target's regular files
     /// whose content may be read from `source`: a source that must be made ready first (a
     /// squashfs extract) fetches them then.
@@ -529,6 +533,10 @@ impl Delta<'_> {
         }
         let full = self.full(&want.path);
         let what = || format!("cannot repair {}", full.display());
+        let old = match self.recheck {
+            true => Old::Map(self.mapped.and_then(|m| m.get(&want.path))),
+            false => Old::Read,
+        };
         match self.content {
             Content::Clone => {
                 dst.set_len(0).with_context(what)?;
@@ -536,16 +544,9 @@ impl Delta<'_> {
                 allocate(&dst, want).with_context(what)?;
                 Ok(want.size)
             }
-            Content::Copy => patch(
-                &*src,
-                &dst,
-                want.size,
-                want.sparse,
-                None,
-                self.recheck,
-                RANGE,
-            )
-            .with_context(what),
+            Content::Copy => {
+                patch(&*src, &dst, want.size, want.sparse, None, old, RANGE).with_context(what)
+            }
             Content::CopyByPieces => {
                 let digests = want
                     .pieces
@@ -558,7 +559,7 @@ impl Delta<'_> {
                     want.size,
                     want.sparse,
                     digests.as_deref(),
-                    self.recheck,
+                    old,
                     RANGE,
                 )
                 .with_context(what)
@@ -945,33 +946,38 @@ fn runs(buf: &[u8], keep: impl Fn(&[u8], usize) -> bool) -> Vec<(usize, usize)> 
 /// chunk and only differing pages are written; where the source has holes, data in a sparse
 /// `dst` is punched out. With the target's piece digests, a piece of `dst` that hashes to its
 /// digest is left alone without reading the source. Without them, a source that is a file is
-/// compared in ranges of `range` bytes on every core at once. With `ours`, `dst` is a file
-/// that only this process writes (a snapshot's copy): its old content is read through a
-/// mapping instead of into a buffer. Returns the bytes written.
+/// compared in ranges of `range` bytes on every core at once. `old` says how the old content
+/// of `dst` is read. Returns the bytes written.
 fn patch(
     src: &dyn SourceFile,
     dst: &File,
     len: u64,
     sparse: bool,
     digests: Option<&[ChainingValue]>,
-    ours: bool,
+    old: Old,
     range: u64,
 ) -> Result<u64> {
-    let old = dst.metadata()?.len();
+    let size = dst.metadata()?.len();
     // Bytes beyond the old end are new: written as they come (holes only for sparse files).
-    let common = old.min(len);
-    if old != len {
+    let common = size.min(len);
+    if size != len {
         dst.set_len(len)?;
     }
-    // Only the old content that stays: no mapped page is past the end of the file.
-    let mapped = (ours && common > 0)
-        .then(|| sys::Mapped::new(dst, common))
-        .transpose()?;
+    // Only the old content is read through a mapping: no page read is past the end of the file.
+    let fresh;
+    let mapped = match old {
+        Old::Map(Some(mapped)) if mapped.size() == size => Some(mapped),
+        Old::Map(_) if common > 0 => {
+            fresh = sys::Mapped::new(dst, common, false)?;
+            Some(&fresh)
+        }
+        Old::Map(_) | Old::Read => None,
+    };
     let patch = Patch {
         dst,
         common,
         sparse,
-        old: mapped.as_ref(),
+        old: mapped,
     };
     let Some(digests) = digests else {
         // A file is read at any offset from any thread.
@@ -1015,6 +1021,16 @@ fn split(len: u64, range: u64) -> Vec<(u64, u64)> {
     (0..len.div_ceil(range))
         .map(|i| (i * range, ((i + 1) * range).min(len)))
         .collect()
+}
+
+/// How [`patch`] reads the old content of the file it brings up to date.
+#[derive(Clone, Copy)]
+enum Old<'a> {
+    /// Into a buffer: other processes may write the file, or truncate it.
+    Read,
+    /// Through a mapping, as only this process writes the file (a snapshot's copy): the one
+    /// given when it covers the file, else one made now.
+    Map(Option<&'a sys::Mapped>),
 }
 
 /// One file that [`patch`] makes equal to its source.
@@ -1196,6 +1212,7 @@ mod tests {
                 content: Content::Copy,
                 by_content: false,
                 recheck,
+                mapped: None,
                 observer: &crate::observe::Unobserved,
                 before_change: &|_| Ok(()),
             }
@@ -1224,13 +1241,22 @@ mod tests {
         want[9 * PAGE] ^= 1;
         let src = file_with(dir.path(), "src", &want);
         let dst = file_with(dir.path(), "dst", &have);
-        let written = patch(&src, &dst, want.len() as u64, false, None, false, RANGE).unwrap();
+        let written = patch(&src, &dst, want.len() as u64, false, None, Old::Read, RANGE).unwrap();
         assert_eq!(written, 2 * PAGE as u64);
         assert_eq!(std::fs::read(dir.path().join("dst")).unwrap(), want);
 
         // Shorter than the source: the tail is written.
         let short = file_with(dir.path(), "short", &want[..PAGE + 10]);
-        patch(&src, &short, want.len() as u64, false, None, false, RANGE).unwrap();
+        patch(
+            &src,
+            &short,
+            want.len() as u64,
+            false,
+            None,
+            Old::Read,
+            RANGE,
+        )
+        .unwrap();
         assert_eq!(std::fs::read(dir.path().join("short")).unwrap(), want);
     }
 
@@ -1258,7 +1284,7 @@ mod tests {
             want.len() as u64,
             false,
             Some(&digests),
-            false,
+            Old::Read,
             RANGE,
         )
         .unwrap();
@@ -1299,7 +1325,22 @@ mod tests {
         );
     }
 
-    /// [`patch`] in ranges of two pages, the copy read by pread and through a mapping: pages
+    /// For `how` 2, `dst` mapped beforehand, as create's second pass has its copy's files.
+    fn premapped(how: usize, dst: &File) -> Option<sys::Mapped> {
+        let size = dst.metadata().unwrap().len();
+        (how == 2).then(|| sys::Mapped::new(dst, size, true).unwrap())
+    }
+
+    /// The ways [`patch`] reads the old content: by pread (0), through a mapping made then (1)
+    /// or through one made beforehand (2, `pre`).
+    fn old(how: usize, pre: &Option<sys::Mapped>) -> Old<'_> {
+        match how {
+            0 => Old::Read,
+            _ => Old::Map(pre.as_ref()),
+        }
+    }
+
+    /// [`patch`] in ranges of two pages, the copy read each way [`old`] names: pages
     /// that differ on either side of a range's boundary, in the last short page, and a copy
     /// shorter or longer than the source come out as the source, with only the differing
     /// pages written, in place.
@@ -1309,7 +1350,7 @@ mod tests {
         let range = 2 * PAGE as u64;
         let want: Vec<u8> = (0..9 * PAGE + 100).map(|i| (i % 251) as u8).collect();
         let src = file_with(dir.path(), "src", &want);
-        for ours in [false, true] {
+        for how in 0..3 {
             let mut have = want.clone();
             for at in [2 * PAGE - 1, 2 * PAGE, 6 * PAGE - 1, 9 * PAGE + 99] {
                 have[at] ^= 0xff;
@@ -1317,8 +1358,9 @@ mod tests {
             let dst = file_with(dir.path(), "dst", &have);
             let ino = inode(&dir.path().join("dst"));
             let len = want.len() as u64;
-            let written = patch(&src, &dst, len, false, None, ours, range).unwrap();
-            assert_eq!(written, (3 * PAGE + 100) as u64, "ours: {ours}");
+            let pre = premapped(how, &dst);
+            let written = patch(&src, &dst, len, false, None, old(how, &pre), range).unwrap();
+            assert_eq!(written, (3 * PAGE + 100) as u64, "how: {how}");
             assert_eq!(std::fs::read(dir.path().join("dst")).unwrap(), want);
             assert_eq!(inode(&dir.path().join("dst")), ino);
 
@@ -1326,7 +1368,8 @@ mod tests {
             let mut short = want[..3 * PAGE + 10].to_vec();
             short[PAGE] ^= 1;
             let dst = file_with(dir.path(), "short", &short);
-            let written = patch(&src, &dst, len, false, None, ours, range).unwrap();
+            let pre = premapped(how, &dst);
+            let written = patch(&src, &dst, len, false, None, old(how, &pre), range).unwrap();
             assert_eq!(written, PAGE as u64 + len - (3 * PAGE + 10) as u64);
             assert_eq!(std::fs::read(dir.path().join("short")).unwrap(), want);
 
@@ -1335,7 +1378,8 @@ mod tests {
             long[4 * PAGE] ^= 1;
             long.extend_from_slice(&[7; 3 * PAGE]);
             let dst = file_with(dir.path(), "long", &long);
-            let written = patch(&src, &dst, len, false, None, ours, range).unwrap();
+            let pre = premapped(how, &dst);
+            let written = patch(&src, &dst, len, false, None, old(how, &pre), range).unwrap();
             assert_eq!(written, PAGE as u64);
             assert_eq!(std::fs::read(dir.path().join("long")).unwrap(), want);
         }
@@ -1358,17 +1402,18 @@ mod tests {
         drop(src);
         let src = File::open(&src_path).unwrap();
         let want = std::fs::read(&src_path).unwrap();
-        for ours in [false, true] {
+        for how in 0..3 {
             // The copy, as it was: dense where the source now has holes, and one page of the
             // island older.
             let mut have = vec![3u8; len as usize];
             have[7 * PAGE..9 * PAGE].fill(1);
             have[8 * PAGE + 5] = 0;
             let dst = file_with(dir.path(), "copy", &have);
-            patch(&src, &dst, len, true, None, ours, range).unwrap();
+            let pre = premapped(how, &dst);
+            patch(&src, &dst, len, true, None, old(how, &pre), range).unwrap();
             assert_eq!(std::fs::read(dir.path().join("copy")).unwrap(), want);
             let meta = dst.metadata().unwrap();
-            assert!(meta.blocks() * 512 < meta.len() / 2, "ours: {ours}");
+            assert!(meta.blocks() * 512 < meta.len() / 2, "how: {how}");
         }
     }
 

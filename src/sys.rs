@@ -448,23 +448,24 @@ unsafe impl Send for Mapped {}
 unsafe impl Sync for Mapped {}
 
 impl Mapped {
-    /// The first `len` bytes of `file` (at least one, and no more than it holds).
-    pub fn new(file: &File, len: u64) -> io::Result<Mapped> {
+    /// The first `len` bytes of `file` (at least one, and no more than it holds); with
+    /// `fault_in`, every page is mapped at once rather than as it is first read.
+    pub fn new(file: &File, len: u64, fault_in: bool) -> io::Result<Mapped> {
         let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         use rustix::mm::{MapFlags, ProtFlags, mmap};
+        let mut flags = MapFlags::SHARED;
+        if fault_in {
+            flags |= MapFlags::POPULATE;
+        }
         // SAFETY: a new mapping, placed by the kernel where nothing else is mapped.
-        let at = unsafe {
-            mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ,
-                MapFlags::SHARED,
-                file,
-                0,
-            )
-        }?;
+        let at = unsafe { mmap(std::ptr::null_mut(), len, ProtFlags::READ, flags, file, 0) }?;
         let at = std::ptr::NonNull::new(at.cast()).ok_or(io::ErrorKind::InvalidData)?;
         Ok(Mapped { at, len })
+    }
+
+    /// How many bytes are mapped.
+    pub fn size(&self) -> u64 {
+        self.len as u64
     }
 
     /// The mapped bytes `[from, from + len)`. The file's own writes show in them: a slice is
