@@ -963,13 +963,14 @@ fn patch(
     if size != len {
         dst.set_len(len)?;
     }
-    // Only the old content is read through a mapping: no page read is past the end of the file.
+    // Only the old content is read through a mapping: no page read is past the end of the
+    // file. One that cannot be mapped (a filesystem without mmap) is read into a buffer.
     let fresh;
     let mapped = match old {
         Old::Map(Some(mapped)) if mapped.size() == size => Some(mapped),
         Old::Map(_) if common > 0 => {
-            fresh = sys::Mapped::new(dst, common, false)?;
-            Some(&fresh)
+            fresh = sys::Mapped::new(dst, common, false).ok();
+            fresh.as_ref()
         }
         Old::Map(_) | Old::Read => None,
     };
