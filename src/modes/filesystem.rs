@@ -287,7 +287,7 @@ const PREMAP: u64 = 1 << 20;
 
 /// The copies in `payload` of the files at `paths` (of [`PREMAP`] bytes or more), mapped with
 /// their pages faulted in: the second pass compares them with the live files in the pause,
-/// where faulting the pages in costs CPU time too (the comparison's fell from 0.72 to 0.62 s
+/// where faulting the pages in costs CPU time too (the comparison's fell from 0.72 to 0.62 CPU-s
 /// on bench/create_live.sh's large shape). One that cannot be mapped is mapped when compared.
 fn premap(payload: &Path, paths: &[PathBuf]) -> HashMap<Name, Mapped> {
     let Ok(copied) = DirFd::open(payload) else {
