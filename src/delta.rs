@@ -12,8 +12,9 @@
 //!    and what differs repaired. A regular file that changed in place is compared with the
 //!    source in 128 KiB chunks and only the 4 KiB pages that differ are written back (reads are
 //!    ~10x cheaper than writes here, and a suite rewrites a few database pages, not whole
-//!    files); with [`Content::Clone`] it is cloned again instead. Other files are copied or
-//!    cloned under a temporary name in their directory and renamed over, keeping holes;
+//!    files), a large file in 16 MiB ranges on every core at once; with [`Content::Clone`] it
+//!    is cloned again instead. Other files are copied or cloned under a temporary name in
+//!    their directory and renamed over, keeping holes;
 //! 3. hardlinks, then directories' metadata (deepest first, as creating and removing entries
 //!    moves their mtimes).
 //!
@@ -27,7 +28,7 @@
 //! source supplies only file content; every attribute comes from the manifest, so a source
 //! that cannot hold them (a squashfs image's whole-second mtimes) restores exactly too.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -224,8 +225,13 @@ pub struct Delta<'a> {
     /// The tree is a copy of the source being brought up to date (create's second pass over
     /// files some process writes): every regular file of the target that the tree has is
     /// compared with the source page by page even when size and mtime agree (a write through a
-    /// shared mapping leaves the mtime as it was), in place: the copy keeps its holes.
+    /// shared mapping leaves the mtime as it was), in place: the copy keeps its holes. The
+    /// copy is the snapshot's, which only this process writes: it is read through mappings.
     pub recheck: bool,
+    /// With `recheck`, the tree's files that are mapped already, by path (create maps them, and
+    /// has their pages faulted in, while the nodes still run); the others are mapped when
+    /// compared.
+    pub mapped: Option<&'a HashMap<Name, sys::Mapped>>,
     /// Called once before the first change, when there is one, with the target's regular files
     /// whose content may be read from `source`: a source that must be made ready first (a
     /// squashfs extract) fetches them then.
@@ -249,6 +255,8 @@ const CHUNK: usize = 1 << 20;
 /// between the read and the comparison. A restore comparing the 14 rewritten files (2.3 GB) of
 /// the large shape took 0.645 s with 128 KiB, 0.698 s with 1 MiB (means of 5, interleaved).
 const COMPARE: usize = 128 << 10;
+/// What one worker compares of a large file at a time, so that every core works on it.
+const RANGE: u64 = 16 << 20;
 
 impl Delta<'_> {
     pub fn apply(&self) -> Result<Outcome> {
@@ -530,6 +538,10 @@ impl Delta<'_> {
         }
         let full = self.full(&want.path);
         let what = || format!("cannot repair {}", full.display());
+        let old = match self.recheck {
+            true => Old::Map(self.mapped.and_then(|m| m.get(&want.path))),
+            false => Old::Read,
+        };
         let written = match self.content {
             Content::Clone => {
                 dst.set_len(0).with_context(what)?;
@@ -538,14 +550,25 @@ impl Delta<'_> {
                 allocate(&dst, want).with_context(what)?;
                 Ok(want.size)
             }
-            Content::Copy => patch(&*src, &dst, want.size, want.sparse, None).with_context(what),
+            Content::Copy => {
+                patch(&*src, &dst, want.size, want.sparse, None, old, RANGE).with_context(what)
+            }
             Content::CopyByPieces => {
                 let digests = want
                     .pieces
                     .as_deref()
                     .and_then(pieces::parse)
                     .filter(|d| d.len() as u64 == want.size.div_ceil(PIECE as u64));
-                patch(&*src, &dst, want.size, want.sparse, digests.as_deref()).with_context(what)
+                patch(
+                    &*src,
+                    &dst,
+                    want.size,
+                    want.sparse,
+                    digests.as_deref(),
+                    old,
+                    RANGE,
+                )
+                .with_context(what)
             }
         };
         work.written.push((want.path.clone(), dst.into_ranges()));
@@ -887,8 +910,8 @@ fn copy_range(src: &dyn SourceFile, dst: &File, len: u64) -> std::io::Result<u64
 
 /// Copies `[from, to)` of `src` into `dst` by reads and writes; with `sparse`, pages of zeros
 /// are left unwritten (holes in a new file). Returns the bytes written.
-fn write_range(
-    src: &dyn SourceFile,
+fn write_range<S: SourceFile + ?Sized>(
+    src: &S,
     dst: &Written,
     from: u64,
     to: u64,
@@ -932,23 +955,59 @@ fn runs(buf: &[u8], keep: impl Fn(&[u8], usize) -> bool) -> Vec<(usize, usize)> 
 
 /// Makes `dst` equal to `src` (`len` bytes) in place: the source's data is compared chunk by
 /// chunk and only differing pages are written; where the source has holes, data in a sparse
-/// `dst` is punched out. With the target's piece digests, a piece of `dst` that hashes to its digest
-/// is left alone without reading the source. Returns the bytes written.
+/// `dst` is punched out. With the target's piece digests, a piece of `dst` that hashes to its
+/// digest is left alone without reading the source. Without them, a source that is a file is
+/// compared in ranges of `range` bytes on every core at once. `old` says how the old content
+/// of `dst` is read. Returns the bytes written.
 fn patch(
     src: &dyn SourceFile,
     dst: &Written,
     len: u64,
     sparse: bool,
     digests: Option<&[ChainingValue]>,
-) -> std::io::Result<u64> {
-    let old = dst.metadata()?.len();
+    old: Old,
+    range: u64,
+) -> Result<u64> {
+    let size = dst.metadata()?.len();
     // Bytes beyond the old end are new: written as they come (holes only for sparse files).
-    let common = old.min(len);
-    if old != len {
+    let common = size.min(len);
+    if size != len {
         dst.set_len(len)?;
     }
+    // Only the old content is read through a mapping: no page read is past the end of the
+    // file. One that cannot be mapped (a filesystem without mmap) is read into a buffer.
+    let fresh;
+    let mapped = match old {
+        Old::Map(Some(mapped)) if mapped.size() == size => Some(mapped),
+        Old::Map(_) if common > 0 => {
+            fresh = sys::Mapped::new(dst, common, false).ok();
+            fresh.as_ref()
+        }
+        Old::Map(_) | Old::Read => None,
+    };
+    let patch = Patch {
+        dst,
+        common,
+        sparse,
+        old: mapped,
+    };
     let Some(digests) = digests else {
-        return patch_range(src, dst, 0, len, common, sparse);
+        // A file is read at any offset from any thread.
+        let Some(file) = src.file() else {
+            return Ok(patch.range(src, 0, len)?);
+        };
+        // Listed back to front: the workers take them from the end, so the file is read in
+        // order.
+        let ranges: Vec<(u64, u64)> = split(len, range).into_iter().rev().collect();
+        let written = crate::parallel::each(
+            ranges,
+            || 0,
+            |written, (from, to)| {
+                *written += patch.range(file, from, to)?;
+                Ok(())
+            },
+        )?;
+        return Ok(written.iter().sum());
     };
     let mut buf = vec![0u8; PIECE];
     let mut written = 0;
@@ -963,72 +1022,114 @@ fn patch(
                 continue;
             }
         }
-        written += patch_range(src, dst, from, to, common, sparse)?;
+        written += patch.range(src, from, to)?;
     }
     Ok(written)
 }
 
-/// [`patch`] of `[from, to)`; `common` is where the old content of `dst` ended.
-fn patch_range(
-    src: &dyn SourceFile,
-    dst: &Written,
-    from: u64,
-    to: u64,
+/// `[0, len)` cut into ranges of `range` bytes (a multiple of [`PAGE`], so that no page is
+/// split between two), the last one shorter.
+fn split(len: u64, range: u64) -> Vec<(u64, u64)> {
+    (0..len.div_ceil(range))
+        .map(|i| (i * range, ((i + 1) * range).min(len)))
+        .collect()
+}
+
+/// How [`patch`] reads the old content of the file it brings up to date.
+#[derive(Clone, Copy)]
+enum Old<'a> {
+    /// Into a buffer: other processes may write the file, or truncate it.
+    Read,
+    /// Through a mapping, as only this process writes the file (a snapshot's copy): the one
+    /// given when it covers the file, else one made now.
+    Map(Option<&'a sys::Mapped>),
+}
+
+/// One file that [`patch`] makes equal to its source.
+struct Patch<'a> {
+    dst: &'a Written<'a>,
+    /// Where the old content of `dst` ended.
     common: u64,
     sparse: bool,
-) -> std::io::Result<u64> {
-    if !sparse {
-        // A dense file keeps its blocks: the source's holes (rsync -S makes them in a copy of
-        // runs of zeros) are zeros to compare with, not holes to punch.
-        let old_end = common.clamp(from, to);
-        return Ok(
-            compare_write(src, dst, from, old_end)? + write_range(src, dst, old_end, to, false)?
-        );
-    }
-    let mut written = 0;
-    let mut pos = from;
-    while pos < to {
-        let data = src.next_data(pos)?.unwrap_or(to).min(to);
-        if data > pos {
-            punch(dst, pos, data.min(common))?;
-        }
-        if data >= to {
-            break;
-        }
-        let end = src.next_hole(data)?.unwrap_or(to).min(to);
-        written += compare_write(src, dst, data, end.min(common.max(data)))?;
-        if end > common.max(data) {
-            written += write_range(src, dst, common.max(data), end, sparse)?;
-        }
-        pos = end;
-    }
-    Ok(written)
+    /// The old content of `dst`, mapped, when only this process writes it.
+    old: Option<&'a sys::Mapped>,
 }
 
-/// Writes the pages of `[from, to)` where `dst` differs from `src`.
-fn compare_write(src: &dyn SourceFile, dst: &Written, from: u64, to: u64) -> std::io::Result<u64> {
-    let (mut a, mut b) = (vec![0u8; COMPARE], vec![0u8; COMPARE]);
-    let mut written = 0;
-    let mut pos = from;
-    while pos < to {
-        let n = ((to - pos) as usize).min(COMPARE);
-        src.fill(&mut a[..n], pos)?;
-        dst.read_exact_at(&mut b[..n], pos)?;
-        if a[..n] != b[..n] {
-            let differ = runs(&a[..n], |page, i| {
-                page != &b[i * PAGE..i * PAGE + page.len()]
-            });
-            for (start, end) in differ {
-                dst.write_all_at(&a[start..end], pos + start as u64)?;
-                written += (end - start) as u64;
+impl Patch<'_> {
+    /// `[from, to)` of the file; returns the bytes written.
+    fn range<S>(&self, src: &S, from: u64, to: u64) -> std::io::Result<u64>
+    where
+        S: SourceFile + ?Sized,
+    {
+        let (dst, common) = (self.dst, self.common);
+        if !self.sparse {
+            // A dense file keeps its blocks: the source's holes (rsync -S makes them in a copy
+            // of runs of zeros) are zeros to compare with, not holes to punch.
+            let old_end = common.clamp(from, to);
+            return Ok(
+                self.compare(src, from, old_end)? + write_range(src, dst, old_end, to, false)?
+            );
+        }
+        let mut written = 0;
+        let mut pos = from;
+        while pos < to {
+            let data = src.next_data(pos)?.unwrap_or(to).min(to);
+            if data > pos {
+                punch(dst, pos, data.min(common))?;
             }
+            if data >= to {
+                break;
+            }
+            let end = src.next_hole(data)?.unwrap_or(to).min(to);
+            written += self.compare(src, data, end.min(common.max(data)))?;
+            if end > common.max(data) {
+                written += write_range(src, dst, common.max(data), end, true)?;
+            }
+            pos = end;
         }
-        pos += n as u64;
-        signals::check_io()?;
+        Ok(written)
     }
-    Ok(written)
-}
 
+    /// Writes the pages of `[from, to)` (old content of `dst`) where `dst` differs from the
+    /// source.
+    fn compare<S>(&self, src: &S, from: u64, to: u64) -> std::io::Result<u64>
+    where
+        S: SourceFile + ?Sized,
+    {
+        let mut new = vec![0u8; COMPARE];
+        let mut buf = match self.old {
+            Some(_) => Vec::new(),
+            None => vec![0u8; COMPARE],
+        };
+        let mut written = 0;
+        let mut pos = from;
+        while pos < to {
+            let n = ((to - pos) as usize).min(COMPARE);
+            src.fill(&mut new[..n], pos)?;
+            let old = match self.old {
+                Some(mapped) => mapped.bytes(pos as usize, n),
+                None => {
+                    self.dst.read_exact_at(&mut buf[..n], pos)?;
+                    &buf[..n]
+                }
+            };
+            if new[..n] != *old {
+                // Found before any is written: the mapping shows the writes.
+                let differ = runs(&new[..n], |page, i| {
+                    page != &old[i * PAGE..i * PAGE + page.len()]
+                });
+                for (start, end) in differ {
+                    self.dst
+                        .write_all_at(&new[start..end], pos + start as u64)?;
+                    written += (end - start) as u64;
+                }
+            }
+            pos += n as u64;
+            signals::check_io()?;
+        }
+        Ok(written)
+    }
+}
 /// Makes `[from, to)` of `dst` a hole if it holds any data (zeros where the filesystem cannot
 /// punch holes).
 fn punch(dst: &Written, from: u64, to: u64) -> std::io::Result<()> {
@@ -1052,11 +1153,11 @@ fn punch(dst: &Written, from: u64, to: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A file the engine writes, and the byte ranges it wrote so far ([`Outcome::written`]).
-/// Reads go to the file itself.
+/// A file the engine writes, and the byte ranges it wrote so far ([`Outcome::written`]), from
+/// any thread. Reads go to the file itself.
 struct Written<'a> {
     file: &'a File,
-    ranges: std::cell::RefCell<Vec<(u64, u64)>>,
+    ranges: std::sync::Mutex<Vec<(u64, u64)>>,
 }
 
 impl<'a> Written<'a> {
@@ -1069,7 +1170,10 @@ impl<'a> Written<'a> {
 
     /// Notes `[from, to)` as written, before it is (a failed write may have written part).
     fn note(&self, from: u64, to: u64) {
-        let mut ranges = self.ranges.borrow_mut();
+        let mut ranges = self
+            .ranges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match ranges.last_mut() {
             // Writes mostly come in order of offset: a neighbour merges at once.
             Some(last) if from >= last.0 && from <= last.1 => last.1 = last.1.max(to),
@@ -1079,7 +1183,10 @@ impl<'a> Written<'a> {
 
     /// The ranges written, sorted, overlapping and touching ones merged.
     fn into_ranges(self) -> Vec<(u64, u64)> {
-        let mut ranges = self.ranges.into_inner();
+        let mut ranges = self
+            .ranges
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         ranges.sort_unstable();
         let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
         for (a, b) in ranges {
@@ -1184,6 +1291,7 @@ mod tests {
                 content: Content::Copy,
                 by_content: false,
                 recheck,
+                mapped: None,
                 observer: &crate::observe::Unobserved,
                 before_change: &|_| Ok(()),
             }
@@ -1213,7 +1321,8 @@ mod tests {
         let src = file_with(dir.path(), "src", &want);
         let dst = file_with(dir.path(), "dst", &have);
         let tracked = Written::new(&dst);
-        let written = patch(&src, &tracked, want.len() as u64, false, None).unwrap();
+        let len = want.len() as u64;
+        let written = patch(&src, &tracked, len, false, None, Old::Read, RANGE).unwrap();
         assert_eq!(written, 2 * PAGE as u64);
         assert_eq!(std::fs::read(dir.path().join("dst")).unwrap(), want);
         // The two pages, and the tail cut off (touching the second, so merged with it).
@@ -1228,7 +1337,7 @@ mod tests {
         // Shorter than the source: the tail is written.
         let short = file_with(dir.path(), "short", &want[..PAGE + 10]);
         let tracked = Written::new(&short);
-        patch(&src, &tracked, want.len() as u64, false, None).unwrap();
+        patch(&src, &tracked, len, false, None, Old::Read, RANGE).unwrap();
         assert_eq!(std::fs::read(dir.path().join("short")).unwrap(), want);
         assert_eq!(
             tracked.into_ranges(),
@@ -1260,6 +1369,8 @@ mod tests {
             want.len() as u64,
             false,
             Some(&digests),
+            Old::Read,
+            RANGE,
         )
         .unwrap();
         assert_eq!(written, (PAGE + PIECE / 2 - 100) as u64);
@@ -1286,6 +1397,143 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let meta = dst.metadata().unwrap();
         assert!(meta.blocks() * 512 < meta.len());
+    }
+
+    #[test]
+    fn split_cuts_whole_ranges_and_a_shorter_last_one() {
+        let r = 4 * PAGE as u64;
+        assert_eq!(split(0, r), []);
+        assert_eq!(split(r, r), [(0, r)]);
+        assert_eq!(
+            split(2 * r + 10, r),
+            [(0, r), (r, 2 * r), (2 * r, 2 * r + 10)]
+        );
+    }
+
+    /// For `how` 2, `dst` mapped beforehand, as create's second pass has its copy's files.
+    fn premapped(how: usize, dst: &File) -> Option<sys::Mapped> {
+        let size = dst.metadata().unwrap().len();
+        (how == 2).then(|| sys::Mapped::new(dst, size, true).unwrap())
+    }
+
+    /// The ways [`patch`] reads the old content: by pread (0), through a mapping made then (1)
+    /// or through one made beforehand (2, `pre`).
+    fn old(how: usize, pre: &Option<sys::Mapped>) -> Old<'_> {
+        match how {
+            0 => Old::Read,
+            _ => Old::Map(pre.as_ref()),
+        }
+    }
+
+    /// [`patch`] in ranges of two pages, the copy read each way [`old`] names: pages
+    /// that differ on either side of a range's boundary, in the last short page, and a copy
+    /// shorter or longer than the source come out as the source, with only the differing
+    /// pages written, in place.
+    #[test]
+    fn patch_in_ranges_finds_differences_at_their_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let range = 2 * PAGE as u64;
+        let want: Vec<u8> = (0..9 * PAGE + 100).map(|i| (i % 251) as u8).collect();
+        let src = file_with(dir.path(), "src", &want);
+        for how in 0..3 {
+            let mut have = want.clone();
+            for at in [2 * PAGE - 1, 2 * PAGE, 6 * PAGE - 1, 9 * PAGE + 99] {
+                have[at] ^= 0xff;
+            }
+            let dst = file_with(dir.path(), "dst", &have);
+            let ino = inode(&dir.path().join("dst"));
+            let len = want.len() as u64;
+            let pre = premapped(how, &dst);
+            let tracked = Written::new(&dst);
+            let written = patch(&src, &tracked, len, false, None, old(how, &pre), range).unwrap();
+            assert_eq!(written, (3 * PAGE + 100) as u64, "how: {how}");
+            // Noted from both workers: the pages either side of the boundary merge.
+            let page = PAGE as u64;
+            assert_eq!(
+                tracked.into_ranges(),
+                [(page, 3 * page), (5 * page, 6 * page), (9 * page, len)]
+            );
+            assert_eq!(std::fs::read(dir.path().join("dst")).unwrap(), want);
+            assert_eq!(inode(&dir.path().join("dst")), ino);
+
+            // Shorter: a page differs in the old part, the rest is new.
+            let mut short = want[..3 * PAGE + 10].to_vec();
+            short[PAGE] ^= 1;
+            let dst = file_with(dir.path(), "short", &short);
+            let pre = premapped(how, &dst);
+            let written = patch(
+                &src,
+                &Written::new(&dst),
+                len,
+                false,
+                None,
+                old(how, &pre),
+                range,
+            )
+            .unwrap();
+            assert_eq!(written, PAGE as u64 + len - (3 * PAGE + 10) as u64);
+            assert_eq!(std::fs::read(dir.path().join("short")).unwrap(), want);
+
+            // Longer: cut to the source's length, the pages before the end compared.
+            let mut long = want.clone();
+            long[4 * PAGE] ^= 1;
+            long.extend_from_slice(&[7; 3 * PAGE]);
+            let dst = file_with(dir.path(), "long", &long);
+            let pre = premapped(how, &dst);
+            let written = patch(
+                &src,
+                &Written::new(&dst),
+                len,
+                false,
+                None,
+                old(how, &pre),
+                range,
+            )
+            .unwrap();
+            assert_eq!(written, PAGE as u64);
+            assert_eq!(std::fs::read(dir.path().join("long")).unwrap(), want);
+        }
+    }
+
+    /// A sparse source compared in ranges: data where it has holes is punched out of the
+    /// copy, islands across a range boundary are compared and written, and holes stay holes.
+    #[test]
+    fn patch_in_ranges_keeps_a_sparse_files_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let range = 4 * PAGE as u64;
+        let len = 64 * PAGE as u64;
+        let src_path = dir.path().join("sparse");
+        let src = File::create(&src_path).unwrap();
+        src.set_len(len).unwrap();
+        // An island across the boundary between the second and third ranges.
+        src.write_all_at(&[1; 2 * PAGE], 7 * PAGE as u64).unwrap();
+        src.write_all_at(b"tail", len - 4).unwrap();
+        drop(src);
+        let src = File::open(&src_path).unwrap();
+        let want = std::fs::read(&src_path).unwrap();
+        for how in 0..3 {
+            // The copy, as it was: dense where the source now has holes, and one page of the
+            // island older.
+            let mut have = vec![3u8; len as usize];
+            have[7 * PAGE..9 * PAGE].fill(1);
+            have[8 * PAGE + 5] = 0;
+            let dst = file_with(dir.path(), "copy", &have);
+            let pre = premapped(how, &dst);
+            patch(
+                &src,
+                &Written::new(&dst),
+                len,
+                true,
+                None,
+                old(how, &pre),
+                range,
+            )
+            .unwrap();
+            assert_eq!(std::fs::read(dir.path().join("copy")).unwrap(), want);
+            let meta = dst.metadata().unwrap();
+            assert!(meta.blocks() * 512 < meta.len() / 2, "how: {how}");
+        }
     }
 
     #[test]

@@ -445,6 +445,57 @@ pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     Ok(rfs::fallocate(file, mode, offset, len)?)
 }
 
+/// The first bytes of a file, mapped read-only and shared (reads go straight to the page
+/// cache, with no copy into a buffer), unmapped when dropped. Only for files that no other
+/// process writes or truncates (a snapshot's own copy in the store): touching a mapped page
+/// past the end of a file truncated meanwhile raises SIGBUS, which kills the process.
+pub struct Mapped {
+    at: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: read-only memory, unmapped only by its owner's drop.
+unsafe impl Send for Mapped {}
+// SAFETY: as above; nothing is written through the mapping.
+unsafe impl Sync for Mapped {}
+
+impl Mapped {
+    /// The first `len` bytes of `file` (at least one, and no more than it holds); with
+    /// `fault_in`, every page is mapped at once rather than as it is first read.
+    pub fn new(file: &File, len: u64, fault_in: bool) -> io::Result<Mapped> {
+        let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        use rustix::mm::{MapFlags, ProtFlags, mmap};
+        let mut flags = MapFlags::SHARED;
+        if fault_in {
+            flags |= MapFlags::POPULATE;
+        }
+        // SAFETY: a new mapping, placed by the kernel where nothing else is mapped.
+        let at = unsafe { mmap(std::ptr::null_mut(), len, ProtFlags::READ, flags, file, 0) }?;
+        let at = std::ptr::NonNull::new(at.cast()).ok_or(io::ErrorKind::InvalidData)?;
+        Ok(Mapped { at, len })
+    }
+
+    /// How many bytes are mapped.
+    pub fn size(&self) -> u64 {
+        self.len as u64
+    }
+
+    /// The mapped bytes `[from, from + len)`. The file's own writes show in them: a slice is
+    /// not to be kept across a write to the file.
+    pub fn bytes(&self, from: usize, len: usize) -> &[u8] {
+        assert!(from.checked_add(len).is_some_and(|end| end <= self.len));
+        // SAFETY: within the mapping, which lives as long as `self`; readable, as mapped.
+        unsafe { std::slice::from_raw_parts(self.at.as_ptr().add(from), len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, which no slice outlives (they borrow `self`).
+        let _ = unsafe { rustix::mm::munmap(self.at.as_ptr().cast(), self.len) };
+    }
+}
+
 /// The layout of the kernel's `struct file_clone_range`, FICLONERANGE's argument.
 #[repr(C)]
 struct FileCloneRange {

@@ -107,6 +107,7 @@ fn delta(
         by_content: ctx.by_content,
         observer: ctx.observer,
         recheck: false,
+        mapped: None,
         before_change: &|read| {
             fetch(read)?;
             ctx.changing()

@@ -90,6 +90,7 @@ impl Mode for Reflink {
             by_content: false,
             observer: ctx.observer,
             recheck: false,
+            mapped: None,
             before_change: &|_| Ok(()),
         }
         .apply()?;

@@ -573,6 +573,7 @@ fn materialize(payload: &Path, manifest: &Manifest, source: &dyn Source) -> Resu
         content: Copying::Copy,
         by_content: false,
         recheck: false,
+        mapped: None,
         // The pull's bar counts packs downloaded, which the build follows.
         observer: &crate::observe::Unobserved,
         before_change: &|_| Ok(()),
