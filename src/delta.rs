@@ -1456,21 +1456,17 @@ mod tests {
             assert_eq!(std::fs::read(dir.path().join("dst")).unwrap(), want);
             assert_eq!(inode(&dir.path().join("dst")), ino);
 
+            // The file `name` holding `have`, patched from `src`: the bytes written.
+            let patched = |name: &str, have: &[u8]| {
+                let dst = file_with(dir.path(), name, have);
+                let pre = premapped(how, &dst);
+                let tracked = Written::new(&dst);
+                patch(&src, &tracked, len, false, None, old(how, &pre), range).unwrap()
+            };
             // Shorter: a page differs in the old part, the rest is new.
             let mut short = want[..3 * PAGE + 10].to_vec();
             short[PAGE] ^= 1;
-            let dst = file_with(dir.path(), "short", &short);
-            let pre = premapped(how, &dst);
-            let written = patch(
-                &src,
-                &Written::new(&dst),
-                len,
-                false,
-                None,
-                old(how, &pre),
-                range,
-            )
-            .unwrap();
+            let written = patched("short", &short);
             assert_eq!(written, PAGE as u64 + len - (3 * PAGE + 10) as u64);
             assert_eq!(std::fs::read(dir.path().join("short")).unwrap(), want);
 
@@ -1478,19 +1474,7 @@ mod tests {
             let mut long = want.clone();
             long[4 * PAGE] ^= 1;
             long.extend_from_slice(&[7; 3 * PAGE]);
-            let dst = file_with(dir.path(), "long", &long);
-            let pre = premapped(how, &dst);
-            let written = patch(
-                &src,
-                &Written::new(&dst),
-                len,
-                false,
-                None,
-                old(how, &pre),
-                range,
-            )
-            .unwrap();
-            assert_eq!(written, PAGE as u64);
+            assert_eq!(patched("long", &long), PAGE as u64);
             assert_eq!(std::fs::read(dir.path().join("long")).unwrap(), want);
         }
     }

@@ -202,13 +202,25 @@ fn num(doc: &serde_json::Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} in {doc}"))
 }
 
+/// A new `file://` archive (gone with the directory) and its url.
+fn archive() -> (tempfile::TempDir, String) {
+    let archive = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", archive.path().display());
+    (archive, url)
+}
+
+/// A sample runner of `nodes` nodes and `size` bytes whose remote is `url`.
+fn runner_on(url: &str, nodes: u32, size: u64) -> Env {
+    let env = Env::sample(nodes, size);
+    env.set("remote", url);
+    env
+}
+
 /// A `file://` archive (gone with the directory returned first), its url, and the tree of
 /// `clean_state` that a sample runner of `nodes` nodes and `size` bytes pushed to it.
 fn pushed_to_an_archive(nodes: u32, size: u64) -> (tempfile::TempDir, String, String) {
-    let archive = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", archive.path().display());
-    let a = Env::sample(nodes, size);
-    a.set("remote", &url);
+    let (archive, url) = archive();
+    let a = runner_on(&url, nodes, size);
     run(&a, &["create"], 0);
     let clean = treestate(&a.data());
     run(&a, &["push"], 0);
@@ -470,8 +482,7 @@ fn a_damaged_pack_is_named_and_nothing_changes() {
     bytes[middle] ^= 0xff;
     std::fs::write(&pack, bytes).unwrap();
 
-    let b = Env::sample(2, 8 << 20);
-    b.set("remote", &url);
+    let b = runner_on(&url, 2, 8 << 20);
     let before = store_listing(&b);
     let (_, err) = run(&b, &["pull"], 1);
     let name = pack.file_name().unwrap().to_string_lossy().into_owned();
@@ -504,10 +515,8 @@ fn count(archive: &Path, dir: &str) -> usize {
 
 #[test]
 fn remote_prune_keeps_the_newest_and_removes_only_unreferenced_old_packs() {
-    let archive = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", archive.path().display());
-    let a = Env::sample(2, 8 << 20);
-    a.set("remote", &url);
+    let (archive, url) = archive();
+    let a = runner_on(&url, 2, 8 << 20);
     run(&a, &["create", "one"], 0);
     run(&a, &["push", "one"], 0);
     a.suite(2);
@@ -531,8 +540,7 @@ fn remote_prune_keeps_the_newest_and_removes_only_unreferenced_old_packs() {
     assert_eq!(packs(), before);
 
     // "two" is whole on the remote.
-    let b = Env::sample(2, 8 << 20);
-    b.set("remote", &url);
+    let b = runner_on(&url, 2, 8 << 20);
     run(&b, &["pull", "two"], 0);
     run(&b, &["verify", "two"], 0);
 
@@ -564,8 +572,7 @@ fn remote_prune_keeps_the_newest_and_removes_only_unreferenced_old_packs() {
     );
     assert!(packs() < before);
     assert_eq!(count(archive.path(), "condemned"), 0);
-    let c = Env::sample(2, 8 << 20);
-    c.set("remote", &url);
+    let c = runner_on(&url, 2, 8 << 20);
     run(&c, &["pull", "one"], 0);
     run(&c, &["verify", "one"], 0);
 }
@@ -574,10 +581,8 @@ fn remote_prune_keeps_the_newest_and_removes_only_unreferenced_old_packs() {
 /// prune only condemns them, and the prune after the grace period keeps the ones it needs.
 #[test]
 fn a_prune_during_a_push_never_removes_what_the_push_refers_to() {
-    let archive = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", archive.path().display());
-    let a = Env::sample(2, 8 << 20);
-    a.set("remote", &url);
+    let (archive, url) = archive();
+    let a = runner_on(&url, 2, 8 << 20);
     run(&a, &["create", "one"], 0);
     let clean = treestate(&a.data());
     let first = json(&a, &["push", "one"], 0);
@@ -591,8 +596,7 @@ fn a_prune_during_a_push_never_removes_what_the_push_refers_to() {
     age(archive.path(), "condemned");
     let swept = json(&a, &["prune", "--remote"], 0);
     assert_eq!(num(&swept, "packs_removed"), 0, "{swept}");
-    let b = Env::sample(2, 8 << 20);
-    b.set("remote", &url);
+    let b = runner_on(&url, 2, 8 << 20);
     run(&b, &["pull", "one"], 0);
     run(&b, &["restore", "one"], 0);
     assert_same_tree(&treestate(&b.data()), &clean);
@@ -611,10 +615,8 @@ fn a_prune_during_a_push_never_removes_what_the_push_refers_to() {
 /// pack, and the old pack goes after the grace period, freeing the rest.
 #[test]
 fn remote_prune_repacks_mostly_unused_packs() {
-    let archive = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", archive.path().display());
-    let a = Env::sample(2, 8 << 20);
-    a.set("remote", &url);
+    let (archive, url) = archive();
+    let a = runner_on(&url, 2, 8 << 20);
     run(&a, &["create", "one"], 0);
     run(&a, &["push", "one"], 0);
     // Every file but the smallest gets new content: "one"'s pack is mostly unneeded by "two".
@@ -648,8 +650,7 @@ fn remote_prune_repacks_mostly_unused_packs() {
     let swept = json(&a, &["prune", "--remote"], 0);
     assert!(num(&swept, "packs_removed") >= 1, "{swept}");
     assert!(bytes() < before, "{} of {before}", bytes());
-    let b = Env::sample(2, 8 << 20);
-    b.set("remote", &url);
+    let b = runner_on(&url, 2, 8 << 20);
     run(&b, &["pull", "two"], 0);
     run(&b, &["restore", "two"], 0);
     assert_same_tree(&treestate(&b.data()), &clean);
@@ -672,10 +673,8 @@ fn credentials_the_server_refuses_are_one_line_and_exit_3() {
 
 #[test]
 fn a_squashfs_snapshot_is_pushed_from_its_image() {
-    let archive = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", archive.path().display());
-    let a = Env::sample(2, 8 << 20);
-    a.set("remote", &url);
+    let (_archive, url) = archive();
+    let a = runner_on(&url, 2, 8 << 20);
     a.set("mode", "squashfs");
     a.set("squashfs_compression", "zstd");
     run(&a, &["create"], 0);
@@ -683,8 +682,7 @@ fn a_squashfs_snapshot_is_pushed_from_its_image() {
     let pushed = json(&a, &["push"], 0);
     assert_eq!(num(&pushed, "bytes_read"), num(&pushed, "bytes"));
 
-    let b = Env::sample(2, 8 << 20);
-    b.set("remote", &url);
+    let b = runner_on(&url, 2, 8 << 20);
     b.set("mode", "squashfs");
     b.suite(3);
     run(&b, &["pull"], 0);
@@ -763,10 +761,8 @@ fn recreate_and_disabled_refuse_to_pull_before_anything_moves() {
 
 #[test]
 fn push_and_pull_draw_a_bar_on_a_terminal() {
-    let archive = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", archive.path().display());
-    let a = Env::sample(2, 8 << 20);
-    a.set("remote", &url);
+    let (_archive, url) = archive();
+    let a = runner_on(&url, 2, 8 << 20);
     run(&a, &["create"], 0);
     let screen = a.on_terminal("push", &[]);
     // The bar, however briefly (a small push ends before it shows a share).
@@ -775,8 +771,7 @@ fn push_and_pull_draw_a_bar_on_a_terminal() {
         "{screen}"
     );
     assert!(screen.contains("pushed clean_state"), "{screen}");
-    let b = Env::sample(2, 8 << 20);
-    b.set("remote", &url);
+    let b = runner_on(&url, 2, 8 << 20);
     let screen = b.on_terminal("pull", &[]);
     assert!(screen.contains("pull clean_state"), "{screen}");
     assert!(screen.contains("pulled clean_state"), "{screen}");
