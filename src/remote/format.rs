@@ -28,8 +28,10 @@ use crate::manifest::Name;
 pub const PIECE: usize = 64 << 10;
 
 /// A pack is uploaded once its compressed pieces reach this size: few requests for many
-/// small pieces, and little to redo when a transfer fails.
-pub const PACK_TARGET: usize = 16 << 20;
+/// small pieces, and little to redo when a transfer fails. The last pack goes up after the
+/// last piece is read, and a push that finds little changed mostly waits for it: 8 MiB
+/// halves that wait of 16 MiB packs.
+pub const PACK_TARGET: usize = 8 << 20;
 
 /// Version of the objects' layout; readers refuse newer ones.
 pub const FORMAT: u32 = 1;
