@@ -537,6 +537,33 @@ fn remote_prune_keeps_the_newest_and_removes_only_unreferenced_old_packs() {
 }
 
 #[test]
+fn a_pack_removed_while_a_push_counts_on_it_fails_the_push_and_publishes_nothing() {
+    let archive = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", archive.path().display());
+    let a = Env::sample(2, 8 << 20);
+    a.set("remote", &url);
+    run(&a, &["create", "one"], 0);
+    run(&a, &["push", "one"], 0);
+    let first: Vec<PathBuf> = std::fs::read_dir(archive.path().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    a.suite(2);
+    run(&a, &["create", "two"], 0);
+    // Past reading the indexes (it reuses the first push's packs for what the suite left
+    // alone), uploading the pieces the suite changed: a prune removes the first's packs.
+    let pushing = paused(&a, &["push", "two"], "remote_push_pack");
+    for pack in &first {
+        std::fs::remove_file(pack).unwrap();
+    }
+    let (_, err) = common::texts(&pushing.finish().code(1));
+    assert!(err.contains("was removed meanwhile"), "{err}");
+    let listed = json(&a, &["list", "--remote"], 0);
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["snapshots"][0]["name"], "one");
+}
+
+#[test]
 fn credentials_the_server_refuses_are_one_line_and_exit_3() {
     // moto checks credentials against its IAM users after the first N requests (here the
     // bucket's creation); the test's keys belong to none.

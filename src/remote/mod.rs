@@ -295,27 +295,36 @@ pub fn push(
             remote.url
         ))
     })?;
-    if let Some(index) = objects.index {
-        pushed.bytes_uploaded += index.len() as u64;
-        let id = blake3::hash(&index).to_hex().to_string();
-        remote.put(&remote.key(INDEX, &id), index)?;
-    }
-    // A prune may have removed a pack this push counted on since its indexes were read.
-    if !reused.is_empty() {
-        let there: HashSet<String> = remote
-            .list(PACKS)?
-            .iter()
-            .map(|o| Remote::base_name(&o.location))
-            .collect();
-        if let Some(pack) = reused.iter().find(|p| !there.contains(**p)) {
-            return Err(fail(
-                Code::Failure,
-                format!(
-                    "push of {name} stopped: pack {pack} on {} was removed meanwhile (a prune); {name} there is unchanged; push again",
-                    remote.url
-                ),
-            ));
-        }
+    // At once: the index, and one listing to check that no prune removed a pack this push
+    // counted on since it read the indexes.
+    let (put, there) = std::thread::scope(|s| {
+        let there = s.spawn(|| -> Result<HashSet<String>> {
+            if reused.is_empty() {
+                return Ok(HashSet::new());
+            }
+            let listed = remote.list(PACKS)?;
+            Ok(listed
+                .iter()
+                .map(|o| Remote::base_name(&o.location))
+                .collect())
+        });
+        let put = objects.index.map_or(Ok(0), |index| {
+            let id = blake3::hash(&index).to_hex().to_string();
+            let len = index.len() as u64;
+            remote.put(&remote.key(INDEX, &id), index).map(|()| len)
+        });
+        (put, there.join().expect("listing packs does not panic"))
+    });
+    pushed.bytes_uploaded += put?;
+    let there = there?;
+    if let Some(pack) = reused.iter().find(|p| !there.contains(**p)) {
+        return Err(fail(
+            Code::Failure,
+            format!(
+                "push of {name} stopped: pack {pack} on {} was removed meanwhile (a prune); {name} there is unchanged; push again",
+                remote.url
+            ),
+        ));
     }
     pushed.bytes_uploaded += objects.snapshot.len() as u64;
     crate::testhook::pause("remote_push_snapshot");
