@@ -359,6 +359,24 @@ fn a_network_cut_mid_push_leaves_the_remote_version_whole() {
 }
 
 #[test]
+fn a_network_cut_mid_first_push_ends_it() {
+    let moto = Moto::start();
+    moto.bucket(BUCKET);
+    let proxy = Proxy::to(moto.port);
+    // Many more packs than the uploads in flight and the queue hold.
+    let a = Env::sample(2, 256 << 20);
+    point_at(&a, proxy.port);
+    run(&a, &["create"], 0);
+    let pushing = paused(&a, &["push"], "remote_push_pack");
+    proxy.cut();
+    let (_, err) = common::texts(&pushing.finish().code(1));
+    assert!(err.contains(&format!("127.0.0.1:{}", proxy.port)), "{err}");
+    point_at(&a, moto.port);
+    let listed = json(&a, &["list", "--remote"], 0);
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 0, "{listed}");
+}
+
+#[test]
 fn a_network_cut_mid_pull_changes_nothing_and_the_next_pull_fetches_the_rest() {
     let moto = Moto::start();
     moto.bucket(BUCKET);

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -194,21 +194,31 @@ pub fn push(
     let uploaded = AtomicU64::new(0);
     let (send, receive) = std::sync::mpsc::sync_channel::<(Vec<u8>, String)>(client::PARALLEL);
     let receive = Mutex::new(receive);
+    let failed = AtomicBool::new(false);
     let objects = std::thread::scope(|s| -> Result<_> {
+        // Once an upload fails the rest are dropped, but the queue is still emptied: the
+        // readers would wait forever on a full one.
         let uploaders: Vec<_> = (0..client::PARALLEL)
             .map(|_| {
                 s.spawn(|| -> Result<()> {
+                    let mut result = Ok(());
                     loop {
                         let next = receive.lock().expect("queue lock").recv();
-                        let Ok((bytes, id)) = next else { return Ok(()) };
-                        crate::testhook::pause("remote_push_pack");
-                        remote.put(&remote.key(PACKS, &id), bytes)?;
+                        let Ok((bytes, id)) = next else { return result };
+                        if !failed.load(Ordering::Relaxed) {
+                            crate::testhook::pause("remote_push_pack");
+                            result = remote.put(&remote.key(PACKS, &id), bytes);
+                            failed.fetch_or(result.is_err(), Ordering::Relaxed);
+                        }
                     }
                 })
             })
             .collect();
         let packs = Mutex::new(Vec::new());
         let ship = |packer: Packer| {
+            if failed.load(Ordering::Relaxed) {
+                return Err(remote.failed("uploading packs", "an upload stopped"));
+            }
             let (bytes, entry) = packer.finish();
             uploaded.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             let id = entry.id.clone();
