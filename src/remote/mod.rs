@@ -194,10 +194,10 @@ pub fn push(
     let uploaded = AtomicU64::new(0);
     let (send, receive) = std::sync::mpsc::sync_channel::<(Vec<u8>, String)>(client::PARALLEL);
     let receive = Mutex::new(receive);
-    let failed = AtomicBool::new(false);
+    // Set by the first upload or read that fails: the other threads drop the rest.
+    let stopped = AtomicBool::new(false);
     let objects = std::thread::scope(|s| -> Result<_> {
-        // Once an upload fails the rest are dropped, but the queue is still emptied: the
-        // readers would wait forever on a full one.
+        // Once stopped, the queue is still emptied: the readers would wait on a full one.
         let uploaders: Vec<_> = (0..client::PARALLEL)
             .map(|_| {
                 s.spawn(|| -> Result<()> {
@@ -205,10 +205,10 @@ pub fn push(
                     loop {
                         let next = receive.lock().expect("queue lock").recv();
                         let Ok((bytes, id)) = next else { return result };
-                        if !failed.load(Ordering::Relaxed) {
+                        if !stopped.load(Ordering::Relaxed) {
                             crate::testhook::pause("remote_push_pack");
                             result = remote.put(&remote.key(PACKS, &id), bytes);
-                            failed.fetch_or(result.is_err(), Ordering::Relaxed);
+                            stopped.fetch_or(result.is_err(), Ordering::Relaxed);
                         }
                     }
                 })
@@ -216,9 +216,6 @@ pub fn push(
             .collect();
         let packs = Mutex::new(Vec::new());
         let ship = |packer: Packer| {
-            if failed.load(Ordering::Relaxed) {
-                return Err(remote.failed("uploading packs", "an upload stopped"));
-            }
             let (bytes, entry) = packer.finish();
             uploaded.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             let id = entry.id.clone();
@@ -228,44 +225,51 @@ pub fn push(
         };
         // Read, hashed and compressed on every core.
         let read = crate::parallel::each(runs, Reader::default, |reader, run| {
-            crate::signals::check()?;
-            let entry = files[run.file];
-            let file = source.open(entry)?;
-            let mut found = Vec::with_capacity(run.pieces.len());
-            for i in run.pieces.clone() {
-                let n = piece_len(entry, i);
-                reader.buf.resize(n, 0);
-                file.fill(&mut reader.buf, (i * PIECE) as u64)?;
-                reader.bytes_read += n as u64;
-                let digest = *blake3::hash(&reader.buf).as_bytes();
-                found.push(digest);
-                if let Some(location) = known.get(&digest) {
-                    reader.reused.insert(&location.pack);
-                } else if queued
-                    .lock()
-                    .expect("no panics while locked")
-                    .insert(digest)
-                {
-                    let stored = format::compress(&reader.buf);
-                    reader.pieces_uploaded += 1;
-                    let mut packer = packer.lock().expect("no panics while locked");
-                    packer.add(digest, &stored, n);
-                    if packer.full() {
-                        // Sent without the lock: the queue may make this thread wait.
-                        let full = std::mem::take(&mut *packer);
-                        drop(packer);
-                        ship(full)?;
+            if stopped.load(Ordering::Relaxed) {
+                return Ok(()); // the failure is told by its own thread
+            }
+            let result = (|| -> Result<()> {
+                crate::signals::check()?;
+                let entry = files[run.file];
+                let file = source.open(entry)?;
+                let mut found = Vec::with_capacity(run.pieces.len());
+                for i in run.pieces.clone() {
+                    let n = piece_len(entry, i);
+                    reader.buf.resize(n, 0);
+                    file.fill(&mut reader.buf, (i * PIECE) as u64)?;
+                    reader.bytes_read += n as u64;
+                    let digest = *blake3::hash(&reader.buf).as_bytes();
+                    found.push(digest);
+                    if let Some(location) = known.get(&digest) {
+                        reader.reused.insert(&location.pack);
+                    } else if queued
+                        .lock()
+                        .expect("no panics while locked")
+                        .insert(digest)
+                    {
+                        let stored = format::compress(&reader.buf);
+                        reader.pieces_uploaded += 1;
+                        let mut packer = packer.lock().expect("no panics while locked");
+                        packer.add(digest, &stored, n);
+                        if packer.full() {
+                            // Sent without the lock: the queue may make this thread wait.
+                            let full = std::mem::take(&mut *packer);
+                            drop(packer);
+                            ship(full)?;
+                        }
                     }
                 }
-            }
-            let n = run
-                .pieces
-                .clone()
-                .map(|i| piece_len(entry, i) as u64)
-                .sum::<u64>();
-            progress(done.fetch_add(n, Ordering::Relaxed) + n, pushed.bytes);
-            reader.found.push((run, found));
-            Ok(())
+                let n = run
+                    .pieces
+                    .clone()
+                    .map(|i| piece_len(entry, i) as u64)
+                    .sum::<u64>();
+                progress(done.fetch_add(n, Ordering::Relaxed) + n, pushed.bytes);
+                reader.found.push((run, found));
+                Ok(())
+            })();
+            stopped.fetch_or(result.is_err(), Ordering::Relaxed);
+            result
         });
         let packed = read.and_then(|readers| {
             let last = std::mem::take(&mut *packer.lock().expect("no panics while locked"));
@@ -288,9 +292,12 @@ pub fn push(
         let packs = packs.into_inner().expect("no panics while locked");
         pushed.packs_uploaded = packs.len() as u64;
         pushed.bytes_uploaded = uploaded.load(Ordering::Relaxed);
-        // While the last packs upload: the index and the snapshot object.
-        let objects =
-            packed.and_then(|()| encode_objects(snapshot, &manifest, &files, &digests, packs));
+        // While the last packs upload: the index and the snapshot object (unless an upload
+        // failed, and the reading stopped: that error is told below).
+        let objects = packed.and_then(|()| {
+            anyhow::ensure!(!stopped.load(Ordering::Relaxed), "an upload stopped");
+            encode_objects(snapshot, &manifest, &files, &digests, packs)
+        });
         let uploaded: Result<Vec<()>> = uploaders
             .into_iter()
             .map(|u| u.join().expect("upload threads do not panic"))
