@@ -371,6 +371,24 @@ fn a_network_cut_mid_push_leaves_the_remote_version_whole() {
 }
 
 #[test]
+fn a_network_cut_mid_first_push_ends_it() {
+    let moto = Moto::start();
+    moto.bucket(BUCKET);
+    let proxy = Proxy::to(moto.port);
+    // Many more packs than the uploads in flight and the queue hold.
+    let a = Env::sample(2, 256 << 20);
+    point_at(&a, proxy.port);
+    run(&a, &["create"], 0);
+    let pushing = paused(&a, &["push"], "remote_push_pack");
+    proxy.cut();
+    let (_, err) = common::texts(&pushing.finish().code(1));
+    assert!(err.contains(&format!("127.0.0.1:{}", proxy.port)), "{err}");
+    point_at(&a, moto.port);
+    let listed = json(&a, &["list", "--remote"], 0);
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 0, "{listed}");
+}
+
+#[test]
 fn a_network_cut_mid_pull_changes_nothing_and_the_next_pull_fetches_the_rest() {
     let moto = Moto::start();
     moto.bucket(BUCKET);
@@ -654,6 +672,33 @@ fn remote_prune_repacks_mostly_unused_packs() {
     run(&b, &["pull", "two"], 0);
     run(&b, &["restore", "two"], 0);
     assert_same_tree(&treestate(&b.data()), &clean);
+}
+
+#[test]
+fn a_pack_removed_while_a_push_counts_on_it_fails_the_push_and_publishes_nothing() {
+    let archive = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", archive.path().display());
+    let a = Env::sample(2, 8 << 20);
+    a.set("remote", &url);
+    run(&a, &["create", "one"], 0);
+    run(&a, &["push", "one"], 0);
+    let first: Vec<PathBuf> = std::fs::read_dir(archive.path().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    a.suite(2);
+    run(&a, &["create", "two"], 0);
+    // Past reading the indexes (it reuses the first push's packs for what the suite left
+    // alone), uploading the pieces the suite changed: a prune removes the first's packs.
+    let pushing = paused(&a, &["push", "two"], "remote_push_pack");
+    for pack in &first {
+        std::fs::remove_file(pack).unwrap();
+    }
+    let (_, err) = common::texts(&pushing.finish().code(1));
+    assert!(err.contains("was removed meanwhile"), "{err}");
+    let listed = json(&a, &["list", "--remote"], 0);
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["snapshots"][0]["name"], "one");
 }
 
 #[test]

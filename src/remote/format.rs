@@ -32,8 +32,10 @@ use crate::manifest::Name;
 pub const PIECE: usize = 64 << 10;
 
 /// A pack is uploaded once its compressed pieces reach this size: few requests for many
-/// small pieces, and little to redo when a transfer fails.
-pub const PACK_TARGET: usize = 16 << 20;
+/// small pieces, and little to redo when a transfer fails. The last pack goes up after the
+/// last piece is read, and a push that finds little changed mostly waits for it: 8 MiB
+/// halves that wait of 16 MiB packs.
+pub const PACK_TARGET: usize = 8 << 20;
 
 /// Version of the objects' layout; readers refuse newer ones.
 pub const FORMAT: u32 = 1;
@@ -164,10 +166,12 @@ impl IndexObject {
     }
 }
 
-/// JSON, zstd-compressed: how every object but a pack is stored.
+/// JSON, zstd-compressed: how every object but a pack is stored. Level 1: on a snapshot
+/// object of 20 000 files it compresses as well as level 3 in half the time, which a push
+/// that finds little changed spends mostly here.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let json = serde_json::to_vec(value).expect("remote objects serialize");
-    zstd::bulk::compress(&json, 3).expect("compressing in memory does not fail")
+    zstd::bulk::compress(&json, 1).expect("compressing in memory does not fail")
 }
 
 /// Objects larger than this are refused before they are decompressed: the remote is input.
@@ -207,6 +211,19 @@ pub fn unpack(stored: &[u8], location: &Location, digest: &Digest) -> Result<Vec
     Ok(plain)
 }
 
+/// A piece's content as a pack stores it.
+pub fn compress(plain: &[u8]) -> Vec<u8> {
+    thread_local! {
+        // One context per thread, as `unpack` keeps: making one per 64 KiB piece is wasted work.
+        static COMPRESSOR: RefCell<zstd::bulk::Compressor<'static>> = RefCell::new(
+            zstd::bulk::Compressor::new(1).expect("a zstd context needs only memory"),
+        );
+    }
+    COMPRESSOR
+        .with_borrow_mut(|compressor| compressor.compress(plain))
+        .expect("compressing in memory does not fail")
+}
+
 /// Pieces collected into one pack before it is uploaded.
 #[derive(Default)]
 pub struct Packer {
@@ -215,24 +232,15 @@ pub struct Packer {
 }
 
 impl Packer {
-    /// Adds a piece's content, compressed.
-    pub fn add(&mut self, digest: Digest, plain: &[u8]) {
-        thread_local! {
-            // One context per thread, as `unpack` keeps: making one per 64 KiB piece is wasted work.
-            static COMPRESSOR: RefCell<zstd::bulk::Compressor<'static>> = RefCell::new(
-                zstd::bulk::Compressor::new(1).expect("a zstd context needs only memory"),
-            );
-        }
-        let stored = COMPRESSOR
-            .with_borrow_mut(|compressor| compressor.compress(plain))
-            .expect("compressing in memory does not fail");
+    /// Adds a piece of `size` bytes, [`compress`]ed to `stored`.
+    pub fn add(&mut self, digest: Digest, stored: &[u8], size: usize) {
         self.pieces.push((
             digest,
             self.bytes.len() as u64,
             stored.len() as u32,
-            plain.len() as u32,
+            size as u32,
         ));
-        self.bytes.extend_from_slice(&stored);
+        self.bytes.extend_from_slice(stored);
     }
 
     pub fn full(&self) -> bool {

@@ -101,11 +101,19 @@ impl Previous {
     pub fn find(store: &Store, snapshot: &Snapshot, allowed: &Allowed) -> Previous {
         let others = store.list().map(|(s, _)| s).unwrap_or_default();
         for candidate in std::iter::once(snapshot).chain(&others) {
-            let content = read_content(candidate);
-            if content.is_empty() {
+            if !candidate.dir.join(CONTENT_FILE).exists() {
                 continue;
             }
-            let Ok(manifest) = candidate.manifest_with_pieces(allowed) else {
+            // At once: each is about half the work on 20 000 files.
+            let (content, manifest) = std::thread::scope(|s| {
+                let manifest = s.spawn(|| candidate.manifest_with_pieces(allowed));
+                let content = read_content(candidate);
+                (
+                    content,
+                    manifest.join().expect("reading a manifest does not panic"),
+                )
+            });
+            let (false, Ok(manifest)) = (content.is_empty(), manifest) else {
                 continue;
             };
             let mut files = HashMap::new();

@@ -5,6 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -13,7 +15,7 @@ use serde::Serialize;
 use crate::choices::ModeKind;
 use crate::delta::{Content as Copying, Delta, Source};
 use crate::exit::{Code, fail};
-use crate::manifest::{Allowed, Kind, Manifest};
+use crate::manifest::{Allowed, Entry, Kind, Manifest};
 use crate::store::{Lock, Meta, Snapshot, Store};
 
 mod client;
@@ -194,111 +196,167 @@ pub fn push(
 ) -> Result<Pushed> {
     let started = Instant::now();
     let name = &snapshot.meta.name;
-    let manifest = snapshot.manifest_with_pieces(allowed)?;
     let key = remote.key(SNAPSHOTS, name);
-    let seen = remote.version(&key)?;
-    let known = Catalog::load(remote)?.reusable();
-    let previous = local::Previous::find(store, snapshot, allowed);
+    // Independent, and each a good part of a push that finds little changed: this
+    // snapshot's manifest, the previous snapshot's records, the remote's pieces.
+    let (manifest, previous, on_remote) = std::thread::scope(|s| {
+        let previous = s.spawn(|| local::Previous::find(store, snapshot, allowed));
+        let on_remote = s.spawn(|| -> Result<_> {
+            let seen = remote.version(&key)?;
+            Ok((seen, Catalog::load(remote)?.reusable()))
+        });
+        let manifest = snapshot.manifest_with_pieces(allowed);
+        (
+            manifest,
+            previous
+                .join()
+                .expect("finding the previous snapshot does not panic"),
+            on_remote.join().expect("reading the remote does not panic"),
+        )
+    });
+    let manifest = manifest?;
+    let (seen, known) = on_remote?;
+    let files: Vec<&Entry> = manifest
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::File && e.size > 0)
+        .collect();
     let mut pushed = Pushed {
         name: name.clone(),
         remote: remote.url.to_string(),
         pieces: 0,
         pieces_uploaded: 0,
-        bytes: 0,
+        bytes: files.iter().map(|e| e.size).sum(),
         bytes_read: 0,
         bytes_uploaded: 0,
         packs_uploaded: 0,
         seconds: 0.0,
     };
-    let mut content = Vec::new();
-    let mut packs = Vec::new();
-    let mut reused = HashSet::new();
+    let Plan {
+        mut digests,
+        runs,
+        mut reused,
+        done,
+    } = plan(&files, &previous, &known);
+    pushed.pieces = digests.iter().map(|d| d.len() as u64).sum();
+    progress(done, pushed.bytes);
+    let done = AtomicU64::new(done);
+    let queued: Mutex<HashSet<Digest>> = Mutex::default();
+    let packer = Mutex::new(Packer::default());
+    let uploaded = AtomicU64::new(0);
     let (send, receive) = std::sync::mpsc::sync_channel::<(Vec<u8>, String)>(client::PARALLEL);
-    let receive = std::sync::Mutex::new(receive);
-    std::thread::scope(|s| -> Result<()> {
+    let receive = Mutex::new(receive);
+    // Set by the first upload or read that fails: the other threads drop the rest.
+    let stopped = AtomicBool::new(false);
+    let objects = std::thread::scope(|s| -> Result<_> {
+        // Once stopped, the queue is still emptied: the readers would wait on a full one.
         let uploaders: Vec<_> = (0..client::PARALLEL)
             .map(|_| {
                 s.spawn(|| -> Result<()> {
+                    let mut result = Ok(());
                     loop {
                         let next = receive.lock().expect("queue lock").recv();
-                        let Ok((bytes, id)) = next else { return Ok(()) };
-                        crate::testhook::pause("remote_push_pack");
-                        remote.put(&remote.key(PACKS, &id), bytes)?;
+                        let Ok((bytes, id)) = next else { return result };
+                        if !stopped.load(Ordering::Relaxed) {
+                            crate::testhook::pause("remote_push_pack");
+                            result = remote.put(&remote.key(PACKS, &id), bytes);
+                            stopped.fetch_or(result.is_err(), Ordering::Relaxed);
+                        }
                     }
                 })
             })
             .collect();
-        let packed = (|| -> Result<()> {
-            let mut packer = Packer::default();
-            let mut queued: HashSet<Digest> = HashSet::new();
-            let mut buf = vec![0u8; PIECE];
-            for entry in manifest
-                .entries
-                .iter()
-                .filter(|e| e.kind == Kind::File && e.size > 0)
-            {
+        let packs = Mutex::new(Vec::new());
+        let ship = |packer: Packer| {
+            let (bytes, entry) = packer.finish();
+            uploaded.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            let id = entry.id.clone();
+            packs.lock().expect("no panics while locked").push(entry);
+            send.send((bytes, id))
+                .map_err(|_| remote.failed("uploading packs", "an upload stopped"))
+        };
+        // Read, hashed and compressed on every core.
+        let read = crate::parallel::each(runs, Reader::default, |reader, run| {
+            if stopped.load(Ordering::Relaxed) {
+                return Ok(()); // the failure is told by its own thread
+            }
+            let result = (|| -> Result<()> {
                 crate::signals::check()?;
-                let count = entry.size.div_ceil(PIECE as u64) as usize;
-                let mut digests = String::with_capacity(64 * count);
-                let unchanged = previous.unchanged(entry, &known);
-                let mut file = None;
-                for i in 0..count {
-                    let at = (i * PIECE) as u64;
-                    if let Some(digest) = unchanged.get(i).copied().flatten() {
-                        digests.push_str(&format::hex(&digest));
-                        pushed.pieces += 1;
-                        reused.insert(known[&digest].pack.clone());
-                        continue;
-                    }
-                    let n = (entry.size - at).min(PIECE as u64) as usize;
-                    if file.is_none() {
-                        file = Some(source.open(entry)?);
-                    }
-                    file.as_ref().expect("opened").fill(&mut buf[..n], at)?;
-                    pushed.bytes_read += n as u64;
-                    let digest = *blake3::hash(&buf[..n]).as_bytes();
-                    digests.push_str(&format::hex(&digest));
-                    pushed.pieces += 1;
+                let entry = files[run.file];
+                let file = source.open(entry)?;
+                let mut found = Vec::with_capacity(run.pieces.len());
+                for i in run.pieces.clone() {
+                    let n = piece_len(entry, i);
+                    reader.buf.resize(n, 0);
+                    file.fill(&mut reader.buf, (i * PIECE) as u64)?;
+                    reader.bytes_read += n as u64;
+                    let digest = *blake3::hash(&reader.buf).as_bytes();
+                    found.push(digest);
                     if let Some(location) = known.get(&digest) {
-                        reused.insert(location.pack.clone());
-                    } else if queued.insert(digest) {
-                        packer.add(digest, &buf[..n]);
-                        pushed.pieces_uploaded += 1;
+                        reader.reused.insert(&location.pack);
+                    } else if queued
+                        .lock()
+                        .expect("no panics while locked")
+                        .insert(digest)
+                    {
+                        let stored = format::compress(&reader.buf);
+                        reader.pieces_uploaded += 1;
+                        let mut packer = packer.lock().expect("no panics while locked");
+                        packer.add(digest, &stored, n);
                         if packer.full() {
-                            let (bytes, entry) = std::mem::take(&mut packer).finish();
-                            pushed.bytes_uploaded += bytes.len() as u64;
-                            send.send((bytes, entry.id.clone())).map_err(|_| {
-                                remote.failed("uploading packs", "an upload stopped")
-                            })?;
-                            packs.push(entry);
+                            // Sent without the lock: the queue may make this thread wait.
+                            let full = std::mem::take(&mut *packer);
+                            drop(packer);
+                            ship(full)?;
                         }
                     }
                 }
-                pushed.bytes += entry.size;
-                progress(pushed.bytes, snapshot.meta.bytes);
-                content.push(Content {
-                    path: entry.path.clone(),
-                    pieces: digests,
-                    blake3: entry.blake3.clone(),
-                });
+                let n = run
+                    .pieces
+                    .clone()
+                    .map(|i| piece_len(entry, i) as u64)
+                    .sum::<u64>();
+                progress(done.fetch_add(n, Ordering::Relaxed) + n, pushed.bytes);
+                reader.found.push((run, found));
+                Ok(())
+            })();
+            stopped.fetch_or(result.is_err(), Ordering::Relaxed);
+            result
+        });
+        let packed = read.and_then(|readers| {
+            let last = std::mem::take(&mut *packer.lock().expect("no panics while locked"));
+            if !last.pieces.is_empty() {
+                ship(last)?;
             }
-            if !packer.pieces.is_empty() {
-                let (bytes, entry) = packer.finish();
-                pushed.bytes_uploaded += bytes.len() as u64;
-                send.send((bytes, entry.id.clone()))
-                    .map_err(|_| remote.failed("uploading packs", "an upload stopped"))?;
-                packs.push(entry);
+            for reader in readers {
+                pushed.bytes_read += reader.bytes_read;
+                pushed.pieces_uploaded += reader.pieces_uploaded;
+                reused.extend(reader.reused);
+                for (run, found) in reader.found {
+                    for (i, digest) in run.pieces.zip(found) {
+                        digests[run.file][i] = Some(digest);
+                    }
+                }
             }
             Ok(())
-        })();
+        });
         drop(send);
+        let packs = packs.into_inner().expect("no panics while locked");
+        pushed.packs_uploaded = packs.len() as u64;
+        pushed.bytes_uploaded = uploaded.load(Ordering::Relaxed);
+        // While the last packs upload: the index and the snapshot object (unless an upload
+        // failed, and the reading stopped: that error is told below).
+        let objects = packed.and_then(|()| {
+            anyhow::ensure!(!stopped.load(Ordering::Relaxed), "an upload stopped");
+            encode_objects(snapshot, &manifest, &files, &digests, packs)
+        });
         let uploaded: Result<Vec<()>> = uploaders
             .into_iter()
             .map(|u| u.join().expect("upload threads do not panic"))
             .collect();
         // An upload error is the cause of a closed queue: report it first.
         uploaded?;
-        packed
+        objects
     })
     .map_err(|e| {
         e.context(format!(
@@ -306,38 +364,40 @@ pub fn push(
             remote.url
         ))
     })?;
-    pushed.packs_uploaded = packs.len() as u64;
-    if !packs.is_empty() {
-        let index = format::encode(&IndexObject {
-            format: format::FORMAT,
-            packs,
+    // At once: the index, and one listing to check that no prune removed a pack this push
+    // counted on since it read the indexes.
+    let (put, there) = std::thread::scope(|s| {
+        let there = s.spawn(|| -> Result<HashSet<String>> {
+            if reused.is_empty() {
+                return Ok(HashSet::new());
+            }
+            let listed = remote.list(PACKS)?;
+            Ok(listed
+                .iter()
+                .map(|o| Remote::base_name(&o.location))
+                .collect())
         });
-        pushed.bytes_uploaded += index.len() as u64;
-        let id = blake3::hash(&index).to_hex().to_string();
-        remote.put(&remote.key(INDEX, &id), index)?;
-    }
-    // A prune may have removed a pack this push counted on since its indexes were read.
-    for pack in &reused {
-        if !remote.exists(&remote.key(PACKS, pack))? {
-            return Err(fail(
-                Code::Failure,
-                format!(
-                    "push of {name} stopped: pack {pack} on {} was removed meanwhile (a prune); {name} there is unchanged; push again",
-                    remote.url
-                ),
-            ));
-        }
-    }
-    let object = format::encode(&SnapshotObject {
-        format: format::FORMAT,
-        meta: serde_json::to_value(&snapshot.meta)?,
-        manifest: String::from_utf8(manifest.to_bytes()).expect("manifests are JSON"),
-        manifest_pieces: String::from_utf8(manifest.pieces_to_bytes()).expect("JSON"),
-        content: content.clone(),
+        let put = objects.index.map_or(Ok(0), |index| {
+            let id = blake3::hash(&index).to_hex().to_string();
+            let len = index.len() as u64;
+            remote.put(&remote.key(INDEX, &id), index).map(|()| len)
+        });
+        (put, there.join().expect("listing packs does not panic"))
     });
-    pushed.bytes_uploaded += object.len() as u64;
+    pushed.bytes_uploaded += put?;
+    let there = there?;
+    if let Some(pack) = reused.iter().find(|p| !there.contains(**p)) {
+        return Err(fail(
+            Code::Failure,
+            format!(
+                "push of {name} stopped: pack {pack} on {} was removed meanwhile (a prune); {name} there is unchanged; push again",
+                remote.url
+            ),
+        ));
+    }
+    pushed.bytes_uploaded += objects.snapshot.len() as u64;
     crate::testhook::pause("remote_push_snapshot");
-    if !remote.put_if(&key, object, seen)? {
+    if !remote.put_if(&key, objects.snapshot, seen)? {
         return Err(fail(
             Code::Failure,
             format!(
@@ -347,11 +407,129 @@ pub fn push(
         ));
     }
     // Where a later pull finds these pieces locally; only a hint, so a failure is a warning.
-    if let Err(e) = local::write_content(&snapshot.dir, &content) {
+    if let Err(e) = local::write_content(&snapshot.dir, &objects.content) {
         tracing::warn!(snapshot = %name, error = %e, "content_not_recorded");
     }
     pushed.seconds = started.elapsed().as_secs_f64();
     Ok(pushed)
+}
+
+/// What a push reads: each file's pieces, those the manifests show unchanged known already
+/// (and the packs holding them), the rest to read in runs (last first); the bytes known.
+struct Plan<'a> {
+    digests: Vec<Vec<Option<Digest>>>,
+    runs: Vec<Run>,
+    reused: HashSet<&'a str>,
+    done: u64,
+}
+
+fn plan<'a>(files: &[&Entry], previous: &local::Previous, known: &'a Pieces) -> Plan<'a> {
+    let mut plan = Plan {
+        digests: Vec::with_capacity(files.len()),
+        runs: Vec::new(),
+        reused: HashSet::new(),
+        done: 0,
+    };
+    for (f, entry) in files.iter().enumerate() {
+        let mut mine = previous.unchanged(entry, known);
+        mine.resize(entry.size.div_ceil(PIECE as u64) as usize, None);
+        for (i, digest) in mine.iter().enumerate() {
+            let runs = &mut plan.runs;
+            match digest {
+                Some(d) => {
+                    plan.reused.insert(&known[d].pack);
+                    plan.done += piece_len(entry, i) as u64;
+                }
+                None => match runs.last_mut() {
+                    Some(run) if run.file == f && run.pieces.end == i && run.pieces.len() < RUN => {
+                        run.pieces.end += 1;
+                    }
+                    _ => runs.push(Run {
+                        file: f,
+                        pieces: i..i + 1,
+                    }),
+                },
+            }
+        }
+        plan.digests.push(mine);
+    }
+    // Taken from the end (parallel::each): so packs fill roughly in manifest order, the
+    // order a pull reads them in.
+    plan.runs.reverse();
+    plan
+}
+
+/// At most this many pieces (4 MiB) are read as one unit of a push's work: enough that
+/// opening the file costs little, few enough that the threads share a large file's reading.
+const RUN: usize = 64;
+
+/// Pieces `pieces` of the `file`th file, to read.
+struct Run {
+    file: usize,
+    pieces: std::ops::Range<usize>,
+}
+
+/// One push thread's share: the digests of the runs it read, and its counts.
+#[derive(Default)]
+struct Reader<'a> {
+    buf: Vec<u8>,
+    found: Vec<(Run, Vec<Digest>)>,
+    reused: HashSet<&'a str>,
+    bytes_read: u64,
+    pieces_uploaded: u64,
+}
+
+fn piece_len(entry: &Entry, i: usize) -> usize {
+    (entry.size - (i * PIECE) as u64).min(PIECE as u64) as usize
+}
+
+/// A push's last objects, encoded: the index of its packs (None when it made none), the
+/// snapshot object, and the content records in it.
+struct Objects {
+    index: Option<Vec<u8>>,
+    snapshot: Vec<u8>,
+    content: Vec<Content>,
+}
+
+/// The objects of a push of `snapshot`, whose `files` have the pieces `digests` (all known
+/// now) and whose new pieces are in `packs`.
+fn encode_objects(
+    snapshot: &Snapshot,
+    manifest: &Manifest,
+    files: &[&Entry],
+    digests: &[Vec<Option<Digest>>],
+    packs: Vec<format::PackEntry>,
+) -> Result<Objects> {
+    let index = (!packs.is_empty()).then(|| {
+        format::encode(&IndexObject {
+            format: format::FORMAT,
+            packs,
+        })
+    });
+    let content = files
+        .iter()
+        .zip(digests)
+        .map(|(entry, pieces)| Content {
+            path: entry.path.clone(),
+            pieces: pieces
+                .iter()
+                .map(|d| format::hex(&d.expect("every piece was read or known")))
+                .collect(),
+            blake3: entry.blake3.clone(),
+        })
+        .collect();
+    let object = SnapshotObject {
+        format: format::FORMAT,
+        meta: serde_json::to_value(&snapshot.meta)?,
+        manifest: String::from_utf8(manifest.to_bytes()).expect("manifests are JSON"),
+        manifest_pieces: String::from_utf8(manifest.pieces_to_bytes()).expect("JSON"),
+        content,
+    };
+    Ok(Objects {
+        index,
+        snapshot: format::encode(&object),
+        content: object.content,
+    })
 }
 
 /// Pulls snapshot `name` into `store` as a snapshot of the configured mode (built as a tree

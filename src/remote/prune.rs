@@ -305,7 +305,7 @@ impl Repacker {
                 })?;
             let plain = format::unpack(bytes, &location, &d)
                 .map_err(|why| bad_object(remote, key.as_ref(), &why))?;
-            self.packer.add(d, &plain);
+            self.packer.add(d, bytes, plain.len());
             if self.packer.full() {
                 self.flush(remote)?;
             }
