@@ -985,11 +985,20 @@ fn patch(
         }
         Old::Map(_) | Old::Read => None,
     };
+    // With the old content mapped (create's second pass), the source is mapped too: a live
+    // file, which another process may truncate meanwhile, so guarded against SIGBUS.
+    let live = match (old, src.file()) {
+        (Old::Map(_), Some(file)) if len > 0 && digests.is_none() => {
+            sys::Guarded::new(file, len).ok()
+        }
+        _ => None,
+    };
     let patch = Patch {
         dst,
         common,
         sparse,
         old: mapped,
+        new: live.as_ref(),
     };
     let Some(digests) = digests else {
         // A file is read at any offset from any thread.
@@ -1053,6 +1062,8 @@ struct Patch<'a> {
     sparse: bool,
     /// The old content of `dst`, mapped, when only this process writes it.
     old: Option<&'a sys::Mapped>,
+    /// The source's content, mapped.
+    new: Option<&'a sys::Guarded>,
 }
 
 impl Patch<'_> {
@@ -1096,16 +1107,26 @@ impl Patch<'_> {
     where
         S: SourceFile + ?Sized,
     {
-        let mut new = vec![0u8; COMPARE];
-        let mut buf = match self.old {
-            Some(_) => Vec::new(),
-            None => vec![0u8; COMPARE],
+        let buffer = |mapped: bool| {
+            if mapped {
+                Vec::new()
+            } else {
+                vec![0u8; COMPARE]
+            }
         };
+        let mut new_buf = buffer(self.new.is_some());
+        let mut buf = buffer(self.old.is_some());
         let mut written = 0;
         let mut pos = from;
         while pos < to {
             let n = ((to - pos) as usize).min(COMPARE);
-            src.fill(&mut new[..n], pos)?;
+            let new = match self.new {
+                Some(live) => live.bytes(pos as usize, n),
+                None => {
+                    src.fill(&mut new_buf[..n], pos)?;
+                    &new_buf[..n]
+                }
+            };
             let old = match self.old {
                 Some(mapped) => mapped.bytes(pos as usize, n),
                 None => {
@@ -1113,16 +1134,23 @@ impl Patch<'_> {
                     &buf[..n]
                 }
             };
-            if new[..n] != *old {
+            let differ = if new == old {
+                Vec::new()
+            } else {
                 // Found before any is written: the mapping shows the writes.
-                let differ = runs(&new[..n], |page, i| {
-                    page != &old[i * PAGE..i * PAGE + page.len()]
-                });
-                for (start, end) in differ {
-                    self.dst
-                        .write_all_at(&new[start..end], pos + start as u64)?;
-                    written += (end - start) as u64;
-                }
+                runs(new, |page, i| page != &old[i * PAGE..i * PAGE + page.len()])
+            };
+            // Read by now: zeros that stand where the live file was cut (the guard put them
+            // there) are never taken for its content.
+            if self.new.is_some_and(sys::Guarded::torn) {
+                return Err(std::io::Error::other(
+                    "the file was truncated while it was compared",
+                ));
+            }
+            for (start, end) in differ {
+                self.dst
+                    .write_all_at(&new[start..end], pos + start as u64)?;
+                written += (end - start) as u64;
             }
             pos += n as u64;
             signals::check_io()?;
@@ -1477,6 +1505,33 @@ mod tests {
             assert_eq!(patched("long", &long), PAGE as u64);
             assert_eq!(std::fs::read(dir.path().join("long")).unwrap(), want);
         }
+    }
+
+    /// A live source cut shorter than the target says (between the scan and the comparison,
+    /// by another process) fails the comparison, which a create answers by copying it again,
+    /// instead of SIGBUS killing the process or its missing tail being taken for zeros.
+    #[test]
+    fn patch_fails_on_a_live_source_truncated_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 16 * PAGE as u64;
+        let src = file_with(dir.path(), "live", &vec![5u8; 8 * PAGE]);
+        let dst = file_with(dir.path(), "copy", &vec![5u8; 16 * PAGE]);
+        let tracked = Written::new(&dst);
+        let err = patch(
+            &src,
+            &tracked,
+            len,
+            false,
+            None,
+            Old::Map(None),
+            4 * PAGE as u64,
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("truncated"), "{err:#}");
+        assert_eq!(
+            std::fs::read(dir.path().join("copy")).unwrap(),
+            vec![5u8; 16 * PAGE]
+        );
     }
 
     /// A sparse source compared in ranges: data where it has holes is punched out of the

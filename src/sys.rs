@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rustix::fs::{
     self as rfs, AtFlags, CWD, FallocateFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags,
@@ -496,6 +496,124 @@ impl Drop for Mapped {
     }
 }
 
+/// A [`Mapped`] file that other processes may truncate (a live file): a page that a read
+/// finds past the file's end, which raises SIGBUS, is replaced by a page of zeros (the handler
+/// maps one over it) and the mapping is marked [`Guarded::torn`], so the reader learns that
+/// the file changed instead of the process being killed.
+pub struct Guarded {
+    mapped: Mapped,
+    slot: &'static GuardSlot,
+}
+
+/// One registered [`Guarded`] range, read by the SIGBUS handler.
+struct GuardSlot {
+    start: AtomicUsize,
+    end: AtomicUsize,
+    torn: AtomicBool,
+}
+
+/// How many guarded mappings may be live at once (one per file being compared, per worker).
+const GUARD_SLOTS: usize = 64;
+
+static GUARDS: [GuardSlot; GUARD_SLOTS] = [const {
+    GuardSlot {
+        start: AtomicUsize::new(0),
+        end: AtomicUsize::new(0),
+        torn: AtomicBool::new(false),
+    }
+}; GUARD_SLOTS];
+
+static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
+static GUARD_INSTALLED: std::sync::Once = std::sync::Once::new();
+
+impl Guarded {
+    /// The first `len` bytes of `file`; fails when no guard slot is free (the caller reads
+    /// the file instead).
+    pub fn new(file: &File, len: u64) -> io::Result<Guarded> {
+        let mut installed = Ok(());
+        GUARD_INSTALLED.call_once(|| installed = install_sigbus_guard());
+        installed?;
+        let mapped = Mapped::new(file, len, false)?;
+        let start = mapped.at.as_ptr() as usize;
+        let slot = GUARDS
+            .iter()
+            .find(|s| {
+                s.start
+                    .compare_exchange(0, start, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            })
+            .ok_or_else(|| io::Error::other("too many guarded mappings at once"))?;
+        slot.torn.store(false, Ordering::Release);
+        slot.end.store(start + mapped.len, Ordering::Release);
+        Ok(Guarded { mapped, slot })
+    }
+
+    /// As [`Mapped::bytes`]; where the file no longer reaches, zeros.
+    pub fn bytes(&self, from: usize, len: usize) -> &[u8] {
+        self.mapped.bytes(from, len)
+    }
+
+    /// Whether a read met the end of the file (it was truncated while mapped).
+    pub fn torn(&self) -> bool {
+        self.slot.torn.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // Out of the handler's sight before the pages go (with `mapped`, after this).
+        self.slot.end.store(0, Ordering::Release);
+        self.slot.start.store(0, Ordering::Release);
+    }
+}
+
+fn install_sigbus_guard() -> io::Result<()> {
+    PAGE_SIZE.store(rustix::param::page_size(), Ordering::Release);
+    // SAFETY: a zeroed sigaction is a valid starting point; the handler below only makes
+    // async-signal-safe calls (mmap, signal) and reads atomics.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = on_sigbus as *const () as usize;
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+    // SAFETY: installs the handler for SIGBUS only, which nothing else in stagesnap handles.
+    if unsafe { libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+extern "C" fn on_sigbus(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    let page = PAGE_SIZE.load(Ordering::Acquire);
+    for slot in &GUARDS {
+        let (start, end) = (
+            slot.start.load(Ordering::Acquire),
+            slot.end.load(Ordering::Acquire),
+        );
+        if start <= addr && addr < end && page > 0 {
+            // SAFETY: the page lies inside a guarded mapping this process made and has not
+            // unmapped (its slot is cleared first); MAP_FIXED replaces it with zeros.
+            let zeros = unsafe {
+                libc::mmap(
+                    (addr & !(page - 1)) as *mut libc::c_void,
+                    page,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if zeros != libc::MAP_FAILED {
+                slot.torn.store(true, Ordering::Release);
+                return;
+            }
+        }
+    }
+    // Not a guarded page: the default action, when the read is retried.
+    // SAFETY: restoring the default disposition of SIGBUS.
+    unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
+}
+
 /// The layout of the kernel's `struct file_clone_range`, FICLONERANGE's argument.
 #[repr(C)]
 struct FileCloneRange {
@@ -645,6 +763,35 @@ pub fn split(path: &[u8]) -> (&[u8], &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A guarded mapping of a file truncated under it reads zeros where the file no longer
+    /// reaches, and says so, where an unguarded one would kill the process with SIGBUS.
+    #[test]
+    fn a_guarded_mapping_survives_its_file_being_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live");
+        std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
+        let file = File::open(&path).unwrap();
+        let guarded = Guarded::new(&file, 1 << 20).unwrap();
+        assert_eq!(guarded.bytes(0, 4096), &[7u8; 4096][..]);
+        assert!(!guarded.torn());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        assert_eq!(guarded.bytes(0, 4096), &[7u8; 4096][..]);
+        assert!(!guarded.torn());
+        assert!(guarded.bytes(8192, 1 << 16).iter().all(|&b| b == 0));
+        assert!(guarded.torn());
+        drop(guarded);
+        // The slot is free again, and a new mapping starts whole.
+        std::fs::write(&path, vec![1u8; 8192]).unwrap();
+        let again = Guarded::new(&file, 8192).unwrap();
+        assert_eq!(again.bytes(4096, 4096), &[1u8; 4096][..]);
+        assert!(!again.torn());
+    }
 
     /// The hand-written FICLONERANGE opcode (from its struct's size) is the kernel's.
     #[test]
