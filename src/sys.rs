@@ -524,15 +524,17 @@ static GUARDS: [GuardSlot; GUARD_SLOTS] = [const {
 }; GUARD_SLOTS];
 
 static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
-static GUARD_INSTALLED: std::sync::Once = std::sync::Once::new();
+/// Whether the SIGBUS handler is in place (its installation is tried once; a mapping is only
+/// guarded while it is).
+static GUARD_INSTALLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 impl Guarded {
     /// The first `len` bytes of `file`; fails when no guard slot is free (the caller reads
     /// the file instead).
     pub fn new(file: &File, len: u64) -> io::Result<Guarded> {
-        let mut installed = Ok(());
-        GUARD_INSTALLED.call_once(|| installed = install_sigbus_guard());
-        installed?;
+        if !*GUARD_INSTALLED.get_or_init(|| install_sigbus_guard().is_ok()) {
+            return Err(io::Error::other("the SIGBUS handler could not be installed"));
+        }
         let mapped = Mapped::new(file, len, false)?;
         let start = mapped.at.as_ptr() as usize;
         let slot = GUARDS
