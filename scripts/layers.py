@@ -4,7 +4,8 @@
 The layers are the `// layer NAME: module module …` lines of src/lib.rs, bottom first. A
 module may use its own layer and those below: `use crate::x…`, `crate::x::` and the names
 inside `use crate::{…}` all count; `#[cfg(test)] mod tests` blocks do not. Modules under
-src/commands/ may not use one another (`super::x`): shared steps belong in ops.
+src/commands/ may not use one another (`super::x`): shared steps belong in ops. Only src/sys.rs
+calls libc (`libc::`), the one module whose unsafe system calls carry their reasons.
 With --graph it prints each module's imports and the modules that import each other in a
 circle, for the figures in ARCHITECTURE.md.
 """
@@ -68,6 +69,8 @@ def main():
                     problems.append(
                         f"src/{rel}: {order[module][1]} module {module} uses {other}, of the higher layer {order[other][1]}"
                     )
+            if rel != "sys.rs" and re.search(r"\blibc::", text):
+                problems.append(f"src/{rel}: calls libc; system calls belong in src/sys.rs")
             if module == "commands" and f != "mod.rs":
                 siblings = {s[:-3] for s in os.listdir(dirpath) if s.endswith(".rs")} - {"mod"}
                 for other in sorted(set(re.findall(r"\bsuper::(\w+)", text)) & siblings):

@@ -533,7 +533,9 @@ impl Guarded {
     /// the file instead).
     pub fn new(file: &File, len: u64) -> io::Result<Guarded> {
         if !*GUARD_INSTALLED.get_or_init(|| install_sigbus_guard().is_ok()) {
-            return Err(io::Error::other("the SIGBUS handler could not be installed"));
+            return Err(io::Error::other(
+                "the SIGBUS handler could not be installed",
+            ));
         }
         let mapped = Mapped::new(file, len, false)?;
         let start = mapped.at.as_ptr() as usize;
@@ -576,12 +578,20 @@ fn install_sigbus_guard() -> io::Result<()> {
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     action.sa_sigaction = on_sigbus as *const () as usize;
     action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
-    // SAFETY: installs the handler for SIGBUS only, which nothing else in stagesnap handles.
-    if unsafe { libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()) } != 0 {
+    // SAFETY: as above.
+    let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: installs the handler for SIGBUS only; the one it replaces (Rust's own, which
+    // reports a stack overflow) is kept for the faults that are not ours.
+    if unsafe { libc::sigaction(libc::SIGBUS, &action, &mut previous) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    let _ = PREVIOUS_SIGBUS.set(previous);
     Ok(())
 }
+
+/// The SIGBUS disposition before [`on_sigbus`], given back for a fault outside every guarded
+/// mapping.
+static PREVIOUS_SIGBUS: std::sync::OnceLock<libc::sigaction> = std::sync::OnceLock::new();
 
 extern "C" fn on_sigbus(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
@@ -611,9 +621,83 @@ extern "C" fn on_sigbus(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
             }
         }
     }
-    // Not a guarded page: the default action, when the read is retried.
-    // SAFETY: restoring the default disposition of SIGBUS.
-    unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
+    // Not a guarded page: the disposition before ours acts when the read is retried.
+    match PREVIOUS_SIGBUS.get() {
+        // SAFETY: restoring a disposition the kernel gave us.
+        Some(previous) => unsafe {
+            libc::sigaction(libc::SIGBUS, previous, std::ptr::null_mut());
+        },
+        // SAFETY: restoring the default disposition of SIGBUS.
+        None => unsafe {
+            libc::signal(libc::SIGBUS, libc::SIG_DFL);
+        },
+    }
+}
+
+/// The linux FIEMAP ioctl's request header (linux/fiemap.h), followed here by room for
+/// [`EXTENTS`] extents.
+#[repr(C)]
+struct Fiemap {
+    start: u64,
+    length: u64,
+    flags: u32,
+    mapped_extents: u32,
+    extent_count: u32,
+    reserved: u32,
+    extents: [FiemapExtent; EXTENTS],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct FiemapExtent {
+    logical: u64,
+    physical: u64,
+    length: u64,
+    reserved64: [u64; 2],
+    flags: u32,
+    reserved: [u32; 3],
+}
+
+/// Extents asked for per call: most stored files have a few.
+const EXTENTS: usize = 64;
+/// _IOWR('f', 11, struct fiemap)
+const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+const FIEMAP_EXTENT_LAST: u32 = 0x1;
+const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
+
+/// Bytes of `file`'s extents that the filesystem marks shared with another file (reflink
+/// clones); 0 when it cannot tell (no FIEMAP).
+pub fn shared_extent_bytes(file: &File) -> u64 {
+    let mut shared = 0;
+    let mut start = 0;
+    loop {
+        let mut map = Fiemap {
+            start,
+            length: u64::MAX - start,
+            flags: 0,
+            mapped_extents: 0,
+            extent_count: EXTENTS as u32,
+            reserved: 0,
+            extents: [FiemapExtent::default(); EXTENTS],
+        };
+        // SAFETY: an open descriptor and a fiemap header with room for extent_count extents.
+        if unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, &mut map) } != 0 {
+            return shared;
+        }
+        let mapped = &map.extents[..(map.mapped_extents as usize).min(EXTENTS)];
+        let Some(last) = mapped.last() else {
+            return shared;
+        };
+        shared += mapped
+            .iter()
+            .filter(|e| e.flags & FIEMAP_EXTENT_SHARED != 0)
+            .map(|e| e.length)
+            .sum::<u64>();
+        if last.flags & FIEMAP_EXTENT_LAST != 0 {
+            return shared;
+        }
+        start = last.logical + last.length;
+    }
 }
 
 /// The layout of the kernel's `struct file_clone_range`, FICLONERANGE's argument.

@@ -7,7 +7,6 @@
 //! counts those.)
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -163,71 +162,8 @@ pub fn own_and_shared(snapshot: &Snapshot) -> (u64, u64) {
     (own, shared)
 }
 
-/// The linux FIEMAP ioctl's request header (linux/fiemap.h), followed here by room for
-/// [`EXTENTS`] extents.
-#[repr(C)]
-struct Fiemap {
-    start: u64,
-    length: u64,
-    flags: u32,
-    mapped_extents: u32,
-    extent_count: u32,
-    reserved: u32,
-    extents: [FiemapExtent; EXTENTS],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct FiemapExtent {
-    logical: u64,
-    physical: u64,
-    length: u64,
-    reserved64: [u64; 2],
-    flags: u32,
-    reserved: [u32; 3],
-}
-
-/// Extents asked for per call: most stored files have a few.
-const EXTENTS: usize = 64;
-/// _IOWR('f', 11, struct fiemap)
-const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
-const FIEMAP_EXTENT_LAST: u32 = 0x1;
-const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
-
 /// Bytes of `path`'s extents that the filesystem marks shared with another file; 0 when it
 /// cannot tell (no FIEMAP), which then counts them as the file's own.
 fn shared_extent_bytes(path: &Path) -> u64 {
-    let Ok(file) = crate::store::open_nofollow(path) else {
-        return 0;
-    };
-    let mut shared = 0;
-    let mut start = 0;
-    loop {
-        let mut map = Fiemap {
-            start,
-            length: u64::MAX - start,
-            flags: 0,
-            mapped_extents: 0,
-            extent_count: EXTENTS as u32,
-            reserved: 0,
-            extents: [FiemapExtent::default(); EXTENTS],
-        };
-        // SAFETY: an open descriptor and a fiemap header with room for extent_count extents.
-        if unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, &mut map) } != 0 {
-            return shared;
-        }
-        let mapped = &map.extents[..(map.mapped_extents as usize).min(EXTENTS)];
-        let Some(last) = mapped.last() else {
-            return shared;
-        };
-        shared += mapped
-            .iter()
-            .filter(|e| e.flags & FIEMAP_EXTENT_SHARED != 0)
-            .map(|e| e.length)
-            .sum::<u64>();
-        if last.flags & FIEMAP_EXTENT_LAST != 0 {
-            return shared;
-        }
-        start = last.logical + last.length;
-    }
+    crate::store::open_nofollow(path).map_or(0, |file| sys::shared_extent_bytes(&file))
 }
