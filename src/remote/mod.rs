@@ -161,12 +161,10 @@ impl Catalog {
 
     /// The pieces a push may count on: none of a condemned pack, which a prune removes once
     /// the grace period is over whatever a push in progress then means to refer to.
-    fn reusable(&self) -> Pieces {
+    fn reusable(mut self) -> Pieces {
         self.pieces
-            .iter()
-            .filter(|(_, l)| !self.condemned_packs.contains(&l.pack))
-            .map(|(d, l)| (*d, l.clone()))
-            .collect()
+            .retain(|_, l| !self.condemned_packs.contains(&l.pack));
+        self.pieces
     }
 }
 
