@@ -230,13 +230,9 @@ impl Mode for Filesystem {
         // The copy is resolved beneath the payload, never through a symlink the live data
         // had (rsync copies those as they are).
         let copied = DirFd::open(payload)?;
-        target.entries.retain(|e| {
-            e.kind == Kind::File
-                && copied.parent_of(&e.path.0).is_ok_and(|(dir, name)| {
-                    dir.open_file(name, OFlags::PATH, 0)
-                        .is_ok_and(|f| f.metadata().is_ok_and(|m| m.is_file()))
-                })
-        });
+        target
+            .entries
+            .retain(|e| e.kind == Kind::File && regular_file(&copied, &e.path).is_some());
         target.header.include = target.entries.iter().map(|e| e.path.clone()).collect();
         let started = Instant::now();
         copy(ctx, payload, Some(&target.entries), None)?;
@@ -370,11 +366,8 @@ impl Mode for Filesystem {
     fn describe_captured(&self, ctx: &ModeContext, manifest: &mut Manifest) -> Result<()> {
         let live = DirFd::open(&ctx.live.cache_dir)?;
         for entry in manifest.entries.iter_mut().filter(|e| e.sparse) {
-            let dense = live
-                .parent_of(&entry.path.0)
-                .and_then(|(dir, name)| dir.open_file(name, OFlags::PATH, 0))
-                .and_then(|f| f.metadata())
-                .is_ok_and(|st| st.is_file() && st.blocks().saturating_mul(512) >= st.len());
+            let dense = regular_file(&live, &entry.path)
+                .is_some_and(|st| st.blocks().saturating_mul(512) >= st.len());
             if dense {
                 entry.sparse = false;
             }
@@ -422,12 +415,15 @@ impl FirstPass {
 /// The stamp of the copy's regular file `path` beneath `copied`; None when it is no regular
 /// file there.
 fn stamp_of(copied: &DirFd, path: &Name) -> Option<Stamp> {
-    let (dir, name) = copied.parent_of(&path.0).ok()?;
+    regular_file(copied, path).map(|m| Stamp::of(&m))
+}
+
+/// The metadata of the regular file `path` beneath `root`, reached without following a
+/// symlink; None when there is no regular file there.
+fn regular_file(root: &DirFd, path: &Name) -> Option<std::fs::Metadata> {
+    let (dir, name) = root.parent_of(&path.0).ok()?;
     let f = dir.open_file(name, OFlags::PATH, 0).ok()?;
-    f.metadata()
-        .ok()
-        .filter(|m| m.is_file())
-        .map(|m| Stamp::of(&m))
+    f.metadata().ok().filter(|m| m.is_file())
 }
 
 /// What rsync's output says of the copy: a file it named (its transfer started), or that it
