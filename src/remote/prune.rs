@@ -96,19 +96,16 @@ pub fn prune(remote: &Remote, keep: usize, always: &str, dry_run: bool) -> Resul
         .filter(|p| packs.contains_key(&p.id))
         .map(|p| (p.id.as_str(), p))
         .collect();
-    let needed = |pack: &PackEntry| -> Vec<Digest> {
-        pack.pieces
-            .iter()
-            .filter_map(|(d, ..)| format::parse_digest(d))
-            .filter(|d| referenced.contains(d))
-            .collect()
-    };
+    let usage: HashMap<&str, Usage> = entries
+        .iter()
+        .map(|(id, pack)| (*id, Usage::of(pack, &referenced)))
+        .collect();
     // For each needed piece, how many packs that are not condemned hold it.
     let mut holders: HashMap<Digest, u32> = HashMap::new();
-    for pack in entries.values() {
-        if !catalog.condemned_packs.contains(&pack.id) {
-            for d in needed(pack) {
-                *holders.entry(d).or_default() += 1;
+    for (id, used) in &usage {
+        if !catalog.condemned_packs.contains(*id) {
+            for d in &used.needed {
+                *holders.entry(*d).or_default() += 1;
             }
         }
     }
@@ -122,10 +119,11 @@ pub fn prune(remote: &Remote, keep: usize, always: &str, dry_run: bool) -> Resul
         .collect();
     let mut doomed: HashSet<String> = HashSet::new();
     for id in due.iter().flat_map(|c| &c.packs) {
-        let Some(pack) = entries.get(id.as_str()) else {
+        let Some(used) = usage.get(id.as_str()) else {
             continue; // removed already
         };
-        if needed(pack)
+        if used
+            .needed
             .iter()
             .all(|d| holders.get(d).is_some_and(|&n| n > 0))
         {
@@ -163,21 +161,16 @@ pub fn prune(remote: &Remote, keep: usize, always: &str, dry_run: bool) -> Resul
     let mut condemned = Vec::new();
     let mut repacker = Repacker::default();
     for pack in candidates {
-        let needs = needed(pack);
-        let only_here: Vec<Digest> = needs
+        let used = &usage[pack.id.as_str()];
+        let only_here: Vec<Digest> = used
+            .needed
             .iter()
             .copied()
             .filter(|d| holders.get(d).is_some_and(|&n| n <= 1))
             .collect();
         if !only_here.is_empty() {
-            let total: u64 = pack.pieces.iter().map(|(_, _, s, _)| u64::from(*s)).sum();
-            let unused: u64 = pack
-                .pieces
-                .iter()
-                .filter(|(d, ..)| format::parse_digest(d).is_none_or(|d| !referenced.contains(&d)))
-                .map(|(_, _, s, _)| u64::from(*s))
-                .sum();
-            if total == 0 || (unused as f64) < REPACK_UNUSED * total as f64 {
+            let unused = used.stored - used.needed_stored;
+            if used.stored == 0 || (unused as f64) < REPACK_UNUSED * used.stored as f64 {
                 continue;
             }
             pruned.packs_repacked += 1;
@@ -185,7 +178,7 @@ pub fn prune(remote: &Remote, keep: usize, always: &str, dry_run: bool) -> Resul
                 repacker.copy(remote, pack, &only_here)?;
             }
         }
-        for d in &needs {
+        for d in &used.needed {
             if let Some(n) = holders.get_mut(d) {
                 *n = n.saturating_sub(1);
             }
@@ -235,6 +228,33 @@ pub fn prune(remote: &Remote, keep: usize, always: &str, dry_run: bool) -> Resul
         remote.delete(&remote.key(CONDEMNED, &c.name))?;
     }
     Ok(pruned)
+}
+
+/// What of one pack the remaining snapshots need.
+struct Usage {
+    /// Its pieces that a snapshot refers to.
+    needed: Vec<Digest>,
+    /// Its stored bytes, and those of the needed pieces.
+    stored: u64,
+    needed_stored: u64,
+}
+
+impl Usage {
+    fn of(pack: &PackEntry, referenced: &HashSet<Digest>) -> Usage {
+        let mut usage = Usage {
+            needed: Vec::new(),
+            stored: 0,
+            needed_stored: 0,
+        };
+        for (digest, _, stored, _) in &pack.pieces {
+            usage.stored += u64::from(*stored);
+            if let Some(d) = format::parse_digest(digest).filter(|d| referenced.contains(d)) {
+                usage.needed.push(d);
+                usage.needed_stored += u64::from(*stored);
+            }
+        }
+        usage
+    }
 }
 
 /// The pieces the remote's snapshots refer to, except those of `removed` (a dry run's).
