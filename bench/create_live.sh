@@ -20,8 +20,7 @@ NODES=7
 WORK=$PWD/bench/work/create_live
 OUT=bench/results/create_live.md
 IMAGE=stagesnap-test:busybox
-# Per run, so two benches on one machine never remove each other's containers.
-PREFIX=stagesnap-bench-cl-$$
+PREFIX=stagesnap-bench-cl
 
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (the node data is root-owned)" >&2; exit 1; }
 bench_need docker python3 bc

@@ -22,8 +22,10 @@ bench_need_image() {
 }
 
 # Names the bench's containers ($PREFIX-1 … $PREFIX-$NODES) in NAMES, and defines `cleanup`,
-# which removes them and $WORK, run on exit.
+# which removes them and $WORK, run on exit. PREFIX gets the bench's pid, so two benches on one
+# machine never remove each other's containers.
 bench_containers() {
+  PREFIX=$PREFIX-$$
   NAMES=$(seq -f "$PREFIX-%g" "$NODES" | xargs)
   trap cleanup EXIT
 }

@@ -21,8 +21,7 @@ NODES=7
 WORK=$PWD/bench/work/quiesce
 OUT=bench/results/quiesce.md
 IMAGE=stagesnap-test:busybox
-# Per run, so two benches on one machine never remove each other's containers.
-PREFIX=stagesnap-bench-q-$$
+PREFIX=stagesnap-bench-q
 
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (the node data is root-owned)" >&2; exit 1; }
 bench_need hyperfine docker curl python3
